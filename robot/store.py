@@ -1,0 +1,331 @@
+"""The episode store: a zarr (v3) directory of episodes, crash safe and readable while written.
+
+Layout::
+
+    STORE/zarr.json          root group; its attributes are the commit record:
+                             format, format_version, kit_version, features and one
+                             metadata dict per committed episode
+    STORE/data/<key>         one array per key, time on axis 0, episodes concatenated
+    STORE/meta/episode_ends  int64, end index (exclusive) of each episode
+    STORE/write.lock         held (flock) by the one writer
+
+Appending is a three-step protocol: (1) grow every data array and write the new
+frames, (2) grow ``meta/episode_ends``, (3) rewrite the root attributes with the
+new episode's metadata. Only step 3 makes the episode visible, and zarr writes
+each file through a temporary file and an atomic rename, so a writer killed at any
+moment leaves the previous commit intact. Arrays may then hold frames past the last
+commit; readers never look there and the next writer truncates them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from robot import __version__
+from robot.protocols import Episode
+from robot.types import EpisodeMeta, Feature, Features, features_from_dict, features_to_dict
+
+FORMAT = "robot-episode-store"
+FORMAT_VERSION = 1
+CHUNK_BYTES = 1 << 20  # aim for ~1 MiB of raw data per chunk along time
+MAX_CHUNK_FRAMES = 4096
+
+
+class StoreError(Exception):
+    """A store that cannot be opened or written; the message names the path and the fix."""
+
+
+def _zarr():
+    import zarr  # imported lazily: `robot --help` should not pay for zarr
+
+    return zarr
+
+
+def _compressors():
+    zarr = _zarr()
+    return [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")]
+
+
+def _time_chunk(feature: Feature) -> int:
+    frame_bytes = max(1, int(np.prod(feature.shape, dtype=np.int64)) * np.dtype(feature.dtype).itemsize)
+    return int(np.clip(CHUNK_BYTES // frame_bytes, 1, MAX_CHUNK_FRAMES))
+
+
+class ZarrEpisodeStore:
+    """Episodes in a zarr directory. Open with :meth:`create`, :meth:`open` or :meth:`open_or_create`.
+
+    A store opened for reading (``mode="r"``) sees the episodes committed when it
+    was opened; :meth:`refresh` picks up episodes appended since. A store opened
+    for appending (``mode="a"``) holds an exclusive lock: one writer at a time.
+    """
+
+    def __init__(self, path: Path, group: Any, mode: str, lock_fd: int | None):
+        self.path = path
+        self.mode = mode
+        self._group = group
+        self._lock_fd = lock_fd
+        self._arrays: dict[str, Any] = {}
+        self._load_commit()
+
+    # ----------------------------------------------------------------- opening
+    @classmethod
+    def create(cls, path: str | os.PathLike, features: Features, *, overwrite: bool = False) -> "ZarrEpisodeStore":
+        """Create an empty store for ``features`` (every per-step key, actions and rewards included)."""
+        path = Path(path)
+        if path.exists() and any(path.iterdir()) and not overwrite:
+            raise StoreError(f"{path}: already exists; open it with --resume / ZarrEpisodeStore.open(mode='a') or pick another path")
+        if not features:
+            raise StoreError(f"{path}: a store needs at least one feature")
+        zarr = _zarr()
+        group = zarr.open_group(str(path), mode="w")
+        for key, feat in features.items():
+            group.create_array(
+                f"data/{key}",
+                shape=(0, *feat.shape),
+                chunks=(_time_chunk(feat), *feat.shape),
+                dtype=feat.dtype,
+                compressors=_compressors(),
+                fill_value=0,
+            )
+        group.create_array("meta/episode_ends", shape=(0,), chunks=(4096,), dtype="int64", fill_value=0)
+        group.attrs.update(
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "kit_version": __version__,
+                "features": features_to_dict(features),
+                "episodes": [],
+            }
+        )
+        return cls.open(path, mode="a")
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "r") -> "ZarrEpisodeStore":
+        """Open an existing store: ``mode="r"`` to read, ``"a"`` to append (exclusive)."""
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
+        path = Path(path)
+        _check_is_store(path)
+        lock_fd = _acquire_write_lock(path) if mode == "a" else None
+        zarr = _zarr()
+        try:
+            group = zarr.open_group(str(path), mode="r+" if mode == "a" else "r")
+            store = cls(path, group, mode, lock_fd)
+            if mode == "a":
+                store._discard_uncommitted()
+        except Exception:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        return store
+
+    @classmethod
+    def open_or_create(cls, path: str | os.PathLike, features: Features) -> "ZarrEpisodeStore":
+        """Append to ``path`` if it is a store with the same features, else create it."""
+        path = Path(path)
+        if not path.exists() or not any(path.iterdir()):
+            return cls.create(path, features)
+        store = cls.open(path, mode="a")
+        mismatch = _feature_mismatch(store.features, features)
+        if mismatch:
+            store.close()
+            raise StoreError(f"{path}: holds other features than this recording ({mismatch}); use a new --out path")
+        return store
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "ZarrEpisodeStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def features(self) -> dict[str, Feature]:
+        return self._features
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._metas)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        """(E,) int64 exclusive end index of each committed episode."""
+        return self._ends.copy()
+
+    @property
+    def metas(self) -> list[EpisodeMeta]:
+        return list(self._metas)
+
+    def episode_bounds(self, index: int) -> tuple[int, int]:
+        if not -self.num_episodes <= index < self.num_episodes:
+            raise IndexError(f"{self.path}: episode {index} out of range (store has {self.num_episodes})")
+        index %= self.num_episodes
+        start = int(self._ends[index - 1]) if index > 0 else 0
+        return start, int(self._ends[index])
+
+    def episode(self, index: int, keys: Sequence[str] | None = None) -> Episode:
+        start, end = self.episode_bounds(index)
+        keys = self._check_keys(keys)
+        data = {k: np.asarray(self._array(k)[start:end]) for k in keys}
+        return Episode(index=index % self.num_episodes, data=data, meta=self._metas[index])
+
+    def episodes(self, keys: Sequence[str] | None = None) -> Iterator[Episode]:
+        for i in range(self.num_episodes):
+            yield self.episode(i, keys)
+
+    def load(self, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Every committed frame of ``keys`` in memory: ``{key: (T, ...)}`` (one read per key)."""
+        keys = self._check_keys(keys)
+        return {k: np.asarray(self._array(k)[: self.num_steps]) for k in keys}
+
+    def refresh(self) -> None:
+        """See episodes committed since this store was opened (readers)."""
+        zarr = _zarr()
+        self._group = zarr.open_group(str(self.path), mode="r+" if self.mode == "a" else "r")
+        self._arrays.clear()
+        self._load_commit()
+
+    def size_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+    def success_rate(self) -> float | None:
+        return float(np.mean([m.success for m in self._metas])) if self._metas else None
+
+    # ------------------------------------------------------------------ writing
+    def append_episode(self, frames: Mapping[str, np.ndarray], meta: EpisodeMeta) -> int:
+        """Append one episode atomically and return its index.
+
+        ``frames`` holds every feature key with time on axis 0, all of one length >= 1.
+        """
+        if self.mode != "a":
+            raise StoreError(f"{self.path}: opened read-only; open with mode='a' to append")
+        arrays = self._validate_frames(frames)
+        length = next(iter(arrays.values())).shape[0]
+        start = self.num_steps
+        end = start + length
+        for key, values in arrays.items():  # step 1: frames (invisible until step 3)
+            arr = self._array(key)
+            arr.resize((end, *arr.shape[1:]))
+            arr[start:end] = values
+        ends = self._group["meta/episode_ends"]  # step 2
+        n = self.num_episodes
+        ends.resize((n + 1,))
+        ends[n] = end
+        metas = [m.to_dict() for m in self._metas] + [meta.to_dict()]
+        self._group.attrs["episodes"] = metas  # step 3: the commit (one atomic file rename)
+        self._metas.append(meta)
+        self._ends = np.append(self._ends, np.int64(end))
+        return n
+
+    # --------------------------------------------------------------- internals
+    def _load_commit(self) -> None:
+        attrs = dict(self._group.attrs)
+        self._features = features_from_dict(attrs["features"])
+        self._metas = [EpisodeMeta.from_dict(m) for m in attrs["episodes"]]
+        n = len(self._metas)
+        ends = np.asarray(self._group["meta/episode_ends"][:n], dtype=np.int64) if n else np.zeros(0, np.int64)
+        if len(ends) != n or (n and (np.any(np.diff(ends) <= 0) or ends[0] <= 0)):
+            raise StoreError(f"{self.path}: meta/episode_ends disagrees with the {n} committed episodes; the store is damaged")
+        self._ends = ends
+
+    def _array(self, key: str) -> Any:
+        if key not in self._arrays:
+            self._arrays[key] = self._group[f"data/{key}"]
+        return self._arrays[key]
+
+    def _check_keys(self, keys: Sequence[str] | None) -> list[str]:
+        if keys is None:
+            return list(self._features)
+        unknown = [k for k in keys if k not in self._features]
+        if unknown:
+            raise KeyError(f"{self.path}: no key {unknown[0]!r}; the store has {', '.join(self._features)}")
+        return list(keys)
+
+    def _validate_frames(self, frames: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [k for k in self._features if k not in frames]
+        extra = [k for k in frames if k not in self._features]
+        if missing or extra:
+            raise StoreError(f"{self.path}: episode keys do not match the store (missing {missing}, unexpected {extra})")
+        out: dict[str, np.ndarray] = {}
+        lengths = set()
+        for key, feat in self._features.items():
+            values = np.asarray(frames[key])
+            if values.shape[1:] != tuple(feat.shape):
+                raise StoreError(f"{self.path}: {key} frames have shape {values.shape[1:]}, the store holds {feat.describe()}")
+            if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+                raise StoreError(f"{self.path}: {key} holds NaN or inf; refusing to store a corrupt episode")
+            out[key] = values.astype(feat.dtype, copy=False)
+            lengths.add(values.shape[0])
+        if len(lengths) != 1 or 0 in lengths:
+            raise StoreError(f"{self.path}: every key needs the same number (>= 1) of frames, got {sorted(lengths)}")
+        return out
+
+    def _discard_uncommitted(self) -> None:
+        """Truncate frames a killed writer left past the last commit, and its temporary files."""
+        for tmp in self.path.rglob("*.partial"):
+            tmp.unlink(missing_ok=True)
+        steps = self.num_steps
+        for key in self._features:
+            arr = self._array(key)
+            if arr.shape[0] != steps:
+                arr.resize((steps, *arr.shape[1:]))
+        ends = self._group["meta/episode_ends"]
+        if ends.shape[0] != self.num_episodes:
+            ends.resize((self.num_episodes,))
+
+
+def _check_is_store(path: Path) -> None:
+    import json
+
+    root = path / "zarr.json"
+    if not path.is_dir():
+        raise StoreError(f"{path}: no such episode store (not a directory)")
+    try:
+        attrs = json.loads(root.read_text()).get("attributes", {})
+    except FileNotFoundError:
+        raise StoreError(f"{path}: not an episode store (no zarr.json); record one with `robot record --out {path}`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise StoreError(f"{path}: not an episode store (zarr.json is not valid JSON)") from None
+    if attrs.get("format") != FORMAT:
+        raise StoreError(f"{path}: a zarr group but not an episode store (format {attrs.get('format')!r}, expected {FORMAT!r})")
+    version = attrs.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise StoreError(
+            f"{path}: store format version {version} is newer than this kit reads ({FORMAT_VERSION}); upgrade the kit"
+        )
+
+
+def _acquire_write_lock(path: Path) -> int:
+    fd = os.open(path / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(f"{path}: another process is writing to this store; wait for it or use another --out") from None
+    return fd
+
+
+def _feature_mismatch(have: Features, want: Features) -> str:
+    if set(have) != set(want):
+        return f"keys {sorted(set(have) ^ set(want))} differ"
+    for key in have:
+        if tuple(have[key].shape) != tuple(want[key].shape) or have[key].dtype != want[key].dtype:
+            return f"{key} is {have[key].describe()} in the store, {want[key].describe()} here"
+    return ""

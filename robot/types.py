@@ -1,0 +1,149 @@
+"""Value types shared by every package of the kit.
+
+Keys are flat dotted strings (``observation.state``, ``observation.images.front``,
+``observation.pointcloud``, ``action``). A :class:`Feature` says what one key holds
+per time step; a mapping ``key -> Feature`` is how robots, stores and policies
+describe what they produce or need, so a mismatch can be named precisely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+STATE = "observation.state"
+POINTCLOUD = "observation.pointcloud"
+IMAGES_PREFIX = "observation.images."
+ACTION = "action"
+REWARD = "reward"
+DONE = "done"
+SUCCESS = "success"
+INTERVENTION = "intervention"
+TIMESTAMP = "timestamp"
+
+SOURCES = ("demo", "offline-rollout", "online-rollout", "deployment")
+
+
+def image_key(camera: str) -> str:
+    """``image_key("front") == "observation.images.front"``."""
+    return IMAGES_PREFIX + camera
+
+
+def is_image_key(key: str) -> bool:
+    return key.startswith(IMAGES_PREFIX)
+
+
+@dataclass(frozen=True)
+class Feature:
+    """What one key holds at one time step.
+
+    Images are uint8 ``(H, W, 3)``; point clouds float32 ``(N, 3)``; vectors
+    float32 ``(D,)``. ``names`` labels vector entries (``("x", "y", "gripper")``),
+    ``low``/``high`` are physical limits when the producer knows them.
+    """
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    names: tuple[str, ...] | None = None
+    low: tuple[float, ...] | None = None
+    high: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if any(int(s) <= 0 for s in self.shape):
+            raise ValueError(f"feature shape must be positive, got {self.shape}")
+        np.dtype(self.dtype)  # raises TypeError on an unknown dtype
+        if self.names is not None and len(self.shape) == 1 and len(self.names) != self.shape[0]:
+            raise ValueError(f"{len(self.names)} names for a vector of size {self.shape[0]}")
+        for bound in (self.low, self.high):
+            if bound is not None and len(self.shape) == 1 and len(bound) != self.shape[0]:
+                raise ValueError(f"bounds of length {len(bound)} for a vector of size {self.shape[0]}")
+
+    def describe(self) -> str:
+        """``float32 (7,)``, ``uint8 84x84x3`` or ``float32 scalar``."""
+        if len(self.shape) == 0:
+            return f"{self.dtype} scalar"
+        dims = "x".join(str(s) for s in self.shape) if len(self.shape) > 1 else f"({self.shape[0]},)"
+        return f"{self.dtype} {dims}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if v is not None}
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> "Feature":
+        tup = lambda v: None if v is None else tuple(v)  # noqa: E731
+        return Feature(
+            shape=tuple(int(s) for s in d["shape"]),
+            dtype=str(d.get("dtype", "float32")),
+            names=tup(d.get("names")),
+            low=tup(d.get("low")),
+            high=tup(d.get("high")),
+        )
+
+
+Features = Mapping[str, Feature]
+
+
+def features_to_dict(features: Features) -> dict[str, dict[str, Any]]:
+    return {k: f.to_dict() for k, f in features.items()}
+
+
+def features_from_dict(d: Mapping[str, Mapping[str, Any]]) -> dict[str, Feature]:
+    return {k: Feature.from_dict(v) for k, v in d.items()}
+
+
+def check_features(needed: Features, provided: Features, *, who_needs: str, who_provides: str) -> None:
+    """Raise ``ValueError`` naming every key ``needed`` that ``provided`` lacks or shapes differently."""
+    problems = []
+    for key, feat in needed.items():
+        have = provided.get(key)
+        if have is None:
+            problems.append(f"{key} ({feat.describe()}) is missing")
+        elif tuple(have.shape) != tuple(feat.shape):
+            problems.append(f"{key} is {have.describe()}, expected {feat.describe()}")
+    if problems:
+        offered = ", ".join(sorted(provided)) or "nothing"
+        raise ValueError(
+            f"{who_needs} does not fit {who_provides}: " + "; ".join(problems) + f" ({who_provides} provides {offered})"
+        )
+
+
+@dataclass(frozen=True)
+class EpisodeMeta:
+    """Per-episode metadata stored next to the frames."""
+
+    task: str
+    robot: str
+    fps: float
+    success: bool
+    source: str = "demo"
+    operator: str = ""
+    seed: int | None = None
+    device: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"episode source must be one of {SOURCES}, got {self.source!r}")
+        if not self.fps > 0:
+            raise ValueError(f"fps must be positive, got {self.fps}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["extra"] = dict(self.extra)
+        return d
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> "EpisodeMeta":
+        return EpisodeMeta(
+            task=str(d["task"]),
+            robot=str(d["robot"]),
+            fps=float(d["fps"]),
+            success=bool(d["success"]),
+            source=str(d.get("source", "demo")),
+            operator=str(d.get("operator", "")),
+            seed=None if d.get("seed") is None else int(d["seed"]),
+            device=str(d.get("device", "")),
+            extra=dict(d.get("extra", {})),
+        )

@@ -1,0 +1,2 @@
+"""Simulated task scenes (own MJCF scenes and robosuite-backed ones), reward terms,
+scripted experts, cameras and gymnasium wrappers."""

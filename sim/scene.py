@@ -1,0 +1,131 @@
+"""The contract every simulated task scene implements.
+
+A scene owns one MuJoCo model and its data: the arm, the objects, the cameras,
+the reward terms and the success check. ``hardware.mujoco.MujocoArm`` turns a
+scene into the hardware layer's ``Arm`` (so it goes through the same safety layer
+as a real arm), and :class:`SceneTask` turns it into a ``robot.protocols.Task``.
+
+Action convention (every arm scene): ``action[:3]`` end-effector position delta in
+metres in the robot base frame, ``action[3:6]`` rotation delta as an axis-angle
+vector in radians, ``action[6]`` gripper command in [-1 (open), 1 (closed)].
+Planar scenes use ``action[:2]`` = (dx, dy) in metres. Each scene's
+``action_features["action"].names`` spells its layout out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+from robot.protocols import Observation, StepOutcome
+from robot.types import Feature
+
+
+@dataclass(frozen=True)
+class ArmState:
+    """Kinematic state the safety layer checks (base frame, SI units)."""
+
+    ee_position: np.ndarray  # (3,) metres; planar scenes put z = fixed height
+    joint_positions: np.ndarray  # (J,) radians or metres
+    joint_velocities: np.ndarray  # (J,)
+
+
+@dataclass(frozen=True)
+class ArmLimits:
+    """Physical limits a scene (or a real arm's driver) declares for its safety layer.
+
+    ``workspace_low/high`` bound the end-effector position; ``max_step`` bounds
+    each action dimension per command (metres, radians, gripper units);
+    ``joint_low/high`` and ``max_joint_velocity`` are the arm's joint limits.
+    """
+
+    workspace_low: tuple[float, float, float]
+    workspace_high: tuple[float, float, float]
+    max_step: tuple[float, ...]
+    joint_low: tuple[float, ...]
+    joint_high: tuple[float, ...]
+    max_joint_velocity: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if any(lo >= hi for lo, hi in zip(self.workspace_low, self.workspace_high)):
+            raise ValueError(f"workspace_low {self.workspace_low} must be below workspace_high {self.workspace_high}")
+        if len(self.joint_low) != len(self.joint_high) or len(self.joint_low) != len(self.max_joint_velocity):
+            raise ValueError("joint_low, joint_high and max_joint_velocity must have one entry per joint")
+        if any(s <= 0 for s in self.max_step):
+            raise ValueError(f"max_step entries must be positive, got {self.max_step}")
+
+
+@runtime_checkable
+class ScriptedExpert(Protocol):
+    """A scripted controller that stands in for a human teleoperator.
+
+    It may read the scene's privileged state. ``noise`` in [0, 1] makes it
+    imperfect (jittery, hesitant, sometimes wrong); 0 is the clean expert.
+    """
+
+    def reset(self) -> None: ...
+
+    def act(self, observation: Observation) -> np.ndarray: ...
+
+
+@runtime_checkable
+class SimScene(Protocol):
+    name: str  # task name, e.g. "push", "lift", "lift-ur5e"
+    robot_name: str  # arm model, e.g. "panda", "ur5e", "pusher"
+    fps: float  # control rate
+    max_steps: int
+
+    @property
+    def observation_features(self) -> Mapping[str, Feature]: ...
+
+    @property
+    def action_features(self) -> Mapping[str, Feature]: ...
+
+    @property
+    def limits(self) -> ArmLimits: ...
+
+    @property
+    def reward_scales(self) -> Mapping[str, float]: ...
+
+    def reset(self, seed: int) -> None: ...
+
+    def step(self, action: np.ndarray) -> None:
+        """Apply one (already safety-checked) control action and advance physics one control period."""
+        ...
+
+    def observe(self) -> Observation:
+        """Observation keyed as ``observation_features`` (no timestamp)."""
+        ...
+
+    def arm_state(self) -> ArmState: ...
+
+    def reward_terms(self, applied_action: np.ndarray) -> dict[str, float]:
+        """Unscaled named reward terms for the step just taken."""
+        ...
+
+    def is_success(self) -> bool: ...
+
+    def expert(self, noise: float = 0.0, seed: int | None = None) -> ScriptedExpert: ...
+
+    def close(self) -> None: ...
+
+
+class SceneTask:
+    """A scene seen as a ``robot.protocols.Task``: scaled reward terms and the success check."""
+
+    def __init__(self, scene: SimScene):
+        self.scene = scene
+        self.name = scene.name
+        self.max_steps = scene.max_steps
+        self.fps = scene.fps
+
+    @property
+    def reward_scales(self) -> Mapping[str, float]:
+        return self.scene.reward_scales
+
+    def evaluate(self, observation: Observation, applied_action: np.ndarray) -> StepOutcome:
+        raw = self.scene.reward_terms(applied_action)
+        scales = self.scene.reward_scales
+        return StepOutcome(terms={k: float(v) * scales.get(k, 1.0) for k, v in raw.items()}, success=self.scene.is_success())

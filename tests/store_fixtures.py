@@ -1,0 +1,92 @@
+"""Deterministic episodes for store tests, and a writer process that can be killed mid-append.
+
+Run as a script: ``python -m tests.store_fixtures STORE N [KILL_AT]`` appends N
+episodes, printing ``committed <i>`` after each commit; with KILL_AT it SIGKILLs
+itself on the KILL_AT-th zarr write call (array write, resize or attribute write),
+which lands the kill at an exact point inside the append protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import numpy as np
+
+from robot.types import EpisodeMeta, Feature
+
+FEATURES = {
+    "observation.state": Feature((4,), names=("a", "b", "c", "d")),
+    "observation.images.front": Feature((24, 32, 3), "uint8"),
+    "observation.images.wrist": Feature((24, 32, 3), "uint8"),
+    "action": Feature((2,)),
+    "reward": Feature(()),
+    "done": Feature((), "bool"),
+}
+
+
+def episode_length(i: int) -> int:
+    return 15 + (i * 7) % 11
+
+
+def make_episode(i: int) -> dict[str, np.ndarray]:
+    """Frames whose every value encodes (episode, step), so any mix-up is detectable."""
+    t = episode_length(i)
+    steps = np.arange(t)
+    return {
+        "observation.state": (i * 1000 + steps[:, None] + np.arange(4)[None] / 10).astype(np.float32),
+        "observation.images.front": np.broadcast_to(((i * 13 + steps) % 256).astype(np.uint8)[:, None, None, None], (t, 24, 32, 3)).copy(),
+        "observation.images.wrist": np.broadcast_to(((i * 29 + steps) % 256).astype(np.uint8)[:, None, None, None], (t, 24, 32, 3)).copy(),
+        "action": np.stack([np.full(t, float(i)), steps.astype(np.float32)], axis=1),
+        "reward": (steps == t - 1).astype(np.float32),
+        "done": steps == t - 1,
+    }
+
+
+def make_meta(i: int) -> EpisodeMeta:
+    return EpisodeMeta(task="push", robot="pusher", fps=10.0, success=i % 3 != 0, seed=i, operator="test")
+
+
+def check_episode(ep, i: int) -> None:
+    want = make_episode(i)
+    for key, value in want.items():
+        np.testing.assert_array_equal(ep.data[key], value, err_msg=f"episode {i} key {key}")
+    assert ep.meta == make_meta(i)
+
+
+def _arm_kill(kill_at: int) -> None:
+    import zarr
+    from zarr.core.attributes import Attributes
+
+    calls = {"n": 0}
+
+    def counted(fn):
+        def wrapper(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    zarr.Array.__setitem__ = counted(zarr.Array.__setitem__)
+    zarr.Array.resize = counted(zarr.Array.resize)
+    Attributes.__setitem__ = counted(Attributes.__setitem__)
+
+
+def main(argv: list[str]) -> None:
+    from robot.store import ZarrEpisodeStore
+
+    path, n = argv[0], int(argv[1])
+    store = ZarrEpisodeStore.open_or_create(path, FEATURES)
+    if len(argv) > 2:
+        _arm_kill(int(argv[2]))
+    first = store.num_episodes
+    for i in range(first, first + n):
+        store.append_episode(make_episode(i), make_meta(i))
+        print(f"committed {i}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

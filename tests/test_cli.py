@@ -1,0 +1,39 @@
+"""The `robot` command line as a user runs it."""
+
+import subprocess
+import sys
+
+from robot.store import ZarrEpisodeStore
+from tests.store_fixtures import FEATURES, make_episode, make_meta
+
+
+def _robot(*args):
+    return subprocess.run([sys.executable, "-m", "robot.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_every_command():
+    out = _robot("--help")
+    assert out.returncode == 0
+    for command in ("record", "view", "train", "pipeline", "diagnose", "eval", "deploy", "serve", "convert", "info"):
+        assert command in out.stdout
+
+
+def test_info_summarises_a_store(tmp_path):
+    store = ZarrEpisodeStore.create(tmp_path / "demo.zarr", FEATURES)
+    for i in range(3):
+        store.append_episode(make_episode(i), make_meta(i))
+    store.close()
+    out = _robot("info", str(tmp_path / "demo.zarr"))
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    steps = sum(len(make_episode(i)["reward"]) for i in range(3))
+    assert "episodes   3" in text and f"steps      {steps} " in text
+    assert "success    66.7% (2/3)" in text
+    assert "observation.images.front  uint8    24x32x3" in text
+    assert "push (3)" in text and "demo (3)" in text
+
+
+def test_info_on_a_non_store_is_one_clear_line(tmp_path):
+    out = _robot("info", str(tmp_path))
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "not an episode store" in out.stderr and str(tmp_path) in out.stderr

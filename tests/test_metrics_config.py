@@ -1,0 +1,42 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from robot.config import from_dict, load_json, save_json, to_dict
+from robot.metrics import JsonlMetrics, read_metrics, series
+
+
+def test_jsonl_metrics_survive_a_torn_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    with JsonlMetrics(path) as sink:
+        for step in range(3):
+            sink.log({"losses/denoise": 1.0 / (step + 1), "charts/success": float("nan")}, step)
+    with open(path, "a") as f:
+        f.write('{"step": 3, "losses/den')  # a writer killed mid-line
+    rows = read_metrics(path)
+    assert len(rows) == 3
+    steps, values = series(rows, "losses/denoise")
+    assert steps == [0, 1, 2] and values[2] == pytest.approx(1 / 3)
+    assert rows[0]["charts/success"] != rows[0]["charts/success"]  # NaN comes back as NaN
+
+
+@dataclass(frozen=True)
+class Inner:
+    widths: tuple[int, ...] = (64, 64)
+    dropout: float | None = None
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = "x"
+    inner: Inner = field(default_factory=Inner)
+    pair: tuple[float, float] = (0.1, 0.2)
+
+
+def test_config_round_trip(tmp_path):
+    cfg = Outer(name="y", inner=Inner(widths=(8, 16, 32), dropout=0.1))
+    assert from_dict(Outer, to_dict(cfg)) == cfg
+    save_json(cfg, tmp_path / "config.json")
+    assert load_json(Outer, tmp_path / "config.json") == cfg
+    with pytest.raises(ValueError, match="has no field 'nmae'"):
+        from_dict(Outer, {"nmae": "typo"})

@@ -1,0 +1,182 @@
+"""The episode store: round trip, crash safety under kill -9, concurrent readers, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robot.store import StoreError, ZarrEpisodeStore
+from robot.types import EpisodeMeta, Feature
+from tests.store_fixtures import FEATURES, check_episode, make_episode, make_meta
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _writer(path: Path, n: int, kill_at: int | None = None) -> subprocess.Popen:
+    args = [sys.executable, "-m", "tests.store_fixtures", str(path), str(n)]
+    if kill_at is not None:
+        args.append(str(kill_at))
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _fill(path: Path, n: int) -> ZarrEpisodeStore:
+    store = ZarrEpisodeStore.create(path, FEATURES)
+    for i in range(n):
+        store.append_episode(make_episode(i), make_meta(i))
+    return store
+
+
+def test_round_trip_images_and_states(tmp_path):
+    _fill(tmp_path / "s.zarr", 4).close()
+    store = ZarrEpisodeStore.open(tmp_path / "s.zarr")
+    assert store.num_episodes == 4
+    assert store.num_steps == sum(len(make_episode(i)["reward"]) for i in range(4))
+    assert store.features == FEATURES
+    for i in range(4):
+        check_episode(store.episode(i), i)
+    assert store.success_rate() == pytest.approx(np.mean([make_meta(i).success for i in range(4)]))
+    loaded = store.load(["action"])
+    assert loaded["action"].shape == (store.num_steps, 2)
+    assert store.episode(-1).index == 3
+
+
+def test_append_resumes_after_close(tmp_path):
+    _fill(tmp_path / "s.zarr", 2).close()
+    with ZarrEpisodeStore.open(tmp_path / "s.zarr", mode="a") as store:
+        store.append_episode(make_episode(2), make_meta(2))
+    store = ZarrEpisodeStore.open(tmp_path / "s.zarr")
+    assert store.num_episodes == 3
+    check_episode(store.episode(2), 2)
+
+
+def test_bad_episodes_are_refused_without_damage(tmp_path):
+    store = _fill(tmp_path / "s.zarr", 1)
+    bad = make_episode(1)
+    bad["action"][3, 0] = np.nan
+    with pytest.raises(StoreError, match="NaN"):
+        store.append_episode(bad, make_meta(1))
+    short = make_episode(1)
+    short["reward"] = short["reward"][:-1]
+    with pytest.raises(StoreError, match="same number"):
+        store.append_episode(short, make_meta(1))
+    missing = make_episode(1)
+    del missing["done"]
+    with pytest.raises(StoreError, match="missing \\['done'\\]"):
+        store.append_episode(missing, make_meta(1))
+    assert store.num_episodes == 1
+    store.append_episode(make_episode(1), make_meta(1))
+    check_episode(ZarrEpisodeStore.open(tmp_path / "s.zarr").episode(1), 1)
+
+
+def test_not_a_store_and_newer_version_are_one_line_errors(tmp_path):
+    with pytest.raises(StoreError, match="no such episode store"):
+        ZarrEpisodeStore.open(tmp_path / "missing.zarr")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(StoreError, match=r"plain: not an episode store"):
+        ZarrEpisodeStore.open(tmp_path / "plain")
+    (tmp_path / "plain" / "zarr.json").write_text("{ not json")
+    with pytest.raises(StoreError, match="not valid JSON"):
+        ZarrEpisodeStore.open(tmp_path / "plain")
+    _fill(tmp_path / "s.zarr", 1).close()
+    meta_path = tmp_path / "s.zarr" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"]["format_version"] = 99
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="version 99 is newer") as err:
+        ZarrEpisodeStore.open(tmp_path / "s.zarr")
+    assert str(tmp_path / "s.zarr") in str(err.value) and "\n" not in str(err.value)
+
+
+def test_one_writer_at_a_time(tmp_path):
+    store = _fill(tmp_path / "s.zarr", 1)
+    with pytest.raises(StoreError, match="another process is writing"):
+        ZarrEpisodeStore.open(tmp_path / "s.zarr", mode="a")
+    store.close()
+    ZarrEpisodeStore.open(tmp_path / "s.zarr", mode="a").close()
+
+
+def test_open_or_create_refuses_other_features(tmp_path):
+    _fill(tmp_path / "s.zarr", 1).close()
+    other = dict(FEATURES, action=Feature((7,)))
+    with pytest.raises(StoreError, match="action is float32 \\(2,\\) in the store"):
+        ZarrEpisodeStore.open_or_create(tmp_path / "s.zarr", other)
+
+
+# ---------------------------------------------------------------- kill -9
+APPEND_CALLS = 2 * len(FEATURES) + 3  # per append: resize + write per key, resize + write ends, commit
+
+
+@pytest.mark.parametrize("kill_at", range(1, APPEND_CALLS + 1))
+def test_kill_at_every_point_of_an_append_loses_nothing_earlier(tmp_path, kill_at):
+    path = tmp_path / "s.zarr"
+    _fill(path, 2).close()
+    # the writer commits episode 2 and is killed at call `kill_at` inside the append of episode 3
+    proc = _writer(path, 5, kill_at=APPEND_CALLS + kill_at)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == -9, out
+    assert [int(x) for x in out.split()[1::2]] == [2]
+    store = ZarrEpisodeStore.open(path)
+    assert store.num_episodes == 3  # episode 3 was killed before its commit: invisible, not half there
+    for i in range(store.num_episodes):
+        check_episode(store.episode(i), i)
+    # the next writer discards the torn tail and appends cleanly
+    with ZarrEpisodeStore.open(path, mode="a") as writer:
+        n = writer.num_episodes
+        writer.append_episode(make_episode(n), make_meta(n))
+    store = ZarrEpisodeStore.open(path)
+    for i in range(store.num_episodes):
+        check_episode(store.episode(i), i)
+    assert not list(path.rglob("*.partial"))
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3, 0.8])
+def test_kill_at_random_moments(tmp_path, delay):
+    path = tmp_path / "s.zarr"
+    proc = _writer(path, 10_000)
+    committed = []
+    deadline = time.monotonic() + 60
+    while not committed and time.monotonic() < deadline:  # wait for the first commit, then a bit more
+        line = proc.stdout.readline()
+        if line.startswith("committed"):
+            committed.append(int(line.split()[1]))
+    time.sleep(delay)
+    proc.kill()
+    rest, _ = proc.communicate(timeout=30)
+    committed += [int(x) for x in rest.split()[1::2]]
+    store = ZarrEpisodeStore.open(path)
+    assert store.num_episodes >= len(committed) >= 1
+    for i in range(store.num_episodes):
+        check_episode(store.episode(i), i)
+
+
+def test_reader_sees_a_consistent_prefix_while_a_writer_appends(tmp_path):
+    path = tmp_path / "s.zarr"
+    _fill(path, 1).close()
+    proc = _writer(path, 40)
+    reader = ZarrEpisodeStore.open(path)
+    seen = []
+    try:
+        while proc.poll() is None:
+            reader.refresh()
+            n = reader.num_episodes
+            seen.append(n)
+            for i in range(max(0, n - 2), n):  # the newest episodes are the ones at risk
+                check_episode(reader.episode(i), i)
+    finally:
+        proc.wait(timeout=120)
+    reader.refresh()
+    assert reader.num_episodes == 41
+    assert seen == sorted(seen) and len(set(seen)) > 2, "the reader should have watched the store grow"
+
+
+def test_meta_validation():
+    with pytest.raises(ValueError, match="source"):
+        EpisodeMeta(task="t", robot="r", fps=10, success=True, source="youtube")
+    meta = EpisodeMeta(task="t", robot="r", fps=10, success=True, seed=3, extra={"noise": 0.5})
+    assert EpisodeMeta.from_dict(meta.to_dict()) == meta
