@@ -1,11 +1,12 @@
 """Windowed sampling over episodes held in memory.
 
-A window is ``horizon`` consecutive steps of one episode starting ``n_obs_steps - 1``
-steps before the "current" step, as in diffusion_policy: observation keys keep the
-first ``n_obs_steps`` frames ``(B, To, ...)``, every other key (actions, rewards)
-the whole window ``(B, horizon, ...)``. Windows may hang over the episode's edges
-by ``pad_before`` / ``pad_after`` steps; padded frames repeat the edge frame and
-are flagged in ``"<key>_is_pad"`` so losses can ignore them.
+A window is anchored at a "current" step t of one episode: observation keys hold
+the ``n_obs_steps`` frames ending at t ``(B, To, ...)``; every other key (actions,
+rewards, flags) the ``horizon`` steps starting at t ``(B, horizon, ...)``, i.e. the
+chunk the policy predicts and executes from t. Every step of an episode is the
+current step of exactly one window. Frames before the episode's start or after
+its end repeat the edge frame; padded action steps are flagged in
+``"<key>_is_pad"`` ``(B, horizon)`` so losses can ignore them.
 """
 
 from __future__ import annotations
@@ -19,28 +20,13 @@ import numpy as np
 @dataclass(frozen=True)
 class WindowConfig:
     n_obs_steps: int = 2
-    """To: observation frames the policy is conditioned on."""
+    """To: observation frames ending at the current step."""
     horizon: int = 16
-    """Steps per window (the action chunk the denoiser predicts)."""
-    n_action_steps: int = 8
-    """Ta: actions executed per chunk; windows may end up to Ta - 1 steps after the episode."""
+    """Steps of actions (and rewards) starting at the current step: the predicted chunk."""
 
     def __post_init__(self) -> None:
-        if self.n_obs_steps < 1 or self.horizon < 1 or self.n_action_steps < 1:
-            raise ValueError(f"n_obs_steps, horizon and n_action_steps must be >= 1, got {self}")
-        if self.n_obs_steps + self.n_action_steps - 1 > self.horizon:
-            raise ValueError(
-                f"horizon {self.horizon} is too short for n_obs_steps {self.n_obs_steps} + n_action_steps "
-                f"{self.n_action_steps} - 1; raise horizon or lower n_action_steps"
-            )
-
-    @property
-    def pad_before(self) -> int:
-        return self.n_obs_steps - 1
-
-    @property
-    def pad_after(self) -> int:
-        return self.n_action_steps - 1
+        if self.n_obs_steps < 1 or self.horizon < 1:
+            raise ValueError(f"n_obs_steps and horizon must be >= 1, got {self.n_obs_steps}, {self.horizon}")
 
 
 def split_episodes(num_episodes: int, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -82,34 +68,31 @@ class WindowSampler:
         if len(chosen) == 0:
             raise ValueError("WindowSampler needs at least one episode")
         self.obs_keys = tuple(k for k in data if k.startswith("observation.")) if obs_keys is None else tuple(obs_keys)
-        # One row per window: (window start, episode start, episode end); starts may be negative offsets.
-        rows = []
-        for ep in chosen:
-            s, e = int(starts[ep]), int(ends[ep])
-            first, last = s - config.pad_before, e - config.horizon + config.pad_after
-            for w in range(first, max(first, last) + 1):
-                rows.append((w, s, e))
+        # One row per window: (current step, episode start, episode end).
+        rows = [(t, int(starts[ep]), int(ends[ep])) for ep in chosen for t in range(int(starts[ep]), int(ends[ep]))]
         self._rows = np.asarray(rows, dtype=np.int64)  # (N, 3)
 
     def __len__(self) -> int:
         return len(self._rows)
 
-    def indices(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Frame indices ``(B, horizon)`` for window rows and the padding mask ``(B, horizon)``."""
-        w, s, e = self._rows[rows].T
-        raw = w[:, None] + np.arange(self.config.horizon)[None, :]
-        clipped = np.clip(raw, s[:, None], e[:, None] - 1)
-        return clipped, clipped != raw
+    def indices(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Frame indices for window rows: observations ``(B, To)``, actions ``(B, horizon)``,
+        and the action padding mask ``(B, horizon)``."""
+        t, s, e = self._rows[rows].T
+        obs = np.clip(t[:, None] + np.arange(1 - self.config.n_obs_steps, 1)[None, :], s[:, None], None)
+        raw = t[:, None] + np.arange(self.config.horizon)[None, :]
+        act = np.minimum(raw, e[:, None] - 1)
+        return obs, act, act != raw
 
     def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The windows at ``rows``: observation keys ``(B, To, ...)``, others ``(B, horizon, ...)``."""
-        idx, is_pad = self.indices(np.asarray(rows))
+        obs_idx, act_idx, is_pad = self.indices(np.asarray(rows))
         out: dict[str, np.ndarray] = {}
         for key, arr in self.data.items():
             if key in self.obs_keys:
-                out[key] = arr[idx[:, : self.config.n_obs_steps]]
+                out[key] = arr[obs_idx]
             else:
-                out[key] = arr[idx]
+                out[key] = arr[act_idx]
                 out[f"{key}_is_pad"] = is_pad
         return out
 

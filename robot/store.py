@@ -48,7 +48,7 @@ def _zarr():
 
 def _compressors():
     zarr = _zarr()
-    return [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")]
+    return [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")]
 
 
 def _time_chunk(feature: Feature) -> int:

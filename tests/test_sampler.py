@@ -13,38 +13,30 @@ def _data(lengths):
     return {"observation.state": np.stack([t, episode], 1).astype(np.float32), "action": t.astype(np.float32)[:, None]}, ends
 
 
-def test_windows_cover_every_step_with_edge_padding():
+def test_every_step_is_the_current_step_of_one_window():
     data, ends = _data([5, 8])
-    cfg = WindowConfig(n_obs_steps=2, horizon=4, n_action_steps=3)
-    sampler = WindowSampler(data, ends, cfg)
-    # per episode: starts from -pad_before to len - horizon + pad_after
-    assert len(sampler) == (5 - 4 + 1 + 2 + 1) + (8 - 4 + 1 + 2 + 1)
+    sampler = WindowSampler(data, ends, WindowConfig(n_obs_steps=2, horizon=4))
+    assert len(sampler) == 13
     batch = sampler.batch(np.arange(len(sampler)))
-    assert batch["observation.state"].shape == (len(sampler), 2, 2)
-    assert batch["action"].shape == (len(sampler), 4, 1)
-    # no window mixes episodes
-    for w in range(len(sampler)):
+    assert batch["observation.state"].shape == (13, 2, 2) and batch["action"].shape == (13, 4, 1)
+    np.testing.assert_array_equal(batch["observation.state"][:, -1, 0], np.arange(13))  # last obs frame = current step
+    np.testing.assert_array_equal(batch["action"][:, 0, 0], np.arange(13))  # first action = current step
+    for w in range(13):  # no window mixes episodes
         assert len(set(batch["observation.state"][w, :, 1])) == 1
-    # first window of episode 0 repeats step 0 once (pad_before = 1), flagged as padding
-    first = sampler.batch(np.array([0]))
-    np.testing.assert_array_equal(first["action"][0, :, 0], [0, 0, 1, 2])
-    np.testing.assert_array_equal(first["action_is_pad"][0], [True, False, False, False])
-    np.testing.assert_array_equal(first["observation.state"][0, :, 0], [0, 0])
-    # last window of episode 0 runs pad_after = 2 steps past its end, repeating step 4
-    last = sampler.batch(np.array([4]))
+
+
+def test_edges_repeat_the_edge_frame_and_flag_padded_actions():
+    data, ends = _data([5, 8])
+    sampler = WindowSampler(data, ends, WindowConfig(n_obs_steps=3, horizon=4))
+    first = sampler.batch(np.array([0]))  # step 0: two observation frames before the start
+    np.testing.assert_array_equal(first["observation.state"][0, :, 0], [0, 0, 0])
+    np.testing.assert_array_equal(first["action"][0, :, 0], [0, 1, 2, 3])
+    assert not first["action_is_pad"].any()
+    second_episode = sampler.batch(np.array([5]))  # episode 1 starts at frame 5: never sees episode 0
+    np.testing.assert_array_equal(second_episode["observation.state"][0, :, 0], [5, 5, 5])
+    last = sampler.batch(np.array([3]))  # step 3 of a 5-step episode: actions run 2 past the end
     np.testing.assert_array_equal(last["action"][0, :, 0], [3, 4, 4, 4])
     np.testing.assert_array_equal(last["action_is_pad"][0], [False, False, True, True])
-    # the current step (index To - 1) of consecutive windows walks through every step once
-    current = batch["action"][~batch["action_is_pad"][:, 1], 1, 0]
-    np.testing.assert_array_equal(np.sort(current), np.arange(13))
-
-
-def test_short_episode_still_gives_a_window():
-    data, ends = _data([2, 10])
-    sampler = WindowSampler(data, ends, WindowConfig(n_obs_steps=1, horizon=8, n_action_steps=1), episodes=[0])
-    batch = sampler.batch(np.arange(len(sampler)))
-    assert len(sampler) == 1
-    np.testing.assert_array_equal(batch["action"][0, :, 0], [0, 1, 1, 1, 1, 1, 1, 1])
 
 
 def test_split_is_by_episode_and_deterministic():
@@ -54,11 +46,12 @@ def test_split_is_by_episode_and_deterministic():
     train, val = split_episodes(2, 0.01)
     assert len(val) == 1 and len(train) == 1
     data, ends = _data([5, 6, 7])
-    sampler = WindowSampler(data, ends, WindowConfig(2, 4, 2), episodes=[1])
+    sampler = WindowSampler(data, ends, WindowConfig(2, 4), episodes=[1])
     batch = sampler.sample(64, np.random.default_rng(0))
     assert set(np.unique(batch["observation.state"][..., 1])) == {1.0}
+    assert len(sampler) == 6
 
 
 def test_config_is_validated():
-    with pytest.raises(ValueError, match="horizon 4 is too short"):
-        WindowConfig(n_obs_steps=3, horizon=4, n_action_steps=3)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        WindowConfig(n_obs_steps=0, horizon=4)
