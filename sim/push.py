@@ -1,0 +1,363 @@
+"""Planar push: a disk pusher shoves a square block onto a target disc.
+
+The kit's deliberately trivial task: a few bodies, no arm, thousands of control
+steps per second, so learning tests and pipeline runs are cheap. The pusher
+slides on x/y under stiff position servos; each action (dx, dy) moves its servo
+target that far from where it stands. The block slides on x/y and turns about z
+with joint friction (quasi-static pushing: it stops when the push stops). The
+target is fixed at the table centre; ``reset(seed)`` draws the block pose and the
+pusher start. Success: block centre within ``success_tolerance`` of the target.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # must precede `import mujoco` for the cameras
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import mujoco
+import numpy as np
+
+from robot.protocols import Observation
+from robot.types import ACTION, STATE, Feature
+from sim.cameras import CameraConfig, CameraRig
+from sim.scene import ArmLimits, ArmState
+
+TABLE = 0.25  # half-width of the square table and of the pusher workspace, metres
+PUSHER_RADIUS = 0.02
+BLOCK_HALF = 0.03  # half side of the square block
+HEIGHT = 0.02  # z of the pusher and block centres
+TARGET = (0.0, 0.0)
+TIMESTEP = 0.005  # physics step, seconds
+STATE_NAMES = ("pusher_x", "pusher_y", "block_x", "block_y", "block_sin_yaw", "block_cos_yaw", "target_x", "target_y")
+
+_MJCF = """
+<mujoco model="push">
+  <compiler angle="radian" autolimits="true"/>
+  <option timestep="{timestep}" integrator="implicitfast"/>
+  <visual>
+    <global offwidth="640" offheight="640"/>
+    <quality shadowsize="0"/>
+    <headlight ambient="0.3 0.3 0.3" diffuse="0.2 0.2 0.2" specular="0 0 0"/>
+  </visual>
+  <worldbody>
+    <light pos="0.3 -0.3 1.5" dir="-0.2 0.2 -1" directional="true" diffuse="0.5 0.5 0.5" specular="0 0 0"/>
+    <geom name="table" type="plane" size="{table_vis} {table_vis} 0.01" rgba="0.7 0.7 0.7 1"
+          contype="0" conaffinity="0"/>
+    <geom name="target" type="cylinder" pos="{tx} {ty} 0.0005" size="{tol} 0.0005" rgba="0.2 0.75 0.2 1"
+          contype="0" conaffinity="0"/>
+    <camera name="top" pos="0 0 0.65" xyaxes="1 0 0 0 1 0" fovy="45"/>
+    <camera name="front" pos="0 -0.55 0.45" xyaxes="1 0 0 0 0.633 0.774" fovy="45"/>
+    <body name="pusher" pos="0 0 {z}">
+      <joint name="pusher_x" type="slide" axis="1 0 0" range="-{table} {table}"/>
+      <joint name="pusher_y" type="slide" axis="0 1 0" range="-{table} {table}"/>
+      <geom name="pusher" type="cylinder" size="{radius} {z}" mass="1" rgba="0.2 0.3 0.9 1" friction="0.5"/>
+    </body>
+    <body name="block" pos="0 0 {z}">
+      <joint name="block_x" type="slide" axis="1 0 0" range="-0.3 0.3" frictionloss="0.5" damping="0.1"/>
+      <joint name="block_y" type="slide" axis="0 1 0" range="-0.3 0.3" frictionloss="0.5" damping="0.1"/>
+      <joint name="block_yaw" type="hinge" axis="0 0 1" frictionloss="0.01" damping="0.001"/>
+      <geom name="block" type="box" size="{half} {half} {z}" mass="0.1" rgba="0.9 0.2 0.2 1" friction="0.5"/>
+    </body>
+  </worldbody>
+  <actuator>
+    <position name="pusher_x" joint="pusher_x" kp="2500" kv="100" ctrlrange="-{table} {table}"/>
+    <position name="pusher_y" joint="pusher_y" kp="2500" kv="100" ctrlrange="-{table} {table}"/>
+  </actuator>
+</mujoco>
+"""
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    """Options of the push scene; reward scales multiply the unscaled terms of ``reward_terms``."""
+
+    max_step: float = 0.025
+    """Largest pusher move per control step and axis, metres (0.25 m/s at 10 Hz)."""
+    max_steps: int = 100
+    """Episode length limit in control steps."""
+    success_tolerance: float = 0.02
+    """Block centre within this distance of the target counts as success, metres."""
+    state: bool = True
+    """Include ``observation.state`` (pusher xy, block xy, block yaw sin/cos, target xy)."""
+    camera: CameraConfig | None = None
+    """Cameras ("top", "front") and point cloud to render; ``None`` = no rendering at all."""
+    success_scale: float = 1.0
+    """Scale of ``success``: 1 on every step the block is in the target."""
+    step_scale: float = 0.01
+    """Scale of ``step``: -1 every step (a time penalty)."""
+    jitter_scale: float = 0.01
+    """Scale of ``jitter``: -||a_t - a_{t-1}||^2 / max_step^2 (action changes, in step units)."""
+    progress_scale: float = 0.0
+    """Scale of ``progress``: decrease of block-to-target distance this step, in max_step units."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_step <= 0.05:
+            raise ValueError(f"PushConfig.max_step must be in (0, 0.05] metres, got {self.max_step}")
+        if self.max_steps <= 0:
+            raise ValueError(f"PushConfig.max_steps must be positive, got {self.max_steps}")
+        if not 0 < self.success_tolerance <= 0.1:
+            raise ValueError(f"PushConfig.success_tolerance must be in (0, 0.1] metres, got {self.success_tolerance}")
+        if not self.state and self.camera is None:
+            raise ValueError("PushConfig observes nothing: keep state=True or give a camera config")
+        for name in ("success_scale", "step_scale", "jitter_scale", "progress_scale"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"PushConfig.{name} must be finite, got {getattr(self, name)}")
+
+
+class PushScene:
+    """The push task as a ``sim.scene.SimScene``."""
+
+    name = "push"
+    robot_name = "pusher"
+    fps = 10.0
+
+    def __init__(self, config: PushConfig = PushConfig()):
+        self.config = config
+        self.max_steps = config.max_steps
+        xml = _MJCF.format(
+            timestep=TIMESTEP, table=TABLE, table_vis=TABLE + 0.05, tx=TARGET[0], ty=TARGET[1],
+            tol=config.success_tolerance, z=HEIGHT, radius=PUSHER_RADIUS, half=BLOCK_HALF,
+        )  # fmt: skip
+        self.model = mujoco.MjModel.from_xml_string(xml)
+        self.data = mujoco.MjData(self.model)
+        self._substeps = round(1.0 / (self.fps * TIMESTEP))
+        self._target = np.array(TARGET)
+        self._rig: CameraRig | None = None
+        if config.camera is not None:
+            camera = config.camera
+            if camera.pointcloud is not None:
+                pc = camera.pointcloud.with_defaults("top", (-0.3, -0.3, 0.005), (0.3, 0.3, 0.1))
+                camera = CameraConfig(camera.cameras, camera.height, camera.width, pc)
+            self._rig = CameraRig.from_config(self.model, self.data, camera)
+        m = config.max_step
+        self._limits = ArmLimits(
+            workspace_low=(-TABLE, -TABLE, HEIGHT - 0.01),
+            workspace_high=(TABLE, TABLE, HEIGHT + 0.01),
+            max_step=(m, m),
+            joint_low=(-TABLE, -TABLE),
+            joint_high=(TABLE, TABLE),
+            max_joint_velocity=(1.0, 1.0),  # a full step peaks near 0.45 m/s inside the period
+        )
+        self._last_action = np.zeros(2)
+        self._action_before = np.zeros(2)
+        self._dist_before = 0.0
+        self.reset(0)
+
+    # ---- SimScene -----------------------------------------------------------
+
+    @property
+    def observation_features(self) -> Mapping[str, Feature]:
+        feats: dict[str, Feature] = {}
+        if self.config.state:
+            feats[STATE] = Feature((len(STATE_NAMES),), "float32", names=STATE_NAMES)
+        if self._rig is not None:
+            feats.update(self._rig.features())
+        return feats
+
+    @property
+    def action_features(self) -> Mapping[str, Feature]:
+        m = self.config.max_step
+        return {ACTION: Feature((2,), "float32", names=("dx", "dy"), low=(-m, -m), high=(m, m))}
+
+    @property
+    def limits(self) -> ArmLimits:
+        return self._limits
+
+    @property
+    def reward_scales(self) -> Mapping[str, float]:
+        c = self.config
+        return {
+            "success": c.success_scale,
+            "step": c.step_scale,
+            "jitter": c.jitter_scale,
+            "progress": c.progress_scale,
+        }
+
+    def reset(self, seed: int) -> None:
+        """Block 8-16 cm from the target at any yaw; pusher anywhere on the table at least 9 cm from the block."""
+        rng = np.random.default_rng(seed)
+        angle, radius = rng.uniform(-math.pi, math.pi), rng.uniform(0.08, 0.16)
+        block = self._target + radius * np.array([math.cos(angle), math.sin(angle)])
+        pusher = rng.uniform(-0.2, 0.2, size=2)
+        while np.linalg.norm(pusher - block) < 0.09:
+            pusher = rng.uniform(-0.2, 0.2, size=2)
+        mujoco.mj_resetData(self.model, self.data)
+        self.data.qpos[:] = [*pusher, *block, rng.uniform(-math.pi, math.pi)]
+        self.data.ctrl[:] = pusher
+        mujoco.mj_forward(self.model, self.data)
+        self._last_action = np.zeros(2)
+        self._action_before = np.zeros(2)
+        self._dist_before = self._block_distance()
+
+    def step(self, action: np.ndarray) -> None:
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (2,) or not np.all(np.isfinite(a)):
+            raise ValueError(f"push action must be 2 finite numbers (dx, dy), got {action!r}")
+        a = np.clip(a, -self.config.max_step, self.config.max_step)
+        self._dist_before = self._block_distance()
+        reach = TABLE - 0.005  # servo targets stay inside the joint range, so the pusher never overshoots it
+        self.data.ctrl[:] = np.clip(self.data.qpos[:2] + a, -reach, reach)
+        mujoco.mj_step(self.model, self.data, nstep=self._substeps)
+        self._action_before, self._last_action = self._last_action, a
+
+    def observe(self) -> Observation:
+        obs: Observation = {}
+        if self.config.state:
+            q = self.data.qpos
+            obs[STATE] = np.array(
+                [q[0], q[1], q[2], q[3], math.sin(q[4]), math.cos(q[4]), *self._target], dtype=np.float32
+            )
+        if self._rig is not None:
+            mujoco.mj_forward(self.model, self.data)  # poses after the last substep, for the cameras
+            obs.update(self._rig.render())
+        return obs
+
+    def arm_state(self) -> ArmState:
+        return ArmState(
+            ee_position=np.array([self.data.qpos[0], self.data.qpos[1], HEIGHT]),
+            joint_positions=self.data.qpos[:2].copy(),
+            joint_velocities=self.data.qvel[:2].copy(),
+        )
+
+    def reward_terms(self, applied_action: np.ndarray) -> dict[str, float]:
+        """Unscaled terms for the step just taken (pure: calling twice gives the same values)."""
+        m = self.config.max_step
+        change = (np.asarray(applied_action, dtype=np.float64).reshape(2) - self._action_before) / m
+        return {
+            "success": float(self.is_success()),
+            "step": -1.0,
+            "jitter": -float(change @ change),
+            "progress": (self._dist_before - self._block_distance()) / m,
+        }
+
+    def is_success(self) -> bool:
+        return self._block_distance() <= self.config.success_tolerance
+
+    def expert(self, noise: float = 0.0, seed: int | None = None) -> "PushExpert":
+        return PushExpert(self, noise=noise, seed=seed)
+
+    def close(self) -> None:
+        if self._rig is not None:
+            self._rig.close()
+
+    # ---- privileged state (for the expert and tests) -------------------------
+
+    @property
+    def pusher_xy(self) -> np.ndarray:
+        return self.data.qpos[0:2].copy()
+
+    @property
+    def block_xy(self) -> np.ndarray:
+        return self.data.qpos[2:4].copy()
+
+    @property
+    def block_yaw(self) -> float:
+        return float(self.data.qpos[4])
+
+    @property
+    def target_xy(self) -> np.ndarray:
+        return self._target.copy()
+
+    def _block_distance(self) -> float:
+        return float(np.linalg.norm(self.data.qpos[2:4] - self._target))
+
+
+class PushExpert:
+    """Scripted pusher: get behind the block (seen from the target), push it in, re-approach if it drifts.
+
+    It reads the scene's state, not the observation. ``noise`` in [0, 1] adds
+    Gaussian action noise (std ``noise * max_step / 2``), hesitations (a few
+    still steps), wrong moves (a few full steps in a random direction) and, in
+    a fraction ``0.8 * noise`` of episodes, a misjudged target: it stops 3-6 cm
+    short and backs off. Measured over 50 seeds: noise 0 -> 100 %, 0.5 -> ~66 %.
+    """
+
+    STANDOFF = BLOCK_HALF * math.sqrt(2) + PUSHER_RADIUS + 0.01  # clear of the block at any yaw
+    BEHIND = -(BLOCK_HALF + PUSHER_RADIUS) + 0.002  # along-offset closer than this is not behind
+
+    def __init__(self, scene: PushScene, noise: float = 0.0, seed: int | None = None):
+        if not 0.0 <= noise <= 1.0:
+            raise ValueError(f"expert noise must be in [0, 1], got {noise}")
+        self.scene = scene
+        self.noise = noise
+        self._rng = np.random.default_rng(seed)
+        self.reset()
+
+    def reset(self) -> None:
+        # A noisy operator sometimes misjudges the target and stops 3-6 cm short of it.
+        self._stop_short = 0.0
+        if self.noise > 0 and self._rng.random() < 0.8 * self.noise:
+            self._stop_short = float(self._rng.uniform(0.03, 0.06))
+        self._pushing = False
+        self._still = 0  # hesitation steps left
+        self._wrong = 0  # wrong-move steps left
+        self._wrong_dir = np.zeros(2)
+
+    def act(self, observation: Observation) -> np.ndarray:
+        m = self.scene.config.max_step
+        action = self._clean_action()
+        if self.noise > 0:
+            action = self._perturb(action, m)
+        return np.clip(action, -m, m).astype(np.float32)
+
+    def _clean_action(self) -> np.ndarray:
+        s = self.scene
+        m, tol = s.config.max_step, s.config.success_tolerance
+        pusher, block, target = s.pusher_xy, s.block_xy, s.target_xy
+        to_target = target - block
+        dist = float(np.linalg.norm(to_target))
+        rel = pusher - block
+        aim = max(0.3 * tol, self._stop_short)  # block-to-target distance the push aims for
+        if dist < aim + 0.1 * tol:  # done (or believes so): back off from the block
+            self._pushing = False
+            r = float(np.linalg.norm(rel))
+            return np.zeros(2) if r > 0.1 or r == 0.0 else rel / r * m
+        d = to_target / dist
+        n = np.array([-d[1], d[0]])
+        along, lat = float(rel @ d), float(rel @ n)
+        self._pushing = along < self.BEHIND and abs(lat) < (0.02 if self._pushing else 0.008)
+        if self._pushing:
+            # Advance along d only as far as the block still has to go; steer onto the centre line.
+            advance = min(m, max(0.0, dist - aim - (along + BLOCK_HALF + PUSHER_RADIUS)))
+            return d * advance - n * 0.5 * lat
+        # Orbit the block on a circle that clears it at any yaw until behind it, then close in.
+        rel_angle = math.atan2(rel[1], rel[0])
+        turn = (math.atan2(-d[1], -d[0]) - rel_angle + math.pi) % (2 * math.pi) - math.pi
+        if abs(turn) < 0.25:
+            waypoint = block - d * self.STANDOFF
+        else:
+            angle = rel_angle + float(np.clip(turn, -0.6, 0.6))
+            waypoint = block + self.STANDOFF * np.array([math.cos(angle), math.sin(angle)])
+        waypoint = np.clip(waypoint, -TABLE, TABLE)
+        return np.clip(waypoint - pusher, -m, m)
+
+    def _perturb(self, action: np.ndarray, m: float) -> np.ndarray:
+        rng, noise = self._rng, self.noise
+        if self._still == 0 and self._wrong == 0:
+            if rng.random() < 0.2 * noise:
+                self._still = int(rng.integers(1, 7))
+            elif rng.random() < 0.15 * noise:
+                self._wrong = int(rng.integers(2, 8))
+                angle = rng.uniform(-math.pi, math.pi)
+                self._wrong_dir = m * np.array([math.cos(angle), math.sin(angle)])
+        if self._still > 0:
+            self._still -= 1
+            action = np.zeros(2)
+        elif self._wrong > 0:
+            self._wrong -= 1
+            action = self._wrong_dir.copy()
+        return action + rng.normal(0.0, 0.5 * noise * m, size=2)
+
+
+def make_push(camera: CameraConfig | None = None, **options: object) -> PushScene:
+    """Registry factory: ``options`` are :class:`PushConfig` fields (``max_steps=80``, ``state=False``...)."""
+    fields = set(PushConfig.__dataclass_fields__) - {"camera"}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"push scene has no option {unknown}; it takes {sorted(fields)} and camera=CameraConfig(...)")
+    return PushScene(PushConfig(camera=camera, **options))  # type: ignore[arg-type]

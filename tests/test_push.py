@@ -1,0 +1,173 @@
+"""The push scene and the task registry: determinism, reward terms, success, experts, lazy rendering."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is imported, for the camera tests
+
+import mujoco
+import numpy as np
+import pytest
+
+from robot.types import ACTION, POINTCLOUD, STATE, image_key
+from sim.cameras import CameraConfig, PointCloudConfig
+from sim.push import PushConfig, PushScene, make_push
+from sim.registry import TASKS, make_scene, task_names
+from sim.scene import SceneTask, SimScene
+
+
+@pytest.fixture
+def scene():
+    s = PushScene()
+    yield s
+    s.close()
+
+
+def _rollout(scene: PushScene, seed: int, noise: float) -> tuple[bool, int]:
+    """Run the expert from ``reset(seed)`` until success or ``max_steps``; return (success, steps)."""
+    scene.reset(seed)
+    expert = scene.expert(noise=noise, seed=seed)
+    for t in range(scene.max_steps):
+        scene.step(expert.act(scene.observe()))
+        if scene.is_success():
+            return True, t + 1
+    return False, scene.max_steps
+
+
+def test_implements_the_scene_contract(scene: PushScene) -> None:
+    assert isinstance(scene, SimScene)
+    assert (scene.name, scene.robot_name, scene.fps) == ("push", "pusher", 10.0)
+    obs = scene.observe()
+    assert set(obs) == set(scene.observation_features)
+    feat = scene.observation_features[STATE]
+    assert obs[STATE].dtype == np.float32 and obs[STATE].shape == feat.shape and len(feat.names) == feat.shape[0]
+    act = scene.action_features[ACTION]
+    assert act.names == ("dx", "dy") and act.high == (scene.config.max_step,) * 2
+
+
+def test_same_seed_same_state(scene: PushScene) -> None:
+    def trajectory(seed: int) -> np.ndarray:
+        scene.reset(seed)
+        expert = scene.expert(noise=0.5, seed=1)
+        states = [scene.observe()[STATE]]
+        for _ in range(15):
+            scene.step(expert.act({}))
+            states.append(scene.observe()[STATE])
+        return np.stack(states)
+
+    np.testing.assert_array_equal(trajectory(7), trajectory(7))
+    assert not np.array_equal(trajectory(7)[0], trajectory(8)[0])
+
+
+def test_reward_terms_are_named_finite_and_scaled(scene: PushScene) -> None:
+    scene.reset(3)
+    action = np.array([0.01, -0.02])
+    scene.step(action)
+    terms = scene.reward_terms(action)
+    assert set(terms) == set(scene.reward_scales) == {"success", "step", "jitter", "progress"}
+    assert all(math.isfinite(v) for v in terms.values())
+    assert terms["step"] == -1.0 and terms["jitter"] == pytest.approx(-(0.01**2 + 0.02**2) / 0.025**2)
+    outcome = SceneTask(scene).evaluate(scene.observe(), action)
+    assert outcome.reward == pytest.approx(sum(terms[k] * scene.reward_scales[k] for k in terms))
+
+
+def test_success_when_block_on_target(scene: PushScene) -> None:
+    scene.reset(0)
+    assert not scene.is_success() and scene.reward_terms(np.zeros(2))["success"] == 0.0
+    scene.data.qpos[2:4] = scene.target_xy + [0.01, 0.0]
+    mujoco.mj_forward(scene.model, scene.data)
+    assert scene.is_success() and scene.reward_terms(np.zeros(2))["success"] == 1.0
+
+
+def test_actions_are_clipped_and_bad_ones_rejected(scene: PushScene) -> None:
+    scene.reset(0)
+    start = scene.pusher_xy
+    scene.step(np.array([1.0, 0.0]))
+    assert scene.pusher_xy[0] - start[0] <= scene.config.max_step + 1e-3
+    state = scene.arm_state()
+    lim = scene.limits
+    assert np.all(state.ee_position >= np.array(lim.workspace_low) - 1e-3)
+    assert np.all(state.ee_position <= np.array(lim.workspace_high) + 1e-3)
+    with pytest.raises(ValueError, match="2 finite numbers"):
+        scene.step(np.array([np.nan, 0.0]))
+
+
+def test_clean_expert_solves_push(scene: PushScene) -> None:
+    results = [_rollout(scene, seed, noise=0.0) for seed in range(50)]
+    assert np.mean([ok for ok, _ in results]) >= 0.95
+
+
+def test_noisy_expert_is_clearly_worse(scene: PushScene) -> None:
+    rate = np.mean([_rollout(scene, seed, noise=0.5)[0] for seed in range(50)])
+    assert 0.3 <= rate <= 0.85
+
+
+def test_scene_without_cameras_never_creates_a_gl_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_gl(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a scene without cameras created a mujoco.Renderer")
+
+    monkeypatch.setattr(mujoco, "Renderer", no_gl)
+    make_scene("push", cameras=("top",), pointcloud=True).close()  # renderers come only with the first render
+    scene = make_scene("push")
+    scene.reset(0)
+    for _ in range(3):
+        scene.step(np.zeros(2))
+        assert not any(k.startswith("observation.images") for k in scene.observe())
+    scene.close()
+
+
+def test_cameras_and_pointcloud(scene: PushScene) -> None:
+    cloud = PointCloudConfig(num_points=128)
+    with_cams = PushScene(PushConfig(camera=CameraConfig(("top",), 64, 64, cloud)))
+    try:
+        with_cams.reset(0)
+        # Block at +x (right of the top view), pusher at -y (bottom).
+        with_cams.data.qpos[:4] = [0.0, -0.15, 0.15, 0.0]
+        obs = with_cams.observe()
+        top = obs[image_key("top")]
+        assert top.dtype == np.uint8 and top.shape == (64, 64, 3)
+        red = (top[..., 0] > 150) & (top[..., 1] < 80)
+        blue = (top[..., 2] > 150) & (top[..., 0] < 80)
+        assert np.nonzero(red)[1].mean() > 40 and np.nonzero(blue)[0].mean() > 40
+        points = obs[POINTCLOUD]
+        assert points.shape == (128, 3) and points.dtype == np.float32
+        assert points[:, 2].min() >= 0.005 and points[:, 2].max() <= 0.1
+    finally:
+        with_cams.close()
+
+
+def test_config_and_factory_errors() -> None:
+    with pytest.raises(ValueError, match="max_step"):
+        PushConfig(max_step=0.5)
+    with pytest.raises(ValueError, match="observes nothing"):
+        PushConfig(state=False)
+    with pytest.raises(ValueError, match="no option.*max_steps"):
+        make_push(max_stepz=10)
+    with pytest.raises(ValueError, match="expert noise"):
+        PushScene().expert(noise=2.0)
+
+
+def test_registry_builds_push_and_names_unknown_tasks() -> None:
+    assert set(task_names()) >= {"push", "lift", "lift-ur5e", "can"} and set(task_names()) == set(TASKS)
+    scene = make_scene("push", cameras=("top",), image_size=32, pointcloud=True, max_steps=50)
+    assert scene.max_steps == 50
+    assert set(scene.observation_features) == {STATE, image_key("top"), POINTCLOUD}
+    scene.close()
+    with pytest.raises(ValueError, match="unknown task 'pusht'.*push, lift"):
+        make_scene("pusht")
+    with pytest.raises(ValueError, match="either camera"):
+        make_scene("push", camera=CameraConfig(("top",)), cameras=("front",))
+
+
+def test_importing_the_registry_has_no_side_effects() -> None:
+    code = (
+        "import sys, sim.registry, sim.push, sim.cameras; "
+        "bad = [m for m in sys.modules if m.startswith(('robosuite', 'sim.robosuite_scenes'))]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
