@@ -1,0 +1,312 @@
+"""Conditional diffusion policy over a single action or an action chunk, with per-step log-probs.
+
+Training: epsilon-prediction MSE on *normalised* actions (the caller normalises),
+noise and alphas from diffusers' ``DDPMScheduler`` (cosine ``squaredcos_cap_v2``, 100 steps).
+
+Sampling: K denoising steps on diffusers' ``DDIMScheduler`` timesteps (K = 10).
+Each step x_k -> x_{k-1} is the Gaussian N(mu_k, sigma_k^2 I) of DDIM (eq. 12/16 of
+Song et al.), with sigma_k = eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+clipped to [sigma_min, sigma_max] (DPPO / RL-100). ``deterministic=True`` is DDIM
+with eta = 0 (deployment); otherwise eta = ``config.eta`` (1: training and RL).
+
+This makes every environment step a K-step MDP of its own: :meth:`DiffusionPolicy.sample_chain`
+records ``x_K .. x_0`` and ``log N(x_{k-1}; mu_k, sigma_k)`` summed over chunk and action
+dims, and :meth:`DiffusionPolicy.chain_log_prob` re-evaluates them under the current
+weights, which is what PPO's per-denoising-step ratios need.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Iterator, Literal, Mapping
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler
+from torch import Tensor, nn
+
+from policies.denoisers import DenoiserConfig, build_denoiser
+from policies.encoders import EncoderConfig, ObservationEncoder
+from robot.types import ACTION, Feature
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+@dataclass(frozen=True)
+class DiffusionPolicyConfig:
+    """Everything that defines a diffusion policy's architecture and sampler.
+
+    The predicted window of ``horizon`` actions starts at the latest observation
+    frame (the current step); the first ``n_action_steps`` of it are executed.
+    Use :meth:`single_action` or :meth:`action_chunk` for the two RL-100 settings.
+    """
+
+    n_obs_steps: int = 2
+    """Observation frames the policy conditions on (To)."""
+    horizon: int = 16
+    """Actions predicted per sample (1 = single action)."""
+    n_action_steps: int = 8
+    """Actions executed from each predicted window (Ta <= horizon)."""
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    """Observation encoders."""
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    """Denoiser network (``mlp`` for single actions, ``unet`` for chunks)."""
+    num_train_steps: int = 100
+    """Diffusion timesteps of the training noise schedule."""
+    num_inference_steps: int = 10
+    """Denoising steps K at sampling (DDIM timesteps)."""
+    beta_schedule: str = "squaredcos_cap_v2"
+    """diffusers beta schedule; ``squaredcos_cap_v2`` is the cosine schedule."""
+    prediction_type: Literal["epsilon", "sample"] = "epsilon"
+    """What the denoiser predicts: the added noise or the clean action."""
+    clip_sample: bool = True
+    """Clip the predicted clean action to [-clip_sample_range, clip_sample_range] at every step."""
+    clip_sample_range: float = 1.0
+    """Bound of normalised actions (the normaliser maps actions to [-1, 1])."""
+    eta: float = 1.0
+    """DDIM stochasticity of ``deterministic=False`` sampling: 1 = DDPM-like variance."""
+    sigma_min: float = 0.007
+    """Lower clip of every denoising step's std (keeps log-probs finite at the last step)."""
+    sigma_max: float = 0.1
+    """Upper clip of every denoising step's std (RL-100: 0.8 single action, 0.1 chunks)."""
+
+    def __post_init__(self) -> None:
+        if min(self.n_obs_steps, self.horizon, self.n_action_steps) < 1:
+            raise ValueError(f"n_obs_steps, horizon, n_action_steps must be >= 1, got {self.n_obs_steps}, "
+                             f"{self.horizon}, {self.n_action_steps}")
+        if self.n_action_steps > self.horizon:
+            raise ValueError(f"n_action_steps={self.n_action_steps} exceeds horizon={self.horizon}")
+        if not 1 <= self.num_inference_steps <= self.num_train_steps:
+            raise ValueError(f"num_inference_steps={self.num_inference_steps} must be in [1, "
+                             f"num_train_steps={self.num_train_steps}]")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
+        if self.prediction_type not in ("epsilon", "sample"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'sample', got {self.prediction_type!r}")
+        if not 0.0 < self.sigma_min <= self.sigma_max:
+            raise ValueError(f"need 0 < sigma_min <= sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if self.eta < 0 or self.clip_sample_range <= 0:
+            raise ValueError(f"eta must be >= 0 and clip_sample_range > 0, got {self.eta}, {self.clip_sample_range}")
+
+    @staticmethod
+    def single_action(**overrides: Any) -> "DiffusionPolicyConfig":
+        """RL-100 single-action setting: horizon 1, MLP-ResNet denoiser, sigma_max 0.8."""
+        base = DiffusionPolicyConfig(horizon=1, n_action_steps=1, denoiser=DenoiserConfig(kind="mlp"), sigma_max=0.8)
+        return replace(base, **overrides)
+
+    @staticmethod
+    def action_chunk(**overrides: Any) -> "DiffusionPolicyConfig":
+        """RL-100 chunk setting: horizon 16 (8 executed), FiLM U-Net denoiser, sigma_max 0.1."""
+        return replace(DiffusionPolicyConfig(), **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> "DiffusionPolicyConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError``."""
+        d = dict(d)
+        d["encoder"] = _dataclass_from_dict(EncoderConfig, d.get("encoder", {}))
+        d["denoiser"] = _dataclass_from_dict(DenoiserConfig, d.get("denoiser", {}))
+        return DiffusionPolicyConfig(**d)
+
+
+def _dataclass_from_dict(cls: type, d: Mapping[str, Any]) -> Any:
+    """Build a flat config dataclass from JSON, turning lists back into tuples."""
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@dataclass(frozen=True, eq=False)
+class Chain:
+    """One batch of stochastic denoising chains, stored for PPO on the denoising MDP."""
+
+    samples: Tensor
+    """(B, K+1, T, Da): x_K (pure noise) ... x_0 (the action)."""
+    log_probs: Tensor
+    """(B, K): log N(x_{k-1}; mu_k, sigma_k) summed over T and Da, one per denoising step."""
+    timesteps: Tensor
+    """(K,): diffusion timestep of each denoising step, in sampling order."""
+
+    @property
+    def actions(self) -> Tensor:
+        """(B, T, Da): the final sample x_0."""
+        return self.samples[:, -1]
+
+    def __getitem__(self, index: Tensor | slice) -> "Chain":
+        """A sub-batch (PPO minibatches); timesteps are shared."""
+        return Chain(self.samples[index], self.log_probs[index], self.timesteps)
+
+    def to(self, device: torch.device | str) -> "Chain":
+        return Chain(self.samples.to(device), self.log_probs.to(device), self.timesteps.to(device))
+
+
+def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """log N(x; mean, std^2 I) summed over the last two dims: ``(B, T, Da) -> (B,)``."""
+    z = (x - mean) / std
+    log_density = -0.5 * z.square() - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    return log_density.sum(dim=(-2, -1))
+
+
+def make_schedulers(config: DiffusionPolicyConfig) -> tuple[DDPMScheduler, DDIMScheduler]:
+    """diffusers schedulers sharing one noise schedule: DDPM adds training noise, DDIM gives sampling timesteps."""
+    schedule = dict(
+        num_train_timesteps=config.num_train_steps,
+        beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type,
+        clip_sample=config.clip_sample,
+        clip_sample_range=config.clip_sample_range,
+    )
+    return DDPMScheduler(**schedule), DDIMScheduler(**schedule)
+
+
+def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """``torch.randn_like`` that takes a generator (for seeded, reproducible sampling)."""
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+class DiffusionPolicy(nn.Module):
+    """Observation encoder + denoiser + diffusers schedulers.
+
+    ``obs`` batches map ``observation.*`` keys to ``(B, To, ...)`` tensors; actions are
+    ``(B, horizon, Da)``, normalised to [-1, 1] by the caller.
+    """
+
+    def __init__(
+        self,
+        config: DiffusionPolicyConfig,
+        input_features: Mapping[str, Feature],
+        action_features: Mapping[str, Feature],
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__()
+        action = action_features.get(ACTION)
+        if action is None or len(action.shape) != 1:
+            raise ValueError(f"DiffusionPolicy needs a flat {ACTION!r} feature, got {dict(action_features)}")
+        self.config = config
+        self.input_features = dict(input_features)
+        self.action_features = dict(action_features)
+        self.action_dim = int(action.shape[0])
+        self.encoder = ObservationEncoder(input_features, config.n_obs_steps, config.encoder)
+        self.denoiser = build_denoiser(config.denoiser, self.action_dim, config.horizon, self.encoder.output_dim)
+        self.noise_scheduler, self.sampler = make_schedulers(config)
+        # (N,) cumulative alphas, as a buffer so it follows .to(device); derived from config, not saved
+        self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone(), persistent=False)
+        self.to(device)
+
+    @property
+    def cond_dim(self) -> int:
+        return self.encoder.output_dim
+
+    def encode(self, obs: Mapping[str, Tensor]) -> Tensor:
+        """Observation batch ``{key: (B, To, ...)}`` -> conditioning ``(B, To * D)``."""
+        return self.encoder(obs)
+
+    def compute_loss(self, obs: Mapping[str, Tensor], actions: Tensor) -> Tensor:
+        """Denoising MSE on normalised ``actions (B, horizon, Da)``; gradients reach the encoder."""
+        expected = (self.config.horizon, self.action_dim)
+        if actions.ndim != 3 or tuple(actions.shape[1:]) != expected:
+            raise ValueError(f"actions must be (B, {expected[0]}, {expected[1]}), got {tuple(actions.shape)}")
+        cond = self.encode(obs)
+        noise = torch.randn_like(actions)
+        t = torch.randint(0, self.config.num_train_steps, (actions.shape[0],), device=actions.device)
+        noisy = self.noise_scheduler.add_noise(actions, noise, t)
+        target = noise if self.config.prediction_type == "epsilon" else actions
+        return F.mse_loss(self.denoiser(noisy, t, cond), target)
+
+    def timesteps(self, num_steps: int | None = None) -> Tensor:
+        """(K,) DDIM timesteps in sampling order (``[90, 80, ..., 0]`` for 100 train / 10 steps)."""
+        self.sampler.set_timesteps(num_steps or self.config.num_inference_steps)
+        return self.sampler.timesteps.clone().to(self.alphas_cumprod.device)
+
+    def _pairs(self, timesteps: Tensor) -> Iterator[tuple[int, int]]:
+        """(t, t_prev) per denoising step; t_prev = -1 stands for the clean end (alpha = 1)."""
+        ts = [int(t) for t in timesteps]
+        return zip(ts, ts[1:] + [-1])
+
+    def denoising_stds(self, num_steps: int | None = None, eta: float | None = None) -> Tensor:
+        """(K,) std of each stochastic denoising step, after clipping to [sigma_min, sigma_max]."""
+        eta = self.config.eta if eta is None else eta
+        sigmas = [self._ddim_sigma(t, p, eta) for t, p in self._pairs(self.timesteps(num_steps))]
+        return torch.stack(sigmas).clamp(self.config.sigma_min, self.config.sigma_max)
+
+    def _alpha(self, t: int) -> Tensor:
+        return self.alphas_cumprod[t] if t >= 0 else torch.ones((), device=self.alphas_cumprod.device)
+
+    def _ddim_sigma(self, t: int, t_prev: int, eta: float) -> Tensor:
+        """Unclipped DDIM std: eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))."""
+        a_t, a_prev = self._alpha(t), self._alpha(t_prev)
+        return eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+
+    def step_moments(self, x: Tensor, t: int, t_prev: int, cond: Tensor, eta: float) -> tuple[Tensor, Tensor]:
+        """Mean ``(B, T, Da)`` and clipped std ``()`` of p(x_{t_prev} | x_t, cond), as in diffusers' DDIM step."""
+        cfg = self.config
+        out = self.denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), cond)
+        a_t, a_prev = self._alpha(t), self._alpha(t_prev)
+        if cfg.prediction_type == "epsilon":
+            eps, x0 = out, (x - (1 - a_t).sqrt() * out) / a_t.sqrt()
+        else:
+            eps, x0 = (x - a_t.sqrt() * out) / (1 - a_t).sqrt(), out
+        if cfg.clip_sample:
+            x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+        sigma = self._ddim_sigma(t, t_prev, eta)
+        mean = a_prev.sqrt() * x0 + (1 - a_prev - sigma.square()).clamp(min=0).sqrt() * eps
+        return mean, sigma.clamp(cfg.sigma_min, cfg.sigma_max)
+
+    def initial_noise(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """x_K ~ N(0, I) of shape ``(B, horizon, Da)`` on ``cond``'s device."""
+        shape = (cond.shape[0], self.config.horizon, self.action_dim)
+        return torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: Tensor,
+        deterministic: bool,
+        generator: torch.Generator | None = None,
+        num_steps: int | None = None,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """Normalised actions ``(B, horizon, Da)`` from ``cond (B, Dc)``.
+
+        ``deterministic``: DDIM eta = 0 from ``noise`` (or a draw from ``generator``);
+        same noise, same action. Otherwise each step adds clipped-std Gaussian noise.
+        """
+        x = self.initial_noise(cond, generator) if noise is None else noise
+        eta = 0.0 if deterministic else self.config.eta
+        for t, t_prev in self._pairs(self.timesteps(num_steps)):
+            mean, std = self.step_moments(x, t, t_prev, cond, eta)
+            x = mean if deterministic else mean + std * _randn_like(x, generator)
+        return x
+
+    @torch.no_grad()
+    def sample_chain(
+        self, cond: Tensor, generator: torch.Generator | None = None, num_steps: int | None = None
+    ) -> Chain:
+        """Stochastic sampling that keeps the whole chain and each step's log-prob (no gradients)."""
+        timesteps = self.timesteps(num_steps)
+        x = self.initial_noise(cond, generator)
+        samples, log_probs = [x], []
+        for t, t_prev in self._pairs(timesteps):
+            mean, std = self.step_moments(x, t, t_prev, cond, self.config.eta)
+            x = mean + std * _randn_like(x, generator)
+            samples.append(x)
+            log_probs.append(gaussian_log_prob(x, mean, std))
+        return Chain(torch.stack(samples, dim=1), torch.stack(log_probs, dim=1), timesteps)
+
+    def chain_log_prob(self, cond: Tensor, chain: Chain) -> Tensor:
+        """(B, K) log-probs of a stored chain's steps under the current weights (differentiable).
+
+        With unchanged weights, the same ``cond`` and the model in eval mode this
+        reproduces ``chain.log_probs`` exactly, so PPO ratios start at 1.
+        """
+        log_probs = []
+        for k, (t, t_prev) in enumerate(self._pairs(chain.timesteps)):
+            mean, std = self.step_moments(chain.samples[:, k], t, t_prev, cond, self.config.eta)
+            log_probs.append(gaussian_log_prob(chain.samples[:, k + 1], mean, std))
+        return torch.stack(log_probs, dim=1)

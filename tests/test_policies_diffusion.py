@@ -1,0 +1,213 @@
+"""Diffusion policy: shapes, agreement with diffusers' DDIM, per-step log-probs, std clipping, learning."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from policies.denoisers import DenoiserConfig
+from policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
+from policies.encoders import EncoderConfig
+from robot.types import ACTION, POINTCLOUD, STATE, Feature, image_key
+
+TINY_ENCODER = EncoderConfig(
+    state_hidden_dim=32, state_feature_dim=16, image_channels=(8, 16), image_keypoints=8, image_feature_dim=16,
+    group_norm_groups=4, point_channels=(16, 32), point_feature_dim=16,
+)
+TINY_DENOISER = DenoiserConfig(
+    timestep_embed_dim=16, mlp_hidden_dim=64, mlp_num_blocks=2, unet_down_dims=(16, 32), unet_kernel_size=3,
+    unet_groups=4,
+)
+STATE_ONLY = {STATE: Feature((3,))}
+RGB = {STATE: Feature((3,)), image_key("front"): Feature((24, 24, 3), "uint8")}
+POINTS = {POINTCLOUD: Feature((64, 3))}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny nets gain nothing from intra-op threads; on a shared 2-core box they only add contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_policy(
+    features: dict[str, Feature] = STATE_ONLY,
+    kind: str = "mlp",
+    horizon: int = 1,
+    action_dim: int = 2,
+    **overrides: Any,
+) -> DiffusionPolicy:
+    """A policy with tiny encoders and denoiser; ``overrides`` replace DiffusionPolicyConfig fields."""
+    settings = dict(n_obs_steps=2, horizon=horizon, n_action_steps=1, encoder=TINY_ENCODER)
+    settings["denoiser"] = DenoiserConfig(**{**TINY_DENOISER.__dict__, "kind": kind})
+    config = DiffusionPolicyConfig(**{**settings, **overrides})
+    return DiffusionPolicy(config, features, {ACTION: Feature((action_dim,))}, device="cpu")
+
+
+def batch(features: dict[str, Feature], b: int, to: int = 2) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, f in features.items():
+        shape = (b, to, *f.shape)
+        out[key] = torch.randint(0, 256, shape, dtype=torch.uint8) if f.dtype == "uint8" else torch.randn(shape)
+    return out
+
+
+@pytest.mark.parametrize(
+    "features,kind,horizon", [(STATE_ONLY, "mlp", 1), (RGB, "unet", 8), (POINTS, "unet", 4), (POINTS, "mlp", 1)]
+)
+def test_shapes_for_each_input_and_single_action_or_chunk(features: dict, kind: str, horizon: int) -> None:
+    torch.manual_seed(0)
+    policy = tiny_policy(features, kind, horizon, action_dim=3)
+    obs = batch(features, 4)
+    loss = policy.compute_loss(obs, torch.rand(4, horizon, 3) * 2 - 1)
+    assert loss.ndim == 0 and loss.item() > 0
+    policy.eval()
+    cond = policy.encode(obs)
+    assert cond.shape == (4, policy.cond_dim)
+    for deterministic in (True, False):
+        assert policy.sample(cond, deterministic).shape == (4, horizon, 3)
+    chain = policy.sample_chain(cond)
+    assert chain.samples.shape == (4, 11, horizon, 3)
+    assert chain.log_probs.shape == (4, 10)
+    assert chain.timesteps.tolist() == [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]
+    assert policy.sample(cond, True, num_steps=5).shape == (4, horizon, 3)
+    with pytest.raises(ValueError, match=rf"actions must be \(B, {horizon}, 3\)"):
+        policy.compute_loss(obs, torch.zeros(4, horizon + 1, 3))
+
+
+def _diffusers_ddim(policy: DiffusionPolicy) -> DDIMScheduler:
+    cfg = policy.config
+    ddim = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+    ddim.set_timesteps(cfg.num_inference_steps)
+    return ddim
+
+
+def test_deterministic_sampling_is_diffusers_ddim_eta0_and_reproducible() -> None:
+    torch.manual_seed(0)
+    policy = tiny_policy(RGB, "unet", 8).eval()
+    cond = policy.encode(batch(RGB, 3))
+    noise = torch.randn(3, 8, 2)
+    actions = policy.sample(cond, deterministic=True, noise=noise)
+    assert torch.equal(actions, policy.sample(cond, deterministic=True, noise=noise))
+    seeded = [policy.sample(cond, True, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert torch.equal(*seeded)
+    ddim, x = _diffusers_ddim(policy), noise
+    with torch.no_grad():
+        for t in ddim.timesteps:
+            x = ddim.step(policy.denoiser(x, t.repeat(3), cond), t, x, eta=0.0).prev_sample
+    torch.testing.assert_close(actions, x, rtol=1e-5, atol=1e-5)
+
+
+def test_stochastic_sampling_is_diffusers_ddim_eta1_when_stds_are_not_clipped() -> None:
+    torch.manual_seed(0)
+    policy = tiny_policy(sigma_min=1e-12, sigma_max=100.0).eval()
+    cond = policy.encode(batch(STATE_ONLY, 5))
+    chain = policy.sample_chain(cond, generator=torch.Generator().manual_seed(3))
+    actions = policy.sample(cond, deterministic=False, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(actions, chain.actions)  # same seed, same draws, same action
+    other = policy.sample(cond, deterministic=False, generator=torch.Generator().manual_seed(4))
+    assert not torch.allclose(actions, other)
+    ddim, g = _diffusers_ddim(policy), torch.Generator().manual_seed(3)
+    x = torch.randn(5, 1, 2, generator=g)
+    with torch.no_grad():
+        for k, t in enumerate(ddim.timesteps):
+            eps = policy.denoiser(x, t.repeat(5), cond)
+            x = ddim.step(eps, t, x, eta=1.0, variance_noise=torch.randn(5, 1, 2, generator=g)).prev_sample
+            torch.testing.assert_close(chain.samples[:, k + 1], x, rtol=1e-5, atol=1e-5)
+
+
+def test_chain_log_probs_are_gaussian_and_reevaluated_exactly() -> None:
+    torch.manual_seed(0)
+    policy = tiny_policy(RGB, "unet", 8, action_dim=3).eval()
+    cond = policy.encode(batch(RGB, 4))
+    chain = policy.sample_chain(cond, generator=torch.Generator().manual_seed(0))
+    ddim, cfg = _diffusers_ddim(policy), policy.config
+    with torch.no_grad():
+        for k, t in enumerate(ddim.timesteps):
+            x = chain.samples[:, k]
+            eps = policy.denoiser(x, t.repeat(4), cond)
+            mean = ddim.step(eps, t, x, eta=1.0, variance_noise=torch.zeros_like(x)).prev_sample
+            raw_std = ddim.step(eps, t, x, eta=1.0, variance_noise=torch.ones_like(x)).prev_sample - mean
+            std = raw_std.clamp(cfg.sigma_min, cfg.sigma_max)
+            expected = torch.distributions.Normal(mean, std).log_prob(chain.samples[:, k + 1]).sum(dim=(1, 2))
+            torch.testing.assert_close(chain.log_probs[:, k], expected, rtol=1e-4, atol=1e-3)
+    again = policy.chain_log_prob(cond, chain)
+    assert torch.equal(again, chain.log_probs)  # PPO ratios start at exactly 1
+    # a minibatch of chains runs the nets at another batch size: equal up to float rounding
+    torch.testing.assert_close(policy.chain_log_prob(cond[:2], chain[:2]), chain.log_probs[:2])
+    with torch.no_grad():
+        next(policy.denoiser.parameters()).add_(0.05)
+    moved = policy.chain_log_prob(cond, chain)
+    assert not torch.allclose(moved, chain.log_probs)
+    moved.sum().backward()
+    assert next(policy.denoiser.parameters()).grad is not None
+
+
+def test_step_stds_are_clipped_and_used_for_the_noise() -> None:
+    torch.manual_seed(0)
+    for sigma_max in (0.8, 0.1):
+        policy = tiny_policy(sigma_max=sigma_max).eval()
+        stds = policy.denoising_stds()
+        assert stds.shape == (10,)
+        assert (stds >= policy.config.sigma_min).all() and (stds <= sigma_max).all()
+        assert stds[0] == sigma_max and stds[-1] == policy.config.sigma_min  # both clips are active
+    cond = policy.encode(batch(STATE_ONLY, 1000))
+    chain = policy.sample_chain(cond, generator=torch.Generator().manual_seed(1))
+    for k, t in enumerate(chain.timesteps.tolist()):
+        mean, std = policy.step_moments(chain.samples[:, k], t, [*chain.timesteps.tolist(), -1][k + 1], cond, 1.0)
+        assert std == stds[k]
+        empirical = (chain.samples[:, k + 1] - mean).std()
+        assert abs(empirical / stds[k] - 1) < 0.1  # 2000 draws: ~1.6% standard error
+
+
+def test_compute_loss_gradients_reach_every_encoder() -> None:
+    torch.manual_seed(0)
+    features = {**RGB, **POINTS}
+    policy = tiny_policy(features, "unet", 4)
+    policy.compute_loss(batch(features, 3), torch.rand(3, 4, 2) * 2 - 1).backward()
+    for name, encoder in policy.encoder.encoders.items():
+        grads = [p.grad.abs().sum() for p in encoder.parameters() if p.grad is not None]
+        assert grads and sum(grads) > 0, name
+
+
+def test_tiny_policy_overfits_tiny_dataset() -> None:
+    torch.manual_seed(0)
+    denoiser = DenoiserConfig(kind="mlp", timestep_embed_dim=16, mlp_hidden_dim=128, mlp_num_blocks=2)
+    policy = tiny_policy(n_obs_steps=1, denoiser=denoiser, sigma_max=0.8)
+    states, actions = torch.randn(8, 1, 3), torch.rand(8, 1, 2) * 1.6 - 0.8
+    optimiser = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(200):
+        idx = torch.randint(0, 8, (64,))
+        loss = policy.compute_loss({STATE: states[idx]}, actions[idx])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+    assert last < 0.3 * first, (first, last)
+    policy.eval()
+    cond = policy.encode({STATE: states})
+    predicted = policy.sample(cond, deterministic=True, generator=torch.Generator().manual_seed(0))
+    baseline = (actions - actions.mean(0)).abs().mean()  # error of always answering the mean action
+    assert (predicted - actions).abs().mean() < 0.4 * baseline
+
+
+def test_config_validates_and_round_trips_through_json() -> None:
+    single, chunk = DiffusionPolicyConfig.single_action(), DiffusionPolicyConfig.action_chunk()
+    assert (single.horizon, single.denoiser.kind, single.sigma_max) == (1, "mlp", 0.8)
+    assert (chunk.horizon, chunk.denoiser.kind, chunk.sigma_max) == (16, "unet", 0.1)
+    for config in (single, chunk, tiny_policy().config):
+        assert DiffusionPolicyConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="sigma_min"):
+        DiffusionPolicyConfig(sigma_min=0.2, sigma_max=0.1)
+    with pytest.raises(ValueError, match="n_action_steps=9 exceeds horizon=8"):
+        DiffusionPolicyConfig(horizon=8, n_action_steps=9)
+    with pytest.raises(ValueError, match="flat 'action'"):
+        DiffusionPolicy(single, STATE_ONLY, {"joints": Feature((2,))})
