@@ -28,6 +28,17 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _run_or_fail(fn, *args, **kwargs):
+    """Run a stage; errors caused by the input (bad store, checkpoint, options) become one line and exit 2."""
+    from robot.checkpoint import CheckpointError
+    from robot.store import StoreError
+
+    try:
+        return fn(*args, **kwargs)
+    except (StoreError, CheckpointError, ValueError, KeyError, FileNotFoundError) as e:
+        _fail(str(e).strip("'\""))
+
+
 def _not_in_this_build(command: str, issue: int, what: str) -> None:
     _fail(f"`robot {command}` ({what}) is not part of this build yet; it is tracked in issue {issue}.")
 
@@ -47,9 +58,38 @@ def info(store: Path = typer.Argument(..., help="Episode store directory (zarr).
 
 
 @app.command()
-def record() -> None:
+def record(
+    task: str = typer.Option("push", help="Task in sim.registry (push, lift, lift-ur5e, can): reward, success check, scripted expert."),
+    robot: Optional[str] = typer.Option(None, help="Robot spec (hardware.registry); default sim:<task>."),
+    device: str = typer.Option("keyboard", help="keyboard (terminal, works over SSH) | spacemouse | gamepad | scripted (the task's expert, headless)."),
+    episodes: int = typer.Option(20, min=1, help="Episodes to keep; discarded ones are redone and do not count."),
+    out: Optional[Path] = typer.Option(None, help="Episode store directory; default data/<task>.zarr."),
+    fps: Optional[float] = typer.Option(None, min=0, help="Loop rate in Hz; default the task's rate for human devices, 0 (as fast as the sim steps) for scripted."),
+    noise: float = typer.Option(0.0, min=0, max=1, help="Scripted expert imperfection in [0, 1] (scripted device only)."),
+    operator: str = typer.Option("", help="Who records (stored in each episode's metadata)."),
+    seed: int = typer.Option(0, help="Episode i of the store resets the sim from seed + i; also seeds the expert."),
+    resume: bool = typer.Option(False, "--resume", help="Append to an existing store (same features); without it an existing store is an error."),
+    view: bool = typer.Option(False, "--view", help="Stream the recording to a live Rerun viewer."),
+    max_steps: Optional[int] = typer.Option(None, min=1, help="Stop and keep an episode after this many steps; default the task's limit."),
+    cameras: str = typer.Option("", help="Comma-separated sim cameras to record (push: top, front); none by default."),
+    image_size: int = typer.Option(84, min=16, help="Camera image side, pixels."),
+    pointcloud: bool = typer.Option(False, "--pointcloud", help="Also record observation.pointcloud from the depth camera."),
+) -> None:
     """Teleoperate (keyboard, SpaceMouse, gamepad or the scripted expert), label success, write episodes."""
-    _not_in_this_build("record", 4, "teleop data collection")
+    from hardware.teleop import DeviceUnavailable
+    from robot.store import StoreError
+    from workflow.record import RecordConfig, record as run_record
+
+    try:
+        config = RecordConfig(
+            task=task, robot=robot, device=device, episodes=episodes, out=out, fps=fps, noise=noise,
+            operator=operator, seed=seed, resume=resume, view=view, max_steps=max_steps,
+            cameras=tuple(c for c in cameras.split(",") if c), image_size=image_size, pointcloud=pointcloud,
+        )  # fmt: skip
+        report = run_record(config)
+    except (ValueError, StoreError, DeviceUnavailable) as e:
+        _fail(str(e))
+    typer.echo(report.summary())
 
 
 @app.command()
@@ -59,9 +99,38 @@ def view() -> None:
 
 
 @train_app.command("imitation")
-def train_imitation() -> None:
-    """Imitation: fit the diffusion policy to demonstrations."""
-    _not_in_this_build("train imitation", 5, "diffusion policy imitation")
+def train_imitation(
+    data: Path = typer.Option(..., help="Episode store of demonstrations."),
+    out: Path = typer.Option(..., help="Run directory (an existing one with the same options is resumed)."),
+    policy: str = typer.Option("chunk", help="Preset: 'chunk' (1-D U-Net over an action chunk) or 'single' (MLP, one action)."),
+    horizon: int = typer.Option(8, help="Chunk length (chunk preset)."),
+    n_action_steps: int = typer.Option(4, help="Actions executed per chunk before re-planning (chunk preset)."),
+    n_obs_steps: int = typer.Option(2, help="Observation frames the policy conditions on."),
+    obs_keys: str = typer.Option("", help="Comma-separated observation keys; empty = every observation key in the store."),
+    steps: int = typer.Option(3000, help="Optimiser steps."),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(3e-4),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+) -> None:
+    """Imitation: fit the diffusion policy to demonstrations (denoising MSE, EMA, validation on held-out episodes)."""
+    from workflow.imitation import ImitationConfig, train_imitation as run
+    from workflow.presets import policy_preset
+
+    cfg = ImitationConfig(
+        data=str(data),
+        out=str(out),
+        policy=policy_preset(policy, horizon=horizon, n_action_steps=n_action_steps, n_obs_steps=n_obs_steps),
+        obs_keys=tuple(k for k in obs_keys.split(",") if k),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+    )
+    report = _run_or_fail(run, cfg)
+    typer.echo(f"policy written to {report.policy} (train loss {report.final_train_loss:.4f}, "
+               f"val loss {report.final_val_loss if report.final_val_loss is None else round(report.final_val_loss, 4)}, {report.minutes:.1f} min)")
 
 
 @train_app.command("offline")
@@ -95,9 +164,25 @@ def diagnose() -> None:
 
 
 @app.command("eval")
-def evaluate() -> None:
+def evaluate(
+    policy: Path = typer.Option(..., help="Run directory or policy checkpoint."),
+    task: str = typer.Option("push", help="Simulated task."),
+    episodes: int = typer.Option(50),
+    seed: int = typer.Option(1000, help="First evaluation seed (episodes use seed, seed+1, ...)."),
+    sampler: str = typer.Option("ddim", help="ddim (K-step) or consistency (one step)."),
+    device: str = typer.Option("cpu"),
+    save: Optional[Path] = typer.Option(None, help="Append the evaluation episodes to this store."),
+) -> None:
     """Success rate, return and latency of a policy in sim."""
-    _not_in_this_build("eval", 5, "policy evaluation")
+    from workflow.evaluate import evaluate_policy
+
+    report = _run_or_fail(evaluate_policy, policy, task, episodes=episodes, seed=seed, sampler=sampler, device=device, save=save)
+    from robot.report import format_table
+
+    typer.echo(format_table(
+        ["task", "episodes", "success", "return", "length", "inference ms (mean)", "inference ms (p95)"],
+        [[report.task, report.episodes, f"{report.success_rate:.1%}", report.mean_return, report.mean_length, report.inference_ms_mean, report.inference_ms_p95]],
+    ))
 
 
 @app.command()
@@ -119,6 +204,9 @@ def convert() -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    import os
+
+    os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering; must precede any mujoco import
     app(args=argv)
 
 

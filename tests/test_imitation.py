@@ -1,0 +1,133 @@
+"""The imitation stage: trains, checkpoints, resumes after a kill, and its policy runs on matching robots only."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hardware.registry import make_sim
+from policies.denoisers import DenoiserConfig
+from policies.diffusion import DiffusionPolicyConfig
+from policies.encoders import EncoderConfig
+from robot.metrics import read_metrics
+from robot.store import ZarrEpisodeStore
+from robot.types import EpisodeMeta
+from workflow.imitation import ImitationConfig, train_imitation
+from workflow.policy import DiffusionController
+from workflow.rollout import episode_features, evaluate, run_episode
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = DiffusionPolicyConfig.action_chunk(
+    horizon=4,
+    n_action_steps=2,
+    encoder=EncoderConfig(state_hidden_dim=32, state_feature_dim=16, image_channels=(8, 16), image_keypoints=8, image_feature_dim=16),
+    denoiser=DenoiserConfig(kind="unet", unet_down_dims=(16, 32)),
+)
+
+
+class ExpertPolicy:
+    """The scene's scripted expert behind the Policy contract."""
+
+    def __init__(self, scene, noise=0.0, seed=0):
+        self.expert = scene.expert(noise=noise, seed=seed)
+
+    def reset(self):
+        self.expert.reset()
+
+    def select_action(self, obs):
+        return self.expert.act(obs)
+
+
+def record_demos(path: Path, episodes: int, **scene_opts) -> Path:
+    robot, task = make_sim("push", **scene_opts)
+    with robot:
+        store = ZarrEpisodeStore.create(path, episode_features(robot))
+        for seed in range(episodes):
+            res = run_episode(robot, task, ExpertPolicy(task.scene, seed=seed), seed=seed)
+            store.append_episode(res.frames, EpisodeMeta(task="push", robot=robot.name, fps=task.fps, success=res.success, seed=seed))
+        store.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory) -> Path:
+    return record_demos(tmp_path_factory.mktemp("demos") / "push.zarr", 6)
+
+
+def test_trains_saves_and_evaluates(demos, tmp_path):
+    cfg = ImitationConfig(data=str(demos), out=str(tmp_path / "run"), policy=TINY, steps=40, batch_size=16, eval_every=20, checkpoint_every=20)
+    report = train_imitation(cfg, show_progress=False)
+    assert report.steps == 40 and report.episodes_val == 1 and report.episodes_train == 5
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    assert sum("losses/denoise_val" in r for r in rows) == 2
+    assert [s for s, _ in __import__("workflow.run", fromlist=["RunDir"]).RunDir(cfg.out, cfg).snapshots()] == [20, 40]
+    controller = DiffusionController.load(tmp_path / "run")
+    robot, task = make_sim("push")
+    with robot:
+        result = evaluate(robot, task, controller, episodes=2, seed=100)
+    assert result.episodes == 2 and result.inference_ms_mean is not None
+    first = controller.predict_chunk()
+    assert first.shape == (4, 2) and np.all(np.isfinite(first))
+
+
+def test_deterministic_sampling_is_reproducible(demos, tmp_path):
+    cfg = ImitationConfig(data=str(demos), out=str(tmp_path / "run"), policy=TINY, steps=5, batch_size=8, eval_every=5, checkpoint_every=5)
+    train_imitation(cfg, show_progress=False)
+    robot, task = make_sim("push")
+    actions = []
+    with robot:
+        for _ in range(2):
+            controller = DiffusionController.load(tmp_path / "run", seed=3)
+            res = run_episode(robot, task, controller, seed=7, max_steps=6)
+            actions.append(res.frames["action"])
+    np.testing.assert_array_equal(actions[0], actions[1])
+
+
+def test_resumes_after_kill(demos, tmp_path):
+    out = tmp_path / "run"
+    script = (
+        "import sys; from tests.test_imitation import TINY; from workflow.imitation import ImitationConfig, train_imitation;"
+        f"train_imitation(ImitationConfig(data={str(demos)!r}, out={str(out)!r}, policy=TINY, steps=400, batch_size=8, eval_every=50, checkpoint_every=10), show_progress=False)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    state = out / "checkpoints" / "state" / "checkpoint.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (state.is_file() and json.loads(state.read_text())["extra"]["step"] >= 20):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["extra"]["step"]
+    assert 20 <= killed_at < 400
+    cfg = ImitationConfig(data=str(demos), out=str(out), policy=TINY, steps=400, batch_size=8, eval_every=50, checkpoint_every=10)
+    report = train_imitation(cfg, show_progress=False)
+    assert report.steps == 400
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl")]
+    assert steps[-1] == 400 and killed_at + 1 in steps  # continued after the saved state, not from zero
+    assert steps.count(1) == 1
+
+
+def test_other_options_on_an_existing_run_are_refused(demos, tmp_path):
+    cfg = ImitationConfig(data=str(demos), out=str(tmp_path / "run"), policy=TINY, steps=2, batch_size=8, eval_every=2, checkpoint_every=2)
+    train_imitation(cfg, show_progress=False)
+    with pytest.raises(ValueError, match="another config .*steps"):
+        train_imitation(ImitationConfig(**{**cfg.__dict__, "steps": 3}), show_progress=False)
+
+
+def test_policy_refuses_a_robot_without_its_camera(tmp_path):
+    demos = record_demos(tmp_path / "rgb.zarr", 3, cameras=("top",), image_size=32)
+    cfg = ImitationConfig(data=str(demos), out=str(tmp_path / "run"), policy=TINY, steps=2, batch_size=4, eval_every=2, checkpoint_every=2)
+    train_imitation(cfg, show_progress=False)
+    controller = DiffusionController.load(tmp_path / "run")
+    assert "observation.images.top" in controller.input_features
+    robot, _ = make_sim("push")  # no camera
+    with pytest.raises(ValueError, match="observation.images.top \\(uint8 32x32x3\\) is missing") as err:
+        controller.check_robot(robot.name, robot.observation_features, robot.action_features)
+    assert "provides observation.state" in str(err.value)

@@ -1,0 +1,218 @@
+"""Stage 1: imitation. Fit the diffusion policy to demonstrations by denoising MSE.
+
+``train_imitation`` reads top to bottom: load the store, split by episode, fit the
+normaliser, build the policy, then the training loop (AdamW, warmup + cosine lr,
+EMA weights), a validation denoising loss on held-out episodes, periodic policy
+snapshots and a resumable training state. A killed run restarts from its last
+state when called again with the same config.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
+from policies.ema import EmaConfig, EmaModel
+from robot.checkpoint import Checkpoint, load_checkpoint, load_module_state, save_checkpoint
+from robot.normalize import Normalizer
+from robot.sampler import WindowConfig, WindowSampler, split_episodes
+from robot.store import ZarrEpisodeStore
+from robot.types import ACTION, POINTCLOUD, Feature, is_image_key
+from workflow.policy import save_policy
+from workflow.run import RunDir, progress, resolve_device, restore_rng, rng_state, seed_everything
+
+
+@dataclass(frozen=True)
+class ImitationConfig:
+    data: str
+    """Episode store to learn from."""
+    out: str
+    """Run directory (created; an existing one with the same config is resumed)."""
+    policy: DiffusionPolicyConfig = field(default_factory=DiffusionPolicyConfig)
+    """Architecture and sampler of the policy."""
+    obs_keys: tuple[str, ...] = ()
+    """Observation keys the policy sees; empty = every observation.* key of the store."""
+    successful_only: bool = True
+    """Train on episodes labelled successful only (failed demonstrations teach failure)."""
+    steps: int = 3000
+    """Optimiser steps."""
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 1e-6
+    warmup_steps: int = 100
+    """Linear learning-rate warmup, then cosine decay to 0 at ``steps``."""
+    grad_clip: float = 1.0
+    val_fraction: float = 0.1
+    """Fraction of episodes held out for the validation denoising loss."""
+    eval_every: int = 250
+    """Steps between validation losses."""
+    checkpoint_every: int = 500
+    """Steps between resumable states and policy snapshots."""
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
+            raise ValueError(f"steps, batch_size, eval_every and checkpoint_every must be >= 1, got {self}")
+        if not 0 < self.lr < 1 or self.grad_clip <= 0:
+            raise ValueError(f"lr must be in (0, 1) and grad_clip > 0, got lr={self.lr}, grad_clip={self.grad_clip}")
+
+
+@dataclass(frozen=True)
+class ImitationReport:
+    run: str
+    policy: str
+    steps: int
+    episodes_train: int
+    episodes_val: int
+    final_train_loss: float
+    final_val_loss: float | None
+    best_val_step: int | None
+    minutes: float
+
+
+def normalizer_modes(features: dict[str, Feature]) -> dict[str, str]:
+    """Actions and proprio to [-1, 1]; images and point clouds stay as they are (the encoders handle them)."""
+    return {k: ("identity" if is_image_key(k) or k == POINTCLOUD else "limits") for k in features}
+
+
+def to_tensors(batch: dict[str, np.ndarray], normalizer: Normalizer, keys: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: normalizer.normalize(k, torch.as_tensor(batch[k]).to(device)) if k in normalizer else torch.as_tensor(batch[k]).to(device) for k in keys}
+
+
+def train_imitation(config: ImitationConfig, *, show_progress: bool = True, init: DiffusionPolicy | None = None) -> ImitationReport:
+    """Train (or resume) an imitation policy; ``init`` warm-starts from another policy's weights."""
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    run = RunDir(config.out, config)
+    rng = seed_everything(config.seed)
+
+    # --- data: whole episodes, split by episode, everything in RAM
+    store = ZarrEpisodeStore.open(config.data)
+    metas = store.metas
+    usable = [i for i, m in enumerate(metas) if m.success or not config.successful_only]
+    if len(usable) < 2:
+        raise ValueError(f"{config.data}: {len(usable)} usable episodes (successful_only={config.successful_only}); record at least 2")
+    obs_keys = list(config.obs_keys) or [k for k in store.features if k.startswith("observation.")]
+    missing = [k for k in obs_keys + [ACTION] if k not in store.features]
+    if missing:
+        raise ValueError(f"{config.data} has no {missing[0]}; it has {', '.join(store.features)}")
+    data = store.load(obs_keys + [ACTION])
+    train_idx, val_idx = split_episodes(len(usable), config.val_fraction, config.seed)
+    train_eps, val_eps = [usable[i] for i in train_idx], [usable[i] for i in val_idx]
+    window = WindowConfig(n_obs_steps=config.policy.n_obs_steps, horizon=config.policy.horizon)
+    train_windows = WindowSampler(data, store.episode_ends, window, episodes=train_eps, obs_keys=obs_keys)
+    val_windows = WindowSampler(data, store.episode_ends, window, episodes=val_eps, obs_keys=obs_keys) if val_eps else None
+    features = {k: store.features[k] for k in obs_keys}
+    train_frames = np.concatenate([np.arange(*store.episode_bounds(e)) for e in train_eps])
+    normalizer = Normalizer.fit(
+        {k: data[k][train_frames] for k in obs_keys + [ACTION]},
+        normalizer_modes({**features, ACTION: store.features[ACTION]}),
+    )
+
+    # --- model, optimiser, schedule
+    model = DiffusionPolicy(config.policy, features, {ACTION: store.features[ACTION]}).to(device)
+    if init is not None:
+        load_module_state(model, init.state_dict(), what="warm-start policy")
+    ema = EmaModel(model, config.ema)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    step = 0
+    if (run.state_dir / "checkpoint.json").is_file():  # resume a killed run
+        state = load_checkpoint(run.state_dir, kind="imitation-state")
+        load_module_state(model, state.modules["model"], what=str(run.state_dir))
+        load_module_state(ema.averaged, state.modules["ema"], what=str(run.state_dir))
+        optimizer.load_state_dict(state.state["optimizer"])
+        scheduler.load_state_dict(state.state["scheduler"])
+        ema.num_updates = int(state.state["ema_updates"])
+        restore_rng(rng, state.state["rng"])
+        normalizer = state.normalizer
+        step = int(state.extra["step"])
+
+    keys = obs_keys + [ACTION]
+    val_batches = [val_windows.sample(config.batch_size, np.random.default_rng(1000 + i)) for i in range(4)] if val_windows else []
+
+    def validation_loss(net: DiffusionPolicy) -> float:
+        net.eval()
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(0)  # the same noise every time: a curve, not a scatter
+            losses = [float(net.compute_loss(to_tensors(b, normalizer, obs_keys, device), to_tensors(b, normalizer, [ACTION], device)[ACTION])) for b in val_batches]
+        return float(np.mean(losses))
+
+    def save_state() -> None:
+        save_checkpoint(
+            run.state_dir,
+            Checkpoint(
+                kind="imitation-state",
+                config={"policy": config.policy.to_dict()},
+                modules={"model": model.state_dict(), "ema": ema.averaged.state_dict()},
+                normalizer=normalizer,
+                extra={"step": step},
+                state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "ema_updates": ema.num_updates, "rng": rng_state(rng)},
+            ),
+        )
+        save_policy(run.snapshot_dir(step), ema.averaged, normalizer, extra=_extra(config, store, step))
+
+    # --- training loop
+    bar = progress(config.steps, step, "imitation", show_progress)
+    train_loss, best = float("nan"), (math.inf, None)
+    val_loss = None
+    model.train()
+    while step < config.steps:
+        batch = train_windows.sample(config.batch_size, rng)
+        tensors = to_tensors(batch, normalizer, keys, device)
+        loss = model.compute_loss({k: tensors[k] for k in obs_keys}, tensors[ACTION])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        ema.update(model)
+        step += 1
+        train_loss = loss.item()
+        metrics = {"losses/denoise": train_loss, "charts/grad_norm": float(grad_norm), "charts/lr": scheduler.get_last_lr()[0]}
+        if val_batches and (step % config.eval_every == 0 or step == config.steps):
+            val_loss = validation_loss(ema.averaged)
+            metrics["losses/denoise_val"] = val_loss
+            if val_loss < best[0]:
+                best = (val_loss, step)
+            model.train()
+        run.metrics.log(metrics, step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}" if val_loss is not None else "-")
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            save_state()
+    bar.close()
+
+    save_policy(run.policy_dir, ema.averaged, normalizer, extra=_extra(config, store, step))
+    report = ImitationReport(
+        run=str(run.path),
+        policy=str(run.policy_dir),
+        steps=step,
+        episodes_train=len(train_eps),
+        episodes_val=len(val_eps),
+        final_train_loss=train_loss,
+        final_val_loss=val_loss,
+        best_val_step=best[1],
+        minutes=(time.perf_counter() - started) / 60,
+    )
+    run.write_report(report)
+    run.close()
+    return report
+
+
+def _extra(config: ImitationConfig, store: ZarrEpisodeStore, step: int) -> dict:
+    first = store.metas[0]
+    return {"stage": "imitation", "step": step, "task": first.task, "robot": first.robot, "fps": first.fps, "data": config.data}

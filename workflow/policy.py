@@ -1,0 +1,173 @@
+"""A trained diffusion policy as a closed-loop controller (the ``robot.protocols.Policy`` contract).
+
+:class:`DiffusionController` owns the network, the normaliser that came with it and
+two queues: the last ``To`` observations and the actions still to execute from the
+current chunk (receding horizon: ``Ta`` actions per chunk, then re-plan). It is
+what ``eval`` and ``deploy`` run, and it loads only from a kit checkpoint, so the
+normaliser and features always travel with the weights.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from policies.consistency import ConsistencyHead
+from policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
+from robot.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_module_state, save_checkpoint
+from robot.normalize import Normalizer
+from robot.types import ACTION, Feature, check_features
+
+KIND = "diffusion-policy"
+SAMPLERS = ("ddim", "consistency")
+
+
+class DiffusionController:
+    """``select_action(observation) -> action`` for one robot, one step at a time.
+
+    ``sampler="ddim"`` runs the K-step deterministic DDIM chain; ``"consistency"``
+    the one-step head (when the checkpoint has one). ``deterministic=False`` samples
+    the stochastic chain instead (data collection with exploration).
+    """
+
+    def __init__(
+        self,
+        model: DiffusionPolicy,
+        normalizer: Normalizer,
+        *,
+        consistency: ConsistencyHead | None = None,
+        sampler: str = "ddim",
+        deterministic: bool = True,
+        seed: int = 0,
+        device: str = "cpu",
+        meta: Mapping[str, Any] | None = None,
+    ):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if sampler == "consistency" and consistency is None:
+            raise ValueError("this policy has no one-step consistency head; distil one first (`robot train distill`) or use --sampler ddim")
+        self.model = model.to(device).eval()
+        self.consistency = consistency.to(device).eval() if consistency is not None else None
+        self.normalizer = normalizer
+        self.sampler = sampler
+        self.deterministic = deterministic
+        self.device = torch.device(device)
+        self.meta = dict(meta or {})
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        cfg = model.config
+        self.n_obs_steps, self.n_action_steps = cfg.n_obs_steps, cfg.n_action_steps
+        self._obs: collections.deque[dict[str, np.ndarray]] = collections.deque(maxlen=cfg.n_obs_steps)
+        self._actions: collections.deque[np.ndarray] = collections.deque()
+        self.last_inference_s = 0.0
+        self.last_chunk_started = False
+
+    # ------------------------------------------------------------- contract
+    @property
+    def input_features(self) -> dict[str, Feature]:
+        return {k: f for k, f in self.model.input_features.items() if k.startswith("observation.")}
+
+    @property
+    def action_features(self) -> dict[str, Feature]:
+        return dict(self.model.action_features)
+
+    def reset(self) -> None:
+        self._obs.clear()
+        self._actions.clear()
+
+    def select_action(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
+        frame = {k: np.asarray(observation[k]) for k in self.input_features}
+        if not self._obs:  # first step: the history is the first frame repeated
+            self._obs.extend([frame] * self.n_obs_steps)
+        else:
+            self._obs.append(frame)
+        self.last_chunk_started = not self._actions
+        if not self._actions:
+            start = time.perf_counter()
+            chunk = self.predict_chunk()
+            self.last_inference_s = time.perf_counter() - start
+            self._actions.extend(chunk[: self.n_action_steps])
+        return self._actions.popleft()
+
+    # -------------------------------------------------------------- helpers
+    def observation_batch(self) -> dict[str, torch.Tensor]:
+        """The observation history as a normalised batch of one ``{key: (1, To, ...)}``."""
+        batch = {}
+        for key in self.input_features:
+            x = torch.as_tensor(np.stack([f[key] for f in self._obs]))[None].to(self.device)
+            batch[key] = self.normalizer.normalize(key, x) if key in self.normalizer else x
+        return batch
+
+    @torch.no_grad()
+    def predict_chunk(self) -> np.ndarray:
+        """Unnormalised actions ``(horizon, Da)`` for the current observation history."""
+        cond = self.model.encode(self.observation_batch())
+        if self.sampler == "consistency":
+            normalized = self.consistency.sample(cond, generator=self.generator)
+        else:
+            normalized = self.model.sample(cond, deterministic=self.deterministic, generator=self.generator)
+        actions = self.normalizer.unnormalize(ACTION, normalized[0]).cpu().numpy()
+        return actions.astype(np.float32)
+
+    def check_robot(self, robot_name: str, observation_features: Mapping[str, Feature], action_features: Mapping[str, Feature]) -> None:
+        """Raise a ValueError naming every key this policy needs that the robot lacks."""
+        check_features(self.input_features, observation_features, who_needs="this policy", who_provides=f"robot {robot_name}")
+        check_features(self.action_features, action_features, who_needs="this policy's actions", who_provides=f"robot {robot_name}")
+
+    # ---------------------------------------------------------- persistence
+    @staticmethod
+    def load(path: str | Path, *, sampler: str = "ddim", device: str = "cpu", deterministic: bool = True, seed: int = 0) -> "DiffusionController":
+        ckpt = load_checkpoint(_policy_dir(path), kind=KIND)
+        model, head = build_from_checkpoint(ckpt, device=device)
+        if ckpt.normalizer is None:
+            raise CheckpointError(f"{path}: the checkpoint has no normaliser statistics")
+        return DiffusionController(model, ckpt.normalizer, consistency=head, sampler=sampler, deterministic=deterministic, seed=seed, device=device, meta=ckpt.extra)
+
+
+def build_from_checkpoint(ckpt: Checkpoint, device: str = "cpu") -> tuple[DiffusionPolicy, ConsistencyHead | None]:
+    """Rebuild the networks a policy checkpoint describes and load their weights."""
+    config = DiffusionPolicyConfig.from_dict(ckpt.config["policy"])
+    model = DiffusionPolicy(config, ckpt.features["input"], ckpt.features["action"])
+    load_module_state(model, ckpt.modules["policy"], what="policy")
+    head = None
+    if "consistency" in ckpt.modules:
+        head = ConsistencyHead.from_policy(model)
+        load_module_state(head, ckpt.modules["consistency"], what="consistency head")
+    return model.to(device), head
+
+
+def save_policy(
+    path: str | Path,
+    model: DiffusionPolicy,
+    normalizer: Normalizer,
+    *,
+    consistency: ConsistencyHead | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a self-contained policy checkpoint (weights, normaliser, config, features)."""
+    modules = {"policy": model.state_dict()}
+    if consistency is not None:
+        modules["consistency"] = consistency.state_dict()
+    return save_checkpoint(
+        path,
+        Checkpoint(
+            kind=KIND,
+            config={"policy": model.config.to_dict()},
+            modules=modules,
+            normalizer=normalizer,
+            features={"input": model.input_features, "action": model.action_features},
+            extra=dict(extra or {}),
+        ),
+    )
+
+
+def _policy_dir(path: str | Path) -> Path:
+    """Accept a run directory (``runs/x``: its ``policy/``) or a checkpoint directory."""
+    path = Path(path)
+    if (path / "policy" / "checkpoint.json").is_file():
+        return path / "policy"
+    return path

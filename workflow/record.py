@@ -1,0 +1,380 @@
+"""``robot record``: teleoperate, label, and write demonstrations to the episode store.
+
+One episode: the robot resets (sim: from the episode's seed), the device waits in
+the reset phase for START, then a fixed-rate loop polls the device, sends its
+action through the safety layer, observes, and asks the task for reward and
+success, until the operator stops (keep, keep as success / failure, discard and
+redo), the episode reaches ``max_steps`` (kept, labelled by the task) or the
+operator quits. Each kept episode is committed atomically, so a crash or a kill
+loses at most the episode in progress.
+
+Per step the store gets every observation key of the robot, ``action`` (the
+action the safety layer really applied), ``reward`` (sum of the task's scaled
+terms), ``done`` (last step), ``success`` (the task's check) and ``intervention``
+(False: every demo step is the operator's; see :mod:`workflow.takeover` for
+rollouts). Labels: the scripted device keeps an episode as success when the task
+succeeds; a human's y / n keys label it, and a plain stop takes the task's check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, TextIO
+
+import numpy as np
+
+from hardware.teleop import DEVICES, TeleopDevice, TeleopEvent, make_device
+from robot.protocols import Observation, Robot, StepOutcome, Task
+from robot.report import format_table
+from robot.store import ZarrEpisodeStore
+from robot.types import ACTION, DONE, INTERVENTION, REWARD, SUCCESS, EpisodeMeta, Feature, is_image_key
+from workflow.rate import RateLoop, RateStats
+from workflow.rollout import episode_features
+
+IDLE_HZ = 20.0  # device polling rate in the reset phase of an unthrottled recording
+STATUS_EVERY_S = 0.25
+HUMAN_DEVICES = ("keyboard", "spacemouse", "gamepad")
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """One recording session (the ``robot record`` options)."""
+
+    task: str = "push"
+    """Task name in ``sim.registry`` (push, lift, lift-ur5e, can): reward terms, success check, scripted expert."""
+    robot: str | None = None
+    """Robot spec for ``hardware.registry``; None means ``sim:<task>``."""
+    device: str = "keyboard"
+    """keyboard (terminal, works over SSH), spacemouse (HID), gamepad, or scripted (the task's expert, headless)."""
+    episodes: int = 20
+    """Episodes to keep in this session (discarded ones are redone and do not count)."""
+    out: Path | None = None
+    """Episode store directory; None means ``data/<task>.zarr``."""
+    fps: float | None = None
+    """Loop rate in Hz; None means the task's control rate for human devices and 0 (as fast as the
+    sim steps) for scripted. The stored ``fps`` is always the task's control rate: a sim step is one
+    control period of sim time however fast the loop runs."""
+    noise: float = 0.0
+    """Scripted expert imperfection in [0, 1] (scripted device only)."""
+    operator: str = ""
+    """Who recorded the episodes (stored in each episode's metadata)."""
+    seed: int = 0
+    """Episode i of the store resets the sim from seed + i (a redo reuses its seed); also seeds the expert."""
+    resume: bool = False
+    """Append to an existing store (its features must match); without it an existing store is an error."""
+    view: bool = False
+    """Stream each step to a live Rerun viewer."""
+    max_steps: int | None = None
+    """Steps after which an episode stops and is kept with the task's label; None means the task's limit."""
+    cameras: tuple[str, ...] = ()
+    """Sim cameras to record as observation.images.<cam> (e.g. ("top",) on push); none by default."""
+    image_size: int = 84
+    """Side of the square camera images, pixels."""
+    pointcloud: bool = False
+    """Record observation.pointcloud from the scene's depth camera."""
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if self.fps is not None and not self.fps >= 0:
+            raise ValueError(f"fps must be >= 0 (0 = unthrottled), got {self.fps}")
+        if not 0.0 <= self.noise <= 1.0:
+            raise ValueError(f"noise must be in [0, 1], got {self.noise}")
+        if self.noise > 0 and self.device != "scripted":
+            raise ValueError(f"noise={self.noise} only applies to the scripted device, not {self.device}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+
+    @property
+    def robot_spec(self) -> str:
+        return self.robot or f"sim:{self.task}"
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out) if self.out is not None else Path("data") / f"{self.task}.zarr"
+
+    def loop_hz(self, task_fps: float) -> float:
+        if self.fps is not None:
+            return float(self.fps)
+        return float(task_fps) if self.device in HUMAN_DEVICES else 0.0
+
+
+@dataclass(frozen=True)
+class RecordReport:
+    """What a session did: episodes kept / discarded this session, the loop rate held, safety interventions."""
+
+    out: Path
+    kept: int
+    successes: int
+    discarded: int
+    steps: int
+    store_episodes: int  # episodes in the store after the session (resumed ones included)
+    quit: bool  # stopped by the operator before reaching the requested episodes
+    rate: RateStats
+    safety: Mapping[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        safety = ", ".join(f"{k} {v}" for k, v in self.safety.items() if v) or "none"
+        row = [self.kept, self.successes, self.discarded, self.steps, self.store_episodes, self.rate.mean_hz, self.rate.requested_hz or "max", self.rate.jitter_p99_ms]
+        table = format_table(["kept", "success", "discarded", "steps", "in store", "held Hz", "asked Hz", "jitter p99 ms"], [row], title=f"recorded into {self.out}")
+        return f"{table}\nsafety interventions: {safety}" + ("\nstopped by the operator" if self.quit else "")
+
+
+def record(config: RecordConfig, device: TeleopDevice | None = None, robot: Robot | None = None, task: Task | None = None, *, stream: TextIO | None = None) -> RecordReport:
+    """Run a recording session; ``device``/``robot``/``task`` default to what ``config`` names.
+
+    Returns when ``config.episodes`` are kept or the operator quits (Ctrl-C counts
+    as quit); every kept episode is already in the store either way.
+    """
+    owns_robot = robot is None
+    robot, task = _robot_and_task(config, robot, task)
+    status = _Status(stream if stream is not None else sys.stderr)
+    loop_hz, max_steps, out = config.loop_hz(task.fps), config.max_steps or task.max_steps, config.out_path
+    rate, idle = RateLoop(loop_hz), RateLoop(loop_hz or IDLE_HZ)
+    kept = successes = discarded = steps = 0
+    quit_ = False
+    safety: Counter[str] = Counter()
+    with contextlib.ExitStack() as cleanup:
+        if owns_robot:
+            cleanup.callback(getattr(robot, "close", robot.disconnect))
+        if device is None:
+            device = make_device(config.device, action_features=robot.action_features, task=task, noise=config.noise, seed=config.seed)
+        device.connect()  # before the store: a missing device must not leave an empty store behind
+        cleanup.callback(device.close)
+        features = episode_features(robot)
+        store = ZarrEpisodeStore.open_or_create(out, features) if config.resume else ZarrEpisodeStore.create(out, features)
+        cleanup.callback(store.close)
+        view = LiveView.open(f"record-{task.name}") if config.view else None
+        if not robot.is_connected:
+            robot.connect()
+        status.line(f"recording {task.name} on {robot.name} with {device.name}: {config.episodes} episodes -> {out} ({store.num_episodes} already there)")
+        status.line(device.controls)
+        try:
+            while kept < config.episodes:
+                seed = config.seed + store.num_episodes
+                observation = robot.reset(seed)
+                device.reset()
+                waiting = f"episode {kept + 1}/{config.episodes} (seed {seed}): reset done, waiting for start"
+                if not _wait_for_start(device, observation, idle, lambda: status.line(waiting)):
+                    quit_ = True
+                    break
+                take = _record_episode(robot, task, device, observation, rate, max_steps, status, view, f"{kept + 1}/{config.episodes}")
+                safety.update(take.safety)
+                if take.end == "quit":
+                    quit_ = True
+                    break
+                if take.end == "discard" or len(take.frames) == 0:
+                    discarded += 1
+                    status.line(f"episode {kept + 1}/{config.episodes} discarded ({len(take.frames)} steps); redo")
+                    continue
+                label = {"success": True, "failure": False}.get(take.end, take.frames.task_success)
+                held = take.rate.mean_hz
+                extra = {"end": take.end, "loop_hz": loop_hz, "held_hz": round(held, 2), "safety": dict(take.safety)}
+                meta = EpisodeMeta(task.name, robot.name, float(task.fps), label, "demo", config.operator, seed, device.name, extra)
+                store.append_episode(take.frames.arrays(), meta)
+                kept, successes, steps = kept + 1, successes + int(label), steps + len(take.frames)
+                status.line(
+                    f"episode {kept}/{config.episodes} kept as {'success' if label else 'failure'} ({take.end}): "
+                    f"{len(take.frames)} steps, {held:.1f} Hz held, safety {sum(take.safety.values())}"
+                )
+        except KeyboardInterrupt:
+            quit_ = True
+            status.line("interrupted: the episode in progress is dropped, kept episodes are in the store")
+        store_episodes = store.num_episodes
+    return RecordReport(out, kept, successes, discarded, steps, store_episodes, quit_, rate.stats(), dict(safety))
+
+
+# ------------------------------------------------------------------------------ internals
+
+
+def _robot_and_task(config: RecordConfig, robot: Robot | None, task: Task | None) -> tuple[Robot, Task]:
+    if robot is not None and task is not None:
+        return robot, task
+    if robot is not None or task is not None:
+        raise ValueError("pass robot and task together (the task must observe that robot), or neither")
+    kind, sep, target = config.robot_spec.partition(":")
+    if sep and kind != "sim":
+        raise ValueError(
+            f"robot {config.robot_spec}: recording needs a task that scores this robot's episodes; "
+            "the registry builds tasks for simulated robots only, so pass task= to workflow.record.record"
+        )
+    if (target if sep else kind) != config.task:
+        raise ValueError(f"robot {config.robot_spec} simulates another task than --task {config.task}; use --robot sim:{config.task}")
+    from hardware.registry import make_sim
+
+    return make_sim(config.task, cameras=config.cameras or None, image_size=config.image_size, pointcloud=config.pointcloud)
+
+
+def _wait_for_start(device: TeleopDevice, observation: Observation, idle: RateLoop, announce: Callable[[], None]) -> bool:
+    """Reset phase: poll until START (True) or QUIT (False); nothing is sent to the robot.
+
+    ``announce`` runs once if the device does not start at the first poll (a human is needed).
+    """
+    idle.restart()
+    announced = False
+    while True:
+        events = device.poll(observation).events
+        if TeleopEvent.QUIT in events:
+            return False
+        if events & {TeleopEvent.START, TeleopEvent.KEEP}:
+            return True
+        if not announced:
+            announce()
+            announced = True
+        idle.sleep()
+
+
+def _end_of_episode(events: frozenset[TeleopEvent]) -> str | None:
+    """The strongest episode-ending event in one poll: quit > discard > failure > success > keep."""
+    E = TeleopEvent
+    for event, end in ((E.QUIT, "quit"), (E.DISCARD, "discard"), (E.FAILURE, "failure"), (E.SUCCESS, "success"), (E.KEEP, "keep"), (E.START, "keep")):
+        if event in events:
+            return end
+    return None
+
+
+class _Frames:
+    """One episode's per-step values, stacked into arrays (time first) for the store."""
+
+    def __init__(self, observation_keys: list[str]):
+        self.keys = observation_keys
+        self.columns: dict[str, list[Any]] = {k: [] for k in [*observation_keys, ACTION, REWARD, SUCCESS]}
+
+    def __len__(self) -> int:
+        return len(self.columns[ACTION])
+
+    def add(self, observation: Observation, applied: np.ndarray, outcome: StepOutcome) -> None:
+        for key in self.keys:
+            self.columns[key].append(np.asarray(observation[key]))
+        self.columns[ACTION].append(np.asarray(applied))
+        self.columns[REWARD].append(outcome.reward)
+        self.columns[SUCCESS].append(outcome.success)
+
+    @property
+    def task_success(self) -> bool:
+        return bool(self.columns[SUCCESS][-1]) if len(self) else False
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        n = len(self)
+        out = {k: np.stack(v) for k, v in self.columns.items() if k not in (REWARD, SUCCESS)}
+        out[REWARD] = np.asarray(self.columns[REWARD], np.float32)
+        out[SUCCESS] = np.asarray(self.columns[SUCCESS], bool)
+        out[DONE] = np.arange(n) == n - 1
+        out[INTERVENTION] = np.zeros(n, bool)
+        return out
+
+
+@dataclass
+class _Take:
+    frames: _Frames
+    end: str  # keep | success | failure | discard | quit | limit
+    rate: RateStats
+    safety: Counter[str]
+
+
+def _record_episode(
+    robot: Robot, task: Task, device: TeleopDevice, observation: Observation, rate: RateLoop, max_steps: int, status: "_Status", view: "LiveView | None", progress: str
+) -> _Take:
+    """The fixed-rate loop of one episode: poll, send, sleep to the period, observe, score."""
+    frames = _Frames(list(robot.observation_features))
+    counters = getattr(robot, "counters", None)
+    before = Counter(counters.as_dict()) if counters is not None else Counter()
+    start, ticks_before = time.monotonic(), rate.ticks
+    rate.restart()
+    while True:
+        command = device.poll(observation)
+        end = _end_of_episode(command.events)
+        if end is not None:
+            break
+        applied = robot.send_action(command.action) if command.action is not None else None
+        rate.sleep()
+        if applied is not None:
+            following = robot.get_observation()
+            outcome = task.evaluate(following, applied)
+            frames.add(observation, applied, outcome)
+            if view is not None:
+                view.log(observation, applied, outcome)
+            observation = following
+            if len(frames) >= max_steps:
+                end = "limit"
+                break
+        if status.due():
+            interventions = sum((Counter(counters.as_dict()) - before).values()) if counters is not None else 0
+            status.update(f"episode {progress}  {time.monotonic() - start:5.1f} s  step {len(frames)}/{max_steps}  {_rate_text(rate)}  safety {interventions}")
+    after = Counter(counters.as_dict()) if counters is not None else Counter()
+    return _Take(frames, end, rate.stats(last=rate.ticks - ticks_before), after - before)
+
+
+def _rate_text(rate: RateLoop) -> str:
+    held = rate.stats(last=50).mean_hz
+    return f"{held:.1f}/{rate.hz:g} Hz" if rate.hz else f"{held:.0f} Hz (unthrottled)"
+
+
+class _Status:
+    """A status line rewritten in place on a terminal (at most every STATUS_EVERY_S), plus permanent lines."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        try:
+            self.tty = stream.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+        self._last = 0.0
+
+    def due(self) -> bool:
+        """Whether :meth:`update` would print now (callers skip building the text otherwise)."""
+        return self.tty and time.monotonic() - self._last >= STATUS_EVERY_S
+
+    def update(self, text: str) -> None:
+        self._last = time.monotonic()
+        self.stream.write("\r\x1b[K" + text)
+        self.stream.flush()
+
+    def line(self, text: str) -> None:
+        self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+        self.stream.flush()
+
+
+class LiveView:
+    """Each recorded step streamed to a Rerun recording (see :meth:`open`)."""
+
+    def __init__(self, recording: Any):
+        import rerun as rr
+
+        self.rr, self.recording = rr, recording
+        self._step = 0
+
+    @classmethod
+    def open(cls, application: str) -> "LiveView":
+        """Spawn a viewer, or with no display serve gRPC and say how to connect (e.g. over SSH)."""
+        import os
+
+        import rerun as rr
+
+        recording = rr.RecordingStream(application)
+        if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform == "darwin":
+            recording.spawn()
+        else:
+            url = rr.serve_grpc(recording=recording)
+            print(f"live view: no display here; watch with `rerun --connect {url}`", file=sys.stderr)
+        return cls(recording)
+
+    def log(self, observation: Observation, applied: np.ndarray, outcome: StepOutcome) -> None:
+        rr, rec = self.rr, self.recording
+        rec.set_time("step", sequence=self._step)
+        self._step += 1
+        for key, value in observation.items():
+            if is_image_key(key):
+                rec.log(key.replace(".", "/"), rr.Image(value))
+            elif key != "timestamp" and np.ndim(value) == 1:
+                rec.log(key.replace(".", "/"), rr.Scalars(np.asarray(value, np.float64)))
+        rec.log(ACTION, rr.Scalars(np.asarray(applied, np.float64)))
+        rec.log(REWARD, rr.Scalars([outcome.reward]))
+        rec.log(SUCCESS, rr.Scalars([float(outcome.success)]))

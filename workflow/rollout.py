@@ -1,0 +1,139 @@
+"""Run any policy on any ``Robot`` + ``Task``: one episode, or an evaluation over seeds.
+
+Frames collected here are what the store keeps: the observation each action was
+chosen from, the *applied* action (after the safety layer), the reward, done,
+success and intervention flags, so rollouts can be appended to a store as
+``offline-rollout``, ``online-rollout`` or ``deployment`` episodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from robot.protocols import Policy, Robot, Task
+from robot.store import ZarrEpisodeStore
+from robot.types import ACTION, DONE, INTERVENTION, REWARD, SUCCESS, EpisodeMeta, Feature
+
+
+@dataclass
+class EpisodeResult:
+    seed: int
+    success: bool
+    ret: float
+    length: int
+    frames: dict[str, np.ndarray] = field(repr=False)
+    terms: dict[str, float] = field(default_factory=dict)
+    inference_ms: list[float] = field(default_factory=list, repr=False)
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    task: str
+    episodes: int
+    success_rate: float
+    mean_return: float
+    mean_length: float
+    inference_ms_mean: float | None
+    inference_ms_p95: float | None
+    seeds: tuple[int, ...]
+    successes: tuple[bool, ...]
+
+
+def episode_features(robot: Robot) -> dict[str, Feature]:
+    """Every per-step key a rollout of ``robot`` stores."""
+    return {
+        **{k: f for k, f in robot.observation_features.items()},
+        ACTION: robot.action_features[ACTION],
+        REWARD: Feature(()),
+        DONE: Feature((), "bool"),
+        SUCCESS: Feature((), "bool"),
+        INTERVENTION: Feature((), "bool"),
+    }
+
+
+def run_episode(
+    robot: Robot,
+    task: Task,
+    policy: Policy,
+    *,
+    seed: int,
+    max_steps: int | None = None,
+    on_step: Callable[[int, Mapping[str, np.ndarray], np.ndarray, float], None] | None = None,
+) -> EpisodeResult:
+    """One episode from ``robot.reset(seed)`` until success or ``max_steps`` (the task's by default)."""
+    obs_keys = list(robot.observation_features)
+    rows: dict[str, list] = {k: [] for k in [*obs_keys, ACTION, REWARD, DONE, SUCCESS, INTERVENTION]}
+    terms: dict[str, float] = {}
+    latencies = []
+    policy.reset()
+    obs = robot.reset(seed)
+    success, ret, steps = False, 0.0, max_steps or task.max_steps
+    for t in range(steps):
+        action = policy.select_action(obs)
+        if getattr(policy, "last_chunk_started", False):
+            latencies.append(1e3 * getattr(policy, "last_inference_s", 0.0))
+        applied = robot.send_action(action)
+        next_obs = robot.get_observation()
+        outcome = task.evaluate(next_obs, applied)
+        success = outcome.success
+        for k in obs_keys:
+            rows[k].append(obs[k])
+        rows[ACTION].append(applied)
+        rows[REWARD].append(outcome.reward)
+        rows[DONE].append(success or t == steps - 1)
+        rows[SUCCESS].append(success)
+        rows[INTERVENTION].append(bool(getattr(policy, "last_was_intervention", False)))
+        for name, value in outcome.terms.items():
+            terms[name] = terms.get(name, 0.0) + value
+        ret += outcome.reward
+        if on_step is not None:
+            on_step(t, obs, applied, outcome.reward)
+        obs = next_obs
+        if success:
+            break
+    frames = {k: np.asarray(v) for k, v in rows.items()}
+    return EpisodeResult(seed=seed, success=success, ret=ret, length=len(rows[ACTION]), frames=frames, terms=terms, inference_ms=latencies)
+
+
+def evaluate(
+    robot: Robot,
+    task: Task,
+    policy: Policy,
+    *,
+    episodes: int,
+    seed: int = 0,
+    store: ZarrEpisodeStore | None = None,
+    source: str = "offline-rollout",
+    show_progress: bool = False,
+) -> EvalReport:
+    """Success rate, return and inference latency over ``episodes`` seeds ``seed, seed + 1, ...``.
+
+    With ``store``, every episode is appended to it with ``source``.
+    """
+    from workflow.run import progress
+
+    results = []
+    bar = progress(episodes, 0, f"eval {task.name}", show_progress)
+    for i in range(episodes):
+        res = run_episode(robot, task, policy, seed=seed + i)
+        results.append(res)
+        if store is not None:
+            store.append_episode(res.frames, EpisodeMeta(task=task.name, robot=robot.name, fps=task.fps, success=res.success, source=source, seed=res.seed))
+        bar.update(1)
+        bar.set_postfix(success=f"{np.mean([r.success for r in results]):.2f}")
+    bar.close()
+    latencies = [ms for r in results for ms in r.inference_ms]
+    return EvalReport(
+        task=task.name,
+        episodes=episodes,
+        success_rate=float(np.mean([r.success for r in results])),
+        mean_return=float(np.mean([r.ret for r in results])),
+        mean_length=float(np.mean([r.length for r in results])),
+        inference_ms_mean=float(np.mean(latencies)) if latencies else None,
+        inference_ms_p95=float(np.percentile(latencies, 95)) if latencies else None,
+        seeds=tuple(r.seed for r in results),
+        successes=tuple(r.success for r in results),
+    )

@@ -1,0 +1,99 @@
+"""Shared mechanics of every stage: the run directory, seeding, threads, progress.
+
+A run directory::
+
+    RUN/config.json           the resolved stage config
+    RUN/metrics.jsonl         every logged metric (robot.metrics.JsonlMetrics)
+    RUN/checkpoints/state     the latest resumable training state (overwritten atomically)
+    RUN/checkpoints/step-N    policy snapshots (for diagnostics and checkpoint choice)
+    RUN/policy                the stage's resulting policy checkpoint
+    RUN/report.json           the stage's report once it finished
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robot.config import save_json, to_dict
+from robot.metrics import JsonlMetrics
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike, config: Any):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "checkpoints").mkdir(exist_ok=True)
+        config_path = self.path / "config.json"
+        if config_path.exists():
+            previous = json.loads(config_path.read_text())
+            if previous != to_dict(config):
+                changed = sorted(k for k in set(previous) | set(to_dict(config)) if previous.get(k) != to_dict(config).get(k))
+                raise ValueError(
+                    f"{self.path} holds a run with another config (differs in {', '.join(changed)}); "
+                    "resume with the same options or choose a new --out"
+                )
+        save_json(config, config_path)
+        self.metrics = JsonlMetrics(self.path / "metrics.jsonl")
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path / "checkpoints" / "state"
+
+    @property
+    def policy_dir(self) -> Path:
+        return self.path / "policy"
+
+    def snapshot_dir(self, step: int) -> Path:
+        return self.path / "checkpoints" / f"step-{step:07d}"
+
+    def snapshots(self) -> list[tuple[int, Path]]:
+        out = []
+        for p in sorted((self.path / "checkpoints").glob("step-*")):
+            if (p / "checkpoint.json").is_file():
+                out.append((int(p.name.split("-")[1]), p))
+        return out
+
+    def write_report(self, report: Any) -> None:
+        data = to_dict(report) if hasattr(report, "__dataclass_fields__") else report
+        (self.path / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+
+    def close(self) -> None:
+        self.metrics.close()
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    """Validate the device string; never assume CUDA is there."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this machine has no CUDA GPU; use --device cpu")
+    return dev
+
+
+def rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    """numpy and torch RNG states as checkpoint-storable values."""
+    state = rng.bit_generator.state
+    return {"numpy": json.dumps(state), "torch": torch.get_rng_state()}
+
+
+def restore_rng(rng: np.random.Generator, saved: dict[str, Any]) -> None:
+    rng.bit_generator.state = json.loads(saved["numpy"])
+    torch.set_rng_state(saved["torch"].to(torch.uint8))
+
+
+def progress(total: int, initial: int, desc: str, enabled: bool = True):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, mininterval=1.0)
