@@ -86,8 +86,18 @@ def to_tensors(batch: dict[str, np.ndarray], normalizer: Normalizer, keys: list[
     return {k: normalizer.normalize(k, torch.as_tensor(batch[k]).to(device)) if k in normalizer else torch.as_tensor(batch[k]).to(device) for k in keys}
 
 
-def train_imitation(config: ImitationConfig, *, show_progress: bool = True, init: DiffusionPolicy | None = None) -> ImitationReport:
-    """Train (or resume) an imitation policy; ``init`` warm-starts from another policy's weights."""
+def train_imitation(
+    config: ImitationConfig,
+    *,
+    show_progress: bool = True,
+    init: DiffusionPolicy | None = None,
+    normalizer: Normalizer | None = None,
+) -> ImitationReport:
+    """Train (or resume) an imitation policy.
+
+    ``init`` warm-starts from another policy's weights; pass its ``normalizer`` too so
+    the warm-started weights see inputs scaled as they were trained on (offline rounds).
+    """
     started = time.perf_counter()
     device = resolve_device(config.device)
     run = RunDir(config.out, config)
@@ -111,10 +121,11 @@ def train_imitation(config: ImitationConfig, *, show_progress: bool = True, init
     val_windows = WindowSampler(data, store.episode_ends, window, episodes=val_eps, obs_keys=obs_keys) if val_eps else None
     features = {k: store.features[k] for k in obs_keys}
     train_frames = np.concatenate([np.arange(*store.episode_bounds(e)) for e in train_eps])
-    normalizer = Normalizer.fit(
-        {k: data[k][train_frames] for k in obs_keys + [ACTION]},
-        normalizer_modes({**features, ACTION: store.features[ACTION]}),
-    )
+    if normalizer is None:
+        normalizer = Normalizer.fit(
+            {k: data[k][train_frames] for k in obs_keys + [ACTION]},
+            normalizer_modes({**features, ACTION: store.features[ACTION]}),
+        )
 
     # --- model, optimiser, schedule
     model = DiffusionPolicy(config.policy, features, {ACTION: store.features[ACTION]}).to(device)

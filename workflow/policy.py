@@ -80,11 +80,7 @@ class DiffusionController:
         self._actions.clear()
 
     def select_action(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
-        frame = {k: np.asarray(observation[k]) for k in self.input_features}
-        if not self._obs:  # first step: the history is the first frame repeated
-            self._obs.extend([frame] * self.n_obs_steps)
-        else:
-            self._obs.append(frame)
+        self.push_observation(observation)
         self.last_chunk_started = not self._actions
         if not self._actions:
             start = time.perf_counter()
@@ -94,6 +90,14 @@ class DiffusionController:
         return self._actions.popleft()
 
     # -------------------------------------------------------------- helpers
+    def push_observation(self, observation: Mapping[str, np.ndarray]) -> None:
+        """Add one frame to the history (the first frame of an episode fills all ``To`` slots)."""
+        frame = {k: np.asarray(observation[k]) for k in self.input_features}
+        if not self._obs:
+            self._obs.extend([frame] * self.n_obs_steps)
+        else:
+            self._obs.append(frame)
+
     def observation_batch(self) -> dict[str, torch.Tensor]:
         """The observation history as a normalised batch of one ``{key: (1, To, ...)}``."""
         batch = {}
@@ -103,15 +107,32 @@ class DiffusionController:
         return batch
 
     @torch.no_grad()
+    def condition(self) -> torch.Tensor:
+        """Frozen-encoder features ``(1, Dc)`` of the current history."""
+        return self.model.encode(self.observation_batch())
+
+    @torch.no_grad()
+    def peek_condition(self, observation: Mapping[str, np.ndarray]) -> torch.Tensor:
+        """Features ``(1, Dc)`` the history would have with ``observation`` added, without adding it."""
+        saved = collections.deque(self._obs, maxlen=self._obs.maxlen)
+        self.push_observation(observation)
+        cond = self.condition()
+        self._obs = saved
+        return cond
+
+    def unnormalize_actions(self, normalized: torch.Tensor) -> np.ndarray:
+        """``(T, Da)`` normalised actions -> robot actions (float32 numpy)."""
+        return self.normalizer.unnormalize(ACTION, normalized).cpu().numpy().astype(np.float32)
+
+    @torch.no_grad()
     def predict_chunk(self) -> np.ndarray:
         """Unnormalised actions ``(horizon, Da)`` for the current observation history."""
-        cond = self.model.encode(self.observation_batch())
+        cond = self.condition()
         if self.sampler == "consistency":
             normalized = self.consistency.sample(cond, generator=self.generator)
         else:
             normalized = self.model.sample(cond, deterministic=self.deterministic, generator=self.generator)
-        actions = self.normalizer.unnormalize(ACTION, normalized[0]).cpu().numpy()
-        return actions.astype(np.float32)
+        return self.unnormalize_actions(normalized[0])
 
     def check_robot(self, robot_name: str, observation_features: Mapping[str, Feature], action_features: Mapping[str, Feature]) -> None:
         """Raise a ValueError naming every key this policy needs that the robot lacks."""
@@ -121,7 +142,7 @@ class DiffusionController:
     # ---------------------------------------------------------- persistence
     @staticmethod
     def load(path: str | Path, *, sampler: str = "ddim", device: str = "cpu", deterministic: bool = True, seed: int = 0) -> "DiffusionController":
-        ckpt = load_checkpoint(_policy_dir(path), kind=KIND)
+        ckpt = load_checkpoint(policy_dir(path), kind=KIND)
         model, head = build_from_checkpoint(ckpt, device=device)
         if ckpt.normalizer is None:
             raise CheckpointError(f"{path}: the checkpoint has no normaliser statistics")
@@ -165,7 +186,7 @@ def save_policy(
     )
 
 
-def _policy_dir(path: str | Path) -> Path:
+def policy_dir(path: str | Path) -> Path:
     """Accept a run directory (``runs/x``: its ``policy/``) or a checkpoint directory."""
     path = Path(path)
     if (path / "policy" / "checkpoint.json").is_file():

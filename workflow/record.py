@@ -32,7 +32,7 @@ from hardware.teleop import DEVICES, TeleopDevice, TeleopEvent, make_device
 from robot.protocols import Observation, Robot, StepOutcome, Task
 from robot.report import format_table
 from robot.store import ZarrEpisodeStore
-from robot.types import ACTION, DONE, INTERVENTION, REWARD, SUCCESS, EpisodeMeta, Feature, is_image_key
+from robot.types import ACTION, DONE, INTERVENTION, REWARD, SUCCESS, EpisodeMeta, Feature
 from workflow.rate import RateLoop, RateStats
 from workflow.rollout import episode_features
 
@@ -151,7 +151,7 @@ def record(config: RecordConfig, device: TeleopDevice | None = None, robot: Robo
         features = episode_features(robot)
         store = ZarrEpisodeStore.open_or_create(out, features) if config.resume else ZarrEpisodeStore.create(out, features)
         cleanup.callback(store.close)
-        view = LiveView.open(f"record-{task.name}") if config.view else None
+        view = LiveView.open(f"record-{task.name}", features, float(task.fps)) if config.view else None
         if not robot.is_connected:
             robot.connect()
         status.line(f"recording {task.name} on {robot.name} with {device.name}: {config.episodes} episodes -> {out} ({store.num_episodes} already there)")
@@ -287,6 +287,8 @@ def _record_episode(
     counters = getattr(robot, "counters", None)
     before = Counter(counters.as_dict()) if counters is not None else Counter()
     start, ticks_before = time.monotonic(), rate.ticks
+    if view is not None:
+        view.episode_start(progress)
     rate.restart()
     while True:
         command = device.poll(observation)
@@ -343,38 +345,32 @@ class _Status:
 
 
 class LiveView:
-    """Each recorded step streamed to a Rerun recording (see :meth:`open`)."""
+    """Each recorded step streamed to a Rerun recording through :class:`robot.rerun_log.LiveLogger`.
 
-    def __init__(self, recording: Any):
-        import rerun as rr
+    Steps count on across episodes on the ``step`` timeline; each episode start is a
+    line in the ``events`` log. The layout is ``robot view``'s, so a live session and
+    the stored episodes look alike.
+    """
 
-        self.rr, self.recording = rr, recording
+    def __init__(self, recording: Any, features: Mapping[str, Feature] | None = None, fps: float | None = None):
+        from robot.rerun_log import LiveLogger
+
+        self.recording = recording
+        self.logger = LiveLogger(recording, features, fps=fps)
         self._step = 0
 
     @classmethod
-    def open(cls, application: str) -> "LiveView":
+    def open(cls, application: str, features: Mapping[str, Feature] | None = None, fps: float | None = None) -> "LiveView":
         """Spawn a viewer, or with no display serve gRPC and say how to connect (e.g. over SSH)."""
-        import os
+        from robot.rerun_log import episode_blueprint, open_recording
 
-        import rerun as rr
+        blueprint = episode_blueprint(features) if features else None
+        return cls(open_recording(application, spawn=True, blueprint=blueprint), features, fps)
 
-        recording = rr.RecordingStream(application)
-        if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform == "darwin":
-            recording.spawn()
-        else:
-            url = rr.serve_grpc(recording=recording)
-            print(f"live view: no display here; watch with `rerun --connect {url}`", file=sys.stderr)
-        return cls(recording)
+    def episode_start(self, label: str) -> None:
+        self.logger.log_event(self._step, f"episode {label} starts")
 
     def log(self, observation: Observation, applied: np.ndarray, outcome: StepOutcome) -> None:
-        rr, rec = self.rr, self.recording
-        rec.set_time("step", sequence=self._step)
+        flags = {SUCCESS: outcome.success, INTERVENTION: False}
+        self.logger.log_step(self._step, observation, applied, dict(outcome.terms), flags)
         self._step += 1
-        for key, value in observation.items():
-            if is_image_key(key):
-                rec.log(key.replace(".", "/"), rr.Image(value))
-            elif key != "timestamp" and np.ndim(value) == 1:
-                rec.log(key.replace(".", "/"), rr.Scalars(np.asarray(value, np.float64)))
-        rec.log(ACTION, rr.Scalars(np.asarray(applied, np.float64)))
-        rec.log(REWARD, rr.Scalars([outcome.reward]))
-        rec.log(SUCCESS, rr.Scalars([float(outcome.success)]))

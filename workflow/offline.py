@@ -1,0 +1,286 @@
+"""Stage 2: OPE-gated offline RL on the denoising chain, iterated in rounds.
+
+Each round reads top to bottom:
+
+1. encode every dataset step with the reference policy's frozen encoder;
+2. fit IQL critics (twin Q with min, expectile V) and the latent dynamics ensemble;
+3. PPO on the denoising chain: chains sampled from the reference on dataset states,
+   one normalised advantage min Q - V per chain shared by its K steps; every
+   ``gate_every`` updates the AM-Q gate compares candidate and reference and only
+   a clear gain makes the candidate the new reference (a rejected one is reset);
+4. roll the accepted policy out in sim and store its episodes (``offline-rollout``);
+5. retrain imitation on demonstrations + successful rollouts, warm-started from the
+   accepted policy: the next round's reference.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from policies.critics import CriticConfig, IqlCritics
+from policies.diffusion import DiffusionPolicy
+from policies.dynamics import DynamicsConfig, DynamicsEnsemble
+from robot.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from robot.config import to_dict
+from robot.store import ZarrEpisodeStore
+from workflow.envs import make_sim_for
+from workflow.imitation import ImitationConfig, train_imitation
+from workflow.latent import LatentTransitions, encode_store
+from workflow.ope import GateConfig, GateDecision, gate, horizon_warning
+from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
+from workflow.ppo import chain_ppo_loss, denoiser_parameters, normalize_advantages
+from workflow.rollout import EvalReport, evaluate
+from workflow.run import RunDir, progress, resolve_device, seed_everything
+
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    policy: str
+    """Imitation run directory or policy checkpoint to start from."""
+    data: str
+    """Episode store the policy was trained on (demonstrations)."""
+    out: str
+    """Run directory; its data.zarr holds the demonstrations plus every round's rollouts."""
+    task: str = "push"
+    """Simulated task the rollouts between rounds run on."""
+    rounds: int = 2
+    """Offline rounds M."""
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    critic_steps: int = 2000
+    """Gradient steps of the IQL critics per round."""
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    ppo_updates: int = 200
+    """PPO updates on the denoising chain per round."""
+    ppo_batch: int = 256
+    """Dataset states per PPO update (one chain each)."""
+    actor_lr: float = 1e-5
+    """Learning rate of the denoiser during PPO (RL-100: 1e-6 .. 1e-5)."""
+    clip_eps: float = 0.25
+    """PPO ratio clip per denoising step."""
+    grad_clip: float = 0.5
+    gate_every: int = 50
+    """PPO updates between AM-Q gate checks."""
+    gate: GateConfig = field(default_factory=GateConfig)
+    rollout_episodes: int = 20
+    """Sim episodes of the accepted policy added to the data after each round."""
+    retrain_steps: int = 1000
+    """Imitation steps on the merged data after each round (0 keeps the accepted policy as is)."""
+    flip_advantages: bool = False
+    """Diagnostics only: negate advantages (a deliberately harmful update the gate must reject)."""
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.ppo_updates < 0 or self.gate_every < 1 or self.critic_steps < 0:
+            raise ValueError(f"rounds and gate_every must be >= 1, ppo_updates and critic_steps >= 0, got {self}")
+        if not 0 < self.actor_lr < 1 or not 0 < self.clip_eps < 1:
+            raise ValueError(f"actor_lr and clip_eps must be in (0, 1), got {self.actor_lr}, {self.clip_eps}")
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    round: int
+    gate_checks: int
+    accepted: int
+    last_j_reference: float | None
+    rollout_success: float | None
+    merged_episodes: int
+    policy: str
+
+
+@dataclass(frozen=True)
+class OfflineReport:
+    run: str
+    policy: str
+    rounds: tuple[RoundReport, ...]
+    minutes: float
+    warning: str | None = None
+
+
+def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> OfflineReport:
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    run = RunDir(config.out, config)
+    seed_everything(config.seed)
+    merged = run.path / "data.zarr"
+    if not merged.exists():  # the demonstrations, then every round's rollouts, in one store
+        shutil.copytree(config.data, merged)
+    policy_path = config.policy
+    rounds: list[RoundReport] = []
+    warning = None
+    for m in range(config.rounds):
+        round_dir = run.path / f"round-{m}"
+        if (round_dir / "report.json").is_file():  # finished before a kill: skip
+            rounds.append(RoundReport(**json.loads((round_dir / "report.json").read_text())))
+            policy_path = rounds[-1].policy
+            continue
+        ckpt = load_checkpoint(policy_dir(policy_path), kind=KIND)
+        reference, _ = build_from_checkpoint(ckpt, device=str(device))
+        normalizer = ckpt.normalizer
+        reference.requires_grad_(False).eval()
+
+        # 1. frozen features of every dataset step
+        store = ZarrEpisodeStore.open(merged)
+        data = encode_store(store, reference, normalizer, gamma=config.critic.gamma, device=device)
+        store.close()
+        ta = reference.config.n_action_steps
+        warning = horizon_warning(data.steps_to_go, data.success, config.gate.horizon, ta) or warning
+        if warning and m == 0:
+            print(f"warning: {warning}")
+
+        # 2. critics and latent dynamics
+        critics = fit_critics(data, config, run, m, device, show_progress)
+        save_checkpoint(
+            round_dir / "critics",
+            Checkpoint(kind="iql-critics", config={"critic": to_dict(config.critic), "feature_dim": data.features.shape[1],
+                                                   "action_dim": data.actions.shape[1]}, modules={"critics": critics.state_dict()}),
+        )  # fmt: skip
+        dynamics = DynamicsEnsemble(data.features.shape[1], data.actions.shape[1], config.dynamics).to(device)
+        fit = dynamics.fit(data.features, data.actions, data.next_features, data.returns, seed=config.seed + m)
+        run.metrics.log({f"dynamics/{k}": float(v) for k, v in _numbers(fit).items()}, m)
+
+        # 3. PPO on the denoising chain, gated by AM-Q
+        accepted_policy, decisions = ppo_round(reference, critics, dynamics, data, config, run, m, device, show_progress)
+        with open(run.path / "gate.jsonl", "a") as f:
+            for d in decisions:
+                f.write(json.dumps({"round": m, **to_dict(d), "gain": d.gain}) + "\n")
+
+        # 4. roll the accepted policy out, 5. retrain imitation on the merged data
+        save_policy(round_dir / "accepted", accepted_policy, normalizer, extra={**ckpt.extra, "stage": "offline", "round": m})
+        rollout = rollout_into(merged, round_dir / "accepted", config, m) if config.rollout_episodes else None
+        next_policy = round_dir / "accepted"
+        if config.retrain_steps:
+            retrain = ImitationConfig(
+                data=str(merged),
+                out=str(round_dir / "imitation"),
+                policy=accepted_policy.config,
+                obs_keys=tuple(sorted(accepted_policy.input_features)),
+                steps=config.retrain_steps,
+                seed=config.seed + m,
+                device=config.device,
+                warmup_steps=min(100, config.retrain_steps),
+                lr=1e-4,
+            )
+            next_policy = Path(train_imitation(retrain, show_progress=show_progress, init=accepted_policy, normalizer=normalizer).policy)
+        report = RoundReport(
+            round=m,
+            gate_checks=len(decisions),
+            accepted=sum(d.accepted for d in decisions),
+            last_j_reference=decisions[-1].j_reference if decisions else None,
+            rollout_success=rollout.success_rate if rollout else None,
+            merged_episodes=ZarrEpisodeStore.open(merged).num_episodes,
+            policy=str(next_policy),
+        )
+        (round_dir / "report.json").write_text(json.dumps(to_dict(report), indent=2))
+        rounds.append(report)
+        policy_path = str(next_policy)
+
+    final = run.policy_dir
+    shutil.rmtree(final, ignore_errors=True)
+    shutil.copytree(policy_dir(policy_path), final)
+    out = OfflineReport(run=str(run.path), policy=str(final), rounds=tuple(rounds), minutes=(time.perf_counter() - started) / 60, warning=warning)
+    run.write_report(out)
+    run.close()
+    return out
+
+
+def fit_critics(data: LatentTransitions, config: OfflineConfig, run: RunDir, m: int, device: torch.device, show_progress: bool) -> IqlCritics:
+    """IQL on the frozen features: expectile V, twin Q toward r + gamma^n V(s')."""
+    critics = IqlCritics(data.features.shape[1], data.actions.shape[1], config=config.critic, device=device)
+    optimizer = critics.make_optimizer()
+    gen = torch.Generator(device="cpu").manual_seed(config.seed + 100 * m)
+    bar = progress(config.critic_steps, 0, f"critics r{m}", show_progress)
+    for step in range(config.critic_steps):
+        idx = torch.randint(0, len(data), (min(256, len(data)),), generator=gen).to(device)
+        batch = {
+            "features": data.features[idx],
+            "actions": data.actions[idx],
+            "rewards": data.returns[idx],
+            "discounts": data.discounts[idx],
+            "terminals": data.terminals[idx],
+            "next_features": data.next_features[idx],
+        }
+        losses = critics.update(batch, optimizer)
+        if step % 50 == 0 or step == config.critic_steps - 1:
+            run.metrics.log({f"{k}_r{m}": v for k, v in losses.items()}, step)
+        bar.update(1)
+    bar.close()
+    return critics.eval().requires_grad_(False)
+
+
+def ppo_round(
+    reference: DiffusionPolicy,
+    critics: IqlCritics,
+    dynamics: DynamicsEnsemble,
+    data: LatentTransitions,
+    config: OfflineConfig,
+    run: RunDir,
+    m: int,
+    device: torch.device,
+    show_progress: bool,
+) -> tuple[DiffusionPolicy, list[GateDecision]]:
+    """PPO updates of a candidate copy; the gate decides which weights become the reference."""
+    candidate = copy.deepcopy(reference).requires_grad_(False)
+    params = denoiser_parameters(candidate)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=config.actor_lr)
+    gen = torch.Generator(device="cpu").manual_seed(config.seed + 1000 * (m + 1))
+    ope_gen = np.random.default_rng(config.seed + m)
+    starts = data.features[torch.as_tensor(ope_gen.choice(len(data), size=min(config.gate.start_states, len(data)), replace=False))]
+    ta = reference.config.n_action_steps
+    decisions: list[GateDecision] = []
+    bar = progress(config.ppo_updates, 0, f"ppo r{m}", show_progress)
+    for update in range(1, config.ppo_updates + 1):
+        idx = torch.randint(0, len(data), (min(config.ppo_batch, len(data)),), generator=gen).to(device)
+        cond = data.features[idx]
+        chain = reference.sample_chain(cond, generator=gen)
+        with torch.no_grad():
+            executed = chain.actions[:, :ta].flatten(1)
+            advantages = normalize_advantages(critics.advantage(cond, executed))
+            if config.flip_advantages:
+                advantages = -advantages
+        loss, stats = chain_ppo_loss(candidate, cond, chain, advantages, config.clip_eps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        metrics = {"losses/ppo": loss.item(), "charts/clip_fraction": stats.clip_fraction, "charts/approx_kl": stats.approx_kl}
+        if update % config.gate_every == 0 or update == config.ppo_updates:
+            decision = gate(candidate, reference, critics, dynamics, starts, config.gate, n_action_steps=ta, update=update, seed=config.seed + m)
+            decisions.append(decision)
+            metrics.update({"ope/amq_reference": decision.j_reference, "ope/amq_candidate": decision.j_candidate, "ope/accepted": float(decision.accepted)})
+            if decision.accepted:  # the candidate becomes the reference chains are sampled from
+                reference = copy.deepcopy(candidate).requires_grad_(False)
+            else:  # never keep a rejected update: restart from the reference
+                candidate.load_state_dict(reference.state_dict())
+                optimizer = torch.optim.Adam(params, lr=config.actor_lr)
+        run.metrics.log({f"{k}_r{m}": v for k, v in metrics.items()}, update)
+        bar.update(1)
+    bar.close()
+    return reference.eval(), decisions
+
+
+def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: int) -> EvalReport:
+    """Run the accepted policy in sim and append its episodes to the merged store."""
+    controller = DiffusionController.load(policy_path, device=config.device, seed=config.seed + m)
+    store = ZarrEpisodeStore.open(store_path, mode="a")
+    robot, task = make_sim_for(config.task, {k: f for k, f in store.features.items() if k.startswith("observation.")})
+    try:
+        with robot:
+            return evaluate(robot, task, controller, episodes=config.rollout_episodes, seed=config.seed + 10_000 * (m + 1), store=store, source="offline-rollout")
+    finally:
+        store.close()
+
+
+def _numbers(obj: object) -> dict[str, float]:
+    items = obj.items() if isinstance(obj, dict) else vars(obj).items()
+    return {k: v for k, v in items if isinstance(v, (int, float))}

@@ -1,0 +1,56 @@
+"""PPO's clipped objective on the denoising chain (shared by offline and online RL).
+
+Each environment step hides a K-step denoising chain; every denoising step is a
+Gaussian policy step of its own. One advantage per environment step (or chunk) is
+shared by its K denoising steps; the ratio is taken per denoising step between the
+current weights and the weights that sampled the chain (DPPO, RL-100).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from policies.diffusion import Chain, DiffusionPolicy
+
+
+@dataclass(frozen=True)
+class ChainLossStats:
+    clip_fraction: float  # share of (sample, denoising step) ratios outside [1 - eps, 1 + eps]
+    approx_kl: float  # E[(r - 1) - log r], the k3 estimator of KL(old || new)
+    ratio_mean: float
+
+
+def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit std over the batch (a batch of one is only centred)."""
+    centred = advantages - advantages.mean()
+    return centred / (advantages.std() + 1e-8) if advantages.numel() > 1 else centred
+
+
+def chain_ppo_loss(
+    policy: DiffusionPolicy, cond: torch.Tensor, chain: Chain, advantages: torch.Tensor, clip_eps: float
+) -> tuple[torch.Tensor, ChainLossStats]:
+    """Clipped surrogate over all K denoising steps.
+
+    ``cond (B, Dc)`` conditioning the chain was sampled with; ``chain`` with its
+    sampling-time log-probs ``(B, K)``; ``advantages (B,)`` already normalised.
+    """
+    new_log_probs = policy.chain_log_prob(cond, chain)  # (B, K)
+    log_ratio = (new_log_probs - chain.log_probs).clamp(-20.0, 20.0)
+    ratio = log_ratio.exp()
+    adv = advantages[:, None]  # (B, 1): one advantage shared by every denoising step
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    loss = -surrogate.mean()
+    with torch.no_grad():
+        stats = ChainLossStats(
+            clip_fraction=float(((ratio - 1).abs() > clip_eps).float().mean()),
+            approx_kl=float(((ratio - 1) - log_ratio).mean()),
+            ratio_mean=float(ratio.mean()),
+        )
+    return loss, stats
+
+
+def denoiser_parameters(policy: DiffusionPolicy) -> list[torch.nn.Parameter]:
+    """The parameters RL updates: the denoiser's; the observation encoder stays frozen."""
+    return list(policy.denoiser.parameters())
