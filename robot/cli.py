@@ -93,9 +93,27 @@ def record(
 
 
 @app.command()
-def view() -> None:
+def view(
+    store: Path = typer.Argument(..., help="Episode store directory (zarr)."),
+    episode: Optional[int] = typer.Option(None, help="Episode to show (negative counts from the end); default 0."),
+    all_: bool = typer.Option(False, "--all", help="Every episode of the store, one Rerun recording each."),
+    save: Optional[Path] = typer.Option(None, help="Write an .rrd file instead of opening a viewer (headless); open it later with `rerun FILE.rrd`."),
+    metrics: Optional[Path] = typer.Option(None, help="Run directory (or its metrics.jsonl) whose training curves to log next to the episodes."),
+) -> None:
     """Rerun view of stored episodes (cameras, joints, actions, rewards, labels)."""
-    _not_in_this_build("view", 10, "Rerun visualisation")
+    from workflow.view import view_store
+
+    report = _run_or_fail(view_store, store, episode=episode, all=all_, save=save, metrics=metrics)
+    typer.echo(report.summary())
+    if report.url is not None:  # no display: the data lives in this process's gRPC server
+        import time
+
+        try:
+            typer.echo(f"serving until Ctrl-C; connect with `rerun --connect {report.url}` (or rerun with --save FILE.rrd)")
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
 
 
 @train_app.command("imitation")
@@ -134,27 +152,101 @@ def train_imitation(
 
 
 @train_app.command("offline")
-def train_offline() -> None:
+def train_offline(
+    policy: Path = typer.Option(..., help="Imitation run directory or policy checkpoint to improve."),
+    data: Path = typer.Option(..., help="Episode store the policy was trained on."),
+    out: Path = typer.Option(..., help="Run directory (finished rounds are skipped on a rerun)."),
+    task: str = typer.Option("push", help="Simulated task for the rollouts between rounds."),
+    rounds: int = typer.Option(2, min=1, help="Offline rounds M."),
+    critic_steps: int = typer.Option(2000, help="IQL critic steps per round."),
+    ppo_updates: int = typer.Option(200, help="PPO updates on the denoising chain per round."),
+    gate_every: int = typer.Option(50, help="PPO updates between AM-Q gate checks."),
+    ope_horizon: int = typer.Option(5, help="AM-Q imagined chunk-steps H."),
+    delta: float = typer.Option(0.05, help="Relative AM-Q gain the candidate must beat (0.05 = 5% of |J|)."),
+    actor_lr: float = typer.Option(1e-5),
+    rollout_episodes: int = typer.Option(20, help="Sim episodes of the accepted policy per round."),
+    retrain_steps: int = typer.Option(1000, help="Imitation steps on the merged data after each round."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu"),
+) -> None:
     """Offline RL rounds: IQL critics, PPO on the denoising chain, AM-Q gate."""
-    _not_in_this_build("train offline", 6, "OPE-gated offline RL")
+    from policies.critics import CriticConfig
+    from robot.checkpoint import load_checkpoint
+    from workflow.offline import OfflineConfig, train_offline as run
+    from workflow.ope import GateConfig
+    from workflow.policy import policy_dir
+
+    def go():
+        ta = load_checkpoint(policy_dir(policy)).config["policy"]["n_action_steps"]
+        cfg = OfflineConfig(
+            policy=str(policy), data=str(data), out=str(out), task=task, rounds=rounds, critic=CriticConfig.for_horizon(ta),
+            critic_steps=critic_steps, ppo_updates=ppo_updates, gate_every=gate_every,
+            gate=GateConfig(horizon=ope_horizon, delta_relative=delta), actor_lr=actor_lr, rollout_episodes=rollout_episodes,
+            retrain_steps=retrain_steps, seed=seed, device=device,
+        )  # fmt: skip
+        return run(cfg)
+
+    report = _run_or_fail(go)
+    for r in report.rounds:
+        typer.echo(f"round {r.round}: {r.accepted}/{r.gate_checks} gate checks accepted, rollout success {r.rollout_success}, policy {r.policy}")
+    typer.echo(f"final policy: {report.policy}; gate record: {Path(report.run) / 'gate.jsonl'}")
 
 
 @train_app.command("online")
-def train_online() -> None:
-    """Online RL: PPO over denoising chains on live rollouts."""
-    _not_in_this_build("train online", 7, "online RL")
+def train_online(
+    policy: Path = typer.Option(..., help="Run directory or policy checkpoint to fine-tune."),
+    out: Path = typer.Option(..., help="Run directory."),
+    task: str = typer.Option("push"),
+    iterations: int = typer.Option(10, min=1),
+    episodes_per_iteration: int = typer.Option(8, min=1),
+    actor_lr: float = typer.Option(1e-5),
+    value_from: Optional[Path] = typer.Option(None, help="Offline critics checkpoint (runs/x/round-M/critics) to warm-start V."),
+    distill_steps: int = typer.Option(50, help="Consistency-distillation steps per iteration (0 = none)."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu"),
+) -> None:
+    """Online RL: PPO over denoising chains on live rollouts, one-step head distilled alongside."""
+    from workflow.online import OnlineConfig, train_online as run
+
+    cfg = OnlineConfig(
+        policy=str(policy), out=str(out), task=task, iterations=iterations, episodes_per_iteration=episodes_per_iteration,
+        actor_lr=actor_lr, value_from=str(value_from) if value_from else None, distill_steps=distill_steps, seed=seed, device=device,
+    )  # fmt: skip
+    report = _run_or_fail(run, cfg)
+    typer.echo(f"rollout success {report.success_first:.1%} -> {report.success_last:.1%}; policy written to {report.policy}")
 
 
 @train_app.command("distill")
-def train_distill() -> None:
+def train_distill(
+    policy: Path = typer.Option(..., help="Teacher: run directory or policy checkpoint."),
+    data: Path = typer.Option(..., help="Episode store whose states the head is distilled on."),
+    out: Path = typer.Option(..., help="Run directory."),
+    steps: int = typer.Option(2000),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu"),
+) -> None:
     """Consistency distillation into a one-step head."""
-    _not_in_this_build("train distill", 7, "consistency distillation")
+    from workflow.distill import DistillConfig, train_distill as run
+
+    report = _run_or_fail(run, DistillConfig(policy=str(policy), data=str(data), out=str(out), steps=steps, seed=seed, device=device))
+    typer.echo(f"one-step head distilled (loss {report.final_loss:.5f}); policy written to {report.policy}")
 
 
 @app.command()
-def pipeline() -> None:
+def pipeline(
+    task: str = typer.Option("push", help="Simulated task."),
+    out: Path = typer.Option(Path("runs/pipeline"), help="Pipeline directory (a rerun resumes finished stages)."),
+    budget: str = typer.Option("quick", help="quick (about 15 min on 2 CPU cores) or full."),
+    policy: str = typer.Option("chunk", help="Policy preset: chunk or single."),
+    cameras: str = typer.Option("", help="Comma-separated sim cameras the policy sees (e.g. top); none = state."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu"),
+) -> None:
     """The whole recipe end to end in sim, with gates, a per-stage table and a report."""
-    _not_in_this_build("pipeline", 7, "the end-to-end recipe")
+    from workflow.pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(task=task, out=str(out), budget=budget, policy=policy, cameras=tuple(c for c in cameras.split(",") if c), seed=seed, device=device)
+    _run_or_fail(run_pipeline, cfg)
 
 
 @app.command()

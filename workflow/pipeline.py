@@ -1,0 +1,201 @@
+"""The whole recipe end to end in sim: the kit's main job (`robot pipeline`).
+
+record (noisy scripted teleop) -> imitation -> offline rounds with AM-Q gates ->
+online RL with the one-step head distilled alongside -> evaluation of every stage.
+
+Each stage writes its own run directory under ``out``; a stage whose report exists
+is skipped, so a killed pipeline resumes where it stopped. It ends with one table:
+stage, success rate, return, episodes used, CPU minutes, and inference latency of
+the K-step DDIM policy vs the one-step head.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from policies.critics import CriticConfig
+from policies.dynamics import DynamicsConfig
+from robot.config import to_dict
+from robot.report import format_table
+from workflow.evaluate import evaluate_policy
+from workflow.imitation import ImitationConfig, train_imitation
+from workflow.offline import OfflineConfig, train_offline
+from workflow.online import OnlineConfig, train_online
+from workflow.ope import GateConfig
+from workflow.policy import DiffusionController
+from workflow.presets import policy_preset
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of everything one pipeline run spends."""
+
+    demos: int
+    demo_noise: float
+    imitation_steps: int
+    offline_rounds: int
+    critic_steps: int
+    ppo_updates: int
+    rollout_episodes: int
+    retrain_steps: int
+    online_iterations: int
+    online_episodes: int
+    eval_episodes: int
+
+
+BUDGETS = {
+    # about 15 minutes on a 2-core CPU for the push task
+    "quick": Budget(demos=100, demo_noise=0.5, imitation_steps=1500, offline_rounds=1, critic_steps=1000, ppo_updates=100,
+                    rollout_episodes=20, retrain_steps=300, online_iterations=6, online_episodes=8, eval_episodes=30),
+    "full": Budget(demos=200, demo_noise=0.5, imitation_steps=4000, offline_rounds=2, critic_steps=3000, ppo_updates=300,
+                   rollout_episodes=40, retrain_steps=1000, online_iterations=25, online_episodes=16, eval_episodes=100),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    task: str = "push"
+    out: str = "runs/pipeline"
+    budget: str = "quick"
+    policy: str = "chunk"
+    """Policy preset: chunk (U-Net over 8 actions, 4 executed) or single."""
+    cameras: tuple[str, ...] = ()
+    """Sim cameras the policy sees; none = state only."""
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.budget not in BUDGETS:
+            raise ValueError(f"unknown budget {self.budget!r}; choose one of {', '.join(BUDGETS)}")
+
+    @property
+    def spend(self) -> Budget:
+        return BUDGETS[self.budget]
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    policy: str
+    success: float
+    mean_return: float
+    episodes: int  # sim episodes this stage used (demos, rollouts)
+    cpu_minutes: float
+    ddim_ms: float | None = None
+    one_step_ms: float | None = None
+
+
+def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Callable[[str], None] = print) -> list[StageResult]:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pipeline.json").write_text(json.dumps(to_dict(config), indent=2))
+    b = config.spend
+    results: list[StageResult] = []
+
+    def stage(name: str, fn: Callable[[], tuple[str, int]], *, latency: bool = False) -> str:
+        """Run ``fn`` (returns policy path, episodes used) unless its result is on disk, then evaluate."""
+        path = out / f"{name}.result.json"
+        if path.is_file():
+            result = StageResult(**json.loads(path.read_text()))
+            log(f"[{name}] done before: success {result.success:.1%} ({result.policy})")
+        else:
+            log(f"[{name}] running")
+            cpu = time.process_time()
+            policy, episodes = fn()
+            report = evaluate_policy(policy, config.task, episodes=b.eval_episodes, seed=100_000 + config.seed, device=config.device, show_progress=show_progress)
+            ddim_ms, one_ms = measure_latency(policy, config.device) if latency else (None, None)
+            result = StageResult(name, str(policy), report.success_rate, report.mean_return, episodes, (time.process_time() - cpu) / 60, ddim_ms, one_ms)
+            path.write_text(json.dumps(to_dict(result), indent=2))
+            log(f"[{name}] success {result.success:.1%} over {b.eval_episodes} episodes")
+        results.append(result)
+        return result.policy
+
+    demos = out / "demos.zarr"
+    record_demos(config, demos)
+    imitation_cfg = ImitationConfig(
+        data=str(demos), out=str(out / "imitation"), policy=policy_preset(config.policy), steps=b.imitation_steps, seed=config.seed, device=config.device
+    )
+    imitation = stage("imitation", lambda: (train_imitation(imitation_cfg, show_progress=show_progress).policy, b.demos))
+    offline_cfg = OfflineConfig(
+        policy=imitation, data=str(demos), out=str(out / "offline"), task=config.task, rounds=b.offline_rounds,
+        critic=CriticConfig.for_horizon(imitation_cfg.policy.n_action_steps), critic_steps=b.critic_steps,
+        dynamics=DynamicsConfig(hidden_dims=(200, 200, 200), max_epochs=50), ppo_updates=b.ppo_updates,
+        gate_every=max(10, b.ppo_updates // 4), gate=GateConfig(horizon=5), rollout_episodes=b.rollout_episodes,
+        retrain_steps=b.retrain_steps, actor_lr=1e-5, seed=config.seed, device=config.device,
+    )  # fmt: skip
+    offline = stage("offline", lambda: (train_offline(offline_cfg, show_progress=show_progress).policy, b.offline_rounds * b.rollout_episodes))
+    critics = out / "offline" / f"round-{b.offline_rounds - 1}" / "critics"
+    online_cfg = OnlineConfig(
+        policy=offline, out=str(out / "online"), task=config.task, iterations=b.online_iterations, episodes_per_iteration=b.online_episodes,
+        value_from=str(critics) if critics.is_dir() else None, critic=offline_cfg.critic, seed=config.seed, device=config.device,
+    )  # fmt: skip
+    stage("online", lambda: (train_online(online_cfg, show_progress=show_progress).policy, b.online_iterations * b.online_episodes), latency=True)
+    one_step = stage_one_step(config, out, results[-1], b, show_progress, log)
+    results.append(one_step)
+    log(pipeline_table(results, config))
+    return results
+
+
+def stage_one_step(config: PipelineConfig, out: Path, online: StageResult, b: Budget, show_progress: bool, log: Callable[[str], None]) -> StageResult:
+    """The online policy's one-step consistency head, evaluated on the same seeds."""
+    path = out / "one-step.result.json"
+    if path.is_file():
+        return StageResult(**json.loads(path.read_text()))
+    cpu = time.process_time()
+    report = evaluate_policy(online.policy, config.task, episodes=b.eval_episodes, seed=100_000 + config.seed, sampler="consistency", device=config.device, show_progress=show_progress)
+    result = StageResult("one-step", online.policy, report.success_rate, report.mean_return, 0, (time.process_time() - cpu) / 60, online.ddim_ms, online.one_step_ms)
+    path.write_text(json.dumps(to_dict(result), indent=2))
+    log(f"[one-step] success {result.success:.1%}")
+    return result
+
+
+def record_demos(config: PipelineConfig, path: Path) -> None:
+    """Noisy scripted teleoperation: imperfect demonstrations, like a human's."""
+    from workflow.record import RecordConfig, record
+
+    b = config.spend
+    if path.exists():
+        from robot.store import ZarrEpisodeStore
+
+        if ZarrEpisodeStore.open(path).num_episodes >= b.demos:
+            return
+    record(
+        RecordConfig(task=config.task, device="scripted", episodes=b.demos, out=path, noise=b.demo_noise, seed=config.seed, resume=path.exists(), cameras=config.cameras),
+        stream=io.StringIO(),
+    )
+
+
+def measure_latency(policy: str | Path, device: str, repeats: int = 30) -> tuple[float, float | None]:
+    """Median ms for one action chunk: K-step DDIM vs the one-step head (batch 1)."""
+    times = {}
+    for sampler in ("ddim", "consistency"):
+        try:
+            controller = DiffusionController.load(policy, sampler=sampler, device=device)
+        except ValueError:
+            times[sampler] = None
+            continue
+        controller.push_observation({k: np.zeros(f.shape, dtype=f.dtype) for k, f in controller.input_features.items()})
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            controller.predict_chunk()
+            samples.append((time.perf_counter() - start) * 1e3)
+        times[sampler] = float(np.median(samples))
+    return times["ddim"], times["consistency"]
+
+
+def pipeline_table(results: list[StageResult], config: PipelineConfig) -> str:
+    rows = [
+        [r.stage, f"{r.success:.1%}", r.mean_return, r.episodes, round(r.cpu_minutes, 1), r.ddim_ms, r.one_step_ms]
+        for r in results
+    ]
+    title = f"pipeline: task {config.task}, budget {config.budget}, {config.spend.eval_episodes} evaluation episodes per stage, torch threads {torch.get_num_threads()}"
+    return format_table(["stage", "success", "return", "episodes used", "CPU min", "DDIM ms", "1-step ms"], rows, title=title)
