@@ -1,0 +1,531 @@
+"""The safety layer: every arm, simulated or real, becomes a ``Robot`` only through :class:`SafeRobot`.
+
+Per command, in order: shape/dtype check (error), the latched e-stop (hold),
+NaN/inf rejection (hold), the action feature's bounds and the per-dimension max
+step (clip), the workspace box (clip the translation so the predicted
+end-effector position stays inside, braking near the walls), joint limits and
+joint velocity limits (cancel motion). Between commands a watchdog holds the
+arm whenever the command stream goes silent for longer than its timeout. Every
+intervention is counted in :class:`SafetyCounters`;
+:attr:`SafeRobot.last_interventions` says which ones fired on the last command.
+``send_action`` returns what was really sent.
+
+End-effector delta actions cannot be clamped per joint without inverse
+kinematics, so the joint-limit check learns from the arm itself: when a joint
+inside ``joint_margin`` of its limit moved toward it after a command, the
+direction of that command's motion is remembered for the joint, and later
+commands lose their component along it (motion away from the limit or
+sideways still passes). Joint-position actions are clipped directly (step,
+limits, velocity); the workspace box needs forward kinematics for them and is
+left to the driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+
+from hardware.arm import ActionLayout, Arm, ArmLimits, ArmState, action_feature
+from robot.protocols import Observation
+from robot.types import TIMESTAMP, Feature
+
+_MAX_DIRECTIONS = 3  # remembered pushing directions per joint
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """How strict the safety layer is on top of the limits the arm declares."""
+
+    workspace_low: tuple[float, float, float] | None = None
+    """Lower corner (m, base frame) of a box that narrows the arm's declared workspace; never widens it."""
+    workspace_high: tuple[float, float, float] | None = None
+    """Upper corner of that box; give both corners or neither."""
+    workspace_approach: float = 0.5
+    """Fraction of the remaining distance to a workspace wall one command may cover: the arm brakes near walls."""
+    max_step: tuple[float, ...] | None = None
+    """Per action dimension bound on one command; the smaller of this and the arm's own applies."""
+    joint_margin: float = 0.02
+    """Fraction of each joint's range next to its limits inside which motion driving it further is cancelled."""
+    velocity_scale: float = 1.0
+    """Fraction of the arm's max joint velocity above which motion commands are cancelled."""
+    watchdog_timeout_s: float | None = None
+    """Hold position whenever no command arrived for this long (s); None turns the watchdog off."""
+    reject_nonfinite: bool = True
+    """NaN/inf commands are never forwarded: True holds and counts, False raises ValueError (debugging)."""
+
+    def __post_init__(self) -> None:
+        if (self.workspace_low is None) != (self.workspace_high is None):
+            raise ValueError("SafetyConfig: give workspace_low and workspace_high together, or neither")
+        if self.workspace_low is not None and self.workspace_high is not None:
+            if len(self.workspace_low) != 3 or len(self.workspace_high) != 3:
+                raise ValueError(
+                    f"SafetyConfig: workspace corners must be (x, y, z), "
+                    f"got {self.workspace_low}, {self.workspace_high}",
+                )
+            if any(lo >= hi for lo, hi in zip(self.workspace_low, self.workspace_high)):
+                raise ValueError(
+                    f"SafetyConfig: workspace_low {self.workspace_low} must be below "
+                    f"workspace_high {self.workspace_high}",
+                )
+        if self.max_step is not None and any(not s > 0 for s in self.max_step):
+            raise ValueError(f"SafetyConfig: max_step entries must be positive, got {self.max_step}")
+        if not 0 < self.workspace_approach <= 1:
+            raise ValueError(f"SafetyConfig: workspace_approach must be in (0, 1], got {self.workspace_approach}")
+        if not 0 <= self.joint_margin < 0.5:
+            raise ValueError(
+                f"SafetyConfig: joint_margin is a fraction of the joint range in [0, 0.5), got {self.joint_margin}",
+            )
+        if not 0 < self.velocity_scale <= 1:
+            raise ValueError(f"SafetyConfig: velocity_scale must be in (0, 1], got {self.velocity_scale}")
+        if self.watchdog_timeout_s is not None and not self.watchdog_timeout_s > 0:
+            raise ValueError(
+                f"SafetyConfig: watchdog_timeout_s must be positive or None, got {self.watchdog_timeout_s}",
+            )
+
+
+@dataclass
+class SafetyCounters:
+    """How often each intervention fired since construction or the last :meth:`reset`."""
+
+    nonfinite: int = 0
+    step_clipped: int = 0
+    workspace_clipped: int = 0
+    joint_limited: int = 0
+    velocity_limited: int = 0
+    watchdog_holds: int = 0
+    estop_holds: int = 0
+
+    def reset(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @property
+    def total(self) -> int:
+        return sum(self.as_dict().values())
+
+
+class SafeRobot:
+    """An :class:`hardware.arm.Arm` behind the safety layer: a ``robot.protocols.Robot``.
+
+    ``limits`` are the effective limits (the arm's, narrowed by ``config``).
+    Use as a context manager: ``with SafeRobot(arm) as robot: ...``.
+    """
+
+    def __init__(self, arm: Arm, config: SafetyConfig = SafetyConfig(), name: str | None = None):
+        self.arm = arm
+        self.config = config
+        self.name = name or arm.name
+        self._feature = action_feature(arm)
+        self._layout = arm.layout
+        self.limits = _effective_limits(arm, config, self._feature.shape[0])
+        self.counters = SafetyCounters()
+        self.last_interventions: tuple[str, ...] = ()
+        self._low = np.array(self._feature.low if self._feature.low is not None else [-np.inf] * self._layout.size)
+        self._high = np.array(self._feature.high if self._feature.high is not None else [np.inf] * self._layout.size)
+        self._lock = threading.RLock()
+        self._estopped = False
+        self._last_command: float | None = None  # None: the watchdog is not armed yet (no reset or command)
+        self._watchdog_timeout = config.watchdog_timeout_s
+        self._watchdog: _Watchdog | None = None
+        self._pushing: dict[int, list[np.ndarray]] = {}  # joint -> unit motions that drove it toward its limit
+        self._previous: _Command | None = None  # the last command applied since the last hold or reset
+
+    # -- Robot contract -------------------------------------------------------------------
+
+    @property
+    def observation_features(self) -> Mapping[str, Feature]:
+        return self.arm.observation_features
+
+    @property
+    def action_features(self) -> Mapping[str, Feature]:
+        return self.arm.action_features
+
+    @property
+    def is_connected(self) -> bool:
+        return self.arm.is_connected
+
+    @property
+    def layout(self) -> ActionLayout:
+        """What each action entry does (the arm's declaration)."""
+        return self._layout
+
+    def connect(self) -> None:
+        with self._lock:
+            if not self.arm.is_connected:
+                self.arm.connect()
+            self._last_command = None
+        self._start_watchdog()
+
+    def disconnect(self) -> None:
+        self._stop_watchdog()  # outside the lock: the watchdog thread may be waiting for it
+        with self._lock:
+            if self.arm.is_connected:
+                self.arm.disconnect()
+
+    def close(self) -> None:
+        """Disconnect, then let the arm release its resources (a sim scene's renderers) if it can."""
+        self.disconnect()
+        close = getattr(self.arm, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> "SafeRobot":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.disconnect()
+
+    def reset(self, seed: int | None = None) -> Observation:
+        """New initial state (sim) or home pose (real). Refused while the e-stop is latched."""
+        with self._lock:
+            if self._estopped:
+                raise RuntimeError(f"robot {self.name} is e-stopped; call clear_estop() before reset()")
+            observation = self.arm.reset(seed)
+            self._pushing.clear()
+            self._previous = None
+            self._last_command = time.monotonic()
+            return _stamped(observation)
+
+    def get_observation(self) -> Observation:
+        with self._lock:
+            return _stamped(self.arm.get_observation())
+
+    def send_action(self, action: np.ndarray) -> np.ndarray:
+        """Check, clamp and send one command; return the action really sent."""
+        command = self._validated(action)
+        with self._lock:
+            if not self.arm.is_connected:
+                raise RuntimeError(f"robot {self.name} is not connected; call connect() first (or use `with robot:`)")
+            self._last_command = time.monotonic()
+            if self._estopped:
+                return self._hold("estop_holds")
+            if not np.all(np.isfinite(command)):
+                if not self.config.reject_nonfinite:
+                    self.counters.nonfinite += 1
+                    raise ValueError(f"robot {self.name} got a non-finite action {command}; fix the policy output")
+                return self._hold("nonfinite")
+            state = self.arm.arm_state()
+            applied, fired = self._clamp(command, state)
+            applied = applied.astype(self._feature.dtype)
+            self.arm.apply(applied)
+            self._previous = _Command(
+                joints=np.array(state.joint_positions, dtype=np.float64),
+                ee=np.array(state.ee_position, dtype=np.float64),
+                motion=applied[list(self._layout.motion)].astype(np.float64),
+            )
+            for reason in fired:
+                setattr(self.counters, reason, getattr(self.counters, reason) + 1)
+            self.last_interventions = fired
+            return applied.copy()
+
+    # -- safety controls ------------------------------------------------------------------
+
+    def hold(self) -> np.ndarray:
+        """Keep the current pose for one control period (counts as a command); return the hold action."""
+        with self._lock:
+            if not self.arm.is_connected:
+                raise RuntimeError(f"robot {self.name} is not connected; call connect() first (or use `with robot:`)")
+            self._last_command = time.monotonic()
+            self._previous = None
+            return np.array(self.arm.hold(), dtype=self._feature.dtype)
+
+    def arm_state(self) -> ArmState:
+        with self._lock:
+            return self.arm.arm_state()
+
+    def estop(self) -> None:
+        """Latch the e-stop: hold now, and every later command holds until :meth:`clear_estop`."""
+        self._estopped = True
+        with self._lock:
+            if self.arm.is_connected:
+                self._hold("estop_holds")
+
+    def clear_estop(self) -> None:
+        self._estopped = False
+
+    @property
+    def is_estopped(self) -> bool:
+        return self._estopped
+
+    @property
+    def watchdog_timeout_s(self) -> float | None:
+        return self._watchdog_timeout
+
+    @contextlib.contextmanager
+    def override_watchdog(self, timeout_s: float | None) -> Iterator["SafeRobot"]:
+        """Run the block with another watchdog timeout (None: off); the configured one comes back after."""
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"watchdog timeout must be positive or None, got {timeout_s}")
+        previous = self._watchdog_timeout
+        self._stop_watchdog()
+        self._watchdog_timeout = timeout_s
+        self._start_watchdog()
+        try:
+            yield self
+        finally:
+            self._stop_watchdog()
+            self._watchdog_timeout = previous
+            self._start_watchdog()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _validated(self, action: np.ndarray) -> np.ndarray:
+        command = np.asarray(action)
+        expected = tuple(self._feature.shape)
+        if command.dtype.kind not in "iuf":
+            raise TypeError(
+                f"robot {self.name}: action dtype {command.dtype} is not a real number type; "
+                f"send a float array of shape {expected}",
+            )
+        if command.shape != expected:
+            names = f" ({', '.join(self._feature.names)})" if self._feature.names else ""
+            raise ValueError(
+                f"robot {self.name} expects an action of shape {expected}{names}, got shape {command.shape}; "
+                "check that the policy's action_features match the robot's"
+            )
+        return command.astype(np.float64)
+
+    def _hold(self, reason: str) -> np.ndarray:
+        """Hold position, count ``reason``, forget the motion history. Caller holds the lock."""
+        held = np.array(self.arm.hold(), dtype=self._feature.dtype)
+        setattr(self.counters, reason, getattr(self.counters, reason) + 1)
+        self._previous = None
+        if reason != "watchdog_holds":
+            self.last_interventions = (reason,)
+        return held
+
+    def _clamp(self, command: np.ndarray, state: ArmState) -> tuple[np.ndarray, tuple[str, ...]]:
+        """Run the clamps in order; return the clamped action and the names of those that changed it."""
+        if self._layout.mode == "joint_position":
+            stages = self._joint_target_stages(state)
+        else:
+            step_low, step_high = self._step_bounds()
+            low, high = self._workspace_bounds(state, step_low, step_high)
+            stages = (
+                ("step_clipped", lambda a: np.clip(a, step_low, step_high)),
+                ("workspace_clipped", lambda a: np.clip(a, low, high)),
+                ("joint_limited", lambda a: self._cancel_joint_pushing(a, state, low, high)),
+                ("velocity_limited", lambda a: self._cancel_when_too_fast(a, state)),
+            )
+        action, fired, dtype = command, [], self._feature.dtype
+        for reason, stage in stages:
+            clamped = stage(action)
+            if np.any(clamped.astype(dtype) != action.astype(dtype)):  # float32 0.025 is not "over" 0.025
+                fired.append(reason)
+            action = clamped
+        return action, tuple(fired)
+
+    def _step_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per action entry: the action feature's bounds within +-max_step."""
+        step = np.asarray(self.limits.max_step, dtype=np.float64)
+        return np.maximum(self._low, -step), np.minimum(self._high, step)
+
+    def _workspace_bounds(self, state: ArmState, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Narrow the translation bounds so the predicted end effector stays in the box.
+
+        Predicted = where the arm is plus the motion it still carries (its displacement since the
+        last command, a one-period momentum estimate); one command may cover at most
+        ``workspace_approach`` of the distance from there to a wall, so the arm brakes as it nears
+        a wall instead of hitting it at full speed. Past a wall (momentum, controller drift, a
+        disturbance) the same rule asks for motion back in, within the max step."""
+        idx = list(self._layout.translation)
+        ee = np.asarray(state.ee_position, dtype=np.float64)
+        if self._previous is not None:
+            ee = ee + (ee - self._previous.ee)
+        ee = ee[: len(idx)]
+        k = self.config.workspace_approach
+        to_low = k * (np.asarray(self.limits.workspace_low)[: len(idx)] - ee)
+        to_high = k * (np.asarray(self.limits.workspace_high)[: len(idx)] - ee)
+        low, high = low.copy(), high.copy()
+        low[idx], high[idx] = np.clip(to_low, low[idx], high[idx]), np.clip(to_high, low[idx], high[idx])
+        return low, high
+
+    def _joints_near_limit(self, state: ArmState) -> tuple[np.ndarray, np.ndarray]:
+        """Boolean masks: joints within the margin of their (high, low) limit."""
+        q = np.asarray(state.joint_positions, dtype=np.float64)
+        if not self.limits.joint_low:
+            return np.zeros(0, bool), np.zeros(0, bool)
+        if q.shape != (len(self.limits.joint_low),):
+            raise ValueError(
+                f"arm {self.arm.name} reports {q.shape} joint positions but declares limits for "
+                f"{len(self.limits.joint_low)} joints; fix the driver's ArmLimits"
+            )
+        low, high = self._joint_band()
+        return q >= high, q <= low
+
+    def _joint_band(self) -> tuple[np.ndarray, np.ndarray]:
+        """Joint limits less ``joint_margin`` of each joint's range."""
+        low = np.asarray(self.limits.joint_low, dtype=np.float64)
+        high = np.asarray(self.limits.joint_high, dtype=np.float64)
+        span = np.where(np.isfinite(high - low), high - low, 0.0)  # unlimited joints get no margin
+        return low + self.config.joint_margin * span, high - self.config.joint_margin * span
+
+    def _cancel_joint_pushing(
+        self, action: np.ndarray, state: ArmState, low: np.ndarray, high: np.ndarray
+    ) -> np.ndarray:
+        """Remove the motion components that drove a near-limit joint further (learnt from the last
+        command), then shrink the motion uniformly back inside ``low``..``high`` (which the removal
+        may have left; uniform shrinking keeps every removed component removed)."""
+        self._learn_pushing_directions(state)
+        if not self._pushing:
+            return action
+        idx = list(self._layout.motion)
+        motion = action[idx].copy()
+        directions = [d for ds in self._pushing.values() for d in ds]
+        for _ in range(10):  # alternating projections onto the half-spaces motion . d <= 0
+            for d in directions:
+                motion -= max(0.0, float(motion @ d)) * d
+            if all(motion @ d <= 1e-12 for d in directions):
+                break
+        else:
+            motion[:] = 0.0
+        lo, hi = low[idx], high[idx]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = np.where(motion > hi, hi / motion, np.where(motion < lo, lo / motion, 1.0))
+        motion *= max(0.0, float(np.min(ratios, initial=1.0)))
+        action = action.copy()
+        action[idx] = motion
+        return action
+
+    def _learn_pushing_directions(self, state: ArmState) -> None:
+        """For each joint inside the margin that moved toward its limit after the last command,
+        remember that command's motion direction; forget joints that left the margin."""
+        near_high, near_low = self._joints_near_limit(state)
+        q = np.asarray(state.joint_positions, dtype=np.float64)
+        for j in range(len(near_high)):
+            if not (near_high[j] or near_low[j]):
+                self._pushing.pop(j, None)
+                continue
+            if self._previous is None:
+                continue
+            motion = self._previous.motion
+            toward = (q[j] - self._previous.joints[j]) * (1.0 if near_high[j] else -1.0)
+            norm = float(np.linalg.norm(motion))
+            if toward > 0 and norm > 0:
+                directions = self._pushing.setdefault(j, [])
+                directions.append(motion / norm)
+                del directions[:-_MAX_DIRECTIONS]
+
+    def _cancel_when_too_fast(self, action: np.ndarray, state: ArmState) -> np.ndarray:
+        qd = np.abs(np.asarray(state.joint_velocities, dtype=np.float64))
+        limit = np.asarray(self.limits.max_joint_velocity) * self.config.velocity_scale
+        if qd.shape != limit.shape or not np.any(qd > limit):
+            return action
+        action = action.copy()
+        action[list(self._layout.motion)] = 0.0
+        return action
+
+    def _joint_target_stages(self, state: ArmState) -> tuple[tuple[str, Callable[[np.ndarray], np.ndarray]], ...]:
+        """Joint-position targets are clipped directly: step from the current joints, the limits
+        less the margin (from outside only motion back toward them passes), the velocity x period."""
+        idx = list(self._layout.joints)
+        q = np.asarray(state.joint_positions, dtype=np.float64)
+        step = np.asarray(self.limits.max_step)
+        lows, highs = self._joint_band()
+        reach = np.asarray(self.limits.max_joint_velocity) * self.config.velocity_scale / self.arm.fps
+
+        def with_joints(a: np.ndarray, targets: np.ndarray) -> np.ndarray:
+            a = a.copy()
+            a[idx] = targets
+            return a
+
+        def step_clip(a: np.ndarray) -> np.ndarray:
+            a = np.clip(a, self._low, self._high)
+            others = [i for i in range(len(a)) if i not in idx]
+            a[others] = np.clip(a[others], -step[others], step[others])
+            return with_joints(a, q + np.clip(a[idx] - q, -step[idx], step[idx]))
+
+        return (
+            ("step_clipped", step_clip),
+            ("joint_limited", lambda a: with_joints(a, np.clip(a[idx], np.minimum(lows, q), np.maximum(highs, q)))),
+            ("velocity_limited", lambda a: with_joints(a, q + np.clip(a[idx] - q, -reach, reach))),
+        )
+
+    def _watchdog_tick(self, timeout: float) -> None:
+        with self._lock:
+            last = self._last_command
+            if last is None or not self.arm.is_connected or time.monotonic() - last < timeout:
+                return
+            self._hold("watchdog_holds")
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog_timeout is not None and self.arm.is_connected and self._watchdog is None:
+            period = min(self._watchdog_timeout / 4, 1.0 / self.arm.fps)
+            self._watchdog = _Watchdog(self, self._watchdog_timeout, period)
+            self._watchdog.start()
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+
+
+@dataclass(frozen=True)
+class _Command:
+    """What the safety layer remembers of the last command: the state it was sent in and its motion."""
+
+    joints: np.ndarray  # (J,) joint positions when it was sent
+    ee: np.ndarray  # (3,) end-effector position when it was sent
+    motion: np.ndarray  # (M,) the applied motion entries (translation, rotation or joint targets)
+
+
+class _Watchdog(threading.Thread):
+    """Daemon thread that asks the robot to hold whenever its command stream went silent."""
+
+    def __init__(self, robot: SafeRobot, timeout: float, period: float):
+        super().__init__(name=f"watchdog-{robot.name}", daemon=True)
+        self._robot, self._timeout, self._period = robot, timeout, period
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self._period):
+            self._robot._watchdog_tick(self._timeout)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self is not threading.current_thread():
+            self.join()
+
+
+def _stamped(observation: Observation) -> Observation:
+    """A copy of ``observation`` with ``"timestamp"`` = now on the monotonic clock."""
+    stamped = dict(observation)
+    stamped[TIMESTAMP] = np.float64(time.monotonic())
+    return stamped
+
+
+def _effective_limits(arm: Arm, config: SafetyConfig, size: int) -> ArmLimits:
+    """The arm's declared limits narrowed by ``config``; errors name the arm and the mismatch."""
+    limits = arm.limits
+    if len(limits.max_step) != size:
+        raise ValueError(
+            f"arm {arm.name} declares {len(limits.max_step)} max_step entries for a {size}-D action; "
+            "give one per dimension",
+        )
+    max_step = limits.max_step
+    if config.max_step is not None:
+        if len(config.max_step) != size:
+            raise ValueError(
+                f"SafetyConfig.max_step has {len(config.max_step)} entries but arm {arm.name}'s action is {size}-D",
+            )
+        max_step = tuple(min(a, b) for a, b in zip(limits.max_step, config.max_step))
+    low, high = limits.workspace_low, limits.workspace_high
+    if config.workspace_low is not None and config.workspace_high is not None:
+        low = tuple(max(a, b) for a, b in zip(low, config.workspace_low))
+        high = tuple(min(a, b) for a, b in zip(high, config.workspace_high))
+        if any(lo >= hi for lo, hi in zip(low, high)):
+            raise ValueError(
+                f"SafetyConfig workspace {config.workspace_low}..{config.workspace_high} does not overlap arm "
+                f"{arm.name}'s workspace {limits.workspace_low}..{limits.workspace_high}; pick a box inside it"
+            )
+    return dataclasses.replace(limits, workspace_low=low, workspace_high=high, max_step=max_step)

@@ -1,0 +1,232 @@
+"""The safety layer on every registered task: NaN rejection, max step and workspace clipping,
+joint and velocity limits, the watchdog and the latched e-stop; plus joint-position clipping
+and config validation on small stand-ins."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from hardware.arm import ActionLayout, ArmLimits, ArmState
+from hardware.registry import make_robot
+from hardware.safety import SafeRobot, SafetyConfig
+from robot.types import ACTION, STATE, Feature
+from sim.registry import task_names
+
+SLOW_TASKS: frozenset[str] = frozenset()  # tasks whose single check takes > 20 s on a 2-core CPU
+
+
+def task_params() -> list:
+    return [pytest.param(t, marks=pytest.mark.slow) if t in SLOW_TASKS else t for t in task_names()]
+
+
+@pytest.fixture(scope="module", params=task_params())
+def robot(request: pytest.FixtureRequest):
+    """One robot per task for the whole module (robosuite scenes take seconds to build)."""
+    r = make_robot(f"sim:{request.param}")
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def connected(robot: SafeRobot):
+    with robot:
+        robot.reset(0)
+        robot.counters.reset()
+        yield robot
+
+
+def ee(robot: SafeRobot) -> np.ndarray:
+    return np.array(robot.arm_state().ee_position)
+
+
+def settle(robot: SafeRobot, holds: int = 40) -> None:
+    for _ in range(holds):
+        robot.hold()
+
+
+def test_nan_action_holds_and_is_counted(connected: SafeRobot) -> None:
+    settle(connected)
+    before = ee(connected)
+    size = connected.layout.size
+    for bad in (np.full(size, np.nan), np.r_[np.inf, np.zeros(size - 1)], np.r_[np.zeros(size - 1), -np.inf]):
+        applied = connected.send_action(bad.astype(np.float32))
+        assert np.all(np.isfinite(applied))
+        assert np.all(np.abs(applied[list(connected.layout.motion)]) < 1e-3)  # a hold: at most a tiny correction
+        assert connected.last_interventions == ("nonfinite",)
+    assert connected.counters.nonfinite == 3
+    assert np.linalg.norm(ee(connected) - before) < 1e-3
+
+
+def test_out_of_limits_action_is_clipped_and_the_arm_stays_in_the_box(connected: SafeRobot) -> None:
+    layout, limits = connected.layout, connected.limits
+    step = np.asarray(limits.max_step)
+    applied = connected.send_action(np.full(layout.size, 100.0, dtype=np.float32))
+    assert np.all(np.abs(applied) <= step + 1e-6)
+    assert "step_clipped" in connected.last_interventions
+    low, high = np.asarray(limits.workspace_low), np.asarray(limits.workspace_high)
+    axes = len(layout.translation)
+    for sign, steps in ((1.0, 200), (-1.0, 100)):
+        push = np.zeros(layout.size, dtype=np.float32)
+        push[list(layout.translation)] = sign * 100.0
+        for _ in range(steps):
+            applied = connected.send_action(push)
+            assert np.all(np.abs(applied) <= step + 1e-6)
+            # The box bounds the commands; tracking lag adds a few mm (robosuite's UR5e OSC: up to ~5 mm).
+            position = ee(connected)[:axes]
+            assert np.all(position >= low[:axes] - 0.01) and np.all(position <= high[:axes] + 0.01), position
+    assert connected.counters.workspace_clipped + connected.counters.joint_limited > 0
+    q = np.asarray(connected.arm_state().joint_positions)
+    assert np.all(q >= np.asarray(limits.joint_low)) and np.all(q <= np.asarray(limits.joint_high))
+
+
+def test_silent_controller_triggers_the_watchdog_and_the_arm_stays_put(connected: SafeRobot) -> None:
+    timeout = 0.1
+    with connected.override_watchdog(timeout):
+        settle(connected)
+        small, xyz = np.zeros(connected.layout.size, dtype=np.float32), list(connected.layout.translation)
+        small[xyz] = 0.1 * np.asarray(connected.limits.max_step)[xyz]
+        connected.send_action(small)
+        settle(connected, 10)
+        silent_since, before = time.monotonic(), ee(connected)
+        while connected.counters.watchdog_holds == 0 and time.monotonic() - silent_since < 2.0:
+            time.sleep(0.005)
+        first_hold = time.monotonic() - silent_since
+        time.sleep(5 * timeout)
+    holds = connected.counters.watchdog_holds
+    assert holds >= 2
+    assert first_hold < 2.5 * timeout  # timeout plus one watchdog period, with slack for a busy CPU
+    assert np.linalg.norm(ee(connected) - before) < 3e-3
+    time.sleep(3 * timeout)
+    assert connected.counters.watchdog_holds == holds  # the watchdog stopped with the override
+
+
+def test_estop_latches_until_cleared(connected: SafeRobot) -> None:
+    settle(connected)
+    before = ee(connected)
+    connected.estop()
+    request = np.asarray(connected.limits.max_step, dtype=np.float32) * 0.5
+    for _ in range(5):
+        applied = connected.send_action(request)
+        assert np.all(np.abs(applied[list(connected.layout.motion)]) < 1e-3)
+        assert connected.last_interventions == ("estop_holds",)
+    assert connected.is_estopped and connected.counters.estop_holds == 6  # estop() itself holds once
+    assert np.linalg.norm(ee(connected) - before) < 1e-3
+    with pytest.raises(RuntimeError, match="clear_estop"):
+        connected.reset(1)
+    connected.clear_estop()
+    applied = connected.send_action(request)
+    assert connected.counters.estop_holds == 6
+    assert np.any(applied[list(connected.layout.translation)] != 0)
+
+
+def test_wrong_shape_or_dtype_is_a_clear_error(connected: SafeRobot) -> None:
+    size = connected.layout.size
+    with pytest.raises(ValueError, match=rf"expects an action of shape \({size},\).*got shape \({size + 1},\)"):
+        connected.send_action(np.zeros(size + 1, dtype=np.float32))
+    with pytest.raises(TypeError, match="not a real number type"):
+        connected.send_action(np.array(["a"] * size))
+
+
+def test_joint_limit_cancels_only_motion_toward_the_limit() -> None:
+    """Push: the pusher's slide joints share the table's bounds, so the joint band (2% in) is hit first."""
+    with make_robot("push") as robot:
+        robot.reset(0)
+        for _ in range(40):
+            robot.send_action(np.array([1.0, 0.0], dtype=np.float32))
+        q = robot.arm_state().joint_positions[0]
+        assert robot.counters.joint_limited > 0 and q <= robot.limits.joint_high[0]
+        applied = robot.send_action(np.array([-0.01, 0.0], dtype=np.float32))
+        assert applied[0] == pytest.approx(-0.01) and "joint_limited" not in robot.last_interventions
+
+
+def test_fast_joints_cancel_motion() -> None:
+    with make_robot("push", safety=SafetyConfig(velocity_scale=1e-3)) as robot:
+        robot.reset(0)
+        robot.send_action(np.array([0.02, 0.0], dtype=np.float32))
+        applied = robot.send_action(np.array([0.02, 0.0], dtype=np.float32))
+        assert np.all(applied == 0) and robot.last_interventions == ("velocity_limited",)
+
+
+def test_workspace_override_narrows_the_box() -> None:
+    box = SafetyConfig(workspace_low=(-0.1, -0.1, -1.0), workspace_high=(0.1, 0.1, 1.0))
+    with make_robot("push", safety=box) as robot:
+        assert robot.limits.workspace_low[2] == pytest.approx(0.01)  # never wider than the scene's own box
+        robot.reset(3)
+        start = np.abs(ee(robot)[:2])
+        for _ in range(60):
+            robot.send_action(np.array([1.0, 1.0], dtype=np.float32))
+        assert np.all(np.abs(ee(robot)[:2]) <= np.maximum(start, 0.1) + 2e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"workspace_low": (0, 0, 0)}, "together"),
+        ({"workspace_low": (0, 0, 0), "workspace_high": (1, 0, 1)}, "below"),
+        ({"max_step": (0.1, 0.0)}, "positive"),
+        ({"joint_margin": 0.6}, "fraction"),
+        ({"velocity_scale": 0.0}, "velocity_scale"),
+        ({"watchdog_timeout_s": 0.0}, "watchdog_timeout_s"),
+    ],
+)
+def test_config_validates(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SafetyConfig(**kwargs)
+
+
+class _JointArm:
+    """A two-joint arm commanded by joint position, integrating targets exactly (for clipping tests)."""
+
+    name, fps = "joint-stand-in", 10.0
+    observation_features = {STATE: Feature((2,))}
+    action_features = {ACTION: Feature((2,), names=("q0", "q1"), low=(-3.0, -3.0), high=(3.0, 3.0))}
+    limits = ArmLimits((-1, -1, -1), (1, 1, 1), (0.5, 0.5), (-1.0, -1.0), (1.0, 1.0), (2.0, 2.0))
+    layout = ActionLayout("joint_position", 2, joints=(0, 1))
+    is_connected = False
+
+    def __init__(self) -> None:
+        self.q = np.zeros(2)
+
+    def connect(self) -> None:
+        self.is_connected = True
+
+    def disconnect(self) -> None:
+        self.is_connected = False
+
+    def reset(self, seed: int | None = None) -> dict:
+        self.q = np.zeros(2)
+        return self.get_observation()
+
+    def get_observation(self) -> dict:
+        return {STATE: self.q.astype(np.float32)}
+
+    def arm_state(self) -> ArmState:
+        return ArmState(np.r_[self.q, 0.0], self.q.copy(), np.zeros(2))
+
+    def apply(self, action: np.ndarray) -> None:
+        self.q = np.asarray(action, dtype=np.float64)
+
+    def hold(self) -> np.ndarray:
+        return self.q.astype(np.float32)
+
+
+def test_joint_position_targets_are_clipped_directly() -> None:
+    arm = _JointArm()
+    with SafeRobot(arm, SafetyConfig(joint_margin=0.1)) as robot:
+        robot.reset(0)
+        applied = robot.send_action(np.array([2.0, -0.1], dtype=np.float32))
+        assert applied == pytest.approx([0.2, -0.1])  # 2 rad/s at 10 Hz, tighter than max_step 0.5
+        assert set(robot.last_interventions) == {"step_clipped", "velocity_limited"}
+        for _ in range(10):
+            applied = robot.send_action(np.array([2.0, 0.0], dtype=np.float32))
+        assert applied[0] == pytest.approx(0.8)  # the limit 1.0 less 10% of the range 2.0
+        assert "joint_limited" in robot.last_interventions
+
+
+def test_a_joint_position_driver_passes_the_conformance_check() -> None:
+    from hardware.conformance import CHECKS, check_robot
+
+    assert check_robot(SafeRobot(_JointArm())).passed == CHECKS
