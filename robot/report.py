@@ -13,7 +13,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: s
         if v is None:
             return "-"
         if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 1e4 else f"{v:,.0f}"
+            return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
         return str(v)
 
     body = [[cell(v) for v in row] for row in rows]
