@@ -1,0 +1,230 @@
+"""Scripted pick (and place) experts that stand in for a teleoperator in robosuite scenes.
+
+The expert reads privileged state from ``observation.state`` (end-effector and
+object pose in the robot base frame, located through the scene's
+``state_fields``) and servos the end effector through a fixed sequence of phases:
+approach above the object, descend, close, lift, and for pick-and-place carry
+to the target, lower, release and retreat. It holds the gripper pointing
+straight down; for boxes it also turns the fingers to the object's faces.
+
+``noise`` in [0, 1] makes it a sloppy operator: jittery motion, pauses, and in
+up to ``0.8 * noise`` of the episodes a grasp that misses (aimed 3-4.5 cm to the
+side, or closed 4-6 cm too high), so demonstrations include failures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from robot.protocols import Observation
+from robot.types import STATE
+
+PHASES = ("approach", "descend", "grasp", "lift", "carry", "lower", "release", "retreat")
+
+
+@dataclass(frozen=True)
+class PickExpertConfig:
+    """Geometry, gains and noise of the scripted expert. Heights are metres in the base frame."""
+
+    max_step: tuple[float, ...]
+    """Per-dimension action bound (the scene's ``limits.max_step``); actions never exceed it."""
+    hover: float = 0.08
+    """Approach height of the end effector above the object's centre."""
+    grasp_dz: float = 0.0
+    """End-effector height relative to the object's centre when the fingers close."""
+    lift_dz: float = 0.15
+    """Lift height above the grasp height (pick only; pick-and-place lifts to ``carry_z``)."""
+    yaw_symmetry: float | None = math.pi / 2
+    """Turn the fingers to the object's yaw modulo this angle (pi/2 for a box); ``None`` for round objects."""
+    place_target: tuple[float, float, float] | None = None
+    """End-effector position at which to release the object; ``None`` = pick and hold."""
+    carry_z: float = 0.2
+    """End-effector height while carrying to ``place_target`` (clears walls between the bins)."""
+    retreat_back: float = 0.1
+    """Metres the gripper pulls back toward the robot base while rising after release (a stretched arm nears
+    its joint limits)."""
+    gain: float = 2.0
+    """Position command per metre of error (the OSC controller covers only part of each command per step)."""
+    rot_gain: float = 1.0
+    """Rotation command per radian of orientation error."""
+    close_steps: int = 8
+    """Steps spent closing the gripper before lifting."""
+    release_steps: int = 6
+    """Steps spent opening the gripper before retreating."""
+    noise: float = 0.0
+    """0 = clean expert; 1 = very sloppy (see the module docstring)."""
+
+    def __post_init__(self) -> None:
+        if len(self.max_step) < 7 or any(s <= 0 for s in self.max_step):
+            raise ValueError(
+                f"PickExpertConfig.max_step needs 7 positive bounds (dx..drz, gripper), got {self.max_step}"
+            )
+        if not 0.0 <= self.noise <= 1.0:
+            raise ValueError(f"expert noise must be in [0, 1], got {self.noise}; 0 is the clean expert")
+        if self.gain <= 0 or self.rot_gain <= 0:
+            raise ValueError(f"PickExpertConfig gains must be positive, got gain={self.gain}, rot_gain={self.rot_gain}")
+        if self.close_steps < 1 or self.release_steps < 1:
+            raise ValueError(
+                f"PickExpertConfig close_steps/release_steps must be >= 1, got {self.close_steps}/{self.release_steps}"
+            )
+
+
+class PickExpert:
+    """Phase-by-phase pick (and optional place) controller on privileged state.
+
+    Its random generator runs on across episodes, so one expert built from one
+    seed gives different (and reproducible) noise in each episode it drives.
+    """
+
+    def __init__(self, fields: Mapping[str, slice], config: PickExpertConfig, seed: int | None = None):
+        missing = {"eef_pos", "eef_quat", "obj_pos", "obj_quat"} - set(fields)
+        if missing:
+            raise ValueError(f"PickExpert needs state fields {sorted(missing)} that the scene does not declare")
+        self.fields = dict(fields)
+        self.config = config
+        self._rng = np.random.default_rng(seed)
+        self._max = np.asarray(config.max_step[:7], dtype=np.float64)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the episode: the next :meth:`act` starts a new approach."""
+        self.phase = PHASES[0]
+        self._phase_steps = 0
+        self._down: Rotation | None = None  # gripper pointing straight down, home heading
+        self._yaw = 0.0  # extra rotation about z that lines the fingers up with the object
+        self._grasp_xy = np.zeros(2)
+        self._grasp_z = 0.0
+        self._grip = -1.0
+        self._pause = 0
+        self._miss = np.zeros(3)  # offset of the aimed grasp point (noisy experts only)
+
+    def act(self, observation: Observation) -> np.ndarray:
+        """One action ``(dx, dy, dz, drx, dry, drz, gripper)`` in metres / radians, base frame."""
+        state = np.asarray(observation[STATE], dtype=np.float64)
+        eef, quat = state[self.fields["eef_pos"]], state[self.fields["eef_quat"]]
+        obj, obj_quat = state[self.fields["obj_pos"]], state[self.fields["obj_quat"]]
+        current = Rotation.from_quat(quat, scalar_first=True)
+        if self._down is None:
+            self._start_episode(current)
+        noise = self.config.noise
+        if self._pause > 0 or (noise > 0 and self.phase != "grasp" and self._rng.random() < 0.05 * noise):
+            self._pause = self._pause - 1 if self._pause > 0 else int(self._rng.integers(3, 10))
+            return self._action(np.zeros(6))
+        target = self._plan(eef, obj, obj_quat, current)
+        self._phase_steps += 1
+        c = self.config
+        motion = np.concatenate(
+            [
+                _shrink(c.gain * (target - eef), float(np.min(self._max[:3]))),
+                _shrink(c.rot_gain * self._rotation_error(current), float(np.min(self._max[3:6]))),
+            ]
+        )
+        if noise > 0:
+            motion += self._rng.normal(0.0, 1.0, 6) * np.repeat([0.015 * noise, 0.05 * noise], 3)
+        return self._action(motion)
+
+    # ---- internals ----------------------------------------------------------------
+
+    def _start_episode(self, current: Rotation) -> None:
+        """Straighten the home orientation to point down; draw this episode's grasp error."""
+        approach = int(np.argmin(current.as_matrix()[2]))  # the axis pointing most downward
+        axis = current.as_matrix()[:, approach]
+        fix, _ = Rotation.align_vectors([[0.0, 0.0, -1.0]], [axis])
+        self._down = fix * current
+        noise = self.config.noise
+        if noise > 0:
+            angle = self._rng.uniform(0, 2 * math.pi)
+            missed = self._rng.random() < 0.8 * noise
+            early = missed and self._rng.random() < 0.5  # half the misses close too high, half off to the side
+            if missed and not early:
+                radius = self._rng.uniform(0.03, 0.045)
+            else:
+                radius = abs(self._rng.normal(0, 0.005 * noise))
+            height = self._rng.uniform(0.04, 0.06) if early else 0.0
+            self._miss = np.array([radius * math.cos(angle), radius * math.sin(angle), height])
+
+    def _plan(self, eef: np.ndarray, obj: np.ndarray, obj_quat: np.ndarray, current: Rotation) -> np.ndarray:
+        """Advance the phase when its goal is reached; return the end-effector target (3,)."""
+        c = self.config
+        if self.phase in ("approach", "descend"):
+            if c.yaw_symmetry is not None:
+                self._yaw = self._face_yaw(obj_quat)
+            aim = obj + self._miss
+            if self.phase == "approach":
+                target = aim + [0.0, 0.0, c.hover]
+                aligned = np.linalg.norm(self._rotation_error(current)) < 0.1
+                if self._reached(eef, target, 0.015) and aligned or self._phase_steps > 60:
+                    self._enter("descend")
+                return target
+            target = aim + [0.0, 0.0, c.grasp_dz]
+            if self._reached(eef, target, 0.01) or self._phase_steps > 40:
+                self._grasp_xy, self._grasp_z = eef[:2].copy(), float(target[2])
+                self._enter("grasp")
+            return target
+        if self.phase == "grasp":
+            self._grip = 1.0
+            if self._phase_steps >= c.close_steps:
+                self._enter("lift")
+            return np.array([*self._grasp_xy, self._grasp_z])
+        if c.place_target is None:
+            return np.array([*self._grasp_xy, self._grasp_z + c.lift_dz])
+        place = np.asarray(c.place_target, dtype=np.float64)
+        if self.phase == "lift":
+            target = np.array([*self._grasp_xy, c.carry_z])
+            if eef[2] > c.carry_z - 0.03:
+                self._enter("carry")
+            return target
+        if self.phase == "carry":
+            target = np.array([place[0], place[1], c.carry_z])
+            if self._reached(eef[:2], target[:2], 0.015):
+                self._enter("lower")
+            return target
+        if self.phase == "lower":
+            if self._reached(eef, place, 0.015) or self._phase_steps > 30:
+                self._enter("release")
+            return place
+        if self.phase == "release":
+            self._grip = -1.0
+            if self._phase_steps >= c.release_steps:
+                self._enter("retreat")
+            return place
+        back = place[:2] * max(0.0, 1.0 - c.retreat_back / max(float(np.linalg.norm(place[:2])), 1e-6))
+        return np.array([back[0], back[1], c.carry_z])
+
+    def _enter(self, phase: str) -> None:
+        self.phase = phase
+        self._phase_steps = 0
+
+    @staticmethod
+    def _reached(eef: np.ndarray, target: np.ndarray, tolerance: float) -> bool:
+        return bool(np.linalg.norm(target - eef) < tolerance)
+
+    def _face_yaw(self, obj_quat: np.ndarray) -> float:
+        """Smallest turn about z that lines the fingers up with the object's faces."""
+        assert self._down is not None and self.config.yaw_symmetry is not None
+        obj_x = Rotation.from_quat(obj_quat, scalar_first=True).as_matrix()[:, 0]
+        down = self._down.as_matrix()
+        horizontal = down[:, int(np.argmin(np.abs(down[2])))]  # an axis of the gripper lying in the xy plane
+        turn = math.atan2(obj_x[1], obj_x[0]) - math.atan2(horizontal[1], horizontal[0])
+        sym = self.config.yaw_symmetry
+        return (turn + sym / 2) % sym - sym / 2
+
+    def _rotation_error(self, current: Rotation) -> np.ndarray:
+        """Axis-angle (base frame) from the current to the target gripper orientation."""
+        assert self._down is not None
+        return (Rotation.from_rotvec([0.0, 0.0, self._yaw]) * self._down * current.inv()).as_rotvec()
+
+    def _action(self, motion: np.ndarray) -> np.ndarray:
+        action = np.append(motion, self._grip)
+        return np.clip(action, -self._max, self._max).astype(np.float32)
+
+
+def _shrink(vector: np.ndarray, max_norm: float) -> np.ndarray:
+    """``vector`` scaled down (direction kept) so its norm is at most ``max_norm``."""
+    norm = float(np.linalg.norm(vector))
+    return vector if norm <= max_norm else vector * (max_norm / norm)
