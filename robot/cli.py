@@ -299,6 +299,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     import os
 
     os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering; must precede any mujoco import
+    # OpenMP threads that spin while waiting made training 10-25x slower whenever another
+    # process shared the CPU (docs/RESULTS.md); passive waiting costs nothing when alone.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     app(args=argv)
 
 

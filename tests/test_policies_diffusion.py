@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -27,13 +27,6 @@ RGB = {STATE: Feature((3,)), image_key("front"): Feature((24, 24, 3), "uint8")}
 POINTS = {POINTCLOUD: Feature((64, 3))}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny nets gain nothing from intra-op threads; on a shared 2-core box they only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_policy(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Iterator
 
 import pytest
 import torch
@@ -13,13 +12,6 @@ from policies.ema import EmaConfig, EmaModel
 from tests.test_policies_diffusion import STATE_ONLY, batch, tiny_policy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny nets gain nothing from intra-op threads; on a shared 2-core box they only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_ema_decay_warms_up_and_is_capped() -> None:

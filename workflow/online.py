@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,12 +27,12 @@ from policies.critics import CriticConfig, ValueNet
 from robot.checkpoint import load_checkpoint, load_module_state
 from robot.protocols import Robot, Task
 from robot.store import ZarrEpisodeStore
-from robot.types import ACTION, DONE, INTERVENTION, REWARD, SUCCESS, EpisodeMeta
+from robot.types import EpisodeMeta
 from workflow.distill import distill_step, make_head_optimizer
 from workflow.envs import make_sim_for
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
 from workflow.ppo import chain_ppo_loss, denoiser_parameters, normalize_advantages
-from workflow.rollout import episode_features
+from workflow.rollout import EpisodeFrames, episode_features
 from workflow.run import RunDir, progress, resolve_device, seed_everything
 
 
@@ -213,8 +212,7 @@ def collect_episode(
 ) -> tuple[dict[str, np.ndarray], bool]:
     """One stochastic episode; chunk decisions go to ``out``, the frames are returned for the store."""
     model, ta = controller.model, controller.n_action_steps
-    keys = list(robot.observation_features)
-    rows: dict[str, list] = {k: [] for k in [*keys, ACTION, REWARD, DONE, SUCCESS, INTERVENTION]}
+    frames = EpisodeFrames(list(robot.observation_features))
     controller.reset()
     obs = robot.reset(seed)
     steps, success = 0, False
@@ -228,20 +226,15 @@ def collect_episode(
             next_obs = robot.get_observation()
             outcome = task.evaluate(next_obs, applied)
             success = outcome.success
-            for k in keys:
-                rows[k].append(obs[k])
-            rows[ACTION].append(applied)
-            rows[REWARD].append(outcome.reward)
-            rows[SUCCESS].append(success)
-            rows[INTERVENTION].append(False)
-            reward += gamma**n * outcome.reward
-            n, steps, obs = n + 1, steps + 1, next_obs
-            if success or steps >= task.max_steps:
+            n, steps = n + 1, steps + 1
+            ended = success or steps >= task.max_steps
+            frames.add(obs, applied, outcome.reward, success, ended)
+            reward += gamma ** (n - 1) * outcome.reward
+            obs = next_obs
+            if ended:
                 break
             if n < ta:  # frames inside the chunk enter the history like in closed-loop control
                 controller.push_observation(obs)
-        ended = success or steps >= task.max_steps
-        rows[DONE].extend([False] * (n - 1) + [ended])
         out.cond.append(cond)
         out.chains.append(chain)
         out.rewards.append(reward)
@@ -249,8 +242,7 @@ def collect_episode(
         out.terminal.append(success)
         out.last.append(ended)
         out.next_cond.append(controller.peek_condition(obs))
-    frames = {k: np.asarray(v) for k, v in rows.items()}
-    return frames, success
+    return frames.arrays(), success
 
 
 def gae(value, cond, next_cond, rewards, discounts, terminal, last, lam: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -44,6 +44,7 @@ class Budget:
     offline_rounds: int
     critic_steps: int
     ppo_updates: int
+    ppo_batch: int
     rollout_episodes: int
     retrain_steps: int
     online_iterations: int
@@ -53,9 +54,9 @@ class Budget:
 
 BUDGETS = {
     # about 15 minutes on a 2-core CPU for the push task
-    "quick": Budget(demos=100, demo_noise=0.5, imitation_steps=1500, offline_rounds=1, critic_steps=1000, ppo_updates=100,
+    "quick": Budget(demos=100, demo_noise=0.2, imitation_steps=2000, offline_rounds=1, critic_steps=1000, ppo_updates=60, ppo_batch=64,
                     rollout_episodes=20, retrain_steps=300, online_iterations=6, online_episodes=8, eval_episodes=30),
-    "full": Budget(demos=200, demo_noise=0.5, imitation_steps=4000, offline_rounds=2, critic_steps=3000, ppo_updates=300,
+    "full": Budget(demos=200, demo_noise=0.2, imitation_steps=5000, offline_rounds=2, critic_steps=3000, ppo_updates=300, ppo_batch=128,
                    rollout_episodes=40, retrain_steps=1000, online_iterations=25, online_episodes=16, eval_episodes=100),
 }  # fmt: skip
 
@@ -127,8 +128,8 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
     offline_cfg = OfflineConfig(
         policy=imitation, data=str(demos), out=str(out / "offline"), task=config.task, rounds=b.offline_rounds,
         critic=CriticConfig.for_horizon(imitation_cfg.policy.n_action_steps), critic_steps=b.critic_steps,
-        dynamics=DynamicsConfig(hidden_dims=(200, 200, 200), max_epochs=50), ppo_updates=b.ppo_updates,
-        gate_every=max(10, b.ppo_updates // 4), gate=GateConfig(horizon=5), rollout_episodes=b.rollout_episodes,
+        dynamics=DynamicsConfig(hidden_dims=(200, 200, 200), max_epochs=50), ppo_updates=b.ppo_updates, ppo_batch=b.ppo_batch,
+        gate_every=max(10, b.ppo_updates // 3), gate=GateConfig(horizon=5), rollout_episodes=b.rollout_episodes,
         retrain_steps=b.retrain_steps, actor_lr=1e-5, seed=config.seed, device=config.device,
     )  # fmt: skip
     offline = stage("offline", lambda: (train_offline(offline_cfg, show_progress=show_progress).policy, b.offline_rounds * b.rollout_episodes))

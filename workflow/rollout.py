@@ -54,6 +54,30 @@ def episode_features(robot: Robot) -> dict[str, Feature]:
     }
 
 
+class EpisodeFrames:
+    """Accumulates one episode's per-step frames in the layout the store keeps."""
+
+    def __init__(self, observation_keys: list[str]):
+        self.keys = list(observation_keys)
+        self.rows: dict[str, list] = {k: [] for k in [*self.keys, ACTION, REWARD, DONE, SUCCESS, INTERVENTION]}
+
+    def add(self, observation: Mapping[str, np.ndarray], applied: np.ndarray, reward: float, success: bool, done: bool, intervention: bool = False) -> None:
+        """One step: the observation the action was chosen from, the applied action and what followed."""
+        for k in self.keys:
+            self.rows[k].append(observation[k])
+        self.rows[ACTION].append(applied)
+        self.rows[REWARD].append(reward)
+        self.rows[SUCCESS].append(success)
+        self.rows[DONE].append(done)
+        self.rows[INTERVENTION].append(intervention)
+
+    def __len__(self) -> int:
+        return len(self.rows[ACTION])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in self.rows.items()}
+
+
 def run_episode(
     robot: Robot,
     task: Task,
@@ -64,8 +88,7 @@ def run_episode(
     on_step: Callable[[int, Mapping[str, np.ndarray], np.ndarray, float], None] | None = None,
 ) -> EpisodeResult:
     """One episode from ``robot.reset(seed)`` until success or ``max_steps`` (the task's by default)."""
-    obs_keys = list(robot.observation_features)
-    rows: dict[str, list] = {k: [] for k in [*obs_keys, ACTION, REWARD, DONE, SUCCESS, INTERVENTION]}
+    frames = EpisodeFrames(list(robot.observation_features))
     terms: dict[str, float] = {}
     latencies = []
     policy.reset()
@@ -79,13 +102,7 @@ def run_episode(
         next_obs = robot.get_observation()
         outcome = task.evaluate(next_obs, applied)
         success = outcome.success
-        for k in obs_keys:
-            rows[k].append(obs[k])
-        rows[ACTION].append(applied)
-        rows[REWARD].append(outcome.reward)
-        rows[DONE].append(success or t == steps - 1)
-        rows[SUCCESS].append(success)
-        rows[INTERVENTION].append(bool(getattr(policy, "last_was_intervention", False)))
+        frames.add(obs, applied, outcome.reward, success, success or t == steps - 1, bool(getattr(policy, "last_was_intervention", False)))
         for name, value in outcome.terms.items():
             terms[name] = terms.get(name, 0.0) + value
         ret += outcome.reward
@@ -94,8 +111,7 @@ def run_episode(
         obs = next_obs
         if success:
             break
-    frames = {k: np.asarray(v) for k, v in rows.items()}
-    return EpisodeResult(seed=seed, success=success, ret=ret, length=len(rows[ACTION]), frames=frames, terms=terms, inference_ms=latencies)
+    return EpisodeResult(seed=seed, success=success, ret=ret, length=len(frames), frames=frames.arrays(), terms=terms, inference_ms=latencies)
 
 
 def evaluate(

@@ -1,0 +1,36 @@
+"""The quick pipeline preset end to end on the fast push task (slow: ~15 minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workflow.pipeline import PipelineConfig, run_pipeline
+
+# 30 evaluation episodes per stage: a success rate moves by about +-9 points between
+# two evaluations of the same policy, so "does not lower success" allows that noise.
+NOISE = 0.10
+
+
+@pytest.mark.slow
+def test_quick_pipeline_on_push(tmp_path):
+    lines: list[str] = []
+    results = run_pipeline(PipelineConfig(task="push", out=str(tmp_path / "run"), budget="quick", seed=0), show_progress=False, log=lines.append)
+    by_stage = {r.stage: r for r in results}
+    assert list(by_stage) == ["imitation", "offline", "online", "one-step"]
+    assert by_stage["imitation"].success > 0.2, "imitation should learn the task from 100 noisy demonstrations"
+    assert by_stage["offline"].success >= by_stage["imitation"].success - NOISE
+    assert by_stage["online"].success >= by_stage["offline"].success - NOISE
+    assert by_stage["one-step"].success >= by_stage["online"].success - 2 * NOISE
+    online = by_stage["online"]
+    assert online.one_step_ms is not None and online.one_step_ms < online.ddim_ms, "the one-step head must be faster"
+    table = lines[-1]
+    for column in ("stage", "success", "episodes used", "CPU min", "DDIM ms", "1-step ms"):
+        assert column in table
+    gates = [json.loads(line) for line in (tmp_path / "run" / "offline" / "gate.jsonl").read_text().splitlines()]
+    assert gates and all({"j_reference", "j_candidate", "accepted"} <= set(g) for g in gates)
+    # a rerun resumes: every stage is read back, nothing retrains
+    again = run_pipeline(PipelineConfig(task="push", out=str(tmp_path / "run"), budget="quick", seed=0), show_progress=False, log=lines.append)
+    assert [r.success for r in again] == [r.success for r in results]
+    assert sum("done before" in line for line in lines) == 3
