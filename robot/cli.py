@@ -241,11 +241,13 @@ def pipeline(
     cameras: str = typer.Option("", help="Comma-separated sim cameras the policy sees (e.g. top); none = state."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
+    view: bool = typer.Option(False, "--view", help="Also write OUT/pipeline.rrd: every stage's curves and evaluation episodes."),
 ) -> None:
     """The whole recipe end to end in sim, with gates, a per-stage table and a report."""
     from workflow.pipeline import PipelineConfig, run_pipeline
 
-    cfg = PipelineConfig(task=task, out=str(out), budget=budget, policy=policy, cameras=tuple(c for c in cameras.split(",") if c), seed=seed, device=device)
+    cfg = PipelineConfig(task=task, out=str(out), budget=budget, policy=policy, cameras=tuple(c for c in cameras.split(",") if c),
+                         seed=seed, device=device, view=view)  # fmt: skip
     _run_or_fail(run_pipeline, cfg)
 
 

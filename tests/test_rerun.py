@@ -230,3 +230,21 @@ def test_metrics_rows_with_text_values_are_skipped(tmp_path):
     rec.disconnect()
     assert logged == ["losses/q"]
     assert read_rrd(tmp_path / "m.rrd")[("robot-train", "m")]["/train/losses/q"]["rows"] == 2
+
+
+def test_pipeline_view_holds_curves_and_evaluation_episodes_of_each_stage(tmp_path):
+    from robot.metrics import JsonlMetrics
+    from workflow.pipeline import write_view
+
+    with JsonlMetrics(tmp_path / "imitation" / "metrics.jsonl") as sink:
+        for step in range(1, 6):
+            sink.log({"losses/denoise": 1.0 / step}, step)
+    _store(tmp_path / "imitation.eval.zarr")
+    path = write_view(tmp_path, ["imitation", "offline"], episodes_per_stage=2)
+    recordings = read_rrd(path)
+    assert set(recordings) == {("robot-pipeline", "imitation/curves"), ("robot-pipeline", "imitation/episode-0"), ("robot-pipeline", "imitation/episode-1")}
+    curves = recordings[("robot-pipeline", "imitation/curves")]
+    assert curves["/train/losses/denoise"]["rows"] == 5
+    episode = recordings[("robot-pipeline", "imitation/episode-0")]
+    assert episode["/reward/total"]["rows"] == LENGTHS[0]
+    assert any(e.startswith("/action/") and v["rows"] == LENGTHS[0] for e, v in episode.items())

@@ -72,6 +72,8 @@ class PipelineConfig:
     """Sim cameras the policy sees; none = state only."""
     seed: int = 0
     device: str = "cpu"
+    view: bool = False
+    """Keep every stage's evaluation episodes and write OUT/pipeline.rrd: curves and episodes per stage."""
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
@@ -111,7 +113,8 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
             log(f"[{name}] running")
             cpu = time.process_time()
             policy, episodes = fn()
-            report = evaluate_policy(policy, config.task, episodes=b.eval_episodes, seed=100_000 + config.seed, device=config.device, show_progress=show_progress)
+            report = evaluate_policy(policy, config.task, episodes=b.eval_episodes, seed=100_000 + config.seed, device=config.device,
+                                     show_progress=show_progress, save=out / f"{name}.eval.zarr" if config.view else None)  # fmt: skip
             ddim_ms, one_ms = measure_latency(policy, config.device) if latency else (None, None)
             result = StageResult(name, str(policy), report.success_rate, report.mean_return, episodes, (time.process_time() - cpu) / 60, ddim_ms, one_ms)
             path.write_text(json.dumps(to_dict(result), indent=2))
@@ -142,7 +145,32 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
     one_step = stage_one_step(config, out, results[-1], b, show_progress, log)
     results.append(one_step)
     log(pipeline_table(results, config))
+    if config.view:
+        log(f"Rerun view of every stage written to {write_view(out, [r.stage for r in results[:-1]])}")
     return results
+
+
+def write_view(out: Path, stages: list[str], episodes_per_stage: int = 3) -> Path:
+    """OUT/pipeline.rrd: each stage's training curves and its first evaluation episodes, one recording each."""
+    from robot.metrics import read_metrics
+    from robot.rerun_log import RecordingSet, episode_blueprint, log_episode, log_metrics, metric_keys, metrics_blueprint
+    from robot.store import ZarrEpisodeStore
+
+    path = out / "pipeline.rrd"
+    with RecordingSet(save=path) as recordings:
+        for stage in stages:
+            metrics = out / stage / "metrics.jsonl"
+            if metrics.is_file():
+                rows = read_metrics(metrics)
+                rec = recordings.new("robot-pipeline", recording_id=f"{stage}/curves", name=f"{stage} curves", blueprint=metrics_blueprint(metric_keys(rows)))
+                log_metrics(rec, rows)
+            evals = out / f"{stage}.eval.zarr"
+            if evals.is_dir():
+                store = ZarrEpisodeStore.open(evals)
+                for i in range(min(episodes_per_stage, store.num_episodes)):
+                    rec = recordings.new("robot-pipeline", recording_id=f"{stage}/episode-{i}", name=f"{stage} eval {i}", blueprint=episode_blueprint(store.features))
+                    log_episode(rec, store.episode(i), store.features)
+    return path
 
 
 def stage_one_step(config: PipelineConfig, out: Path, online: StageResult, b: Budget, show_progress: bool, log: Callable[[str], None]) -> StageResult:
