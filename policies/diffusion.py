@@ -271,17 +271,23 @@ class DiffusionPolicy(nn.Module):
         generator: torch.Generator | None = None,
         num_steps: int | None = None,
         noise: Tensor | None = None,
+        trajectory: list[Tensor] | None = None,
     ) -> Tensor:
         """Normalised actions ``(B, horizon, Da)`` from ``cond (B, Dc)``.
 
         ``deterministic``: DDIM eta = 0 from ``noise`` (or a draw from ``generator``);
         same noise, same action. Otherwise each step adds clipped-std Gaussian noise.
+        A ``trajectory`` list receives x_K .. x_0 (for visualising the chain).
         """
         x = self.initial_noise(cond, generator) if noise is None else noise
         eta = 0.0 if deterministic else self.config.eta
+        if trajectory is not None:
+            trajectory.append(x)
         for t, t_prev in self._pairs(self.timesteps(num_steps)):
             mean, std = self.step_moments(x, t, t_prev, cond, eta)
             x = mean if deterministic else mean + std * _randn_like(x, generator)
+            if trajectory is not None:
+                trajectory.append(x)
         return x
 
     @torch.no_grad()

@@ -266,11 +266,13 @@ def evaluate(
     sampler: str = typer.Option("ddim", help="ddim (K-step) or consistency (one step)."),
     device: str = typer.Option("cpu"),
     save: Optional[Path] = typer.Option(None, help="Append the evaluation episodes to this store."),
+    view: bool = typer.Option(False, "--view", help="Stream every step and each chunk's denoising chain to a Rerun viewer."),
+    rrd: Optional[Path] = typer.Option(None, help="Write the same live view to this .rrd file (headless)."),
 ) -> None:
     """Success rate, return and latency of a policy in sim."""
     from workflow.evaluate import evaluate_policy
 
-    report = _run_or_fail(evaluate_policy, policy, task, episodes=episodes, seed=seed, sampler=sampler, device=device, save=save)
+    report = _run_or_fail(evaluate_policy, policy, task, episodes=episodes, seed=seed, sampler=sampler, device=device, save=save, view=view, rrd=rrd)
     from robot.report import format_table
 
     typer.echo(format_table(

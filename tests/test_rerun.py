@@ -248,3 +248,20 @@ def test_pipeline_view_holds_curves_and_evaluation_episodes_of_each_stage(tmp_pa
     episode = recordings[("robot-pipeline", "imitation/episode-0")]
     assert episode["/reward/total"]["rows"] == LENGTHS[0]
     assert any(e.startswith("/action/") and v["rows"] == LENGTHS[0] for e, v in episode.items())
+
+
+def test_eval_rrd_logs_steps_chunk_starts_and_the_denoising_chain(tmp_path):
+    from tests.test_imitation import TINY, record_demos
+    from workflow.evaluate import evaluate_policy
+    from workflow.imitation import ImitationConfig, train_imitation
+
+    demos = record_demos(tmp_path / "push.zarr", 3)
+    train_imitation(ImitationConfig(data=str(demos), out=str(tmp_path / "il"), policy=TINY, steps=2, batch_size=8, eval_every=2, checkpoint_every=2), show_progress=False)
+    report = evaluate_policy(tmp_path / "il", "push", episodes=1, rrd=tmp_path / "eval.rrd", show_progress=False)
+    (entities,) = read_rrd(tmp_path / "eval.rrd").values()
+    steps = int(report.mean_length)
+    chunks = -(-steps // TINY.n_action_steps)
+    assert entities["/reward/total"]["rows"] == steps
+    assert entities["/policy/chunk_start"]["rows"] == chunks
+    chain_rows = sum(v["rows"] for e, v in entities.items() if e.startswith("/policy/denoising/"))
+    assert chain_rows == chunks * 2  # one line-strip batch per executed chunk for each of the 2 action dims

@@ -54,9 +54,9 @@ class Budget:
 
 BUDGETS = {
     # about 15 minutes on a 2-core CPU for the push task
-    "quick": Budget(demos=100, demo_noise=0.2, imitation_steps=2000, offline_rounds=1, critic_steps=1000, ppo_updates=60, ppo_batch=64,
+    "quick": Budget(demos=100, demo_noise=0.0, imitation_steps=2000, offline_rounds=1, critic_steps=1000, ppo_updates=60, ppo_batch=64,
                     rollout_episodes=20, retrain_steps=300, online_iterations=6, online_episodes=8, eval_episodes=30),
-    "full": Budget(demos=200, demo_noise=0.2, imitation_steps=5000, offline_rounds=2, critic_steps=3000, ppo_updates=300, ppo_batch=128,
+    "full": Budget(demos=200, demo_noise=0.0, imitation_steps=5000, offline_rounds=2, critic_steps=3000, ppo_updates=300, ppo_batch=128,
                    rollout_episodes=40, retrain_steps=1000, online_iterations=25, online_episodes=16, eval_episodes=100),
 }  # fmt: skip
 

@@ -65,6 +65,8 @@ class DiffusionController:
         self._actions: collections.deque[np.ndarray] = collections.deque()
         self.last_inference_s = 0.0
         self.last_chunk_started = False
+        self.keep_chain = False  # set to keep the last denoising chain (x_K .. x_0, normalised) for visualisation
+        self.last_chain: np.ndarray | None = None  # (K+1, horizon, Da)
 
     # ------------------------------------------------------------- contract
     @property
@@ -131,7 +133,10 @@ class DiffusionController:
         if self.sampler == "consistency":
             normalized = self.consistency.sample(cond, generator=self.generator)
         else:
-            normalized = self.model.sample(cond, deterministic=self.deterministic, generator=self.generator)
+            trajectory: list[torch.Tensor] | None = [] if self.keep_chain else None
+            normalized = self.model.sample(cond, deterministic=self.deterministic, generator=self.generator, trajectory=trajectory)
+            if trajectory:
+                self.last_chain = torch.stack([x[0] for x in trajectory]).cpu().numpy()
         return self.unnormalize_actions(normalized[0])
 
     def check_robot(self, robot_name: str, observation_features: Mapping[str, Feature], action_features: Mapping[str, Feature]) -> None:

@@ -124,6 +124,7 @@ def evaluate(
     store: ZarrEpisodeStore | None = None,
     source: str = "offline-rollout",
     show_progress: bool = False,
+    on_step: Callable[[int, Mapping[str, np.ndarray], np.ndarray, float], None] | None = None,
 ) -> EvalReport:
     """Success rate, return and inference latency over ``episodes`` seeds ``seed, seed + 1, ...``.
 
@@ -134,7 +135,7 @@ def evaluate(
     results = []
     bar = progress(episodes, 0, f"eval {task.name}", show_progress)
     for i in range(episodes):
-        res = run_episode(robot, task, policy, seed=seed + i)
+        res = run_episode(robot, task, policy, seed=seed + i, on_step=on_step)
         results.append(res)
         if store is not None:
             store.append_episode(res.frames, EpisodeMeta(task=task.name, robot=robot.name, fps=task.fps, success=res.success, source=source, seed=res.seed))
