@@ -19,7 +19,7 @@ def test_quick_pipeline_on_push(tmp_path):
     results = run_pipeline(PipelineConfig(task="push", out=str(tmp_path / "run"), budget="quick", seed=0), show_progress=False, log=lines.append)
     by_stage = {r.stage: r for r in results}
     assert list(by_stage) == ["imitation", "offline", "online", "one-step"]
-    assert by_stage["imitation"].success > 0.2, "imitation should learn the task from 100 noisy demonstrations"
+    assert by_stage["imitation"].success > 0.2, "imitation should learn the task from 100 scripted demonstrations"
     assert by_stage["offline"].success >= by_stage["imitation"].success - NOISE
     assert by_stage["online"].success >= by_stage["offline"].success - NOISE
     assert by_stage["one-step"].success >= by_stage["online"].success - 2 * NOISE

@@ -1,6 +1,6 @@
 """The whole recipe end to end in sim: the kit's main job (`robot pipeline`).
 
-record (noisy scripted teleop) -> imitation -> offline rounds with AM-Q gates ->
+record (scripted teleop) -> imitation -> offline rounds with AM-Q gates ->
 online RL with the one-step head distilled alongside -> evaluation of every stage.
 
 Each stage writes its own run directory under ``out``; a stage whose report exists
@@ -187,7 +187,12 @@ def stage_one_step(config: PipelineConfig, out: Path, online: StageResult, b: Bu
 
 
 def record_demos(config: PipelineConfig, path: Path) -> None:
-    """Noisy scripted teleoperation: imperfect demonstrations, like a human's."""
+    """Scripted teleoperation (``demo_noise`` > 0 makes it imperfect, like a human's).
+
+    The presets record clean demonstrations: on push, demonstrations with noise 0.2
+    or 0.5 taught the imitation policy the operator's wrong moves (7% and 3% success,
+    docs/RESULTS.md), too little for the RL stages to start from in a quick budget.
+    """
     from workflow.record import RecordConfig, record
 
     b = config.spend
