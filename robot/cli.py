@@ -268,11 +268,12 @@ def evaluate(
     save: Optional[Path] = typer.Option(None, help="Append the evaluation episodes to this store."),
     view: bool = typer.Option(False, "--view", help="Stream every step and each chunk's denoising chain to a Rerun viewer."),
     rrd: Optional[Path] = typer.Option(None, help="Write the same live view to this .rrd file (headless)."),
+    critics: Optional[Path] = typer.Option(None, help="Offline critics (runs/x/round-M/critics): show Q of each chunk and V in the view."),
 ) -> None:
     """Success rate, return and latency of a policy in sim."""
     from workflow.evaluate import evaluate_policy
 
-    report = _run_or_fail(evaluate_policy, policy, task, episodes=episodes, seed=seed, sampler=sampler, device=device, save=save, view=view, rrd=rrd)
+    report = _run_or_fail(evaluate_policy, policy, task, episodes=episodes, seed=seed, sampler=sampler, device=device, save=save, view=view, rrd=rrd, critics=critics)
     from robot.report import format_table
 
     typer.echo(format_table(

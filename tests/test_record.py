@@ -222,6 +222,10 @@ def test_cli_records_twenty_scripted_episodes_that_info_reads(tmp_path):
     assert "episodes   20" in info.stdout and "success    100.0% (20/20)" in info.stdout and "demo (20)" in info.stdout
     again = _robot("record", "--device", "scripted", "--episodes", "1", "--out", str(out))
     assert again.returncode == 2 and "--resume" in again.stderr and again.stderr.count("\n") == 1
+    # the training stage accepts what the recorder wrote
+    train = _robot("train", "imitation", "--data", str(out), "--out", str(tmp_path / "il"), "--steps", "3", "--batch-size", "8", "--horizon", "4", "--n-action-steps", "2")
+    assert train.returncode == 0, train.stderr
+    assert (tmp_path / "il" / "policy" / "checkpoint.json").is_file()
 
 
 def test_recorder_killed_mid_episode_keeps_every_committed_episode(tmp_path):

@@ -257,7 +257,17 @@ def test_eval_rrd_logs_steps_chunk_starts_and_the_denoising_chain(tmp_path):
 
     demos = record_demos(tmp_path / "push.zarr", 3)
     train_imitation(ImitationConfig(data=str(demos), out=str(tmp_path / "il"), policy=TINY, steps=2, batch_size=8, eval_every=2, checkpoint_every=2), show_progress=False)
-    report = evaluate_policy(tmp_path / "il", "push", episodes=1, rrd=tmp_path / "eval.rrd", show_progress=False)
+    from policies.critics import CriticConfig, IqlCritics
+    from robot.checkpoint import Checkpoint, save_checkpoint
+    from robot.config import to_dict
+    from workflow.policy import DiffusionController
+
+    cond_dim = DiffusionController.load(tmp_path / "il").model.cond_dim
+    critic_cfg = CriticConfig(hidden_dims=(16,))
+    critics = IqlCritics(cond_dim, TINY.n_action_steps * 2, config=critic_cfg)
+    save_checkpoint(tmp_path / "critics", Checkpoint(kind="iql-critics", config={"critic": to_dict(critic_cfg), "feature_dim": cond_dim,
+                    "action_dim": TINY.n_action_steps * 2}, modules={"critics": critics.state_dict()}))  # fmt: skip
+    report = evaluate_policy(tmp_path / "il", "push", episodes=1, rrd=tmp_path / "eval.rrd", critics=tmp_path / "critics", show_progress=False)
     (entities,) = read_rrd(tmp_path / "eval.rrd").values()
     steps = int(report.mean_length)
     chunks = -(-steps // TINY.n_action_steps)
@@ -265,3 +275,4 @@ def test_eval_rrd_logs_steps_chunk_starts_and_the_denoising_chain(tmp_path):
     assert entities["/policy/chunk_start"]["rows"] == chunks
     chain_rows = sum(v["rows"] for e, v in entities.items() if e.startswith("/policy/denoising/"))
     assert chain_rows == chunks * 2  # one line-strip batch per executed chunk for each of the 2 action dims
+    assert entities["/policy/q/q1"]["rows"] == entities["/policy/q/q2"]["rows"] == entities["/policy/v/v"]["rows"] == chunks

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from robot.store import ZarrEpisodeStore
 from workflow.envs import make_sim_for
 from workflow.policy import DiffusionController
@@ -22,13 +25,15 @@ def evaluate_policy(
     show_progress: bool = True,
     view: bool = False,
     rrd: str | Path | None = None,
+    critics: str | Path | None = None,
 ) -> EvalReport:
     """Evaluate in sim; ``view`` streams every step and the denoising chain of each executed
-    chunk to a Rerun viewer, ``rrd`` writes the same to a file."""
+    chunk to a Rerun viewer, ``rrd`` writes the same to a file; with ``critics`` (an offline
+    round's ``critics`` checkpoint) the view also shows Q of each executed chunk and V."""
     controller = DiffusionController.load(policy, sampler=sampler, device=device)
     robot, sim_task = make_sim_for(task, controller.input_features)
     controller.check_robot(robot.name, robot.observation_features, robot.action_features)
-    on_step = LiveEvalView(controller, robot, sim_task.fps, spawn=view, save=rrd) if view or rrd else None
+    on_step = LiveEvalView(controller, robot, sim_task.fps, spawn=view, save=rrd, critics=critics) if view or rrd else None
     with robot:
         store = ZarrEpisodeStore.open_or_create(save, episode_features(robot)) if save else None
         try:
@@ -41,10 +46,22 @@ def evaluate_policy(
                 on_step.close()
 
 
+def load_critics(path: str | Path):
+    """IQL critics saved by an offline round (``runs/x/round-M/critics``)."""
+    from policies.critics import CriticConfig, IqlCritics
+    from robot.checkpoint import load_checkpoint, load_module_state
+    from robot.config import from_dict
+
+    ckpt = load_checkpoint(path, kind="iql-critics")
+    critics = IqlCritics(ckpt.config["feature_dim"], ckpt.config["action_dim"], config=from_dict(CriticConfig, ckpt.config["critic"]))
+    load_module_state(critics, ckpt.modules["critics"], what=str(path))
+    return critics.eval()
+
+
 class LiveEvalView:
     """``on_step`` callback logging each step, chunk boundaries and the executed chunk's denoising chain."""
 
-    def __init__(self, controller: DiffusionController, robot, fps: float, *, spawn: bool, save: str | Path | None):
+    def __init__(self, controller: DiffusionController, robot, fps: float, *, spawn: bool, save: str | Path | None, critics: str | Path | None = None):
         from robot.rerun_log import LiveLogger, episode_blueprint, open_recording
 
         features = episode_features(robot)
@@ -53,6 +70,7 @@ class LiveEvalView:
         self.logger = LiveLogger(self.recording, features, fps=fps)
         self.controller = controller
         controller.keep_chain = True
+        self.critics = load_critics(critics) if critics else None
         self.step = 0
 
     def __call__(self, t: int, observation, applied, reward: float) -> None:
@@ -60,7 +78,14 @@ class LiveEvalView:
             self.logger.log_event(self.step, "episode starts")
         chunk_start = self.controller.last_chunk_started
         chain = self.controller.last_chain if chunk_start and self.controller.sampler == "ddim" else None
-        self.logger.log_policy_internals(self.step, chain, chunk_start=chunk_start)
+        q = v = None
+        if chain is not None and self.critics is not None:
+            with torch.no_grad():
+                cond = self.controller.condition()
+                executed = torch.as_tensor(chain[-1][: self.controller.n_action_steps]).reshape(1, -1)  # (1, Ta * Da) normalised
+                q = np.array([float(x) for x in self.critics.q(cond, executed)])
+                v = float(self.critics.value(cond))
+        self.logger.log_policy_internals(self.step, chain, chunk_start=chunk_start, q=q, v=v)
         self.logger.log_step(self.step, observation, applied, reward)
         self.step += 1
 
