@@ -16,7 +16,7 @@ Each iteration reads top to bottom:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -64,6 +64,10 @@ class OnlineConfig:
     value_from: str | None = None
     """Checkpoint of offline critics (``round-M/critics``) whose V warm-starts the value function."""
     critic: CriticConfig = field(default_factory=CriticConfig)
+    min_std: float = 0.1
+    """Floor on each denoising step's std while fine-tuning (DPPO's 0.1): at the policy's own floor
+    (~0.007) the last steps' log-probs are so sharp that per-step ratios leave the clip range at once.
+    Deterministic deployment is unaffected."""
     distill_steps: int = 50
     """Consistency-distillation steps per iteration (0: no one-step head)."""
     distill_lr: float = 1e-4
@@ -108,6 +112,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     seed_everything(config.seed)
     ckpt = load_checkpoint(policy_dir(config.policy), kind=KIND)
     model, head = build_from_checkpoint(ckpt, device=str(device))
+    model.config = replace(model.config, sigma_min=max(model.config.sigma_min, config.min_std), sigma_max=max(model.config.sigma_max, config.min_std))
     model.requires_grad_(False)
     actor_params = denoiser_parameters(model)
     for p in actor_params:
