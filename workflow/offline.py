@@ -36,7 +36,7 @@ from workflow.imitation import ImitationConfig, train_imitation
 from workflow.latent import LatentTransitions, encode_store
 from workflow.ope import GateConfig, GateDecision, gate, horizon_warning
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
-from workflow.ppo import chain_ppo_loss, denoiser_parameters, normalize_advantages
+from workflow.ppo import chain_ppo_loss, denoiser_parameters, floor_denoising_std, normalize_advantages
 from workflow.rollout import EvalReport, evaluate
 from workflow.run import RunDir, progress, resolve_device, seed_everything
 
@@ -66,6 +66,8 @@ class OfflineConfig:
     clip_eps: float = 0.25
     """PPO ratio clip per denoising step."""
     grad_clip: float = 0.5
+    min_std: float = 0.1
+    """Floor on each denoising step's std for the chains PPO samples and scores (``workflow.ppo.floor_denoising_std``)."""
     gate_every: int = 50
     """PPO updates between AM-Q gate checks."""
     gate: GateConfig = field(default_factory=GateConfig)
@@ -228,6 +230,7 @@ def ppo_round(
     show_progress: bool,
 ) -> tuple[DiffusionPolicy, list[GateDecision]]:
     """PPO updates of a candidate copy; the gate decides which weights become the reference."""
+    own_config = floor_denoising_std(reference, config.min_std)
     candidate = copy.deepcopy(reference).requires_grad_(False)
     params = denoiser_parameters(candidate)
     for p in params:
@@ -266,6 +269,7 @@ def ppo_round(
         run.metrics.log({f"{k}_r{m}": v for k, v in metrics.items()}, update)
         bar.update(1)
     bar.close()
+    reference.config = own_config  # the accepted policy keeps its own sampler settings
     return reference.eval(), decisions
 
 

@@ -15,8 +15,9 @@ Each iteration reads top to bottom:
 
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from robot.types import EpisodeMeta
 from workflow.distill import distill_step, make_head_optimizer
 from workflow.envs import make_sim_for
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
-from workflow.ppo import chain_ppo_loss, denoiser_parameters, normalize_advantages
+from workflow.ppo import chain_ppo_loss, denoiser_parameters, floor_denoising_std, normalize_advantages
 from workflow.rollout import EpisodeFrames, episode_features
 from workflow.run import RunDir, progress, resolve_device, seed_everything
 
@@ -65,9 +66,7 @@ class OnlineConfig:
     """Checkpoint of offline critics (``round-M/critics``) whose V warm-starts the value function."""
     critic: CriticConfig = field(default_factory=CriticConfig)
     min_std: float = 0.1
-    """Floor on each denoising step's std while fine-tuning (DPPO's 0.1): at the policy's own floor
-    (~0.007) the last steps' log-probs are so sharp that per-step ratios leave the clip range at once.
-    Deterministic deployment is unaffected."""
+    """Floor on each denoising step's std while fine-tuning (``workflow.ppo.floor_denoising_std``)."""
     distill_steps: int = 50
     """Consistency-distillation steps per iteration (0: no one-step head)."""
     distill_lr: float = 1e-4
@@ -112,7 +111,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     seed_everything(config.seed)
     ckpt = load_checkpoint(policy_dir(config.policy), kind=KIND)
     model, head = build_from_checkpoint(ckpt, device=str(device))
-    model.config = replace(model.config, sigma_min=max(model.config.sigma_min, config.min_std), sigma_max=max(model.config.sigma_max, config.min_std))
+    own_config = floor_denoising_std(model, config.min_std)
     model.requires_grad_(False)
     actor_params = denoiser_parameters(model)
     for p in actor_params:
@@ -191,12 +190,12 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
                  "losses/distill": distill_loss, "charts/decisions": len(cond)},
                 it,
             )  # fmt: skip
-            save_policy(run.snapshot_dir(it), model, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "iteration": it})
+            save_policy(run.snapshot_dir(it), _with_config(model, own_config), ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "iteration": it})
             bar.update(1)
             bar.set_postfix(success=f"{successes[-1]:.2f}")
     bar.close()
     store.close()
-    save_policy(run.policy_dir, model, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online"})
+    save_policy(run.policy_dir, _with_config(model, own_config), ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online"})
     report = OnlineReport(
         run=str(run.path),
         policy=str(run.policy_dir),
@@ -273,6 +272,13 @@ def _value_epoch(value, optimizer, cond, returns, minibatch: int, gen: torch.Gen
         loss.backward()
         optimizer.step()
     return float(loss.detach())
+
+
+def _with_config(model, config):
+    """The model as saved: its own sampler settings, not the fine-tuning std floor."""
+    saved = copy.copy(model)
+    saved.config = config
+    return saved
 
 
 def _stack_chains(chains: list):

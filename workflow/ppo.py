@@ -8,11 +8,11 @@ current weights and the weights that sampled the chain (DPPO, RL-100).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from policies.diffusion import Chain, DiffusionPolicy
+from policies.diffusion import Chain, DiffusionPolicy, DiffusionPolicyConfig
 
 
 @dataclass(frozen=True)
@@ -54,3 +54,16 @@ def chain_ppo_loss(
 def denoiser_parameters(policy: DiffusionPolicy) -> list[torch.nn.Parameter]:
     """The parameters RL updates: the denoiser's; the observation encoder stays frozen."""
     return list(policy.denoiser.parameters())
+
+
+def floor_denoising_std(policy: DiffusionPolicy, min_std: float) -> DiffusionPolicyConfig:
+    """Raise the floor on every stochastic denoising step's std to ``min_std`` (DPPO uses 0.1).
+
+    At the policy's own floor (~0.007) the last steps' log-probs are so sharp that a tiny
+    change of the mean sends the per-step PPO ratio out of the clip range. Only stochastic
+    sampling and log-probs change; deterministic (deployment) sampling does not use the std.
+    Returns the config before the change, to restore before the policy is saved.
+    """
+    cfg = policy.config
+    policy.config = replace(cfg, sigma_min=max(cfg.sigma_min, min_std), sigma_max=max(cfg.sigma_max, min_std))
+    return cfg
