@@ -53,7 +53,7 @@ class Budget:
 
 
 BUDGETS = {
-    # about 15 minutes on a 2-core CPU for the push task
+    # push on 2 CPU cores: about 17 minutes wall clock (docs/RESULTS.md)
     "quick": Budget(demos=100, demo_noise=0.0, imitation_steps=2000, offline_rounds=1, critic_steps=1000, ppo_updates=60, ppo_batch=64,
                     rollout_episodes=20, retrain_steps=300, online_iterations=6, online_episodes=8, eval_episodes=30),
     "full": Budget(demos=200, demo_noise=0.0, imitation_steps=5000, offline_rounds=2, critic_steps=3000, ppo_updates=300, ppo_batch=128,
