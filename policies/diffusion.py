@@ -18,7 +18,7 @@ weights, which is what PPO's per-denoising-step ratios need.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Literal, Mapping
 
 import torch
@@ -28,6 +28,8 @@ from torch import Tensor, nn
 
 from policies.denoisers import DenoiserConfig, build_denoiser
 from policies.encoders import EncoderConfig, ObservationEncoder
+from robot.config import from_dict as config_from_dict
+from robot.config import to_dict as config_to_dict
 from robot.types import ACTION, Feature
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -101,25 +103,13 @@ class DiffusionPolicyConfig:
         return replace(DiffusionPolicyConfig(), **overrides)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists)."""
-        return asdict(self)
+        """JSON-ready dict (tuples become lists); ``robot.config`` does the work."""
+        return config_to_dict(self)
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> "DiffusionPolicyConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError``."""
-        d = dict(d)
-        d["encoder"] = _dataclass_from_dict(EncoderConfig, d.get("encoder", {}))
-        d["denoiser"] = _dataclass_from_dict(DenoiserConfig, d.get("denoiser", {}))
-        return DiffusionPolicyConfig(**d)
-
-
-def _dataclass_from_dict(cls: type, d: Mapping[str, Any]) -> Any:
-    """Build a flat config dataclass from JSON, turning lists back into tuples."""
-    names = {f.name for f in fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        """Inverse of :meth:`to_dict`; an unknown key is an error naming it."""
+        return config_from_dict(DiffusionPolicyConfig, d)
 
 
 @dataclass(frozen=True, eq=False)
