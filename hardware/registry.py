@@ -1,8 +1,13 @@
-"""Build a robot from a spec string: ``sim:push`` (or just ``push``), later ``ur5e:IP``, ``franka:IP``...
+"""Build a robot from a spec string: ``sim:push`` (or just ``push``), ``ur5e:IP``, ``franka:IP``...
 
 An explicit dict of lazy factories: nothing heavy (MuJoCo, robosuite, vendor
 SDKs) is imported until a robot of that kind is made. Every robot comes back
 behind the safety layer as a :class:`hardware.safety.SafeRobot`.
+
+:func:`open_robot` also returns the task the robot can score itself on: the
+sim backend and the vendor stand-ins (whose arm is a MuJoCo scene) know the
+task's reward and success; a real arm does not (``None``: the operator labels
+success).
 """
 
 from __future__ import annotations
@@ -12,12 +17,12 @@ from typing import Any, Callable
 from hardware.safety import SafeRobot, SafetyConfig
 from robot.protocols import Task
 
+# (target, safety, opts) -> (robot, task or None)
+RobotFactory = Callable[[str, SafetyConfig, dict[str, Any]], tuple[SafeRobot, Task | None]]
 
-RobotFactory = Callable[[str, SafetyConfig, dict[str, Any]], SafeRobot]  # (target, safety, opts) -> robot
 
-
-def _sim_robot(target: str, safety: SafetyConfig, opts: dict[str, Any]) -> SafeRobot:
-    return make_sim(target, safety=safety, **opts)[0]
+def _sim_robot(target: str, safety: SafetyConfig, opts: dict[str, Any]) -> tuple[SafeRobot, Task | None]:
+    return make_sim(target, safety=safety, **opts)
 
 
 _KINDS: dict[str, tuple[RobotFactory, str]] = {  # kind -> (factory, how to write its spec)
@@ -30,10 +35,10 @@ def robot_kinds() -> tuple[str, ...]:
     return tuple(_KINDS)
 
 
-def make_robot(spec: str, *, safety: SafetyConfig | None = None, **opts: Any) -> SafeRobot:
-    """A robot behind the safety layer, from ``kind:target`` (``sim:push``); a bare ``push`` means ``sim:push``.
+def open_robot(spec: str, *, safety: SafetyConfig | None = None, **opts: Any) -> tuple[SafeRobot, Task | None]:
+    """A robot behind the safety layer from ``kind:target``, and the task it can score itself on (or ``None``).
 
-    ``opts`` go to the backend (scene options for ``sim``).
+    A bare ``push`` means ``sim:push``. ``opts`` go to the backend (scene options for ``sim``).
     """
     kind, sep, target = spec.partition(":")
     if not sep:
@@ -45,6 +50,11 @@ def make_robot(spec: str, *, safety: SafetyConfig | None = None, **opts: Any) ->
         raise ValueError(f"robot spec {spec!r} names no target; write it as {_KINDS[kind][1]}")
     factory, _ = _KINDS[kind]
     return factory(target, safety or SafetyConfig(), opts)
+
+
+def make_robot(spec: str, *, safety: SafetyConfig | None = None, **opts: Any) -> SafeRobot:
+    """A robot behind the safety layer, from ``kind:target`` (``sim:push``); a bare ``push`` means ``sim:push``."""
+    return open_robot(spec, safety=safety, **opts)[0]
 
 
 def make_sim(task: str, *, safety: SafetyConfig | None = None, **opts: Any) -> tuple[SafeRobot, Task]:
