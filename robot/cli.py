@@ -283,9 +283,32 @@ def evaluate(
 
 
 @app.command()
-def deploy() -> None:
-    """The on-robot runner: fixed-rate loop, safety layer, e-stop, records what it does."""
-    _not_in_this_build("deploy", 9, "on-robot deployment")
+def deploy(
+    policy: Path = typer.Option(..., help="Run directory or policy checkpoint."),
+    robot: Optional[str] = typer.Option(None, help="sim:push, ur5e:IP, franka:IP, xarm:IP, ur5e:standin:push, remote:HOST:PORT; default sim:<the policy's task>."),
+    episodes: int = typer.Option(10),
+    hz: Optional[float] = typer.Option(None, help="Control rate; default the rate the policy was trained at; 0 = unthrottled (sim only)."),
+    max_steps: Optional[int] = typer.Option(None, help="Ticks per episode; default the task's limit (real arms 600)."),
+    sampler: str = typer.Option("ddim", help="ddim (K-step) or consistency (one step)."),
+    chunks: str = typer.Option("receding", help="receding (execute n_action_steps, re-plan) or ensemble (temporal ensembling)."),
+    sync: bool = typer.Option(False, "--sync", help="Run inference inline in the loop instead of on a background thread."),
+    device: Optional[str] = typer.Option(None, help="Operator device: keyboard (e/esc e-stop, t takeover, y/n label, q quit), gamepad, spacemouse."),
+    out: Optional[Path] = typer.Option(None, help="Store for the deployed episodes; default data/deploy-<task>.zarr."),
+    seed: int = typer.Option(0, help="Episode i resets the sim from seed + i."),
+    torch_device: str = typer.Option("cpu", help="Where the policy runs: cpu, cuda, mps."),
+    view: bool = typer.Option(False, "--view", help="Stream steps, chunk starts and denoising chains to a live Rerun viewer."),
+    rrd: Optional[Path] = typer.Option(None, help="Write the same view to this .rrd file."),
+) -> None:
+    """The on-robot runner: fixed-rate loop, chunk queue with latency compensation, safety layer, e-stop, records what it does."""
+    from workflow.deploy import DeployConfig, deploy as run_deploy
+
+    config = _run_or_fail(DeployConfig, policy=policy, robot=robot, episodes=episodes, hz=hz, max_steps=max_steps, sampler=sampler, chunks=chunks,
+                          asynchronous=not sync, device=device, out=out, seed=seed, torch_device=torch_device, view=view, rrd=rrd)  # fmt: skip
+    report = _run_or_fail(run_deploy, config)
+    typer.echo(report.table())
+    typer.echo(f"episodes stored in {report.store} (source = deployment)")
+    if report.stopped_by == "estop":
+        _fail("stopped by the e-stop; it stays latched on the robot until cleared there")
 
 
 @app.command()

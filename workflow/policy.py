@@ -100,18 +100,23 @@ class DiffusionController:
         else:
             self._obs.append(frame)
 
-    def observation_batch(self) -> dict[str, torch.Tensor]:
-        """The observation history as a normalised batch of one ``{key: (1, To, ...)}``."""
+    def history(self) -> list[dict[str, np.ndarray]]:
+        """A copy of the last ``To`` frames (what a plan made now would see)."""
+        return list(self._obs)
+
+    def observation_batch(self, frames: list[dict[str, np.ndarray]] | None = None) -> dict[str, torch.Tensor]:
+        """The observation history (or ``frames``) as a normalised batch of one ``{key: (1, To, ...)}``."""
+        frames = list(self._obs) if frames is None else frames
         batch = {}
         for key in self.input_features:
-            x = torch.as_tensor(np.stack([f[key] for f in self._obs]))[None].to(self.device)
+            x = torch.as_tensor(np.stack([f[key] for f in frames]))[None].to(self.device)
             batch[key] = self.normalizer.normalize(key, x) if key in self.normalizer else x
         return batch
 
     @torch.no_grad()
-    def condition(self) -> torch.Tensor:
-        """Frozen-encoder features ``(1, Dc)`` of the current history."""
-        return self.model.encode(self.observation_batch())
+    def condition(self, frames: list[dict[str, np.ndarray]] | None = None) -> torch.Tensor:
+        """Frozen-encoder features ``(1, Dc)`` of the current history (or of ``frames``)."""
+        return self.model.encode(self.observation_batch(frames))
 
     @torch.no_grad()
     def peek_condition(self, observation: Mapping[str, np.ndarray]) -> torch.Tensor:
@@ -129,15 +134,28 @@ class DiffusionController:
     @torch.no_grad()
     def predict_chunk(self) -> np.ndarray:
         """Unnormalised actions ``(horizon, Da)`` for the current observation history."""
-        cond = self.condition()
+        chunk, chain = self.plan(self.history())
+        if chain is not None:
+            self.last_chain = chain
+        return chunk
+
+    @torch.no_grad()
+    def plan(self, frames: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Actions ``(horizon, Da)`` for the history ``frames``, and the denoising chain
+        ``(K+1, horizon, Da)`` (normalised) when ``keep_chain`` is set and the sampler is DDIM.
+
+        Touches no queue, so a deployment's inference thread can call it while the loop runs.
+        """
+        cond = self.condition(frames)
+        chain = None
         if self.sampler == "consistency":
             normalized = self.consistency.sample(cond, generator=self.generator)
         else:
             trajectory: list[torch.Tensor] | None = [] if self.keep_chain else None
             normalized = self.model.sample(cond, deterministic=self.deterministic, generator=self.generator, trajectory=trajectory)
             if trajectory:
-                self.last_chain = torch.stack([x[0] for x in trajectory]).cpu().numpy()
-        return self.unnormalize_actions(normalized[0])
+                chain = torch.stack([x[0] for x in trajectory]).cpu().numpy()
+        return self.unnormalize_actions(normalized[0]), chain
 
     def check_robot(self, robot_name: str, observation_features: Mapping[str, Feature], action_features: Mapping[str, Feature]) -> None:
         """Raise a ValueError naming every key this policy needs that the robot lacks."""

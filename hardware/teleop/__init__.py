@@ -43,7 +43,8 @@ class TeleopEvent(str, Enum):
     SUCCESS = "success"  # stop and keep, labelled success
     FAILURE = "failure"  # stop and keep, labelled failure
     QUIT = "quit"  # stop recording; episodes already kept stay
-    TAKEOVER = "takeover"  # toggle: the operator's actions replace a policy's (see workflow.record.Takeover)
+    TAKEOVER = "takeover"  # toggle: the operator's actions replace a policy's (see workflow.takeover.Takeover)
+    ESTOP = "estop"  # latch the robot's e-stop (deployment); clearing it is a deliberate act on the robot side
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class GamepadLayout:
             3: TeleopEvent.SUCCESS,  # Y
             4: TeleopEvent.TAKEOVER,  # LB
             6: TeleopEvent.QUIT,  # Back
+            7: TeleopEvent.ESTOP,  # Start
         }
     )
     gripper_button: int = 5  # RB

@@ -48,6 +48,8 @@ EVENT_KEYS: dict[str, TeleopEvent] = {
     "backspace": TeleopEvent.DISCARD,
     "t": TeleopEvent.TAKEOVER,
     "q": TeleopEvent.QUIT,
+    "e": TeleopEvent.ESTOP,
+    "esc": TeleopEvent.ESTOP,
 }
 _NAMED_BYTES = {0x0D: "enter", 0x0A: "enter", 0x20: "space", 0x7F: "backspace", 0x08: "backspace", 0x09: "tab"}
 _ARROWS = {"A": "up", "B": "down", "C": "right", "D": "left"}
@@ -137,7 +139,7 @@ def controls_text(mapping: ActionMapping, motion: bool = True) -> str:
         lines.append("keys  move: " + ", ".join(moves))
     lines.append(
         "keys  episode: enter start / stop+keep (task decides success), y stop+keep as success, "
-        "n stop+keep as failure, x or backspace discard+redo, t takeover, q quit (kept episodes stay)"
+        "n stop+keep as failure, x or backspace discard+redo, t takeover, e or esc e-stop, q quit (kept episodes stay)"
     )
     return "\n".join(lines)
 

@@ -1,0 +1,358 @@
+"""``robot deploy``: run a trained policy on a robot at a fixed rate, safely, and record what it does.
+
+One episode: the robot resets (sim: from the episode's seed; real arm: moves
+home, then the operator starts the episode), then every control tick:
+
+1. observe (tick 0 uses the reset observation) and score the previous step
+   with the task when there is one (sim and vendor stand-ins);
+2. read the operator's device: e-stop (latches the robot's e-stop and ends the
+   session), takeover toggle, success / failure labels, quit;
+3. collect a finished plan and queue its chunk against the tick it was planned
+   from (stale actions are dropped, :mod:`workflow.chunks`); ask for the next
+   plan early enough that it lands before the queue drains (inference runs on
+   a background thread at a fixed rate, :mod:`workflow.planner`);
+4. send the due action through the safety layer (the operator's while they
+   drive, flagged ``intervention``); with nothing due the arm holds;
+5. sleep to the next tick (:class:`workflow.rate.RateLoop` measures rate and jitter).
+
+Every episode goes to the store with ``source = deployment``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from hardware.teleop import TeleopDevice, TeleopEvent
+from robot.protocols import Observation, Robot, StepOutcome, Task
+from robot.report import format_table
+from robot.store import ZarrEpisodeStore
+from robot.types import EpisodeMeta
+from workflow.chunks import ChunkQueue, ChunkQueueConfig
+from workflow.planner import Planner
+from workflow.policy import DiffusionController
+from workflow.rate import RateLoop, RateStats
+from workflow.rollout import EpisodeFrames, episode_features
+
+REAL_ROBOT_MAX_STEPS = 600  # episode cap when the robot comes without a task (real arms)
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """One deployment session (the ``robot deploy`` options)."""
+
+    policy: Path
+    """Run directory or policy checkpoint directory to deploy."""
+    robot: str | None = None
+    """Robot spec (hardware.registry): sim:push, ur5e:IP, ur5e:standin:push, remote:HOST:PORT...; None means sim:<the policy's task>."""
+    episodes: int = 10
+    """Episodes to run."""
+    hz: float | None = None
+    """Control rate; None means the rate the policy was trained at (its data's fps). 0 runs unthrottled
+    (sim only: one tick is one control period of sim time), with inline inference."""
+    max_steps: int | None = None
+    """Ticks per episode; None means the task's limit (real arms: 600)."""
+    sampler: str = "ddim"
+    """ddim (K-step deterministic DDIM chain) or consistency (the one-step head)."""
+    chunks: str = "receding"
+    """receding (execute n_action_steps of each chunk, then re-plan) or ensemble (temporal ensembling, a plan every tick)."""
+    ensemble_decay: float = 0.01
+    """Temporal-ensembling weight exp(-decay * i), i = 0 the oldest prediction."""
+    asynchronous: bool = True
+    """Run inference on a background thread so the loop keeps its rate (ignored when unthrottled)."""
+    device: str | None = None
+    """Operator device for e-stop, takeover and success labels: keyboard, gamepad, spacemouse; None for none."""
+    out: Path | None = None
+    """Episode store for what the robot did; None means data/deploy-<task>.zarr."""
+    seed: int = 0
+    """Episode i resets the sim from seed + i (real arms ignore it); also seeds the policy's noise."""
+    torch_device: str = "cpu"
+    """Where the policy runs: cpu, cuda, mps."""
+    view: bool = False
+    """Stream steps, chunk starts and denoising chains to a live Rerun viewer."""
+    rrd: Path | None = None
+    """Write the same view to this .rrd file."""
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if self.hz is not None and not self.hz >= 0:
+            raise ValueError(f"hz must be >= 0 (0 = unthrottled), got {self.hz}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        ChunkQueueConfig(mode=self.chunks, ensemble_decay=self.ensemble_decay)  # validates both
+
+
+@dataclass(frozen=True)
+class DeployedEpisode:
+    seed: int
+    success: bool
+    label: str  # task, operator, e-stop, max-steps
+    length: int
+    ret: float
+    interventions: int
+    held: int  # ticks with no action due (the arm held position)
+
+
+@dataclass
+class DeployReport:
+    robot: str
+    hz: float
+    episodes: list[DeployedEpisode]
+    rate: RateStats
+    inference_ms: list[float] = field(repr=False)
+    action_age_ticks: list[int] = field(repr=False)  # per adopted plan: ticks between its observation and its arrival
+    stale_dropped: int = 0
+    chunks_dropped: int = 0
+    safety: dict[str, int] = field(default_factory=dict)
+    store: str = ""
+    stopped_by: str | None = None  # estop, quit, or None when every episode ran
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean([e.success for e in self.episodes])) if self.episodes else 0.0
+
+    def table(self) -> str:
+        inf = np.asarray(self.inference_ms or [np.nan])
+        age = np.asarray(self.action_age_ticks or [0])
+        return format_table(
+            ["robot", "episodes", "success", "rate", "jitter p50/p99 ms", "overruns", "inference ms mean/p95", "plan age ticks (max)", "stale dropped", "held ticks", "interventions"],
+            [[self.robot, len(self.episodes), f"{self.success_rate:.1%}", f"{self.rate.mean_hz:.1f} of {self.hz:g} Hz" if self.hz else f"{self.rate.mean_hz:.1f} Hz unthrottled",
+              f"{self.rate.jitter_p50_ms:.2f}/{self.rate.jitter_p99_ms:.2f}", self.rate.overruns,
+              f"{np.nanmean(inf):.1f}/{np.nanpercentile(inf, 95):.1f}", f"{age.mean():.2f} ({age.max()})",
+              self.stale_dropped, sum(e.held for e in self.episodes), sum(e.interventions for e in self.episodes)]],
+        )  # fmt: skip
+
+
+def deploy(
+    config: DeployConfig,
+    *,
+    robot: Robot | None = None,
+    task: Task | None = None,
+    device: TeleopDevice | None = None,
+    stream: TextIO | None = None,
+) -> DeployReport:
+    """Run ``config.episodes`` episodes; pass ``robot`` (and its ``task``) to skip the registry."""
+    stream = stream or sys.stderr
+    controller = DiffusionController.load(config.policy, sampler=config.sampler, device=config.torch_device, seed=config.seed)
+    trained_task = str(controller.meta.get("task", ""))
+    if robot is None:
+        robot, task = _open_robot(config.robot or f"sim:{trained_task}", controller)
+    controller.check_robot(robot.name, robot.observation_features, robot.action_features)
+    if device is None and config.device is not None:
+        from hardware.teleop import make_device
+
+        device = make_device(config.device, action_features=robot.action_features, task=task)
+    if task is None and device is None:
+        raise ValueError(
+            f"robot {robot.name} comes without a task that scores success; pass --device keyboard "
+            "(or gamepad/spacemouse) so the operator labels each episode (y success, n failure)"
+        )
+    hz = _loop_rate(config, controller, task, robot, stream)
+    max_steps = config.max_steps or (task.max_steps if task is not None else REAL_ROBOT_MAX_STEPS)
+    asynchronous = config.asynchronous and hz > 0
+    queue = ChunkQueue(ChunkQueueConfig(mode=config.chunks, n_action_steps=controller.n_action_steps, ensemble_decay=config.ensemble_decay))
+    planner = Planner(controller.plan, asynchronous=asynchronous)
+    out = Path(config.out) if config.out else Path("data") / f"deploy-{trained_task or 'robot'}.zarr"
+    view = _open_view(config, controller, robot, hz)
+    loop = RateLoop(hz)
+    session = _Session(robot, task, device, controller, queue, planner, loop, view, max_steps)
+    episodes: list[DeployedEpisode] = []
+    stopped_by = None
+    with robot:
+        store = ZarrEpisodeStore.open_or_create(out, episode_features(robot))
+        try:
+            if device is not None:
+                device.connect()
+                print(device.controls, file=stream)
+            for i in range(config.episodes):
+                seed = config.seed + i
+                episode, frames, stopped_by = session.run_episode(seed, wait_for_operator=task is None)
+                if episode is None:
+                    break
+                episodes.append(episode)
+                store.append_episode(frames, EpisodeMeta(task=trained_task or robot.name, robot=robot.name, fps=hz or controller.meta.get("fps", 0.0),
+                                                         success=episode.success, source="deployment", seed=seed))  # fmt: skip
+                print(f"episode {i + 1}/{config.episodes}: {'success' if episode.success else 'failure'} ({episode.label}), "
+                      f"{episode.length} steps, {loop.stats(last=episode.length).describe()}", file=stream)  # fmt: skip
+                if stopped_by is not None:
+                    break
+        finally:
+            planner.close()
+            store.close()
+            if view is not None:
+                view.close()
+            if device is not None:
+                device.close()
+        counters = robot.counters.as_dict() if hasattr(robot, "counters") else {}
+    return DeployReport(
+        robot=robot.name, hz=hz, episodes=episodes, rate=loop.stats(), inference_ms=session.inference_ms,
+        action_age_ticks=session.plan_ages, stale_dropped=queue.stale_dropped, chunks_dropped=queue.chunks_dropped,
+        safety=counters, store=str(out), stopped_by=stopped_by,
+    )  # fmt: skip
+
+
+class _Session:
+    """The per-tick loop of :func:`deploy`, holding what lives across episodes."""
+
+    def __init__(self, robot, task, device, controller, queue, planner, loop, view, max_steps):
+        self.robot, self.task, self.device = robot, task, device
+        self.controller, self.queue, self.planner = controller, queue, planner
+        self.loop, self.view, self.max_steps = loop, view, max_steps
+        self.inference_ms: list[float] = []
+        self.plan_ages: list[int] = []
+        self.latency_ticks = 1.0  # running estimate of how many ticks a plan takes to arrive
+
+    def run_episode(self, seed: int, *, wait_for_operator: bool):
+        """One episode -> (summary or None when the operator quit first, frames, stop reason)."""
+        robot, task = self.robot, self.task
+        obs = robot.reset(seed)
+        if wait_for_operator and not self._wait_for_start(obs):
+            return None, None, "quit"
+        self.controller.reset()
+        self.queue.clear()
+        self.planner.discard()
+        frames = EpisodeFrames(list(robot.observation_features))
+        operator = False
+        label, success, stop = "max-steps", False, None
+        ret, held, interventions = 0.0, 0, 0
+        previous: tuple[Observation, np.ndarray, bool] | None = None
+        self.loop.restart()
+        for t in range(self.max_steps + 1):
+            if t > 0:
+                obs = robot.get_observation()
+            if previous is not None:  # score the step that led here
+                outcome = task.evaluate(obs, previous[1]) if task is not None else StepOutcome(terms={}, success=False)
+                ret += outcome.reward
+                frames.add(previous[0], previous[1], outcome.reward, outcome.success, outcome.success or t == self.max_steps, previous[2])
+                if outcome.success:
+                    label, success = "task", True
+                    break
+            if t == self.max_steps:
+                break
+            command = self.device.poll(obs) if self.device is not None else None
+            events = command.events if command is not None else frozenset()
+            if TeleopEvent.ESTOP in events or _estopped(robot):
+                if hasattr(robot, "estop"):
+                    robot.estop()
+                label, success, stop = "e-stop", False, "estop"
+                break
+            if events & {TeleopEvent.SUCCESS, TeleopEvent.FAILURE, TeleopEvent.QUIT}:
+                success = TeleopEvent.SUCCESS in events
+                label = "operator"
+                stop = "quit" if TeleopEvent.QUIT in events else None
+                break
+            if TeleopEvent.TAKEOVER in events:
+                operator = not operator
+                self.queue.clear()
+                self.planner.discard()
+            self.controller.push_observation(obs)
+            if operator and command is not None and command.action is not None:
+                applied, intervention = robot.send_action(np.asarray(command.action, dtype=np.float32)), True
+            else:
+                action = self._policy_action(t)
+                intervention = False
+                if action is None:
+                    applied = robot.hold() if hasattr(robot, "hold") else robot.send_action(np.zeros(robot.action_features["action"].shape, np.float32))
+                    held += 1
+                else:
+                    applied = robot.send_action(action)
+            interventions += intervention
+            if self.view is not None:
+                self.view(t, obs, applied, 0.0)
+            previous = (obs, np.asarray(applied, dtype=np.float32), intervention)
+            self.loop.sleep()
+        if frames.rows["done"]:
+            frames.rows["done"][-1] = True
+            frames.rows["success"][-1] = success
+        episode = DeployedEpisode(seed, success, label, len(frames), ret, interventions, held)
+        return episode, frames.arrays(), stop
+
+    def _policy_action(self, t: int) -> np.ndarray | None:
+        """The action due at tick ``t``: collect a finished plan, request the next one in time, pop."""
+        planner, queue = self.planner, self.queue
+        if t == 0:  # nothing to execute meanwhile: wait for the first plan, then start the clock
+            self._request(t)
+            self._adopt(planner.wait(), t)
+            self.loop.restart()
+        else:
+            self._adopt(planner.poll(), t)
+            if not planner.busy and self._needs_plan(t):
+                self._request(t)
+                if not planner.asynchronous:
+                    self._adopt(planner.wait(), t)
+        return queue.pop(t)
+
+    def _needs_plan(self, t: int) -> bool:
+        """Ensemble: every tick. Receding: inline plans when the queue is empty; a background plan
+        as many ticks ahead as inference has recently taken, so it lands before the queue drains."""
+        if self.queue.config.mode == "ensemble":
+            return True
+        lead = math.ceil(self.latency_ticks) if self.planner.asynchronous else 0
+        return self.queue.queued(t) <= lead
+
+    def _request(self, t: int) -> None:
+        self.controller.last_chunk_started = False
+        self.planner.request(self.controller.history(), t)
+
+    def _adopt(self, plan, t: int) -> None:
+        self.controller.last_chunk_started = plan is not None
+        if plan is None:
+            return
+        self.queue.add(plan.chunk, plan.planned_at, t)
+        self.inference_ms.append(plan.inference_s * 1e3)
+        self.plan_ages.append(t - plan.planned_at)
+        if self.loop.period > 0:
+            self.latency_ticks = 0.8 * self.latency_ticks + 0.2 * (plan.inference_s / self.loop.period)
+        self.controller.last_inference_s = plan.inference_s
+        if plan.chain is not None:
+            self.controller.last_chain = plan.chain
+
+    def _wait_for_start(self, obs: Observation) -> bool:
+        idle = RateLoop(20.0)
+        print("robot is home: set the scene up, then press enter to start the episode (q quits)", file=sys.stderr)
+        while True:
+            events = self.device.poll(obs).events
+            if TeleopEvent.QUIT in events:
+                return False
+            if events & {TeleopEvent.START, TeleopEvent.KEEP}:
+                return True
+            idle.sleep()
+
+
+def _estopped(robot: Robot) -> bool:
+    return bool(getattr(robot, "is_estopped", False))
+
+
+def _open_robot(spec: str, controller: DiffusionController) -> tuple[Any, Task | None]:
+    """The robot a spec names, built to provide what the policy reads (sim cameras, state names)."""
+    from hardware.registry import open_robot
+    from workflow.envs import sim_options_for
+
+    kind, sep, _ = spec.partition(":")
+    opts = sim_options_for(controller.input_features) if (not sep or kind == "sim") else {}
+    return open_robot(spec, **opts)
+
+
+def _loop_rate(config: DeployConfig, controller: DiffusionController, task: Task | None, robot: Robot, stream: TextIO) -> float:
+    trained = float(controller.meta.get("fps") or 0.0)
+    hz = config.hz if config.hz is not None else (trained or (task.fps if task is not None else 0.0))
+    if hz == 0 and not robot.name.startswith("sim:") and task is None:
+        raise ValueError(f"robot {robot.name}: an unthrottled loop (hz 0) only makes sense in sim; give --hz")
+    if hz > 0 and trained and abs(hz - trained) > 1e-6:
+        print(f"warning: deploying at {hz:g} Hz but the policy was trained on {trained:g} Hz data; "
+              f"its {controller.n_obs_steps}-frame history and chunk timing assume {trained:g} Hz", file=stream)  # fmt: skip
+    return float(hz)
+
+
+def _open_view(config: DeployConfig, controller: DiffusionController, robot: Robot, hz: float):
+    if not (config.view or config.rrd):
+        return None
+    from workflow.evaluate import LiveEvalView
+
+    return LiveEvalView(controller, robot, hz or 10.0, spawn=config.view, save=config.rrd)
