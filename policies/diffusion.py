@@ -197,14 +197,19 @@ class DiffusionPolicy(nn.Module):
         """Observation batch ``{key: (B, To, ...)}`` -> conditioning ``(B, To * D)``."""
         return self.encoder(obs)
 
-    def compute_loss(self, obs: Mapping[str, Tensor], actions: Tensor) -> Tensor:
-        """Denoising MSE on normalised ``actions (B, horizon, Da)``; gradients reach the encoder."""
+    def compute_loss(self, obs: Mapping[str, Tensor], actions: Tensor, noise: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+        """Denoising MSE on normalised ``actions (B, horizon, Da)``; gradients reach the encoder.
+
+        ``noise (B, horizon, Da)`` and diffusion steps ``t (B,)`` are drawn here unless given
+        (distributed training draws them for the global batch so every rank slices the same draw).
+        """
         expected = (self.config.horizon, self.action_dim)
         if actions.ndim != 3 or tuple(actions.shape[1:]) != expected:
             raise ValueError(f"actions must be (B, {expected[0]}, {expected[1]}), got {tuple(actions.shape)}")
         cond = self.encode(obs)
-        noise = torch.randn_like(actions)
-        t = torch.randint(0, self.config.num_train_steps, (actions.shape[0],), device=actions.device)
+        noise = torch.randn_like(actions) if noise is None else noise
+        if t is None:
+            t = torch.randint(0, self.config.num_train_steps, (actions.shape[0],), device=actions.device)
         noisy = self.noise_scheduler.add_noise(actions, noise, t)
         target = noise if self.config.prediction_type == "epsilon" else actions
         return F.mse_loss(self.denoiser(noisy, t, cond), target)

@@ -23,6 +23,7 @@ from robot.normalize import Normalizer
 from robot.sampler import WindowConfig, WindowSampler, split_episodes
 from robot.store import ZarrEpisodeStore
 from robot.types import ACTION, POINTCLOUD, Feature, is_image_key
+from workflow.distributed import init_distributed
 from workflow.policy import save_policy
 from workflow.run import RunDir, progress, resolve_device, restore_rng, rng_state, seed_everything
 
@@ -99,9 +100,10 @@ def train_imitation(
     the warm-started weights see inputs scaled as they were trained on (offline rounds).
     """
     started = time.perf_counter()
-    device = resolve_device(config.device)
-    run = RunDir(config.out, config)
-    rng = seed_everything(config.seed)
+    ddp, device = init_distributed(resolve_device(config.device))  # torchrun: one rank per process
+    run = RunDir(config.out, config, write=ddp.is_main)
+    rng = seed_everything(config.seed)  # the same on every rank: all draw the same global batch
+    local = ddp.local_slice(config.batch_size)
 
     # --- data: whole episodes, split by episode, everything in RAM
     store = ZarrEpisodeStore.open(config.data)
@@ -132,6 +134,7 @@ def train_imitation(
     if init is not None:
         load_module_state(model, init.state_dict(), what="warm-start policy")
     ema = EmaModel(model, config.ema)
+    objective = ddp.wrap(_DenoisingObjective(model))  # DDP averages the gradients of the ranks' slices
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     def lr_at(step: int) -> float:
@@ -163,6 +166,8 @@ def train_imitation(
         return float(np.mean(losses))
 
     def save_state() -> None:
+        if not ddp.is_main:
+            return
         save_checkpoint(
             run.state_dir,
             Checkpoint(
@@ -182,9 +187,11 @@ def train_imitation(
     val_loss = None
     model.train()
     while step < config.steps:
-        batch = train_windows.sample(config.batch_size, rng)
-        tensors = to_tensors(batch, normalizer, keys, device)
-        loss = model.compute_loss({k: tensors[k] for k in obs_keys}, tensors[ACTION])
+        batch = train_windows.sample(config.batch_size, rng)  # the global batch; this rank trains on rows `local`
+        tensors = to_tensors({k: v[local] for k, v in batch.items()}, normalizer, keys, device)
+        noise = torch.randn((config.batch_size, config.policy.horizon, model.action_dim))[local].to(device)  # (B, H, Da)
+        t = torch.randint(0, config.policy.num_train_steps, (config.batch_size,))[local].to(device)
+        loss = objective({k: tensors[k] for k in obs_keys}, tensors[ACTION], noise, t)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -192,9 +199,9 @@ def train_imitation(
         scheduler.step()
         ema.update(model)
         step += 1
-        train_loss = loss.item()
+        train_loss = ddp.mean(loss.item())
         metrics = {"losses/denoise": train_loss, "charts/grad_norm": float(grad_norm), "charts/lr": scheduler.get_last_lr()[0]}
-        if val_batches and (step % config.eval_every == 0 or step == config.steps):
+        if val_batches and ddp.is_main and (step % config.eval_every == 0 or step == config.steps):
             val_loss = validation_loss(ema.averaged)
             metrics["losses/denoise_val"] = val_loss
             if val_loss < best[0]:
@@ -207,7 +214,9 @@ def train_imitation(
             save_state()
     bar.close()
 
-    save_policy(run.policy_dir, ema.averaged, normalizer, extra=_extra(config, store, step))
+    if ddp.is_main:
+        save_policy(run.policy_dir, ema.averaged, normalizer, extra=_extra(config, store, step))
+    ddp.barrier()  # the other ranks return once the policy is on disk
     report = ImitationReport(
         run=str(run.path),
         policy=str(run.policy_dir),
@@ -222,6 +231,17 @@ def train_imitation(
     run.write_report(report)
     run.close()
     return report
+
+
+class _DenoisingObjective(torch.nn.Module):
+    """The denoising loss as a module's forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, policy: DiffusionPolicy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs: dict[str, torch.Tensor], actions: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.policy.compute_loss(obs, actions, noise, t)
 
 
 def _extra(config: ImitationConfig, store: ZarrEpisodeStore, step: int) -> dict:

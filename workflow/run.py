@@ -22,12 +22,18 @@ import numpy as np
 import torch
 
 from robot.config import save_json, to_dict
-from robot.metrics import JsonlMetrics
+from robot.metrics import JsonlMetrics, MultiSink
 
 
 class RunDir:
-    def __init__(self, path: str | os.PathLike, config: Any):
+    """``write=False`` (every rank but 0 of a distributed job) names the same paths but writes nothing."""
+
+    def __init__(self, path: str | os.PathLike, config: Any, *, write: bool = True):
         self.path = Path(path)
+        self.write = write
+        if not write:
+            self.metrics = MultiSink([])  # logs nowhere
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "checkpoints").mkdir(exist_ok=True)
         config_path = self.path / "config.json"
@@ -61,6 +67,8 @@ class RunDir:
         return out
 
     def write_report(self, report: Any) -> None:
+        if not self.write:
+            return
         data = to_dict(report) if hasattr(report, "__dataclass_fields__") else report
         (self.path / "report.json").write_text(json.dumps(data, indent=2) + "\n")
 
