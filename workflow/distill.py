@@ -19,19 +19,32 @@ from policies.consistency import ConsistencyHead
 from policies.diffusion import DiffusionPolicy
 from robot.checkpoint import load_checkpoint
 from robot.store import ZarrEpisodeStore
+from workflow.distributed import init_distributed
 from workflow.latent import encode_store
 from workflow.policy import KIND, build_from_checkpoint, policy_dir, save_policy
 from workflow.run import RunDir, progress, resolve_device, seed_everything
 
 
 def distill_step(
-    teacher: DiffusionPolicy, head: ConsistencyHead, optimizer: torch.optim.Optimizer, cond: torch.Tensor, generator: torch.Generator
+    teacher: DiffusionPolicy,
+    head: ConsistencyHead,
+    optimizer: torch.optim.Optimizer,
+    cond: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    local: slice = slice(None),
+    trainable: torch.nn.Module | None = None,
 ) -> float:
-    """One regression step of the head onto the teacher's deterministic DDIM output from the same noise."""
-    noise = teacher.initial_noise(cond, generator)
+    """One regression step of the head onto the teacher's deterministic DDIM output from the same noise.
+
+    Distributed: ``cond`` is the global batch, ``local`` this rank's rows and ``trainable``
+    the head under DDP; the noise is drawn for the whole batch, so ranks slice one draw.
+    """
+    noise = teacher.initial_noise(cond, generator)[local]  # (b, horizon, Da)
+    cond = cond[local]
     with torch.no_grad():
-        target = teacher.sample(cond, deterministic=True, noise=noise)  # (B, horizon, Da)
-    loss = F.mse_loss(head(noise, cond), target)
+        target = teacher.sample(cond, deterministic=True, noise=noise)  # (b, horizon, Da)
+    loss = F.mse_loss((trainable or head)(noise, cond), target)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
@@ -73,8 +86,8 @@ class DistillReport:
 
 def train_distill(config: DistillConfig, *, show_progress: bool = True) -> DistillReport:
     started = time.perf_counter()
-    device = resolve_device(config.device)
-    run = RunDir(config.out, config)
+    ddp, device = init_distributed(resolve_device(config.device))  # torchrun: one rank per process
+    run = RunDir(config.out, config, write=ddp.is_main)
     seed_everything(config.seed)
     ckpt = load_checkpoint(policy_dir(config.policy), kind=KIND)
     teacher, _ = build_from_checkpoint(ckpt, device=str(device))
@@ -83,17 +96,22 @@ def train_distill(config: DistillConfig, *, show_progress: bool = True) -> Disti
     states = encode_store(store, teacher, ckpt.normalizer, gamma=1.0, device=device).features  # (N, Dc)
     head = ConsistencyHead.from_policy(teacher)
     optimizer = make_head_optimizer(head, config.lr)
+    trainable = ddp.wrap(head)
+    batch_size = min(config.batch_size, len(states))
+    local = ddp.local_slice(batch_size)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     bar = progress(config.steps, 0, "distill", show_progress)
     loss = float("nan")
     for step in range(1, config.steps + 1):
-        idx = torch.randint(0, len(states), (min(config.batch_size, len(states)),), generator=gen)
-        loss = distill_step(teacher, head, optimizer, states[idx.to(device)], gen)
+        idx = torch.randint(0, len(states), (batch_size,), generator=gen)  # the global batch, the same on every rank
+        loss = ddp.mean(distill_step(teacher, head, optimizer, states[idx.to(device)], gen, local=local, trainable=trainable))
         run.metrics.log({"losses/distill": loss}, step)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.5f}")
     bar.close()
-    save_policy(run.policy_dir, teacher, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "distill"})
+    if ddp.is_main:
+        save_policy(run.policy_dir, teacher, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "distill"})
+    ddp.barrier()
     report = DistillReport(run=str(run.path), policy=str(run.policy_dir), steps=config.steps, final_loss=loss, minutes=(time.perf_counter() - started) / 60)
     run.write_report(report)
     run.close()
