@@ -34,17 +34,17 @@ def policy(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------- chunk queue
 
 
-def test_receding_queue_drops_stale_actions_and_keeps_n_action_steps() -> None:
+def test_receding_queue_drops_stale_actions_and_supplies_n_action_steps() -> None:
     q = ChunkQueue(ChunkQueueConfig(mode="receding", n_action_steps=4))
     chunk = np.arange(8, dtype=np.float32)[:, None]  # action i = i
     assert q.add(chunk, planned_at=10, now=10) == 4
     assert [float(q.pop(t)[0]) for t in range(10, 14)] == [0, 1, 2, 3]
     assert q.pop(14) is None
-    # planned at tick 20, arrived at 22: actions for ticks 20 and 21 are stale
-    assert q.add(chunk, planned_at=20, now=22) == 2 and q.stale_dropped == 2
-    assert q.queued(22) == 2 and float(q.pop(22)[0]) == 2
-    # so late that all Ta actions are stale: the rest of the horizon still serves
-    assert q.add(chunk, planned_at=30, now=35) == 1 and float(q.pop(35)[0]) == 5
+    # planned at tick 20, arrived at 22: actions for ticks 20 and 21 are stale, 2..5 are due next
+    assert q.add(chunk, planned_at=20, now=22) == 4 and q.stale_dropped == 2
+    assert q.queued(22) == 4 and float(q.pop(22)[0]) == 2
+    # later still: what the horizon has left serves
+    assert q.add(chunk, planned_at=30, now=35) == 3 and float(q.pop(35)[0]) == 5
     assert q.add(chunk, planned_at=40, now=48) == 0 and q.chunks_dropped == 1
 
 
@@ -53,7 +53,7 @@ def test_new_receding_chunk_replaces_the_rest_of_the_old_one() -> None:
     q.add(np.zeros((8, 1), np.float32), planned_at=0, now=0)
     q.pop(0)
     q.add(np.ones((8, 1), np.float32), planned_at=1, now=2)
-    assert [float(q.pop(t)[0]) for t in (2, 3, 4)] == [1, 1, 1] and q.pop(5) is None
+    assert [float(q.pop(t)[0]) for t in (2, 3, 4, 5)] == [1, 1, 1, 1] and q.pop(6) is None
 
 
 def test_ensemble_averages_predictions_with_the_oldest_weighing_most() -> None:

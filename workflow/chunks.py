@@ -10,10 +10,10 @@ counted in control ticks so the schedule follows the loop's fixed rate.
 
 Two ways to combine chunks:
 
-- ``receding``: each new chunk replaces what is left of the old one; a chunk
-  supplies its first ``n_action_steps`` ticks (more when it arrived so late
-  that those are all stale, so the arm never waits for the next plan while a
-  fresh action exists).
+- ``receding``: each new chunk replaces what is left of the old one and
+  supplies ``n_action_steps`` ticks from the one it arrived at (planned inline
+  that is its first ``n_action_steps`` actions; a plan that took ``d`` ticks
+  supplies actions ``d .. d + n_action_steps - 1``, as far as the horizon goes).
 - ``ensemble``: temporal ensembling (ACT): every prediction made for a tick is
   kept and the action sent is their weighted mean, weights ``exp(-decay * i)``
   with ``i = 0`` the oldest prediction; plan at every tick for it to help.
@@ -75,7 +75,7 @@ class ChunkQueue:
         self.stale_dropped += max(first, 0)
         first = max(first, 0)
         if self.config.mode == "receding":
-            last = min(max(self.config.n_action_steps, first + 1), horizon)
+            last = min(first + self.config.n_action_steps, horizon)
             self._slots = {t: p for t, p in self._slots.items() if t < now}
             for i in range(first, last):
                 self._slots[planned_at + i] = [np.asarray(chunk[i])]
