@@ -34,13 +34,13 @@ def run(rates: list[float], episodes: int, max_steps: int, noise: float) -> list
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", type=float, nargs="+", default=[10.0, 30.0, 100.0, 0.0], help="loop rates in Hz (0 = unthrottled)")
     parser.add_argument("--episodes", type=int, default=3, help="episodes per rate")
     parser.add_argument("--max-steps", type=int, default=50, help="step limit per episode")
     parser.add_argument("--noise", type=float, default=0.5, help="scripted expert noise (longer episodes)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = run(args.rates, args.episodes, args.max_steps, args.noise)
     headers = ["requested Hz", "held Hz", "jitter p50 ms", "jitter p99 ms", "overruns", "ticks", "wall s"]
     print(format_table(headers, rows, title="record loop on push (scripted expert, safety layer, zarr store)"))

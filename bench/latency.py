@@ -63,12 +63,12 @@ def run(repeats: int, device: str) -> list[list]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     rows = run(a.repeats, a.device)
     title = f"Inference latency, batch 1, median of {a.repeats} (ms), device {a.device}, torch threads {a.threads}"

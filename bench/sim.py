@@ -72,13 +72,13 @@ def expert_success(task: str, seeds: int, noise: float) -> float:
     return wins / seeds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="push,lift,lift-ur5e,can")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--envs", type=int, default=2)
     p.add_argument("--expert-seeds", type=int, default=50)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     speed, experts = [], []
     for task in a.tasks.split(","):
         cams = CAMERAS.get(task)

@@ -93,13 +93,13 @@ def run(episodes: int, steps: int, size: int, path: str, batch: int = 64, horizo
     ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--size", type=int, default=84)
     p.add_argument("--path", default="/tmp/bench_store.zarr")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     rows = run(a.episodes, a.steps, a.size, a.path)
     print(format_table(["operation", "unit", "throughput", "rate", "note"], rows, title=f"Episode store: {a.episodes} episodes x {a.steps} steps, two {a.size}x{a.size} cameras"))
     shutil.rmtree(a.path, ignore_errors=True)
