@@ -56,3 +56,11 @@ def test_local_slices_cover_the_global_batch_once() -> None:
     with pytest.raises(ValueError, match="multiple of 3"):
         Distributed(rank=0, world_size=3).local_slice(16)
     assert not Distributed().enabled and Distributed().is_main
+
+
+def test_stages_that_are_not_data_parallel_refuse_torchrun(monkeypatch) -> None:
+    from workflow.online import OnlineConfig, train_online
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="online RL stage does not run under torchrun"):
+        train_online(OnlineConfig(policy="nowhere", out="nowhere"))

@@ -79,3 +79,12 @@ def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Distributed(rank=rank, world_size=world, local_rank=local_rank), device
+
+
+def require_single_process(stage: str) -> None:
+    """Stages not yet data-parallel refuse torchrun instead of running N copies into one run directory."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            f"the {stage} stage does not run under torchrun yet (imitation and distillation do); "
+            f"start it as one process, or run its imitation retraining with torchrun separately"
+        )

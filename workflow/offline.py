@@ -31,6 +31,7 @@ from policies.dynamics import DynamicsConfig, DynamicsEnsemble
 from robot.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from robot.config import to_dict
 from robot.store import ZarrEpisodeStore
+from workflow.distributed import require_single_process
 from workflow.envs import make_sim_for
 from workflow.imitation import ImitationConfig, train_imitation
 from workflow.latent import LatentTransitions, encode_store
@@ -109,6 +110,7 @@ class OfflineReport:
 
 def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> OfflineReport:
     started = time.perf_counter()
+    require_single_process("offline RL")
     device = resolve_device(config.device)
     run = RunDir(config.out, config)
     seed_everything(config.seed)

@@ -30,6 +30,7 @@ from robot.protocols import Robot, Task
 from robot.store import ZarrEpisodeStore
 from robot.types import EpisodeMeta
 from workflow.distill import distill_step, make_head_optimizer
+from workflow.distributed import require_single_process
 from workflow.envs import make_sim_for
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
 from workflow.ppo import chain_ppo_loss, denoiser_parameters, floor_denoising_std, normalize_advantages
@@ -106,6 +107,7 @@ class Decisions:
 
 def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineReport:
     started = time.perf_counter()
+    require_single_process("online RL")
     device = resolve_device(config.device)
     run = RunDir(config.out, config)
     seed_everything(config.seed)
