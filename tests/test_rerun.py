@@ -276,3 +276,18 @@ def test_eval_rrd_logs_steps_chunk_starts_and_the_denoising_chain(tmp_path):
     chain_rows = sum(v["rows"] for e, v in entities.items() if e.startswith("/policy/denoising/"))
     assert chain_rows == chunks * 2  # one line-strip batch per executed chunk for each of the 2 action dims
     assert entities["/policy/q/q1"]["rows"] == entities["/policy/q/q2"]["rows"] == entities["/policy/v/v"]["rows"] == chunks
+
+
+def test_deploy_rrd_logs_every_step_its_reward_and_each_chunk(tmp_path):
+    from tests.test_imitation import TINY, record_demos
+    from workflow.deploy import DeployConfig, deploy
+    from workflow.imitation import ImitationConfig, train_imitation
+
+    demos = record_demos(tmp_path / "push.zarr", 3)
+    train_imitation(ImitationConfig(data=str(demos), out=str(tmp_path / "il"), policy=TINY, steps=2, batch_size=8, eval_every=2, checkpoint_every=2), show_progress=False)
+    report = deploy(DeployConfig(policy=tmp_path / "il", episodes=1, hz=0, max_steps=9, out=tmp_path / "d.zarr", rrd=tmp_path / "deploy.rrd"))
+    (entities,) = read_rrd(tmp_path / "deploy.rrd").values()
+    steps = report.episodes[0].length
+    assert entities["/reward/total"]["rows"] == steps == 9
+    assert entities["/policy/chunk_start"]["rows"] == -(-steps // TINY.n_action_steps)
+    assert sum(v["rows"] for e, v in entities.items() if e.startswith("/policy/denoising/")) == 2 * -(-steps // TINY.n_action_steps)

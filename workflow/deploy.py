@@ -230,6 +230,8 @@ class _Session:
                 outcome = task.evaluate(obs, previous[1]) if task is not None else StepOutcome(terms={}, success=False)
                 ret += outcome.reward
                 frames.add(previous[0], previous[1], outcome.reward, outcome.success, outcome.success or t == self.max_steps, previous[2])
+                if self.view is not None:  # step t-1, now that its reward is known (its plan is still the latest)
+                    self.view(t - 1, previous[0], previous[1], outcome.reward)
                 if outcome.success:
                     label, success = "task", True
                     break
@@ -263,8 +265,6 @@ class _Session:
                 else:
                     applied = robot.send_action(action)
             interventions += intervention
-            if self.view is not None:
-                self.view(t, obs, applied, 0.0)
             previous = (obs, np.asarray(applied, dtype=np.float32), intervention)
             self.loop.sleep()
         if frames.rows["done"]:
