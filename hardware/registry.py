@@ -25,8 +25,20 @@ def _sim_robot(target: str, safety: SafetyConfig, opts: dict[str, Any]) -> tuple
     return make_sim(target, safety=safety, **opts)
 
 
+def _arm_robot(kind: str) -> RobotFactory:
+    def factory(target: str, safety: SafetyConfig, opts: dict[str, Any]) -> tuple[SafeRobot, Task | None]:
+        from hardware.drivers.specs import open_arm
+
+        return open_arm(kind, target, safety, opts)
+
+    return factory
+
+
 _KINDS: dict[str, tuple[RobotFactory, str]] = {  # kind -> (factory, how to write its spec)
     "sim": (_sim_robot, "sim:<task>, a MuJoCo scene from sim.registry (e.g. sim:push)"),
+    "ur5e": (_arm_robot("ur5e"), "ur5e:<host> (ur_rtde), or ur5e:standin:<task> over a simulated controller"),
+    "franka": (_arm_robot("franka"), "franka:<host> (franky), or franka:standin:<task>"),
+    "xarm": (_arm_robot("xarm"), "xarm:<host> (xarm-python-sdk), or xarm:standin:<task>"),
 }
 
 
