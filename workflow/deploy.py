@@ -330,12 +330,23 @@ def _estopped(robot: Robot) -> bool:
 
 
 def _open_robot(spec: str, controller: DiffusionController) -> tuple[Any, Task | None]:
-    """The robot a spec names, built to provide what the policy reads (sim cameras, state names)."""
+    """The robot a spec names, built to provide what the policy reads: the sim's cameras, and on a
+    driver (real or stand-in) ``observation.state`` assembled in the order of the checkpoint's names."""
     from hardware.registry import open_robot
+    from robot.types import STATE
     from workflow.envs import sim_options_for
 
-    kind, sep, _ = spec.partition(":")
-    opts = sim_options_for(controller.input_features) if (not sep or kind == "sim") else {}
+    kind, sep, target = spec.partition(":")
+    features = controller.input_features
+    if not sep or kind == "sim":
+        return open_robot(spec, **sim_options_for(features))
+    opts: dict[str, Any] = {}
+    if kind in ("ur5e", "franka", "xarm") and STATE in features:
+        if not features[STATE].names:
+            raise ValueError(f"the policy's {STATE} has no entry names, so a driver cannot assemble it; retrain from a store that names them")
+        opts["state_names"] = tuple(features[STATE].names)
+    if target.startswith("standin:"):  # a simulated cell: its scene renders the cameras the policy reads
+        opts.update({k: v for k, v in sim_options_for(features).items() if k in ("cameras", "image_size")})
     return open_robot(spec, **opts)
 
 
