@@ -25,6 +25,12 @@ def _sim_robot(target: str, safety: SafetyConfig, opts: dict[str, Any]) -> tuple
     return make_sim(target, safety=safety, **opts)
 
 
+def _remote_robot(target: str, safety: SafetyConfig, opts: dict[str, Any]) -> tuple[SafeRobot, Task | None]:
+    from hardware.remote.client import open_remote
+
+    return open_remote(target, safety, opts), None  # type: ignore[return-value]  # proxies the server's SafeRobot
+
+
 def _arm_robot(kind: str) -> RobotFactory:
     def factory(target: str, safety: SafetyConfig, opts: dict[str, Any]) -> tuple[SafeRobot, Task | None]:
         from hardware.drivers.specs import open_arm
@@ -39,6 +45,7 @@ _KINDS: dict[str, tuple[RobotFactory, str]] = {  # kind -> (factory, how to writ
     "ur5e": (_arm_robot("ur5e"), "ur5e:<host> (ur_rtde), or ur5e:standin:<task> over a simulated controller"),
     "franka": (_arm_robot("franka"), "franka:<host> (franky), or franka:standin:<task>"),
     "xarm": (_arm_robot("xarm"), "xarm:<host> (xarm-python-sdk), or xarm:standin:<task>"),
+    "remote": (_remote_robot, "remote:HOST:PORT, an arm behind `robot serve` (token: ROBOT_TOKEN or token=)"),
 }
 
 

@@ -312,9 +312,29 @@ def deploy(
 
 
 @app.command()
-def serve() -> None:
-    """Robot-side server so a policy on another computer can drive the arm."""
-    _not_in_this_build("serve", 9, "the robot server")
+def serve(
+    robot: str = typer.Option("sim:push", help="Robot spec to serve (sim:push, ur5e:IP, ...; see hardware.registry)."),
+    port: int = typer.Option(8765, min=0, max=65535, help="TCP port; 0 picks a free one (printed)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback exposes the arm to that network."),
+    token_file: Optional[Path] = typer.Option(None, help="File holding the shared secret token; default the ROBOT_TOKEN variable."),
+    watchdog: float = typer.Option(0.5, min=0.001, help="Seconds without a command after which the arm holds."),
+    cameras: str = typer.Option("", help="Comma-separated sim cameras to serve (sim robots only)."),
+    image_size: int = typer.Option(84, min=16, help="Sim camera image side, pixels."),
+) -> None:
+    """Robot-side server so a policy on another computer can drive the arm (one authenticated client at a time)."""
+    from hardware.remote.serve import exposure_warning, read_token, serve as run, token_file_warning
+    from hardware.remote.server import ServerConfig
+
+    token, _ = _run_or_fail(read_token, token_file)
+    for warning in (exposure_warning(host, port), token_file_warning(token_file)):
+        if warning:
+            typer.secho(warning, fg=typer.colors.RED, bold=True, err=True)
+    options = {"cameras": tuple(c for c in cameras.split(",") if c), "image_size": image_size} if cameras else {}
+    config = _run_or_fail(ServerConfig, host=host, port=port, watchdog_timeout_s=watchdog)
+    try:
+        _run_or_fail(run, robot, token, config, robot_options=options, echo=typer.echo)
+    except OSError as e:
+        _fail(str(e))
 
 
 @app.command()
