@@ -220,3 +220,22 @@ def test_the_same_checkpoint_takes_the_same_actions_through_each_drivers_stand_i
     for i in range(2):
         np.testing.assert_allclose(b.episode(i).data["observation.state"], a.episode(i).data["observation.state"], atol=1e-4)
         np.testing.assert_allclose(b.episode(i).data["action"], a.episode(i).data["action"], atol=1e-4)
+
+
+def test_the_same_checkpoint_takes_the_same_actions_through_robot_serve(policy: Path, tmp_path: Path) -> None:
+    """The arm behind the server on loopback; the task scores the served scene (it lives in this process)."""
+    from hardware.remote import RemoteConfig, RemoteRobot, RobotServer, ServerConfig
+
+    config = dict(policy=policy, episodes=2, hz=0, max_steps=20, seed=3)
+    sim = deploy(DeployConfig(**config, robot="sim:push", out=tmp_path / "sim.zarr"))
+    served, task = make_sim("push")
+    token = "deploy-test-token-0123456789"
+    with RobotServer(served, token, ServerConfig(port=0)) as server:
+        host, port = server.address
+        remote = RemoteRobot(RemoteConfig(host=host, port=port), token=token)
+        report = deploy(DeployConfig(**config, out=tmp_path / "remote.zarr"), robot=remote, task=task)
+    assert report.robot.endswith(f"@{host}:{port}") and [e.success for e in report.episodes] == [e.success for e in sim.episodes]
+    a, b = ZarrEpisodeStore.open(tmp_path / "sim.zarr"), ZarrEpisodeStore.open(tmp_path / "remote.zarr")
+    for i in range(2):
+        np.testing.assert_array_equal(b.episode(i).data["action"], a.episode(i).data["action"])
+        np.testing.assert_array_equal(b.episode(i).data["observation.state"], a.episode(i).data["observation.state"])
