@@ -6,9 +6,10 @@ The policy is the kit's chunk preset with freshly initialised weights and a
 one-step head (timing does not depend on what the weights learned) and a
 normaliser fitted on the robot's own action range. Each row is one
 ``workflow.deploy.deploy`` session with background inference; jitter is
-|measured period - requested period| per tick. Add ``remote:127.0.0.1:PORT``
-to ``--robots`` (with ``ROBOT_TOKEN`` set and ``robot serve`` running) to
-measure through the robot server.
+|measured period - requested period| per tick. ``served:sim:push`` puts the
+simulated arm behind ``robot serve`` (in this process, on loopback) and deploys
+through the ``remote`` client, so the rows compare the loop locally and through
+the server.
 """
 
 from __future__ import annotations
@@ -47,8 +48,25 @@ def untrained_policy(path: Path, task: str = "push", fps: float = 10.0) -> Path:
     return path
 
 
+def _deploy(cfg, spec: str):
+    """``served:sim:push`` runs the sim arm behind an in-process ``robot serve`` on loopback and
+    deploys through ``RemoteRobot`` (the task scores the served scene, which lives in this process)."""
+    from workflow.deploy import deploy
+
+    if not spec.startswith("served:"):
+        return deploy(cfg, stream=io.StringIO())
+    from hardware.registry import open_robot
+    from hardware.remote import RemoteConfig, RemoteRobot, RobotServer, ServerConfig
+
+    arm, task = open_robot(cfg.robot)
+    token = "bench-deploy-token-0123456789"
+    with RobotServer(arm, token, ServerConfig(port=0)) as server:
+        host, port = server.address
+        return deploy(cfg, robot=RemoteRobot(RemoteConfig(host=host, port=port), token=token), task=task, stream=io.StringIO())
+
+
 def run(rates: list[float], robots: list[str], episodes: int, max_steps: int, chunks: str) -> list[list]:
-    from workflow.deploy import DeployConfig, deploy
+    from workflow.deploy import DeployConfig
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,9 +75,9 @@ def run(rates: list[float], robots: list[str], episodes: int, max_steps: int, ch
             for sampler in ("ddim", "consistency"):
                 for hz in rates:
                     out = Path(tmp) / f"{robot.replace(':', '-')}-{sampler}-{hz}.zarr"
-                    cfg = DeployConfig(policy=policy, robot=robot, episodes=episodes, hz=hz, max_steps=max_steps,
+                    cfg = DeployConfig(policy=policy, robot=robot.removeprefix("served:"), episodes=episodes, hz=hz, max_steps=max_steps,
                                        sampler=sampler, chunks=chunks, out=out)  # fmt: skip
-                    r = deploy(cfg, stream=io.StringIO())
+                    r = _deploy(cfg, robot)
                     inf = np.asarray(r.inference_ms)
                     held = sum(e.held for e in r.episodes)
                     rows.append([robot, sampler, f"{hz:g}", f"{r.rate.mean_hz:.1f}", r.rate.jitter_p50_ms, r.rate.jitter_p99_ms,
@@ -71,7 +89,7 @@ def run(rates: list[float], robots: list[str], episodes: int, max_steps: int, ch
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rates", type=float, nargs="+", default=[30.0, 100.0])
-    p.add_argument("--robots", nargs="+", default=["sim:push"])
+    p.add_argument("--robots", nargs="+", default=["sim:push", "served:sim:push"], help="robot specs; served:SPEC runs SPEC behind robot serve on loopback")
     p.add_argument("--episodes", type=int, default=2)
     p.add_argument("--max-steps", type=int, default=100)
     p.add_argument("--chunks", default="receding", choices=["receding", "ensemble"])
