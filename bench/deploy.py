@@ -76,7 +76,7 @@ def run(rates: list[float], robots: list[str], episodes: int, max_steps: int, ch
                 for hz in rates:
                     out = Path(tmp) / f"{robot.replace(':', '-')}-{sampler}-{hz}.zarr"
                     cfg = DeployConfig(policy=policy, robot=robot.removeprefix("served:"), episodes=episodes, hz=hz, max_steps=max_steps,
-                                       sampler=sampler, chunks=chunks, out=out)  # fmt: skip
+                                       sampler=sampler, chunks=chunks, inference="background", out=out)  # fmt: skip
                     r = _deploy(cfg, robot)
                     inf = np.asarray(r.inference_ms)
                     held = sum(e.held for e in r.episodes)

@@ -291,7 +291,7 @@ def deploy(
     max_steps: Optional[int] = typer.Option(None, help="Ticks per episode; default the task's limit (real arms 600)."),
     sampler: str = typer.Option("ddim", help="ddim (K-step) or consistency (one step)."),
     chunks: str = typer.Option("receding", help="receding (execute n_action_steps, re-plan) or ensemble (temporal ensembling)."),
-    sync: bool = typer.Option(False, "--sync", help="Run inference inline in the loop instead of on a background thread."),
+    inference: str = typer.Option("auto", help="inline, background (a thread plans while the loop runs), or auto (background when a plan takes over half a period)."),
     device: Optional[str] = typer.Option(None, help="Operator device: keyboard (e/esc e-stop, t takeover, y/n label, q quit), gamepad, spacemouse."),
     out: Optional[Path] = typer.Option(None, help="Store for the deployed episodes; default data/deploy-<task>.zarr."),
     seed: int = typer.Option(0, help="Episode i resets the sim from seed + i."),
@@ -303,7 +303,7 @@ def deploy(
     from workflow.deploy import DeployConfig, deploy as run_deploy
 
     config = _run_or_fail(DeployConfig, policy=policy, robot=robot, episodes=episodes, hz=hz, max_steps=max_steps, sampler=sampler, chunks=chunks,
-                          asynchronous=not sync, device=device, out=out, seed=seed, torch_device=torch_device, view=view, rrd=rrd)  # fmt: skip
+                          inference=inference, device=device, out=out, seed=seed, torch_device=torch_device, view=view, rrd=rrd)  # fmt: skip
     report = _run_or_fail(run_deploy, config)
     typer.echo(report.table())
     typer.echo(f"episodes stored in {report.store} (source = deployment)")

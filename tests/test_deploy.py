@@ -126,11 +126,17 @@ def test_unthrottled_deploy_reproduces_eval_exactly(policy: Path, tmp_path: Path
 
 
 def test_fixed_rate_deploy_with_background_inference_holds_the_rate(policy: Path, tmp_path: Path) -> None:
-    report = deploy(DeployConfig(policy=policy, episodes=1, hz=40, max_steps=30, out=tmp_path / "d.zarr"))
+    report = deploy(DeployConfig(policy=policy, episodes=1, hz=40, max_steps=30, inference="background", out=tmp_path / "d.zarr"))
     assert report.rate.ticks >= 29 and abs(report.rate.mean_hz - 40) < 8
     assert report.episodes[0].length == 30 and len(report.action_age_ticks) >= 30 // 2 - 1
-    assert max(report.action_age_ticks) >= 0 and report.rate.overruns <= 3
+    assert max(report.action_age_ticks) >= 1 and report.rate.overruns <= 3  # plans land a tick or more after their observation
 
+
+def test_auto_inference_plans_inline_when_a_plan_fits_in_half_a_period(policy: Path, tmp_path: Path) -> None:
+    slow_loop = deploy(DeployConfig(policy=policy, episodes=1, hz=10, max_steps=6, out=tmp_path / "a.zarr"))
+    assert set(slow_loop.action_age_ticks) == {0} and slow_loop.stale_dropped == 0  # 100 ms period: every plan inline
+    fast_loop = deploy(DeployConfig(policy=policy, episodes=1, hz=2000, max_steps=40, out=tmp_path / "b.zarr"))
+    assert max(fast_loop.action_age_ticks) >= 1  # 0.5 ms period: no plan fits, the thread plans
 
 class ScriptedOperator:
     """An operator's device as the runner sees it: given events at given ticks, actions while driving."""
@@ -206,6 +212,8 @@ def test_deploy_cli_runs_on_the_sim_and_reports(policy: Path, tmp_path: Path) ->
     assert "sim:push" in result.output and "(source = deployment)" in result.output
     bad = CliRunner().invoke(app, ["deploy", "--policy", str(policy), "--chunks", "fifo"])
     assert bad.exit_code == 2 and "chunk mode" in bad.output
+    bad = CliRunner().invoke(app, ["deploy", "--policy", str(policy), "--inference", "gpu"])
+    assert bad.exit_code == 2 and "inference must be one of" in bad.output
 
 
 @pytest.mark.parametrize("kind", ["ur5e", "franka", "xarm"])

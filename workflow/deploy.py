@@ -40,6 +40,8 @@ from workflow.rate import RateLoop, RateStats
 from workflow.rollout import EpisodeFrames, episode_features
 
 REAL_ROBOT_MAX_STEPS = 600  # episode cap when the robot comes without a task (real arms)
+INFERENCE_MODES = ("auto", "inline", "background")
+AUTO_BACKGROUND_FRACTION = 0.5  # auto: plan on a thread when a plan takes more than this share of a period
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,10 @@ class DeployConfig:
     """receding (execute n_action_steps of each chunk, then re-plan) or ensemble (temporal ensembling, a plan every tick)."""
     ensemble_decay: float = 0.01
     """Temporal-ensembling weight exp(-decay * i), i = 0 the oldest prediction."""
-    asynchronous: bool = True
-    """Run inference on a background thread so the loop keeps its rate (ignored when unthrottled)."""
+    inference: str = "auto"
+    """inline (plan inside the tick), background (a thread plans while the loop runs; late plans lose their
+    stale actions), or auto: background when the first plan took more than half a control period.
+    Unthrottled loops always plan inline."""
     device: str | None = None
     """Operator device for e-stop, takeover and success labels: keyboard, gamepad, spacemouse; None for none."""
     out: Path | None = None
@@ -86,6 +90,8 @@ class DeployConfig:
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         ChunkQueueConfig(mode=self.chunks, ensemble_decay=self.ensemble_decay)  # validates both
+        if self.inference not in INFERENCE_MODES:
+            raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {self.inference!r}")
 
 
 @dataclass(frozen=True)
@@ -155,13 +161,14 @@ def deploy(
         )
     hz = _loop_rate(config, controller, task, robot, stream)
     max_steps = config.max_steps or (task.max_steps if task is not None else REAL_ROBOT_MAX_STEPS)
-    asynchronous = config.asynchronous and hz > 0
+    asynchronous = config.inference == "background" and hz > 0
     queue = ChunkQueue(ChunkQueueConfig(mode=config.chunks, n_action_steps=controller.n_action_steps, ensemble_decay=config.ensemble_decay))
     planner = Planner(controller.plan, asynchronous=asynchronous)
     out = Path(config.out) if config.out else Path("data") / f"deploy-{trained_task or 'robot'}.zarr"
     view = _open_view(config, controller, robot, hz)
     loop = RateLoop(hz)
     session = _Session(robot, task, device, controller, queue, planner, loop, view, max_steps)
+    session.choose_inference = config.inference == "auto" and hz > 0
     episodes: list[DeployedEpisode] = []
     stopped_by = None
     with robot:
@@ -207,6 +214,7 @@ class _Session:
         self.inference_ms: list[float] = []
         self.plan_ages: list[int] = []
         self.latency_ticks = 1.0  # running estimate of how many ticks a plan takes to arrive
+        self.choose_inference = False  # auto mode: decide inline vs background from the first plan
 
     def run_episode(self, seed: int, *, wait_for_operator: bool):
         """One episode -> (summary or None when the operator quit first, frames, stop reason)."""
@@ -304,6 +312,9 @@ class _Session:
         self.controller.last_chunk_started = plan is not None
         if plan is None:
             return
+        if self.choose_inference:  # the first plan of the session was timed inline
+            self.planner.asynchronous = plan.inference_s > AUTO_BACKGROUND_FRACTION * self.loop.period
+            self.choose_inference = False
         self.queue.add(plan.chunk, plan.planned_at, t)
         self.inference_ms.append(plan.inference_s * 1e3)
         self.plan_ages.append(t - plan.planned_at)
