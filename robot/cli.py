@@ -252,9 +252,21 @@ def pipeline(
 
 
 @app.command()
-def diagnose() -> None:
+def diagnose(
+    run: Path = typer.Argument(..., help="Run directory of any stage (imitation, offline, online, distill) or a pipeline directory."),
+    fqe: bool = typer.Option(False, "--fqe", help="Score candidate checkpoints by Fitted Q Evaluation on the episodes their stage never trained on."),
+    sim_eval: int = typer.Option(0, "--sim-eval", min=0, help="Sim episodes per candidate checkpoint (0 = none); with --fqe also FQE's rank correlation and regret@1."),
+    rrd: Optional[Path] = typer.Option(None, "--rrd", help="Also log every stage's curves and verdict to this .rrd file."),
+) -> None:
     """Offline-workflow diagnostics: regime per stage, chosen checkpoint, advice, plots."""
-    _not_in_this_build("diagnose", 8, "offline-workflow diagnostics")
+    from workflow.diagnostics.diagnose import DiagnoseConfig, diagnose_run
+
+    report = _run_or_fail(diagnose_run, DiagnoseConfig(run=str(run), fqe=fqe, sim_eval=sim_eval, rrd=str(rrd) if rrd else None), log=typer.echo)
+    typer.echo(report.table())
+    candidates = report.candidates_table()
+    if candidates:
+        typer.echo("\n" + candidates)
+    typer.echo(f"plots and diagnostics.json in {Path(report.json_path).parent}" + (f"; Rerun recording {report.rrd}" if report.rrd else ""))
 
 
 @app.command("eval")

@@ -24,6 +24,7 @@ from robot.sampler import WindowConfig, WindowSampler, split_episodes
 from robot.store import ZarrEpisodeStore
 from robot.types import ACTION, POINTCLOUD, Feature, is_image_key
 from workflow.distributed import init_distributed
+from workflow.diagnostics.probes import imitation_metrics
 from workflow.policy import save_policy
 from workflow.run import RunDir, progress, resolve_device, restore_rng, rng_state, seed_everything
 
@@ -157,13 +158,7 @@ def train_imitation(
 
     keys = obs_keys + [ACTION]
     val_batches = [val_windows.sample(config.batch_size, np.random.default_rng(1000 + i)) for i in range(4)] if val_windows else []
-
-    def validation_loss(net: DiffusionPolicy) -> float:
-        net.eval()
-        with torch.no_grad(), torch.random.fork_rng():
-            torch.manual_seed(0)  # the same noise every time: a curve, not a scatter
-            losses = [float(net.compute_loss(to_tensors(b, normalizer, obs_keys, device), to_tensors(b, normalizer, [ACTION], device)[ACTION])) for b in val_batches]
-        return float(np.mean(losses))
+    probe_batches = [train_windows.sample(config.batch_size, np.random.default_rng(2000 + i)) for i in range(4)]  # fixed training windows
 
     def save_state() -> None:
         if not ddp.is_main:
@@ -201,10 +196,10 @@ def train_imitation(
         step += 1
         train_loss = ddp.mean(loss.item())
         metrics = {"losses/denoise": train_loss, "charts/grad_norm": float(grad_norm), "charts/lr": scheduler.get_last_lr()[0]}
-        if val_batches and ddp.is_main and (step % config.eval_every == 0 or step == config.steps):
-            val_loss = validation_loss(ema.averaged)
-            metrics["losses/denoise_val"] = val_loss
-            if val_loss < best[0]:
+        if ddp.is_main and (step % config.eval_every == 0 or step == config.steps):
+            metrics.update(imitation_metrics(ema.averaged, probe_batches, val_batches, normalizer, obs_keys, device))  # diagnostics
+            val_loss = metrics.get("losses/denoise_val")
+            if val_loss is not None and val_loss < best[0]:
                 best = (val_loss, step)
             model.train()
         run.metrics.log(metrics, step)

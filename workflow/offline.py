@@ -31,6 +31,7 @@ from policies.dynamics import DynamicsConfig, DynamicsEnsemble
 from robot.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from robot.config import to_dict
 from robot.store import ZarrEpisodeStore
+from workflow.diagnostics.probes import CriticProbe, ProbeConfig, advantage_metrics, critic_metrics, make_critic_probe, policy_gap_metrics, save_critic_snapshot
 from workflow.distributed import require_single_process
 from workflow.envs import make_sim_for
 from workflow.imitation import ImitationConfig, train_imitation
@@ -76,6 +77,8 @@ class OfflineConfig:
     """Sim episodes of the accepted policy added to the data after each round."""
     retrain_steps: int = 1000
     """Imitation steps on the merged data after each round (0 keeps the accepted policy as is)."""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """Diagnostics: critic episodes held out for validation, probe rows, critic snapshots (``workflow.diagnostics.probes``)."""
     flip_advantages: bool = False
     """Diagnostics only: negate advantages (a deliberately harmful update the gate must reject)."""
     seed: int = 0
@@ -140,8 +143,9 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
         if warning and m == 0:
             print(f"warning: {warning}")
 
-        # 2. critics and latent dynamics
-        critics = fit_critics(data, config, run, m, device, show_progress)
+        # 2. critics and latent dynamics (a held-out episode split and fixed probe rows watch the critics)
+        probe = make_critic_probe(data, reference, config.probe, n_action_steps=ta)
+        critics = fit_critics(data, config, run, m, device, show_progress, probe=probe)
         save_checkpoint(
             round_dir / "critics",
             Checkpoint(kind="iql-critics", config={"critic": to_dict(config.critic), "feature_dim": data.features.shape[1],
@@ -152,7 +156,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
         run.metrics.log({f"dynamics/{k}": float(v) for k, v in _numbers(fit).items()}, m)
 
         # 3. PPO on the denoising chain, gated by AM-Q
-        accepted_policy, decisions = ppo_round(reference, critics, dynamics, data, config, run, m, device, show_progress)
+        accepted_policy, decisions = ppo_round(reference, critics, dynamics, data, config, run, m, device, show_progress, probe=probe)
         with open(run.path / "gate.jsonl", "a") as f:
             for d in decisions:
                 f.write(json.dumps({"round": m, **to_dict(d), "gain": d.gain}) + "\n")
@@ -196,14 +200,21 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
     return out
 
 
-def fit_critics(data: LatentTransitions, config: OfflineConfig, run: RunDir, m: int, device: torch.device, show_progress: bool) -> IqlCritics:
-    """IQL on the frozen features: expectile V, twin Q toward r + gamma^n V(s')."""
+def fit_critics(
+    data: LatentTransitions, config: OfflineConfig, run: RunDir, m: int, device: torch.device, show_progress: bool, probe: CriticProbe | None = None
+) -> IqlCritics:
+    """IQL on the frozen features: expectile V, twin Q toward r + gamma^n V(s').
+
+    With a ``probe`` the critics train on its training episodes only and the diagnostics
+    (``critic/*`` metrics, snapshots in round-M/critic-checkpoints) watch them.
+    """
     critics = IqlCritics(data.features.shape[1], data.actions.shape[1], config=config.critic, device=device)
     optimizer = critics.make_optimizer()
     gen = torch.Generator(device="cpu").manual_seed(config.seed + 100 * m)
     bar = progress(config.critic_steps, 0, f"critics r{m}", show_progress)
+    rows = probe.train_pool if probe is not None else torch.arange(len(data), device=device)
     for step in range(config.critic_steps):
-        idx = torch.randint(0, len(data), (min(256, len(data)),), generator=gen).to(device)
+        idx = rows[torch.randint(0, len(rows), (min(256, len(rows)),), generator=gen).to(device)]
         batch = {
             "features": data.features[idx],
             "actions": data.actions[idx],
@@ -213,7 +224,12 @@ def fit_critics(data: LatentTransitions, config: OfflineConfig, run: RunDir, m: 
             "next_features": data.next_features[idx],
         }
         losses = critics.update(batch, optimizer)
-        if step % 50 == 0 or step == config.critic_steps - 1:
+        last = step == config.critic_steps - 1
+        if probe is not None and (step % config.probe.every == 0 or last):
+            losses.update(critic_metrics(critics, data, probe, config.probe))
+        if probe is not None and (step % config.probe.checkpoint_every == 0 or last):
+            save_critic_snapshot(run.path / f"round-{m}" / "critic-checkpoints" / f"step-{step:07d}", critics, config.critic, data.features.shape[1], data.actions.shape[1])
+        if step % 50 == 0 or last or "critic/q_dataset" in losses:
             run.metrics.log({f"{k}_r{m}": v for k, v in losses.items()}, step)
         bar.update(1)
     bar.close()
@@ -230,6 +246,7 @@ def ppo_round(
     m: int,
     device: torch.device,
     show_progress: bool,
+    probe: CriticProbe | None = None,
 ) -> tuple[DiffusionPolicy, list[GateDecision]]:
     """PPO updates of a candidate copy; the gate decides which weights become the reference."""
     own_config = floor_denoising_std(reference, config.min_std)
@@ -250,7 +267,8 @@ def ppo_round(
         chain = reference.sample_chain(cond, generator=gen)
         with torch.no_grad():
             executed = chain.actions[:, :ta].flatten(1)
-            advantages = normalize_advantages(critics.advantage(cond, executed))
+            raw_advantages = critics.advantage(cond, executed)  # (B,)
+            advantages = normalize_advantages(raw_advantages)
             if config.flip_advantages:
                 advantages = -advantages
         loss, stats = chain_ppo_loss(candidate, cond, chain, advantages, config.clip_eps)
@@ -259,10 +277,14 @@ def ppo_round(
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         metrics = {"losses/ppo": loss.item(), "charts/clip_fraction": stats.clip_fraction, "charts/approx_kl": stats.approx_kl}
+        if probe is not None:
+            metrics.update(advantage_metrics(raw_advantages, config.probe))
         if update % config.gate_every == 0 or update == config.ppo_updates:
             decision = gate(candidate, reference, critics, dynamics, starts, config.gate, n_action_steps=ta, update=update, seed=config.seed + m)
             decisions.append(decision)
             metrics.update({"ope/amq_reference": decision.j_reference, "ope/amq_candidate": decision.j_candidate, "ope/accepted": float(decision.accepted)})
+            if probe is not None:
+                metrics.update(policy_gap_metrics(candidate, critics, data, probe, config.probe, n_action_steps=ta))
             if decision.accepted:  # the candidate becomes the reference chains are sampled from
                 reference = copy.deepcopy(candidate).requires_grad_(False)
             else:  # never keep a rejected update: restart from the reference

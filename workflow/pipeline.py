@@ -6,7 +6,8 @@ online RL with the one-step head distilled alongside -> evaluation of every stag
 Each stage writes its own run directory under ``out``; a stage whose report exists
 is skipped, so a killed pipeline resumes where it stopped. It ends with one table:
 stage, success rate, return, episodes used, CPU minutes, and inference latency of
-the K-step DDIM policy vs the one-step head.
+the K-step DDIM policy vs the one-step head, followed by the diagnostics verdict of
+every training stage (``workflow.diagnostics``; plots in OUT/diagnostics).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from policies.critics import CriticConfig
 from policies.dynamics import DynamicsConfig
 from robot.config import to_dict
 from robot.report import format_table
+from workflow.diagnostics.diagnose import DiagnoseConfig, diagnose_run
 from workflow.evaluate import evaluate_policy
 from workflow.imitation import ImitationConfig, train_imitation
 from workflow.offline import OfflineConfig, train_offline
@@ -144,7 +146,8 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
     stage("online", lambda: (train_online(online_cfg, show_progress=show_progress).policy, b.online_iterations * b.online_episodes), latency=True)
     one_step = stage_one_step(config, out, results[-1], b, show_progress, log)
     results.append(one_step)
-    log(pipeline_table(results, config))
+    diagnosis = diagnose_run(DiagnoseConfig(run=str(out)))  # regime and checkpoint per stage; plots in OUT/diagnostics
+    log(pipeline_table(results, config) + "\n\n" + diagnosis.table())
     if config.view:
         log(f"Rerun view of every stage written to {write_view(out, [r.stage for r in results[:-1]])}")
     return results
