@@ -16,6 +16,7 @@ import torch
 from policies.critics import CriticConfig
 from policies.dynamics import DynamicsConfig
 from robot.checkpoint import load_checkpoint
+from robot.store import ZarrEpisodeStore
 from workflow.imitation import ImitationConfig, train_imitation
 from workflow.offline import OfflineConfig, train_offline
 from workflow.ope import GateConfig, horizon_warning
@@ -31,12 +32,12 @@ def imitation(tmp_path_factory) -> tuple[Path, Path]:
     return demos, root / "il"
 
 
-def _offline(imitation, out: Path, flip: bool) -> list[dict]:
+def _offline(imitation, out: Path, flip: bool, rollout_episodes: int = 0, retrain_steps: int = 0) -> list[dict]:
     demos, policy = imitation
     cfg = OfflineConfig(
         policy=str(policy), data=str(demos), out=str(out), rounds=1, critic=CriticConfig(hidden_dims=(64, 64)), critic_steps=500,
         dynamics=DynamicsConfig(hidden_dims=(64, 64), max_epochs=20), ppo_updates=40, ppo_batch=128, gate_every=40, actor_lr=1e-4,
-        gate=GateConfig(horizon=3, start_states=128, delta_relative=0.0), rollout_episodes=0, retrain_steps=0, flip_advantages=flip,
+        gate=GateConfig(horizon=3, start_states=128, delta_relative=0.0), rollout_episodes=rollout_episodes, retrain_steps=retrain_steps, flip_advantages=flip,
         seed=1,
     )  # fmt: skip
     train_offline(cfg, show_progress=False)
@@ -45,12 +46,15 @@ def _offline(imitation, out: Path, flip: bool) -> list[dict]:
 
 @pytest.mark.slow
 def test_gate_rejects_a_harmful_update_and_keeps_the_reference(imitation, tmp_path):
-    decisions = _offline(imitation, tmp_path / "flipped", flip=True)
+    decisions = _offline(imitation, tmp_path / "flipped", flip=True, rollout_episodes=2, retrain_steps=5)
     assert len(decisions) == 1
     assert not decisions[0]["accepted"] and decisions[0]["j_candidate"] < decisions[0]["j_reference"], decisions
     before = load_checkpoint(imitation[1] / "policy").modules["policy"]
     after = load_checkpoint(tmp_path / "flipped" / "policy").modules["policy"]
     assert all(torch.equal(before[k], after[k]) for k in before), "a rejected candidate became the policy"
+    # a round whose gate accepted nothing neither rolls out nor retrains: nothing unapproved changes the policy
+    assert ZarrEpisodeStore.open(tmp_path / "flipped" / "data.zarr").num_episodes == ZarrEpisodeStore.open(imitation[0]).num_episodes
+    assert not (tmp_path / "flipped" / "round-0" / "imitation").exists()
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ def policy(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_online_stores_rollouts_logs_diagnostics_and_keeps_a_one_step_head(policy, tmp_path):
     cfg = OnlineConfig(policy=str(policy[1]), out=str(tmp_path / "on"), iterations=2, episodes_per_iteration=2, epochs=2,
-                       critic=CriticConfig(hidden_dims=(32, 32)), distill_steps=3, value_warmup_epochs=2)  # fmt: skip
+                       critic=CriticConfig(hidden_dims=(32, 32)), distill_steps=3, value_warmup_epochs=2, select_episodes=0)  # fmt: skip
     report = train_online(cfg, show_progress=False)
     store = ZarrEpisodeStore.open(tmp_path / "on" / "rollouts.zarr")
     assert store.num_episodes == 4 and {m.source for m in store.metas} == {"online-rollout"}
@@ -69,6 +69,20 @@ def test_online_stores_rollouts_logs_diagnostics_and_keeps_a_one_step_head(polic
     after = controller.model.denoiser.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before), "PPO did not update the denoiser"
     assert all(torch.equal(a, b) for a, b in zip(DiffusionController.load(policy[1]).model.encoder.state_dict().values(), controller.model.encoder.state_dict().values())), "the encoder must stay frozen"
+
+
+def test_online_hands_on_the_best_scorer_of_the_start_and_its_snapshots(policy, tmp_path):
+    cfg = OnlineConfig(policy=str(policy[1]), out=str(tmp_path / "on"), iterations=2, episodes_per_iteration=2, epochs=2,
+                       critic=CriticConfig(hidden_dims=(32, 32)), distill_steps=2, value_warmup_epochs=2, select_episodes=2, select_every=1)  # fmt: skip
+    report = train_online(cfg, show_progress=False)
+    names = [name for name, _, _ in report.selection]
+    assert names == ["start", "iteration 0", "iteration 1"]
+    best = max(report.selection, key=lambda c: (c[1], c[2]))
+    assert report.selected == best[0]
+    chosen = policy[1] if report.selected == "start" else tmp_path / "on" / "checkpoints" / f"step-{int(report.selected.split()[1]):07d}"
+    handed_on = DiffusionController.load(report.policy, sampler="consistency")  # a one-step head comes with whichever won
+    expected = DiffusionController.load(chosen).model.denoiser.state_dict()
+    assert all(torch.equal(v, handed_on.model.denoiser.state_dict()[k]) for k, v in expected.items())
 
 
 def test_distillation_moves_the_head_toward_the_teacher(policy, tmp_path):

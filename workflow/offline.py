@@ -79,6 +79,9 @@ class OfflineConfig:
     """Imitation steps on the merged data after each round (0 keeps the accepted policy as is)."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     """Diagnostics: critic episodes held out for validation, probe rows, critic snapshots (``workflow.diagnostics.probes``)."""
+    retrain_when_rejected: bool = False
+    """Roll out and retrain on the merged data even in a round whose gate accepted nothing. Off by default:
+    then a rejected round leaves the policy exactly as it was (nothing the OPE did not approve changes it)."""
     flip_advantages: bool = False
     """Diagnostics only: negate advantages (a deliberately harmful update the gate must reject)."""
     seed: int = 0
@@ -161,11 +164,12 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
             for d in decisions:
                 f.write(json.dumps({"round": m, **to_dict(d), "gain": d.gain}) + "\n")
 
-        # 4. roll the accepted policy out, 5. retrain imitation on the merged data
+        # 4. roll the accepted policy out, 5. retrain imitation on the merged data (when the gate accepted a candidate)
         save_policy(round_dir / "accepted", accepted_policy, normalizer, extra={**ckpt.extra, "stage": "offline", "round": m})
-        rollout = rollout_into(merged, round_dir / "accepted", config, m) if config.rollout_episodes else None
+        improved = any(d.accepted for d in decisions) or config.retrain_when_rejected
+        rollout = rollout_into(merged, round_dir / "accepted", config, m) if config.rollout_episodes and improved else None
         next_policy = round_dir / "accepted"
-        if config.retrain_steps:
+        if config.retrain_steps and improved:
             retrain = ImitationConfig(
                 data=str(merged),
                 out=str(round_dir / "imitation"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,8 +35,10 @@ from workflow.distributed import require_single_process
 from workflow.envs import make_sim_for
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
 from workflow.ppo import chain_ppo_loss, denoiser_parameters, floor_denoising_std, normalize_advantages
-from workflow.rollout import EpisodeFrames, episode_features
+from workflow.rollout import EpisodeFrames, episode_features, evaluate
 from workflow.run import RunDir, progress, resolve_device, seed_everything
+
+SELECTION_SEED = 500_000  # first sim seed of the selection episodes (apart from rollout and evaluation seeds)
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,17 @@ class OnlineConfig:
     distill_steps: int = 50
     """Consistency-distillation steps per iteration (0: no one-step head)."""
     distill_lr: float = 1e-4
+    select_episodes: int = 16
+    """Deterministic episodes scoring the starting policy and every ``select_every``-th snapshot at the end;
+    the stage hands on the best scorer, the start on ties, so it never passes on a policy that scored lower
+    than the one it got. 0 hands on the last iteration's policy unscored."""
+    select_every: int = 2
+    """Iterations between scored snapshots (the last iteration is always scored)."""
     seed: int = 0
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.iterations < 1 or self.episodes_per_iteration < 1 or self.epochs < 1 or self.minibatch < 1:
+        if self.iterations < 1 or self.episodes_per_iteration < 1 or self.epochs < 1 or self.minibatch < 1 or self.select_every < 1:
             raise ValueError(f"iterations, episodes_per_iteration, epochs and minibatch must be >= 1, got {self}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ValueError(f"gamma must be in (0, 1] and gae_lambda in [0, 1], got {self.gamma}, {self.gae_lambda}")
@@ -90,6 +99,8 @@ class OnlineReport:
     success_first: float
     success_last: float
     minutes: float
+    selected: str = "last"  # "start" or "iteration N": the policy this stage hands on
+    selection: tuple[tuple[str, float, float], ...] = ()  # (candidate, deterministic success, return) on the selection seeds
 
 
 @dataclass
@@ -195,9 +206,26 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
             save_policy(run.snapshot_dir(it), _with_config(model, own_config), ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "iteration": it})
             bar.update(1)
             bar.set_postfix(success=f"{successes[-1]:.2f}")
-    bar.close()
-    store.close()
-    save_policy(run.policy_dir, _with_config(model, own_config), ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online"})
+        bar.close()
+        store.close()
+
+        # 5. hand on the best of the start and the scored snapshots (deterministic, as deployed)
+        selected, selection = "last", ()
+        final = _with_config(model, own_config)
+        if config.select_episodes:
+            selected, selection, path = select_policy(robot, task, config, run)
+            if selected == "start":
+                final = _with_config(build_from_checkpoint(ckpt, device=str(device))[0], own_config)
+                if head is not None:  # a head for the policy handed on, distilled on the last iteration's states
+                    head = ConsistencyHead.from_policy(final)
+                    head_opt = make_head_optimizer(head, config.distill_lr)
+                    for _ in range(config.distill_steps * config.iterations):
+                        idx = torch.randint(0, len(cond), (min(256, len(cond)),), generator=gen).to(device)
+                        distill_step(final, head, head_opt, cond[idx], gen)
+            else:
+                final, head = build_from_checkpoint(load_checkpoint(path, kind=KIND), device=str(device))
+            run.metrics.log({"charts/selected_success": max(s for _, s, _ in selection)}, config.iterations)
+    save_policy(run.policy_dir, final, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "selected": selected})
     report = OnlineReport(
         run=str(run.path),
         policy=str(run.policy_dir),
@@ -206,10 +234,27 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
         success_first=successes[0],
         success_last=successes[-1],
         minutes=(time.perf_counter() - started) / 60,
+        selected=selected,
+        selection=selection,
     )
     run.write_report(report)
     run.close()
     return report
+
+
+def select_policy(robot, task, config: OnlineConfig, run: RunDir) -> tuple[str, tuple[tuple[str, float, float], ...], Path]:
+    """Score the starting policy and the snapshots on the same seeds; the best wins, earlier on ties."""
+    last = config.iterations - 1
+    candidates = [("start", policy_dir(config.policy))] + [
+        (f"iteration {it}", run.snapshot_dir(it)) for it in range(config.iterations) if (it + 1) % config.select_every == 0 or it == last
+    ]
+    scored = []
+    for name, path in candidates:
+        controller = DiffusionController.load(path, device=config.device, seed=config.seed)
+        r = evaluate(robot, task, controller, episodes=config.select_episodes, seed=SELECTION_SEED + 1000 * config.seed)
+        scored.append((name, r.success_rate, r.mean_return))
+    best = max(range(len(scored)), key=lambda i: (scored[i][1], scored[i][2], -i))
+    return scored[best][0], tuple(scored), candidates[best][1]
 
 
 @torch.no_grad()

@@ -56,9 +56,9 @@ class Budget:
 
 BUDGETS = {
     # push on 2 CPU cores: about 17 minutes wall clock (docs/RESULTS.md)
-    "quick": Budget(demos=100, demo_noise=0.0, imitation_steps=2000, offline_rounds=1, critic_steps=1000, ppo_updates=60, ppo_batch=64,
+    "quick": Budget(demos=100, demo_noise=0.0, imitation_steps=4000, offline_rounds=1, critic_steps=1000, ppo_updates=60, ppo_batch=64,
                     rollout_episodes=20, retrain_steps=300, online_iterations=6, online_episodes=8, eval_episodes=30),
-    "full": Budget(demos=200, demo_noise=0.0, imitation_steps=5000, offline_rounds=2, critic_steps=3000, ppo_updates=300, ppo_batch=128,
+    "full": Budget(demos=200, demo_noise=0.0, imitation_steps=8000, offline_rounds=2, critic_steps=3000, ppo_updates=300, ppo_batch=128,
                    rollout_episodes=40, retrain_steps=1000, online_iterations=25, online_episodes=16, eval_episodes=100),
 }  # fmt: skip
 
@@ -96,6 +96,7 @@ class StageResult:
     cpu_minutes: float
     ddim_ms: float | None = None
     one_step_ms: float | None = None
+    decision: str = ""  # what the stage's gate or selection kept
 
 
 def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Callable[[str], None] = print) -> list[StageResult]:
@@ -105,8 +106,8 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
     b = config.spend
     results: list[StageResult] = []
 
-    def stage(name: str, fn: Callable[[], tuple[str, int]], *, latency: bool = False) -> str:
-        """Run ``fn`` (returns policy path, episodes used) unless its result is on disk, then evaluate."""
+    def stage(name: str, fn: Callable[[], tuple[str, int, str]], *, latency: bool = False) -> str:
+        """Run ``fn`` (returns policy path, episodes used, what it kept) unless its result is on disk, then evaluate."""
         path = out / f"{name}.result.json"
         if path.is_file():
             result = StageResult(**json.loads(path.read_text()))
@@ -114,11 +115,11 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
         else:
             log(f"[{name}] running")
             cpu = time.process_time()
-            policy, episodes = fn()
+            policy, episodes, decision = fn()
             report = evaluate_policy(policy, config.task, episodes=b.eval_episodes, seed=100_000 + config.seed, device=config.device,
                                      show_progress=show_progress, save=out / f"{name}.eval.zarr" if config.view else None)  # fmt: skip
             ddim_ms, one_ms = measure_latency(policy, config.device) if latency else (None, None)
-            result = StageResult(name, str(policy), report.success_rate, report.mean_return, episodes, (time.process_time() - cpu) / 60, ddim_ms, one_ms)
+            result = StageResult(name, str(policy), report.success_rate, report.mean_return, episodes, (time.process_time() - cpu) / 60, ddim_ms, one_ms, decision)
             path.write_text(json.dumps(to_dict(result), indent=2))
             log(f"[{name}] success {result.success:.1%} over {b.eval_episodes} episodes")
         results.append(result)
@@ -129,7 +130,7 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
     imitation_cfg = ImitationConfig(
         data=str(demos), out=str(out / "imitation"), policy=policy_preset(config.policy), steps=b.imitation_steps, seed=config.seed, device=config.device
     )
-    imitation = stage("imitation", lambda: (train_imitation(imitation_cfg, show_progress=show_progress).policy, b.demos))
+    imitation = stage("imitation", lambda: (train_imitation(imitation_cfg, show_progress=show_progress).policy, b.demos, ""))
     offline_cfg = OfflineConfig(
         policy=imitation, data=str(demos), out=str(out / "offline"), task=config.task, rounds=b.offline_rounds,
         critic=CriticConfig.for_horizon(imitation_cfg.policy.n_action_steps), critic_steps=b.critic_steps,
@@ -137,13 +138,25 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
         gate_every=max(10, b.ppo_updates // 3), gate=GateConfig(horizon=5), rollout_episodes=b.rollout_episodes,
         retrain_steps=b.retrain_steps, actor_lr=1e-5, seed=config.seed, device=config.device,
     )  # fmt: skip
-    offline = stage("offline", lambda: (train_offline(offline_cfg, show_progress=show_progress).policy, b.offline_rounds * b.rollout_episodes))
+    def offline_stage() -> tuple[str, int, str]:
+        report = train_offline(offline_cfg, show_progress=show_progress)
+        accepted, checks = sum(r.accepted for r in report.rounds), sum(r.gate_checks for r in report.rounds)
+        rollouts = sum(b.rollout_episodes for r in report.rounds if r.rollout_success is not None)
+        return report.policy, rollouts, f"AM-Q gate accepted {accepted}/{checks}" + ("" if accepted else ": policy unchanged")
+
+    offline = stage("offline", offline_stage)
     critics = out / "offline" / f"round-{b.offline_rounds - 1}" / "critics"
     online_cfg = OnlineConfig(
         policy=offline, out=str(out / "online"), task=config.task, iterations=b.online_iterations, episodes_per_iteration=b.online_episodes,
         value_from=str(critics) if critics.is_dir() else None, critic=offline_cfg.critic, seed=config.seed, device=config.device,
     )  # fmt: skip
-    stage("online", lambda: (train_online(online_cfg, show_progress=show_progress).policy, b.online_iterations * b.online_episodes), latency=True)
+    def online_stage() -> tuple[str, int, str]:
+        report = train_online(online_cfg, show_progress=show_progress)
+        scores = ", ".join(f"{name} {success:.0%}" for name, success, _ in report.selection)
+        used = report.episodes + len(report.selection) * online_cfg.select_episodes
+        return report.policy, used, f"kept {report.selected} ({scores})"
+
+    stage("online", online_stage, latency=True)
     one_step = stage_one_step(config, out, results[-1], b, show_progress, log)
     results.append(one_step)
     diagnosis = diagnose_run(DiagnoseConfig(run=str(out)))  # regime and checkpoint per stage; plots in OUT/diagnostics
@@ -231,8 +244,8 @@ def measure_latency(policy: str | Path, device: str, repeats: int = 30) -> tuple
 
 def pipeline_table(results: list[StageResult], config: PipelineConfig) -> str:
     rows = [
-        [r.stage, f"{r.success:.1%}", r.mean_return, r.episodes, round(r.cpu_minutes, 1), r.ddim_ms, r.one_step_ms]
+        [r.stage, f"{r.success:.1%}", r.mean_return, r.episodes, round(r.cpu_minutes, 1), r.ddim_ms, r.one_step_ms, r.decision]
         for r in results
     ]
     title = f"pipeline: task {config.task}, budget {config.budget}, {config.spend.eval_episodes} evaluation episodes per stage, torch threads {torch.get_num_threads()}"
-    return format_table(["stage", "success", "return", "episodes used", "CPU min", "DDIM ms", "1-step ms"], rows, title=title)
+    return format_table(["stage", "success", "return", "episodes used", "CPU min", "DDIM ms", "1-step ms", "kept"], rows, title=title)
