@@ -30,3 +30,19 @@ def test_state_policy_learns_lift(tmp_path: Path) -> None:
     train_imitation(ImitationConfig(data=str(demos), out=str(run), policy=policy_preset("chunk"), steps=2000, seed=0), show_progress=False)
     report = evaluate_policy(run, "lift", episodes=20, seed=1000, show_progress=False)
     assert report.success_rate >= 0.8, f"lift state policy succeeded in {report.success_rate:.0%} of 20 episodes"
+
+
+@pytest.mark.slow
+def test_rgb_policy_learns_push_from_the_top_camera_alone(tmp_path: Path) -> None:
+    """100 clean demos, the 64x64 top camera only (no coordinates), a slimmer ResNet (16-32-64),
+    1500 steps: measured 36.7% on the 30 evaluation seeds (the default 32-64-128 ResNet: 56.7%)."""
+    import dataclasses
+
+    demos = _demos(tmp_path / "push.zarr", "push", 100, cameras=("top",), image_size=64)
+    base = policy_preset("chunk")
+    policy = dataclasses.replace(base, encoder=dataclasses.replace(base.encoder, image_channels=(16, 32, 64)))
+    run = tmp_path / "il"
+    cfg = ImitationConfig(data=str(demos), out=str(run), policy=policy, steps=1500, obs_keys=("observation.images.top",), seed=0)
+    train_imitation(cfg, show_progress=False)
+    report = evaluate_policy(run, "push", episodes=30, seed=1000, show_progress=False)
+    assert report.success_rate >= 0.2, f"RGB push policy succeeded in {report.success_rate:.0%} of 30 episodes"

@@ -216,14 +216,15 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
             selected, selection, path = select_policy(robot, task, config, run)
             if selected == "start":
                 final = _with_config(build_from_checkpoint(ckpt, device=str(device))[0], own_config)
-                if head is not None:  # a head for the policy handed on, distilled on the last iteration's states
-                    head = ConsistencyHead.from_policy(final)
-                    head_opt = make_head_optimizer(head, config.distill_lr)
-                    for _ in range(config.distill_steps * config.iterations):
-                        idx = torch.randint(0, len(cond), (min(256, len(cond)),), generator=gen).to(device)
-                        distill_step(final, head, head_opt, cond[idx], gen)
+                head, done = (ConsistencyHead.from_policy(final), 0) if head is not None else (None, 0)
             else:
                 final, head = build_from_checkpoint(load_checkpoint(path, kind=KIND), device=str(device))
+                done = (int(selected.split()[1]) + 1) * config.distill_steps
+            if head is not None:  # the head of the policy handed on gets the whole distillation budget, on the last states
+                head_opt = make_head_optimizer(head, config.distill_lr)
+                for _ in range(config.distill_steps * config.iterations - done):
+                    idx = torch.randint(0, len(cond), (min(256, len(cond)),), generator=gen).to(device)
+                    distill_step(final, head, head_opt, cond[idx], gen)
             run.metrics.log({"charts/selected_success": max(s for _, s, _ in selection)}, config.iterations)
     save_policy(run.policy_dir, final, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "selected": selected})
     report = OnlineReport(
