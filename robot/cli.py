@@ -386,6 +386,12 @@ def convert(
 
 def main(argv: Optional[list[str]] = None) -> None:
     import os
+    import signal
+
+    # Ctrl-C (SIGINT) stops every command cleanly, even when started from a shell that
+    # ignores SIGINT for background jobs (`cmd &` in a script): Python keeps an inherited
+    # "ignore" and would never raise KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering; must precede any mujoco import
     # OpenMP threads that spin while waiting made training 10-25x slower whenever another

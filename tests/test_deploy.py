@@ -135,7 +135,7 @@ def test_fixed_rate_deploy_with_background_inference_holds_the_rate(policy: Path
 def test_auto_inference_plans_inline_when_a_plan_fits_in_half_a_period(policy: Path, tmp_path: Path) -> None:
     slow_loop = deploy(DeployConfig(policy=policy, episodes=1, hz=10, max_steps=6, out=tmp_path / "a.zarr"))
     assert set(slow_loop.action_age_ticks) == {0} and slow_loop.stale_dropped == 0  # 100 ms period: every plan inline
-    fast_loop = deploy(DeployConfig(policy=policy, episodes=1, hz=2000, max_steps=40, out=tmp_path / "b.zarr"))
+    fast_loop = deploy(DeployConfig(policy=policy, episodes=1, hz=2000, max_steps=400, out=tmp_path / "b.zarr"))
     assert max(fast_loop.action_age_ticks) >= 1  # 0.5 ms period: no plan fits, the thread plans
 
 class ScriptedOperator:
