@@ -73,7 +73,8 @@ def test_online_stores_rollouts_logs_diagnostics_and_keeps_a_one_step_head(polic
 
 def test_online_hands_on_the_best_scorer_of_the_start_and_its_snapshots(policy, tmp_path):
     cfg = OnlineConfig(policy=str(policy[1]), out=str(tmp_path / "on"), iterations=2, episodes_per_iteration=2, epochs=2,
-                       critic=CriticConfig(hidden_dims=(32, 32)), distill_steps=2, value_warmup_epochs=2, select_episodes=2, select_every=1)  # fmt: skip
+                       critic=CriticConfig(hidden_dims=(32, 32)), distill_steps=2, value_warmup_epochs=2, select_episodes=2, select_every=1,
+                       distill_data=str(policy[0]))  # fmt: skip
     report = train_online(cfg, show_progress=False)
     names = [name for name, _, _ in report.selection]
     assert names == ["start", "iteration 0", "iteration 1"]

@@ -33,6 +33,7 @@ from robot.types import EpisodeMeta
 from workflow.distill import distill_step, make_head_optimizer
 from workflow.distributed import require_single_process
 from workflow.envs import make_sim_for
+from workflow.latent import encode_store
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
 from workflow.ppo import chain_ppo_loss, denoiser_parameters, floor_denoising_std, normalize_advantages
 from workflow.rollout import EpisodeFrames, episode_features, evaluate
@@ -74,6 +75,10 @@ class OnlineConfig:
     distill_steps: int = 50
     """Consistency-distillation steps per iteration (0: no one-step head)."""
     distill_lr: float = 1e-4
+    distill_data: str | None = None
+    """Episode store (e.g. the demonstrations) whose states the handed-on policy's one-step head is finally
+    distilled on, for the whole budget; None: the last iteration's states, for what its snapshot has not had.
+    On push, demonstration states gave the head 73% vs 50% from rollout states (teacher 83%)."""
     select_episodes: int = 16
     """Deterministic episodes scoring the starting policy and every ``select_every``-th snapshot at the end;
     the stage hands on the best scorer, the start on ties, so it never passes on a policy that scored lower
@@ -220,11 +225,15 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
             else:
                 final, head = build_from_checkpoint(load_checkpoint(path, kind=KIND), device=str(device))
                 done = (int(selected.split()[1]) + 1) * config.distill_steps
-            if head is not None:  # the head of the policy handed on gets the whole distillation budget, on the last states
+            if head is not None:  # the head of the policy handed on gets the whole distillation budget
+                states, steps = cond, config.distill_steps * config.iterations - done
+                if config.distill_data:
+                    store = ZarrEpisodeStore.open(config.distill_data)
+                    states, steps = encode_store(store, final, ckpt.normalizer, gamma=config.gamma, device=device).features, steps + done
                 head_opt = make_head_optimizer(head, config.distill_lr)
-                for _ in range(config.distill_steps * config.iterations - done):
-                    idx = torch.randint(0, len(cond), (min(256, len(cond)),), generator=gen).to(device)
-                    distill_step(final, head, head_opt, cond[idx], gen)
+                for _ in range(steps):
+                    idx = torch.randint(0, len(states), (min(256, len(states)),), generator=gen).to(device)
+                    distill_step(final, head, head_opt, states[idx], gen)
             run.metrics.log({"charts/selected_success": max(s for _, s, _ in selection)}, config.iterations)
     save_policy(run.policy_dir, final, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "selected": selected})
     report = OnlineReport(

@@ -148,7 +148,7 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
     critics = out / "offline" / f"round-{b.offline_rounds - 1}" / "critics"
     online_cfg = OnlineConfig(
         policy=offline, out=str(out / "online"), task=config.task, iterations=b.online_iterations, episodes_per_iteration=b.online_episodes,
-        value_from=str(critics) if critics.is_dir() else None, critic=offline_cfg.critic, seed=config.seed, device=config.device,
+        value_from=str(critics) if critics.is_dir() else None, critic=offline_cfg.critic, distill_data=str(demos), seed=config.seed, device=config.device,
     )  # fmt: skip
     def online_stage() -> tuple[str, int, str]:
         report = train_online(online_cfg, show_progress=show_progress)
