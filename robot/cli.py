@@ -236,7 +236,7 @@ def train_distill(
 def pipeline(
     task: str = typer.Option("push", help="Simulated task."),
     out: Path = typer.Option(Path("runs/pipeline"), help="Pipeline directory (a rerun resumes finished stages)."),
-    budget: str = typer.Option("quick", help="quick (about 9 min on 2 CPU cores for push, measured) or full."),
+    budget: str = typer.Option("quick", help="quick (about 11 min on 2 CPU cores for push, measured) or full."),
     policy: str = typer.Option("chunk", help="Policy preset: chunk or single."),
     cameras: str = typer.Option("", help="Comma-separated sim cameras the policy sees (e.g. top); none = state."),
     seed: int = typer.Option(0),

@@ -1,4 +1,4 @@
-"""The quick pipeline preset end to end on the fast push task (slow: about 8.5 minutes on 2 cores)."""
+"""The quick pipeline preset end to end on the fast push task (slow: about 11 minutes on 2 cores)."""
 
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ class Budget:
 
 
 BUDGETS = {
-    # push on 2 CPU cores: about 8.5 minutes wall clock with 1 torch thread (docs/RESULTS.md)
+    # push on 2 CPU cores: about 11 minutes wall clock with 1 torch thread (docs/RESULTS.md)
     "quick": Budget(demos=100, demo_noise=0.0, imitation_steps=4000, offline_rounds=1, critic_steps=1000, ppo_updates=60, ppo_batch=64,
                     rollout_episodes=20, retrain_steps=300, online_iterations=6, online_episodes=8, eval_episodes=30),
     "full": Budget(demos=200, demo_noise=0.0, imitation_steps=8000, offline_rounds=2, critic_steps=3000, ppo_updates=300, ppo_batch=128,
