@@ -20,6 +20,7 @@ unreachable controller as ``ArmUnreachableError`` and a stopped arm as
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Mapping, Protocol, Sequence
 
 import numpy as np
@@ -42,7 +43,7 @@ class CellOperator(Protocol):
     def close(self) -> None: ...
 
 
-class CartesianArm:
+class CartesianArm(ABC):
     """An end-effector-delta :class:`hardware.arm.Arm` over a vendor SDK (see the module docstring).
 
     ``sources`` publish extra state signals (trackers), ``cameras`` publish
@@ -274,35 +275,35 @@ class CartesianArm:
 
     # ---- vendor hooks ------------------------------------------------------------------------
 
+    @abstractmethod
     def _open(self) -> None:
         """Connect to the controller and make it ready to servo; ArmUnreachableError when it cannot."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _close(self) -> None:
         """Stop servoing and close the connections."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _read(self) -> ArmReading:
         """TCP pose, joints and gripper in SI units, base frame."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _servo(self, position: np.ndarray, rotation: Rotation) -> None:
         """Send one absolute TCP target (base frame); ArmFaultError when the arm refuses it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _grip(self, command: float, force: bool) -> None:
         """Gripper command in [-1 open, 1 closed]; skip it when unchanged unless ``force``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _move_home(self) -> None:
         """Move to ``config.home_joints`` and come back ready to servo (blocking)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _fault(self) -> str | None:
         """What stops the arm right now (named codes and how to clear them), or None."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _recover(self) -> None:
         """Clear the fault through the SDK and get ready to servo again."""
-        raise NotImplementedError
 
