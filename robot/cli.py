@@ -316,7 +316,13 @@ def deploy(
 
     config = _run_or_fail(DeployConfig, policy=policy, robot=robot, episodes=episodes, hz=hz, max_steps=max_steps, sampler=sampler, chunks=chunks,
                           inference=inference, device=device, out=out, seed=seed, torch_device=torch_device, view=view, rrd=rrd)  # fmt: skip
-    report = _run_or_fail(run_deploy, config)
+    from hardware.drivers.contract import ArmFaultError
+    from hardware.teleop import DeviceUnavailable
+
+    try:  # an unreachable or faulted arm, a dead server or a missing device: one line, not a traceback
+        report = _run_or_fail(run_deploy, config)
+    except (ConnectionError, ArmFaultError, DeviceUnavailable) as e:
+        _fail(str(e))
     typer.echo(report.table())
     typer.echo(f"episodes stored in {report.store} (source = deployment)")
     if report.stopped_by == "estop":

@@ -247,3 +247,16 @@ def test_the_same_checkpoint_takes_the_same_actions_through_robot_serve(policy: 
     for i in range(2):
         np.testing.assert_array_equal(b.episode(i).data["action"], a.episode(i).data["action"])
         np.testing.assert_array_equal(b.episode(i).data["observation.state"], a.episode(i).data["observation.state"])
+
+
+def test_an_operator_device_that_cannot_connect_leaves_no_store_behind(policy: Path, tmp_path: Path) -> None:
+    from hardware.teleop import DeviceUnavailable
+
+    class Unplugged(ScriptedOperator):
+        def connect(self):
+            raise DeviceUnavailable("no gamepad is plugged in")
+
+    robot, task = make_sim("push")
+    with pytest.raises(DeviceUnavailable, match="no gamepad"):
+        deploy(DeployConfig(policy=policy, episodes=1, hz=0, out=tmp_path / "d.zarr"), robot=robot, task=task, device=Unplugged({}))
+    assert not (tmp_path / "d.zarr").exists()

@@ -172,11 +172,12 @@ def deploy(
     episodes: list[DeployedEpisode] = []
     stopped_by = None
     with robot:
-        store = ZarrEpisodeStore.open_or_create(out, episode_features(robot))
+        store = None
         try:
             if device is not None:
-                device.connect()
+                device.connect()  # before the store: a missing device must not leave an empty store behind
                 print(device.controls, file=stream)
+            store = ZarrEpisodeStore.open_or_create(out, episode_features(robot))
             for i in range(config.episodes):
                 seed = config.seed + i
                 episode, frames, stopped_by = session.run_episode(seed, wait_for_operator=task is None)
@@ -191,7 +192,8 @@ def deploy(
                     break
         finally:
             planner.close()
-            store.close()
+            if store is not None:
+                store.close()
             if view is not None:
                 view.close()
             if device is not None:
