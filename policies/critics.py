@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -181,11 +181,24 @@ class IqlCritics(nn.Module):
             "values/v_mean": v.mean().detach(),
         }
 
-    def update(self, batch: CriticBatch | Mapping[str, Tensor], optimizer: torch.optim.Optimizer) -> dict[str, float]:
-        """One gradient step on Q and V, then a soft target update; returns the loss terms as floats."""
+    def update(
+        self,
+        batch: CriticBatch | Mapping[str, Tensor],
+        optimizer: torch.optim.Optimizer,
+        *,
+        loss_scale: float = 1.0,
+        sync: Callable[[Iterable[nn.Parameter]], None] | None = None,
+    ) -> dict[str, float]:
+        """One gradient step on Q and V, then a soft target update; returns the loss terms as floats.
+
+        Data-parallel training passes this rank's share of the global batch, the ``loss_scale``
+        that makes its mean a share of the global mean, and ``sync`` to average the gradients.
+        """
         terms = self.losses(batch)
         optimizer.zero_grad(set_to_none=True)
-        terms["losses/total"].backward()
+        (terms["losses/total"] * loss_scale).backward()
+        if sync is not None:
+            sync(self.trainable_parameters())
         if self.config.grad_clip_norm > 0:
             nn.utils.clip_grad_norm_(self.trainable_parameters(), self.config.grad_clip_norm)
         optimizer.step()

@@ -7,6 +7,7 @@ importing the kit has no side effects.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -202,18 +203,24 @@ def train_online(
     actor_lr: float = typer.Option(1e-5),
     value_from: Optional[Path] = typer.Option(None, help="Offline critics checkpoint (runs/x/round-M/critics) to warm-start V."),
     distill_steps: int = typer.Option(50, help="Consistency-distillation steps per iteration (0 = none)."),
+    distill_data: Optional[Path] = typer.Option(None, help="Episode store (e.g. the demos) whose states the handed-on policy's head is distilled on."),
+    select_episodes: int = typer.Option(16, min=0, help="Deterministic episodes scoring the start and the snapshots (0: hand on the last)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
 ) -> None:
-    """Online RL: PPO over denoising chains on live rollouts, one-step head distilled alongside."""
+    """Online RL: PPO over denoising chains on live rollouts, one-step head distilled alongside.
+
+    Under `torchrun --nproc_per_node N` each process rolls out its share of the episodes in its own sim."""
     from workflow.online import OnlineConfig, train_online as run
 
     cfg = OnlineConfig(
         policy=str(policy), out=str(out), task=task, iterations=iterations, episodes_per_iteration=episodes_per_iteration,
-        actor_lr=actor_lr, value_from=str(value_from) if value_from else None, distill_steps=distill_steps, seed=seed, device=device,
+        actor_lr=actor_lr, value_from=str(value_from) if value_from else None, distill_steps=distill_steps,
+        distill_data=str(distill_data) if distill_data else None, select_episodes=select_episodes, seed=seed, device=device,
     )  # fmt: skip
     report = _run_or_fail(run, cfg)
-    typer.echo(f"rollout success {report.success_first:.1%} -> {report.success_last:.1%}; policy written to {report.policy}")
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"rollout success {report.success_first:.1%} -> {report.success_last:.1%}; kept {report.selected}; policy written to {report.policy}")
 
 
 @train_app.command("distill")
@@ -236,7 +243,7 @@ def train_distill(
 def pipeline(
     task: str = typer.Option("push", help="Simulated task."),
     out: Path = typer.Option(Path("runs/pipeline"), help="Pipeline directory (a rerun resumes finished stages)."),
-    budget: str = typer.Option("quick", help="quick (about 11 min on 2 CPU cores for push, measured) or full."),
+    budget: str = typer.Option("quick", help="quick (about 11 min on 2 CPU cores for push, measured), full, or smoke (every stage in about a minute; learns nothing)."),
     policy: str = typer.Option("chunk", help="Policy preset: chunk or single."),
     cameras: str = typer.Option("", help="Comma-separated sim cameras the policy sees (e.g. top); none = state."),
     seed: int = typer.Option(0),

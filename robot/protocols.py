@@ -106,6 +106,13 @@ class Policy(Protocol):
     def select_action(self, observation: Observation) -> np.ndarray: ...
 
 
+@runtime_checkable
+class EpisodeSeeded(Protocol):
+    """A policy whose sampling noise is seeded per episode (``run_episode`` calls it after ``reset``)."""
+
+    def seed_episode(self, episode_seed: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class Episode:
     """One stored episode: arrays with time as the first axis, and its metadata."""

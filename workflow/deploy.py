@@ -225,6 +225,7 @@ class _Session:
         if wait_for_operator and not self._wait_for_start(obs):
             return None, None, "quit"
         self.controller.reset()
+        self.controller.seed_episode(seed)  # the noise `robot eval` draws for this seed
         self.queue.clear()
         self.planner.discard()
         frames = EpisodeFrames(list(robot.observation_features))

@@ -1,12 +1,16 @@
 """Scale-out on PyTorch's own engine: a stage started by ``torchrun`` trains with DistributedDataParallel.
 
     torchrun --standalone --nproc_per_node 2 -m robot.cli train imitation --data D --out R
+    torchrun --standalone --nproc_per_node 4 -m robot.cli pipeline --task push
 
 Each process is one rank. Every rank draws the same global batch (and the same
 diffusion noise) from identically seeded generators and trains on its own
 contiguous slice of it; DDP averages the gradients, so N ranks take the step
 one process would take on the whole batch (up to float summation order).
-Only rank 0 writes the run directory. Backend: gloo on CPU, nccl on CUDA
+The RL stages split their sim episodes too: each rank rolls out its share in its own
+sim (parallel rollout workers), and every episode draws its noise from its own seed,
+so the episodes are the ones one process would collect. Only rank 0 writes the run
+directory. Backend: gloo on CPU, nccl on CUDA
 (each rank on ``cuda:LOCAL_RANK``). Without torchrun's environment
 (``WORLD_SIZE`` unset or 1) everything here is a no-op.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
@@ -66,6 +71,59 @@ class Distributed:
         if self.enabled:
             dist.barrier()
 
+    def shard(self, n: int) -> range:
+        """This rank's share of ``n`` work items (episodes): every ``world_size``-th from ``rank``."""
+        return range(self.rank, n, self.world_size)
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def gather_to_main(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` in rank order on rank 0 (None on the others): data only rank 0 writes."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def average_gradients(self, params: Iterable[nn.Parameter]) -> None:
+        """Average ``.grad`` over ranks in one flat all-reduce (parameters without a gradient are skipped).
+
+        For losses that are means over each rank's rows of a global minibatch; a rank whose
+        rows are fewer than the others' must scale its loss (``Distributed.rows``).
+        """
+        if not self.enabled:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def rows(self, minibatch: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """This rank's rows of a global minibatch of indices, and the weight that turns the mean
+        loss over them into its share of the global mean once gradients are averaged over ranks."""
+        local = minibatch[self.rank :: self.world_size]
+        return local, len(local) * self.world_size / max(1, len(minibatch))
+
 
 def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
     """Join the torchrun job this process belongs to (if any) and pick its device."""
@@ -79,12 +137,3 @@ def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Distributed(rank=rank, world_size=world, local_rank=local_rank), device
-
-
-def require_single_process(stage: str) -> None:
-    """Stages not yet data-parallel refuse torchrun instead of running N copies into one run directory."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError(
-            f"the {stage} stage does not run under torchrun yet (imitation and distillation do); "
-            f"start it as one process, or run its imitation retraining with torchrun separately"
-        )

@@ -8,9 +8,11 @@ import numpy as np
 import torch
 
 from robot.store import ZarrEpisodeStore
+from workflow.distributed import init_distributed
 from workflow.envs import make_sim_for
 from workflow.policy import DiffusionController
 from workflow.rollout import EvalReport, episode_features, evaluate
+from workflow.run import resolve_device
 
 
 def evaluate_policy(
@@ -30,15 +32,18 @@ def evaluate_policy(
     """Evaluate in sim; ``view`` streams every step and the denoising chain of each executed
     chunk to a Rerun viewer, ``rrd`` writes the same to a file; with ``critics`` (an offline
     round's ``critics`` checkpoint) the view also shows Q of each executed chunk and V."""
-    controller = DiffusionController.load(policy, sampler=sampler, device=device)
+    ddp, torch_device = init_distributed(resolve_device(device))  # torchrun: the seeds are split over the ranks' sims
+    controller = DiffusionController.load(policy, sampler=sampler, device=str(torch_device))
     robot, sim_task = make_sim_for(task, controller.input_features)
     controller.check_robot(robot.name, robot.observation_features, robot.action_features)
+    if (view or rrd) and ddp.enabled:
+        raise ValueError("--view/--rrd follow one process's episodes; evaluate without torchrun to watch them")
     on_step = LiveEvalView(controller, robot, sim_task.fps, spawn=view, save=rrd, critics=critics) if view or rrd else None
     with robot:
-        store = ZarrEpisodeStore.open_or_create(save, episode_features(robot)) if save else None
+        store = ZarrEpisodeStore.open_or_create(save, episode_features(robot)) if save and ddp.is_main else None
         try:
             return evaluate(robot, sim_task, controller, episodes=episodes, seed=seed, store=store, source="offline-rollout",
-                            show_progress=show_progress, on_step=on_step)  # fmt: skip
+                            show_progress=show_progress, on_step=on_step, ddp=ddp)  # fmt: skip
         finally:
             if store is not None:
                 store.close()

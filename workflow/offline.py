@@ -32,7 +32,7 @@ from robot.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from robot.config import to_dict
 from robot.store import ZarrEpisodeStore
 from workflow.diagnostics.probes import CriticProbe, ProbeConfig, advantage_metrics, critic_metrics, make_critic_probe, policy_gap_metrics, save_critic_snapshot
-from workflow.distributed import require_single_process
+from workflow.distributed import Distributed, init_distributed
 from workflow.envs import make_sim_for
 from workflow.imitation import ImitationConfig, train_imitation
 from workflow.latent import LatentTransitions, encode_store
@@ -116,13 +116,13 @@ class OfflineReport:
 
 def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> OfflineReport:
     started = time.perf_counter()
-    require_single_process("offline RL")
-    device = resolve_device(config.device)
-    run = RunDir(config.out, config)
+    ddp, device = init_distributed(resolve_device(config.device))  # torchrun: batches and rollouts split over ranks
+    run = RunDir(config.out, config, write=ddp.is_main)
     seed_everything(config.seed)
     merged = run.path / "data.zarr"
-    if not merged.exists():  # the demonstrations, then every round's rollouts, in one store
+    if ddp.is_main and not merged.exists():  # the demonstrations, then every round's rollouts, in one store
         shutil.copytree(config.data, merged)
+    ddp.barrier()
     policy_path = config.policy
     rounds: list[RoundReport] = []
     warning = None
@@ -148,26 +148,31 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
 
         # 2. critics and latent dynamics (a held-out episode split and fixed probe rows watch the critics)
         probe = make_critic_probe(data, reference, config.probe, n_action_steps=ta)
-        critics = fit_critics(data, config, run, m, device, show_progress, probe=probe)
-        save_checkpoint(
-            round_dir / "critics",
-            Checkpoint(kind="iql-critics", config={"critic": to_dict(config.critic), "feature_dim": data.features.shape[1],
-                                                   "action_dim": data.actions.shape[1]}, modules={"critics": critics.state_dict()}),
-        )  # fmt: skip
+        critics = fit_critics(data, config, run, m, device, show_progress, probe=probe, ddp=ddp)
+        if ddp.is_main:
+            save_checkpoint(
+                round_dir / "critics",
+                Checkpoint(kind="iql-critics", config={"critic": to_dict(config.critic), "feature_dim": data.features.shape[1],
+                                                       "action_dim": data.actions.shape[1]}, modules={"critics": critics.state_dict()}),
+            )  # fmt: skip
+        # every rank fits the same ensemble from the same seed (not split: it is a small part of a round)
         dynamics = DynamicsEnsemble(data.features.shape[1], data.actions.shape[1], config.dynamics).to(device)
         fit = dynamics.fit(data.features, data.actions, data.next_features, data.returns, seed=config.seed + m)
         run.metrics.log({f"dynamics/{k}": float(v) for k, v in _numbers(fit).items()}, m)
 
         # 3. PPO on the denoising chain, gated by AM-Q
-        accepted_policy, decisions = ppo_round(reference, critics, dynamics, data, config, run, m, device, show_progress, probe=probe)
-        with open(run.path / "gate.jsonl", "a") as f:
-            for d in decisions:
-                f.write(json.dumps({"round": m, **to_dict(d), "gain": d.gain}) + "\n")
+        accepted_policy, decisions = ppo_round(reference, critics, dynamics, data, config, run, m, device, show_progress, probe=probe, ddp=ddp)
+        if ddp.is_main:
+            with open(run.path / "gate.jsonl", "a") as f:
+                for d in decisions:
+                    f.write(json.dumps({"round": m, **to_dict(d), "gain": d.gain}) + "\n")
 
         # 4. roll the accepted policy out, 5. retrain imitation on the merged data (when the gate accepted a candidate)
-        save_policy(round_dir / "accepted", accepted_policy, normalizer, extra={**ckpt.extra, "stage": "offline", "round": m})
+        if ddp.is_main:
+            save_policy(round_dir / "accepted", accepted_policy, normalizer, extra={**ckpt.extra, "stage": "offline", "round": m})
+        ddp.barrier()
         improved = any(d.accepted for d in decisions) or config.retrain_when_rejected
-        rollout = rollout_into(merged, round_dir / "accepted", config, m) if config.rollout_episodes and improved else None
+        rollout = rollout_into(merged, round_dir / "accepted", config, m, ddp) if config.rollout_episodes and improved else None
         next_policy = round_dir / "accepted"
         if config.retrain_steps and improved:
             retrain = ImitationConfig(
@@ -191,13 +196,16 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
             merged_episodes=ZarrEpisodeStore.open(merged).num_episodes,
             policy=str(next_policy),
         )
-        (round_dir / "report.json").write_text(json.dumps(to_dict(report), indent=2))
+        if ddp.is_main:
+            (round_dir / "report.json").write_text(json.dumps(to_dict(report), indent=2))
         rounds.append(report)
         policy_path = str(next_policy)
 
     final = run.policy_dir
-    shutil.rmtree(final, ignore_errors=True)
-    shutil.copytree(policy_dir(policy_path), final)
+    if ddp.is_main:
+        shutil.rmtree(final, ignore_errors=True)
+        shutil.copytree(policy_dir(policy_path), final)
+    ddp.barrier()  # the other ranks return once the policy is on disk
     out = OfflineReport(run=str(run.path), policy=str(final), rounds=tuple(rounds), minutes=(time.perf_counter() - started) / 60, warning=warning)
     run.write_report(out)
     run.close()
@@ -205,20 +213,30 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
 
 
 def fit_critics(
-    data: LatentTransitions, config: OfflineConfig, run: RunDir, m: int, device: torch.device, show_progress: bool, probe: CriticProbe | None = None
+    data: LatentTransitions,
+    config: OfflineConfig,
+    run: RunDir,
+    m: int,
+    device: torch.device,
+    show_progress: bool,
+    probe: CriticProbe | None = None,
+    ddp: Distributed | None = None,
 ) -> IqlCritics:
     """IQL on the frozen features: expectile V, twin Q toward r + gamma^n V(s').
 
     With a ``probe`` the critics train on its training episodes only and the diagnostics
-    (``critic/*`` metrics, snapshots in round-M/critic-checkpoints) watch them.
+    (``critic/*`` metrics, snapshots in round-M/critic-checkpoints) watch them. Under
+    torchrun every rank draws the same batch and trains on its rows of it.
     """
+    ddp = ddp or Distributed()
     critics = IqlCritics(data.features.shape[1], data.actions.shape[1], config=config.critic, device=device)
     optimizer = critics.make_optimizer()
     gen = torch.Generator(device="cpu").manual_seed(config.seed + 100 * m)
-    bar = progress(config.critic_steps, 0, f"critics r{m}", show_progress)
+    bar = progress(config.critic_steps, 0, f"critics r{m}", show_progress and ddp.is_main)
     rows = probe.train_pool if probe is not None else torch.arange(len(data), device=device)
     for step in range(config.critic_steps):
         idx = rows[torch.randint(0, len(rows), (min(256, len(rows)),), generator=gen).to(device)]
+        idx, scale = ddp.rows(idx)  # this rank's rows of the global batch
         batch = {
             "features": data.features[idx],
             "actions": data.actions[idx],
@@ -227,13 +245,14 @@ def fit_critics(
             "terminals": data.terminals[idx],
             "next_features": data.next_features[idx],
         }
-        losses = critics.update(batch, optimizer)
+        losses = critics.update(batch, optimizer, loss_scale=scale, sync=ddp.average_gradients)
         last = step == config.critic_steps - 1
-        if probe is not None and (step % config.probe.every == 0 or last):
+        if probe is not None and ddp.is_main and (step % config.probe.every == 0 or last):
             losses.update(critic_metrics(critics, data, probe, config.probe))
-        if probe is not None and (step % config.probe.checkpoint_every == 0 or last):
+        if probe is not None and ddp.is_main and (step % config.probe.checkpoint_every == 0 or last):
             save_critic_snapshot(run.path / f"round-{m}" / "critic-checkpoints" / f"step-{step:07d}", critics, config.critic, data.features.shape[1], data.actions.shape[1])
-        if step % 50 == 0 or last or "critic/q_dataset" in losses:
+        if step % 50 == 0 or last or step % config.probe.every == 0:
+            losses = {k: ddp.mean(v) if k.startswith(("losses/", "values/")) else v for k, v in losses.items()}  # over the whole batch
             run.metrics.log({f"{k}_r{m}": v for k, v in losses.items()}, step)
         bar.update(1)
     bar.close()
@@ -251,8 +270,11 @@ def ppo_round(
     device: torch.device,
     show_progress: bool,
     probe: CriticProbe | None = None,
+    ddp: Distributed | None = None,
 ) -> tuple[DiffusionPolicy, list[GateDecision]]:
-    """PPO updates of a candidate copy; the gate decides which weights become the reference."""
+    """PPO updates of a candidate copy; the gate decides which weights become the reference.
+    Under torchrun each rank takes its rows of every batch and rank 0's gate decision holds for all."""
+    ddp = ddp or Distributed()
     own_config = floor_denoising_std(reference, config.min_std)
     candidate = copy.deepcopy(reference).requires_grad_(False)
     params = denoiser_parameters(candidate)
@@ -264,7 +286,7 @@ def ppo_round(
     starts = data.features[torch.as_tensor(ope_gen.choice(len(data), size=min(config.gate.start_states, len(data)), replace=False))]
     ta = reference.config.n_action_steps
     decisions: list[GateDecision] = []
-    bar = progress(config.ppo_updates, 0, f"ppo r{m}", show_progress)
+    bar = progress(config.ppo_updates, 0, f"ppo r{m}", show_progress and ddp.is_main)
     for update in range(1, config.ppo_updates + 1):
         idx = torch.randint(0, len(data), (min(config.ppo_batch, len(data)),), generator=gen).to(device)
         cond = data.features[idx]
@@ -275,19 +297,21 @@ def ppo_round(
             advantages = normalize_advantages(raw_advantages)
             if config.flip_advantages:
                 advantages = -advantages
-        loss, stats = chain_ppo_loss(candidate, cond, chain, advantages, config.clip_eps)
+        rows, scale = ddp.rows(torch.arange(len(idx)))  # every rank sampled the whole batch; each trains on its rows
+        loss, stats = chain_ppo_loss(candidate, cond[rows], chain[rows], advantages[rows], config.clip_eps)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * scale).backward()
+        ddp.average_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
-        metrics = {"losses/ppo": loss.item(), "charts/clip_fraction": stats.clip_fraction, "charts/approx_kl": stats.approx_kl}
+        metrics = {"losses/ppo": ddp.mean(loss.item()), "charts/clip_fraction": ddp.mean(stats.clip_fraction), "charts/approx_kl": ddp.mean(stats.approx_kl)}
         if probe is not None:
             metrics.update(advantage_metrics(raw_advantages, config.probe))
         if update % config.gate_every == 0 or update == config.ppo_updates:
-            decision = gate(candidate, reference, critics, dynamics, starts, config.gate, n_action_steps=ta, update=update, seed=config.seed + m)
+            decision = ddp.broadcast(gate(candidate, reference, critics, dynamics, starts, config.gate, n_action_steps=ta, update=update, seed=config.seed + m))
             decisions.append(decision)
             metrics.update({"ope/amq_reference": decision.j_reference, "ope/amq_candidate": decision.j_candidate, "ope/accepted": float(decision.accepted)})
-            if probe is not None:
+            if probe is not None and ddp.is_main:
                 metrics.update(policy_gap_metrics(candidate, critics, data, probe, config.probe, n_action_steps=ta))
             if decision.accepted:  # the candidate becomes the reference chains are sampled from
                 reference = copy.deepcopy(candidate).requires_grad_(False)
@@ -301,16 +325,25 @@ def ppo_round(
     return reference.eval(), decisions
 
 
-def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: int) -> EvalReport:
-    """Run the accepted policy in sim and append its episodes to the merged store."""
+def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: int, ddp: Distributed | None = None) -> EvalReport:
+    """Run the accepted policy in sim and append its episodes to the merged store (under
+    torchrun each rank runs its share of the episodes; rank 0 appends them all)."""
+    ddp = ddp or Distributed()
     controller = DiffusionController.load(policy_path, device=config.device, seed=config.seed + m)
-    store = ZarrEpisodeStore.open(store_path, mode="a")
-    robot, task = make_sim_for(config.task, {k: f for k, f in store.features.items() if k.startswith("observation.")})
+    store = ZarrEpisodeStore.open(store_path, mode="a" if ddp.is_main else "r")
+    features = {k: f for k, f in store.features.items() if k.startswith("observation.")}
+    if not ddp.is_main:
+        store.close()
+        store = None
+    robot, task = make_sim_for(config.task, features)
     try:
         with robot:
-            return evaluate(robot, task, controller, episodes=config.rollout_episodes, seed=config.seed + 10_000 * (m + 1), store=store, source="offline-rollout")
+            return evaluate(robot, task, controller, episodes=config.rollout_episodes, seed=config.seed + 10_000 * (m + 1), store=store,
+                            source="offline-rollout", ddp=ddp)  # fmt: skip
     finally:
-        store.close()
+        if store is not None:
+            store.close()
+        ddp.barrier()  # the merged store is complete before anyone reads it
 
 
 def _numbers(obj: object) -> dict[str, float]:

@@ -11,6 +11,13 @@ Each iteration reads top to bottom:
    advantage per decision shared by its K steps) and of the value regression;
 4. a few consistency-distillation steps on this iteration's states;
 5. every episode is appended to the run's store as ``online-rollout``.
+
+Under ``torchrun`` every rank rolls out its share of each iteration's episodes in its
+own sim (parallel rollout workers), the decisions are gathered on every rank, and the
+PPO and value minibatches are split over the ranks with their gradients averaged; the
+selection episodes are split the same way. Each episode's noise comes from its own seed,
+so N ranks collect the episodes one process would and take the same steps (up to float
+summation order). Rank 0 writes the run directory and distils the one-step head.
 """
 
 from __future__ import annotations
@@ -31,10 +38,10 @@ from robot.protocols import Robot, Task
 from robot.store import ZarrEpisodeStore
 from robot.types import EpisodeMeta
 from workflow.distill import distill_step, make_head_optimizer
-from workflow.distributed import require_single_process
+from workflow.distributed import Distributed, init_distributed
 from workflow.envs import make_sim_for
 from workflow.latent import encode_store
-from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
+from workflow.policy import KIND, DiffusionController, build_from_checkpoint, episode_noise_seed, policy_dir, save_policy
 from workflow.ppo import chain_ppo_loss, denoiser_parameters, floor_denoising_std, normalize_advantages
 from workflow.rollout import EpisodeFrames, episode_features, evaluate
 from workflow.run import RunDir, progress, resolve_device, seed_everything
@@ -64,7 +71,9 @@ class OnlineConfig:
     """Per environment step; a chunk of n steps discounts by gamma^n."""
     gae_lambda: float = 0.95
     target_kl: float = 0.05
-    """Stop an iteration's epochs once the approximate KL exceeds this."""
+    """Stop an iteration's updates at the first minibatch whose approximate KL to the sampling policy exceeds
+    1.5x this (as Stable-Baselines3 does). Checked only at the end of each epoch, a lift run's first epoch
+    went on to KL 9.8 and a clip fraction of 0.93 at actor lr 3e-5."""
     value_warmup_epochs: int = 20
     """Value-only regression epochs on the first iteration (V must be sensible before it shapes advantages)."""
     value_from: str | None = None
@@ -120,12 +129,20 @@ class Decisions:
     last: list[bool] = field(default_factory=list)  # last decision of its episode
     next_cond: list[torch.Tensor] = field(default_factory=list)  # (1, Dc) after the chunk
 
+    @staticmethod
+    def concat(parts: list["Decisions"]) -> "Decisions":
+        """Episodes' decisions one after the other."""
+        out = Decisions()
+        for part in parts:
+            for name in out.__dataclass_fields__:
+                getattr(out, name).extend(getattr(part, name))
+        return out
+
 
 def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineReport:
     started = time.perf_counter()
-    require_single_process("online RL")
-    device = resolve_device(config.device)
-    run = RunDir(config.out, config)
+    ddp, device = init_distributed(resolve_device(config.device))  # torchrun: one rollout worker and learner per rank
+    run = RunDir(config.out, config, write=ddp.is_main)
     seed_everything(config.seed)
     ckpt = load_checkpoint(policy_dir(config.policy), kind=KIND)
     model, head = build_from_checkpoint(ckpt, device=str(device))
@@ -145,22 +162,23 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     controller = DiffusionController(model, ckpt.normalizer, deterministic=False, seed=config.seed, device=str(device))
 
     robot, task = make_sim_for(config.task, controller.input_features)
-    store = ZarrEpisodeStore.open_or_create(run.path / "rollouts.zarr", episode_features(robot))
-    gen = torch.Generator(device="cpu").manual_seed(config.seed)
+    store = ZarrEpisodeStore.open_or_create(run.path / "rollouts.zarr", episode_features(robot)) if ddp.is_main else None
+    gen = torch.Generator(device="cpu").manual_seed(config.seed)  # minibatch order: the same on every rank
+    distill_gen = torch.Generator(device="cpu").manual_seed(config.seed + 1)  # rank 0 only
     successes: list[float] = []
-    episode_seed = config.seed * 1_000_003 + store.num_episodes
-    bar = progress(config.iterations, 0, "online", show_progress)
+    first_seed = ddp.broadcast(config.seed * 1_000_003 + (store.num_episodes if store is not None else 0))
+    bar = progress(config.iterations, 0, "online", show_progress and ddp.is_main)
     with robot:
         for it in range(config.iterations):
-            # 1. collect
+            # 1. collect: each rank its share of the episodes, then everyone has all decisions in episode order
             model.eval()
-            decisions, results = Decisions(), []
-            for _ in range(config.episodes_per_iteration):
-                frames, success = collect_episode(robot, task, controller, decisions, config.gamma, gen, seed=episode_seed)
-                store.append_episode(frames, EpisodeMeta(task=task.name, robot=robot.name, fps=task.fps, success=success, source="online-rollout", seed=episode_seed))
-                results.append(success)
-                episode_seed += 1
-            successes.append(float(np.mean(results)))
+            seeds = [first_seed + it * config.episodes_per_iteration + i for i in range(config.episodes_per_iteration)]
+            episodes = collect_episodes(robot, task, controller, [seeds[i] for i in ddp.shard(len(seeds))], config, ddp)
+            decisions = Decisions.concat([d for _, _, _, d in episodes])
+            if store is not None:
+                for seed, frames, success, _ in episodes:
+                    store.append_episode(frames, EpisodeMeta(task=task.name, robot=robot.name, fps=task.fps, success=success, source="online-rollout", seed=seed))
+            successes.append(float(np.mean([success for _, _, success, _ in episodes])))
 
             # 2. advantages, 3. PPO + value epochs
             cond = torch.cat(decisions.cond)
@@ -174,33 +192,42 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
                 for _ in range(config.value_warmup_epochs):
                     with torch.no_grad():
                         adv, returns = gae(value, cond, next_cond, rewards, discounts, terminal, last, config.gae_lambda)
-                    _value_epoch(value, value_opt, cond, returns, config.minibatch, gen)
+                    _value_epoch(value, value_opt, cond, returns, config.minibatch, gen, ddp)
             with torch.no_grad():
                 adv, returns = gae(value, cond, next_cond, rewards, discounts, terminal, last, config.gae_lambda)
-            stats = {}
+            stats, stopped = {}, False
             for epoch in range(config.epochs):
                 order = torch.randperm(len(cond), generator=gen)
-                kls = []
                 for start in range(0, len(order), config.minibatch):
-                    idx = order[start : start + config.minibatch].to(device)
-                    loss, s = chain_ppo_loss(model, cond[idx], chains[idx], normalize_advantages(adv[idx]), config.clip_eps)
+                    minibatch = order[start : start + config.minibatch]
+                    if len(minibatch) < ddp.world_size:  # a remainder too small to give every rank a row
+                        continue
+                    normalized = normalize_advantages(adv[minibatch])
+                    rows, weight = ddp.rows(torch.arange(len(minibatch)))
+                    idx = minibatch[rows].to(device)
+                    loss, s = chain_ppo_loss(model, cond[idx], chains[idx], normalized[rows], config.clip_eps)
+                    kl = ddp.mean(s.approx_kl * weight)  # the minibatch's KL, the same on every rank: all stop at the same minibatch
+                    if kl > 1.5 * config.target_kl:  # the policy moved far enough from the one that sampled the chains
+                        stopped = True
+                        break
                     actor_opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    (loss * weight).backward()
+                    ddp.average_gradients(actor_params)
                     torch.nn.utils.clip_grad_norm_(actor_params, config.grad_clip)
                     actor_opt.step()
-                    kls.append(s.approx_kl)
-                    stats = {"charts/clip_fraction": s.clip_fraction, "charts/approx_kl": s.approx_kl, "losses/ppo": loss.item()}
-                value_loss = _value_epoch(value, value_opt, cond, returns, config.minibatch, gen)
-                if np.mean(kls) > config.target_kl:
+                    stats = {"charts/clip_fraction": ddp.mean(s.clip_fraction * weight), "charts/approx_kl": kl, "losses/ppo": ddp.mean(loss.item() * weight),
+                             "charts/ppo_epochs": epoch + start / len(order)}  # fmt: skip
+                value_loss = _value_epoch(value, value_opt, cond, returns, config.minibatch, gen, ddp)
+                if stopped:
                     break
 
-            # 4. the one-step head follows the updated policy
+            # 4. the one-step head follows the updated policy (only rank 0 saves it, so only rank 0 trains it)
             distill_loss = float("nan")
-            if head is not None:
+            if head is not None and ddp.is_main:
                 model.eval()
                 for _ in range(config.distill_steps):
-                    idx = torch.randint(0, len(cond), (min(256, len(cond)),), generator=gen).to(device)
-                    distill_loss = distill_step(model, head, head_opt, cond[idx], gen)
+                    idx = torch.randint(0, len(cond), (min(256, len(cond)),), generator=distill_gen).to(device)
+                    distill_loss = distill_step(model, head, head_opt, cond[idx], distill_gen)
             with torch.no_grad():
                 explained = 1 - float(torch.var(returns - value(cond)) / (torch.var(returns) + 1e-8))
             run.metrics.log(
@@ -208,34 +235,39 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
                  "losses/distill": distill_loss, "charts/decisions": len(cond)},
                 it,
             )  # fmt: skip
-            save_policy(run.snapshot_dir(it), _with_config(model, own_config), ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "iteration": it})
+            if ddp.is_main:
+                save_policy(run.snapshot_dir(it), _with_config(model, own_config), ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "iteration": it})
             bar.update(1)
             bar.set_postfix(success=f"{successes[-1]:.2f}")
         bar.close()
-        store.close()
+        if store is not None:
+            store.close()
+        ddp.barrier()  # every snapshot is on disk before the selection loads them
 
         # 5. hand on the best of the start and the scored snapshots (deterministic, as deployed)
         selected, selection = "last", ()
         final = _with_config(model, own_config)
         if config.select_episodes:
-            selected, selection, path = select_policy(robot, task, config, run)
+            selected, selection, path = select_policy(robot, task, config, run, ddp)
             if selected == "start":
                 final = _with_config(build_from_checkpoint(ckpt, device=str(device))[0], own_config)
                 head, done = (ConsistencyHead.from_policy(final), 0) if head is not None else (None, 0)
             else:
                 final, head = build_from_checkpoint(load_checkpoint(path, kind=KIND), device=str(device))
                 done = (int(selected.split()[1]) + 1) * config.distill_steps
-            if head is not None:  # the head of the policy handed on gets the whole distillation budget
+            if head is not None and ddp.is_main:  # the head of the policy handed on gets the whole distillation budget
                 states, steps = cond, config.distill_steps * config.iterations - done
                 if config.distill_data:
                     store = ZarrEpisodeStore.open(config.distill_data)
                     states, steps = encode_store(store, final, ckpt.normalizer, gamma=config.gamma, device=device).features, steps + done
                 head_opt = make_head_optimizer(head, config.distill_lr)
                 for _ in range(steps):
-                    idx = torch.randint(0, len(states), (min(256, len(states)),), generator=gen).to(device)
-                    distill_step(final, head, head_opt, states[idx], gen)
+                    idx = torch.randint(0, len(states), (min(256, len(states)),), generator=distill_gen).to(device)
+                    distill_step(final, head, head_opt, states[idx], distill_gen)
             run.metrics.log({"charts/selected_success": max(s for _, s, _ in selection)}, config.iterations)
-    save_policy(run.policy_dir, final, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "selected": selected})
+    if ddp.is_main:
+        save_policy(run.policy_dir, final, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "selected": selected})
+    ddp.barrier()  # the other ranks return once the policy is on disk
     report = OnlineReport(
         run=str(run.path),
         policy=str(run.policy_dir),
@@ -252,8 +284,9 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     return report
 
 
-def select_policy(robot, task, config: OnlineConfig, run: RunDir) -> tuple[str, tuple[tuple[str, float, float], ...], Path]:
-    """Score the starting policy and the snapshots on the same seeds; the best wins, earlier on ties."""
+def select_policy(robot, task, config: OnlineConfig, run: RunDir, ddp: Distributed | None = None) -> tuple[str, tuple[tuple[str, float, float], ...], Path]:
+    """Score the starting policy and the snapshots on the same seeds; the best wins, earlier on ties.
+    Under torchrun the seeds are split over the ranks; every rank reaches the same choice."""
     last = config.iterations - 1
     candidates = [("start", policy_dir(config.policy))] + [
         (f"iteration {it}", run.snapshot_dir(it)) for it in range(config.iterations) if (it + 1) % config.select_every == 0 or it == last
@@ -261,10 +294,32 @@ def select_policy(robot, task, config: OnlineConfig, run: RunDir) -> tuple[str, 
     scored = []
     for name, path in candidates:
         controller = DiffusionController.load(path, device=config.device, seed=config.seed)
-        r = evaluate(robot, task, controller, episodes=config.select_episodes, seed=SELECTION_SEED + 1000 * config.seed)
+        r = evaluate(robot, task, controller, episodes=config.select_episodes, seed=SELECTION_SEED + 1000 * config.seed, ddp=ddp)
         scored.append((name, r.success_rate, r.mean_return))
     best = max(range(len(scored)), key=lambda i: (scored[i][1], scored[i][2], -i))
     return scored[best][0], tuple(scored), candidates[best][1]
+
+
+def collect_episodes(
+    robot: Robot, task: Task, controller: DiffusionController, seeds: list[int], config: OnlineConfig, ddp: Distributed
+) -> list[tuple[int, dict[str, np.ndarray], bool, "Decisions"]]:
+    """This rank's episodes, then every rank's in seed order: ``(seed, frames, success, decisions)`` each.
+    Frames travel to rank 0 only (the one that stores them)."""
+    mine = []
+    for seed in seeds:
+        decisions = Decisions()
+        gen = torch.Generator(device="cpu").manual_seed(episode_noise_seed(config.seed, seed))  # this episode's noise
+        frames, success = collect_episode(robot, task, controller, decisions, config.gamma, gen, seed=seed)
+        mine.append((seed, frames, success, decisions))
+    if not ddp.enabled:
+        return mine
+    light = [(seed, {}, success, decisions) for seed, _, success, decisions in mine]
+    everyone = sorted((e for part in ddp.gather(light) for e in part), key=lambda e: e[0])
+    frames = ddp.gather_to_main({seed: f for seed, f, _, _ in mine})  # only rank 0 stores them
+    if frames is not None:
+        by_seed = {seed: f for part in frames for seed, f in part.items()}
+        everyone = [(seed, by_seed[seed], success, decisions) for seed, _, success, decisions in everyone]
+    return everyone
 
 
 @torch.no_grad()
@@ -319,16 +374,21 @@ def gae(value, cond, next_cond, rewards, discounts, terminal, last, lam: float) 
     return adv, adv + v
 
 
-def _value_epoch(value, optimizer, cond, returns, minibatch: int, gen: torch.Generator) -> float:
+def _value_epoch(value, optimizer, cond, returns, minibatch: int, gen: torch.Generator, ddp: Distributed) -> float:
     order = torch.randperm(len(cond), generator=gen)
     loss = torch.zeros(())
     for start in range(0, len(order), minibatch):
-        idx = order[start : start + minibatch].to(cond.device)
+        batch = order[start : start + minibatch]
+        if len(batch) < ddp.world_size:
+            continue
+        rows, weight = ddp.rows(batch)
+        idx = rows.to(cond.device)
         loss = F.mse_loss(value(cond[idx]), returns[idx])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * weight).backward()
+        ddp.average_gradients(value.parameters())
         optimizer.step()
-    return float(loss.detach())
+    return ddp.mean(float(loss.detach()))
 
 
 def _with_config(model, config):

@@ -8,6 +8,10 @@ is skipped, so a killed pipeline resumes where it stopped. It ends with one tabl
 stage, success rate, return, episodes used, CPU minutes, and inference latency of
 the K-step DDIM policy vs the one-step head, followed by the diagnostics verdict of
 every training stage (``workflow.diagnostics``; plots in OUT/diagnostics).
+
+Under ``torchrun --nproc_per_node N`` every stage runs data-parallel (rank 0 records
+the demonstrations and writes everything), and the sim episodes of the RL stages and
+of every evaluation are split over the N processes' sims.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from policies.dynamics import DynamicsConfig
 from robot.config import to_dict
 from robot.report import format_table
 from workflow.diagnostics.diagnose import DiagnoseConfig, diagnose_run
+from workflow.distributed import Distributed, init_distributed
 from workflow.evaluate import evaluate_policy
 from workflow.imitation import ImitationConfig, train_imitation
 from workflow.offline import OfflineConfig, train_offline
@@ -34,6 +39,7 @@ from workflow.online import OnlineConfig, train_online
 from workflow.ope import GateConfig
 from workflow.policy import DiffusionController
 from workflow.presets import policy_preset
+from workflow.run import resolve_device
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,10 @@ class Budget:
     online_iterations: int
     online_episodes: int
     eval_episodes: int
+    select_episodes: int = 16
+    """Deterministic episodes scoring online RL's start and snapshots."""
+    distill_steps: int = 50
+    """One-step-head distillation steps per online iteration."""
 
 
 BUDGETS = {
@@ -60,6 +70,10 @@ BUDGETS = {
                     rollout_episodes=20, retrain_steps=300, online_iterations=6, online_episodes=8, eval_episodes=30),
     "full": Budget(demos=200, demo_noise=0.0, imitation_steps=8000, offline_rounds=2, critic_steps=3000, ppo_updates=300, ppo_batch=128,
                    rollout_episodes=40, retrain_steps=1000, online_iterations=25, online_episodes=16, eval_episodes=100),
+    # every stage, gate and hand-over in about a minute: checks an installation or a cluster launch, learns nothing
+    "smoke": Budget(demos=4, demo_noise=0.0, imitation_steps=20, offline_rounds=1, critic_steps=20, ppo_updates=4, ppo_batch=16,
+                    rollout_episodes=2, retrain_steps=4, online_iterations=2, online_episodes=2, eval_episodes=4, select_episodes=2,
+                    distill_steps=5),
 }  # fmt: skip
 
 
@@ -100,16 +114,22 @@ class StageResult:
 
 
 def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Callable[[str], None] = print) -> list[StageResult]:
+    ddp, _ = init_distributed(resolve_device(config.device))
+    if not ddp.is_main:  # one voice: rank 0 logs and draws progress bars
+        log, show_progress = (lambda _: None), False
+    if config.view and ddp.enabled:
+        raise ValueError("--view keeps one process's evaluation episodes; run the pipeline without torchrun to view it")
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "pipeline.json").write_text(json.dumps(to_dict(config), indent=2))
+    if ddp.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "pipeline.json").write_text(json.dumps(to_dict(config), indent=2))
     b = config.spend
     results: list[StageResult] = []
 
     def stage(name: str, fn: Callable[[], tuple[str, int, str]], *, latency: bool = False) -> str:
         """Run ``fn`` (returns policy path, episodes used, what it kept) unless its result is on disk, then evaluate."""
         path = out / f"{name}.result.json"
-        if path.is_file():
+        if ddp.broadcast(path.is_file()):  # every rank takes rank 0's view of what is done
             result = StageResult(**json.loads(path.read_text()))
             log(f"[{name}] done before: success {result.success:.1%} ({result.policy})")
         else:
@@ -118,15 +138,19 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
             policy, episodes, decision = fn()
             report = evaluate_policy(policy, config.task, episodes=b.eval_episodes, seed=100_000 + config.seed, device=config.device,
                                      show_progress=show_progress, save=out / f"{name}.eval.zarr" if config.view else None)  # fmt: skip
-            ddim_ms, one_ms = measure_latency(policy, config.device) if latency else (None, None)
+            ddim_ms, one_ms = ddp.broadcast(measure_latency(policy, config.device) if latency and ddp.is_main else (None, None))
             result = StageResult(name, str(policy), report.success_rate, report.mean_return, episodes, (time.process_time() - cpu) / 60, ddim_ms, one_ms, decision)
-            path.write_text(json.dumps(to_dict(result), indent=2))
+            if ddp.is_main:
+                path.write_text(json.dumps(to_dict(result), indent=2))
+            ddp.barrier()
             log(f"[{name}] success {result.success:.1%} over {b.eval_episodes} episodes")
         results.append(result)
         return result.policy
 
     demos = out / "demos.zarr"
-    record_demos(config, demos)
+    if ddp.is_main:
+        record_demos(config, demos)
+    ddp.barrier()
     imitation_cfg = ImitationConfig(
         data=str(demos), out=str(out / "imitation"), policy=policy_preset(config.policy), steps=b.imitation_steps, seed=config.seed, device=config.device
     )
@@ -148,7 +172,8 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
     critics = out / "offline" / f"round-{b.offline_rounds - 1}" / "critics"
     online_cfg = OnlineConfig(
         policy=offline, out=str(out / "online"), task=config.task, iterations=b.online_iterations, episodes_per_iteration=b.online_episodes,
-        value_from=str(critics) if critics.is_dir() else None, critic=offline_cfg.critic, distill_data=str(demos), seed=config.seed, device=config.device,
+        value_from=str(critics) if critics.is_dir() else None, critic=offline_cfg.critic, distill_data=str(demos), distill_steps=b.distill_steps,
+        select_episodes=b.select_episodes, seed=config.seed, device=config.device,
     )  # fmt: skip
     def online_stage() -> tuple[str, int, str]:
         report = train_online(online_cfg, show_progress=show_progress)
@@ -157,10 +182,12 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
         return report.policy, used, f"kept {report.selected} ({scores})"
 
     stage("online", online_stage, latency=True)
-    one_step = stage_one_step(config, out, results[-1], b, show_progress, log)
+    one_step = stage_one_step(config, out, results[-1], b, show_progress, log, ddp)
     results.append(one_step)
-    diagnosis = diagnose_run(DiagnoseConfig(run=str(out)))  # regime and checkpoint per stage; plots in OUT/diagnostics
-    log(pipeline_table(results, config) + "\n\n" + diagnosis.table())
+    if ddp.is_main:
+        diagnosis = diagnose_run(DiagnoseConfig(run=str(out)))  # regime and checkpoint per stage; plots in OUT/diagnostics
+        log(pipeline_table(results, config, ddp.world_size) + "\n\n" + diagnosis.table())
+    ddp.barrier()
     if config.view:
         log(f"Rerun view of every stage written to {write_view(out, [r.stage for r in results[:-1]])}")
     return results
@@ -189,15 +216,19 @@ def write_view(out: Path, stages: list[str], episodes_per_stage: int = 3) -> Pat
     return path
 
 
-def stage_one_step(config: PipelineConfig, out: Path, online: StageResult, b: Budget, show_progress: bool, log: Callable[[str], None]) -> StageResult:
+def stage_one_step(
+    config: PipelineConfig, out: Path, online: StageResult, b: Budget, show_progress: bool, log: Callable[[str], None], ddp: Distributed
+) -> StageResult:
     """The online policy's one-step consistency head, evaluated on the same seeds."""
     path = out / "one-step.result.json"
-    if path.is_file():
+    if ddp.broadcast(path.is_file()):
         return StageResult(**json.loads(path.read_text()))
     cpu = time.process_time()
     report = evaluate_policy(online.policy, config.task, episodes=b.eval_episodes, seed=100_000 + config.seed, sampler="consistency", device=config.device, show_progress=show_progress)
     result = StageResult("one-step", online.policy, report.success_rate, report.mean_return, 0, (time.process_time() - cpu) / 60, online.ddim_ms, online.one_step_ms)
-    path.write_text(json.dumps(to_dict(result), indent=2))
+    if ddp.is_main:
+        path.write_text(json.dumps(to_dict(result), indent=2))
+    ddp.barrier()
     log(f"[one-step] success {result.success:.1%}")
     return result
 
@@ -242,10 +273,12 @@ def measure_latency(policy: str | Path, device: str, repeats: int = 30) -> tuple
     return times["ddim"], times["consistency"]
 
 
-def pipeline_table(results: list[StageResult], config: PipelineConfig) -> str:
+def pipeline_table(results: list[StageResult], config: PipelineConfig, processes: int = 1) -> str:
     rows = [
         [r.stage, f"{r.success:.1%}", r.mean_return, r.episodes, round(r.cpu_minutes, 1), r.ddim_ms, r.one_step_ms, r.decision]
         for r in results
     ]
-    title = f"pipeline: task {config.task}, budget {config.budget}, {config.spend.eval_episodes} evaluation episodes per stage, torch threads {torch.get_num_threads()}"
+    title = f"pipeline: task {config.task}, budget {config.budget}, {config.spend.eval_episodes} evaluation episodes per stage, torch threads {torch.get_num_threads()}" + (
+        f", {processes} processes (CPU min: rank 0's)" if processes > 1 else ""
+    )
     return format_table(["stage", "success", "return", "episodes used", "CPU min", "DDIM ms", "1-step ms", "kept"], rows, title=title)

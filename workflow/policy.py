@@ -58,6 +58,7 @@ class DiffusionController:
         self.deterministic = deterministic
         self.device = torch.device(device)
         self.meta = dict(meta or {})
+        self.seed = seed
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         cfg = model.config
         self.n_obs_steps, self.n_action_steps = cfg.n_obs_steps, cfg.n_action_steps
@@ -80,6 +81,11 @@ class DiffusionController:
     def reset(self) -> None:
         self._obs.clear()
         self._actions.clear()
+
+    def seed_episode(self, episode_seed: int) -> None:
+        """Draw this episode's sampling noise from (controller seed, episode seed) alone, so an
+        episode's actions do not depend on which episodes ran before it or in which process."""
+        self.generator.manual_seed(episode_noise_seed(self.seed, episode_seed))
 
     def select_action(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
         self.push_observation(observation)
@@ -170,6 +176,11 @@ class DiffusionController:
         if ckpt.normalizer is None:
             raise CheckpointError(f"{path}: the checkpoint has no normaliser statistics")
         return DiffusionController(model, ckpt.normalizer, consistency=head, sampler=sampler, deterministic=deterministic, seed=seed, device=device, meta=ckpt.extra)
+
+
+def episode_noise_seed(seed: int, episode_seed: int) -> int:
+    """One generator seed per (run seed, episode seed) pair."""
+    return (seed * 1_000_003 + episode_seed) % (2**63)
 
 
 def build_from_checkpoint(ckpt: Checkpoint, device: str = "cpu") -> tuple[DiffusionPolicy, ConsistencyHead | None]:

@@ -9,13 +9,16 @@ success and intervention flags, so rollouts can be appended to a store as
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
-from robot.protocols import Policy, Robot, Task
+from robot.protocols import EpisodeSeeded, Policy, Robot, Task
 from robot.store import ZarrEpisodeStore
 from robot.types import ACTION, DONE, INTERVENTION, REWARD, SUCCESS, EpisodeMeta, Feature
+
+if TYPE_CHECKING:
+    from workflow.distributed import Distributed
 
 
 @dataclass
@@ -92,6 +95,8 @@ def run_episode(
     terms: dict[str, float] = {}
     latencies = []
     policy.reset()
+    if isinstance(policy, EpisodeSeeded):  # its noise depends on this episode's seed only
+        policy.seed_episode(seed)
     obs = robot.reset(seed)
     success, ret, steps = False, 0.0, max_steps or task.max_steps
     for t in range(steps):
@@ -125,23 +130,39 @@ def evaluate(
     source: str = "offline-rollout",
     show_progress: bool = False,
     on_step: Callable[[int, Mapping[str, np.ndarray], np.ndarray, float], None] | None = None,
+    ddp: "Distributed | None" = None,
 ) -> EvalReport:
     """Success rate, return and inference latency over ``episodes`` seeds ``seed, seed + 1, ...``.
 
-    With ``store``, every episode is appended to it with ``source``.
+    With ``store``, every episode is appended to it with ``source``. With ``ddp`` (a
+    torchrun job), each rank runs its share of the seeds in its own sim and every rank
+    gets the whole report; only rank 0 writes to ``store``. The report is the same for
+    any number of ranks when the policy seeds its noise per episode (``EpisodeSeeded``).
     """
+    from workflow.distributed import Distributed
     from workflow.run import progress
 
-    results = []
-    bar = progress(episodes, 0, f"eval {task.name}", show_progress)
-    for i in range(episodes):
+    ddp = ddp or Distributed()
+    mine = ddp.shard(episodes)
+    local, frames = [], {}
+    bar = progress(len(mine), 0, f"eval {task.name}", show_progress and ddp.is_main)
+    for i in mine:
         res = run_episode(robot, task, policy, seed=seed + i, on_step=on_step)
-        results.append(res)
-        if store is not None:
-            store.append_episode(res.frames, EpisodeMeta(task=task.name, robot=robot.name, fps=task.fps, success=res.success, source=source, seed=res.seed))
+        if store is not None and not ddp.enabled:  # one process: stored as it ends (a kill loses no finished episode)
+            _store_episode(store, robot, task, res, source)
+        frames[res.seed], res.frames = res.frames, {}
+        local.append(res)
         bar.update(1)
-        bar.set_postfix(success=f"{np.mean([r.success for r in results]):.2f}")
+        bar.set_postfix(success=f"{np.mean([r.success for r in local]):.2f}")
     bar.close()
+    results = sorted((r for part in ddp.gather(local) for r in part), key=lambda r: r.seed)
+    if ddp.enabled and ddp.broadcast(store is not None):  # rank 0 stores every rank's episodes, in seed order
+        gathered = ddp.gather_to_main(frames)
+        if gathered is not None:
+            by_seed = {s: f for part in gathered for s, f in part.items()}
+            for res in results:
+                res.frames = by_seed[res.seed]
+                _store_episode(store, robot, task, res, source)
     latencies = [ms for r in results for ms in r.inference_ms]
     return EvalReport(
         task=task.name,
@@ -154,3 +175,7 @@ def evaluate(
         seeds=tuple(r.seed for r in results),
         successes=tuple(r.success for r in results),
     )
+
+
+def _store_episode(store: ZarrEpisodeStore, robot: Robot, task: Task, res: EpisodeResult, source: str) -> None:
+    store.append_episode(res.frames, EpisodeMeta(task=task.name, robot=robot.name, fps=task.fps, success=res.success, source=source, seed=res.seed))
