@@ -20,7 +20,8 @@ def test_quick_pipeline_on_push(tmp_path):
     results = run_pipeline(PipelineConfig(task="push", out=str(tmp_path / "run"), budget="quick", seed=0), show_progress=False, log=lines.append)
     by_stage = {r.stage: r for r in results}
     assert list(by_stage) == ["imitation", "offline", "online", "one-step"]
-    assert by_stage["imitation"].success > 0.2, "imitation should learn the task from 100 scripted demonstrations"
+    # measured 80% on the 30 evaluation seeds (docs/RESULTS.md); the bar leaves room for a different float order elsewhere
+    assert by_stage["imitation"].success >= 0.6, "the state policy should push the block home from 100 scripted demonstrations"
     assert all(0.0 <= r.success <= 1.0 and r.cpu_minutes > 0 for r in results)
     online = by_stage["online"]
     assert by_stage["offline"].success >= by_stage["imitation"].success, [r.decision for r in results]
