@@ -29,6 +29,12 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _say(message: str) -> None:
+    """Print a job's summary once: on rank 0 of a torchrun job (every rank returns the same report)."""
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(message)
+
+
 def _run_or_fail(fn, *args, **kwargs):
     """Run a stage; errors caused by the input (bad store, checkpoint, options) become one line and exit 2."""
     from robot.checkpoint import CheckpointError
@@ -148,7 +154,7 @@ def train_imitation(
         device=device,
     )
     report = _run_or_fail(run, cfg)
-    typer.echo(f"policy written to {report.policy} (train loss {report.final_train_loss:.4f}, "
+    _say(f"policy written to {report.policy} (train loss {report.final_train_loss:.4f}, "
                f"val loss {report.final_val_loss if report.final_val_loss is None else round(report.final_val_loss, 4)}, {report.minutes:.1f} min)")
 
 
@@ -189,8 +195,8 @@ def train_offline(
 
     report = _run_or_fail(go)
     for r in report.rounds:
-        typer.echo(f"round {r.round}: {r.accepted}/{r.gate_checks} gate checks accepted, rollout success {r.rollout_success}, policy {r.policy}")
-    typer.echo(f"final policy: {report.policy}; gate record: {Path(report.run) / 'gate.jsonl'}")
+        _say(f"round {r.round}: {r.accepted}/{r.gate_checks} gate checks accepted, rollout success {r.rollout_success}, policy {r.policy}")
+    _say(f"final policy: {report.policy}; gate record: {Path(report.run) / 'gate.jsonl'}")
 
 
 @train_app.command("online")
@@ -219,8 +225,7 @@ def train_online(
         distill_data=str(distill_data) if distill_data else None, select_episodes=select_episodes, seed=seed, device=device,
     )  # fmt: skip
     report = _run_or_fail(run, cfg)
-    if os.environ.get("RANK", "0") == "0":
-        typer.echo(f"rollout success {report.success_first:.1%} -> {report.success_last:.1%}; kept {report.selected}; policy written to {report.policy}")
+    _say(f"rollout success {report.success_first:.1%} -> {report.success_last:.1%}; kept {report.selected}; policy written to {report.policy}")
 
 
 @train_app.command("distill")
@@ -236,7 +241,7 @@ def train_distill(
     from workflow.distill import DistillConfig, train_distill as run
 
     report = _run_or_fail(run, DistillConfig(policy=str(policy), data=str(data), out=str(out), steps=steps, seed=seed, device=device))
-    typer.echo(f"one-step head distilled (loss {report.final_loss:.5f}); policy written to {report.policy}")
+    _say(f"one-step head distilled (loss {report.final_loss:.5f}); policy written to {report.policy}")
 
 
 @app.command()
@@ -295,7 +300,7 @@ def evaluate(
     report = _run_or_fail(evaluate_policy, policy, task, episodes=episodes, seed=seed, sampler=sampler, device=device, save=save, view=view, rrd=rrd, critics=critics)
     from robot.report import format_table
 
-    typer.echo(format_table(
+    _say(format_table(
         ["task", "episodes", "success", "return", "length", "inference ms (mean)", "inference ms (p95)"],
         [[report.task, report.episodes, f"{report.success_rate:.1%}", report.mean_return, report.mean_length, report.inference_ms_mean, report.inference_ms_p95]],
     ))

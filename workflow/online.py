@@ -198,12 +198,8 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
             stats, stopped = {}, False
             for epoch in range(config.epochs):
                 order = torch.randperm(len(cond), generator=gen)
-                for start in range(0, len(order), config.minibatch):
-                    minibatch = order[start : start + config.minibatch]
-                    if len(minibatch) < ddp.world_size:  # a remainder too small to give every rank a row
-                        continue
-                    normalized = normalize_advantages(adv[minibatch])
-                    rows, weight = ddp.rows(torch.arange(len(minibatch)))
+                for k, (minibatch, rows, weight) in enumerate(_minibatches(order, config.minibatch, ddp)):
+                    normalized = normalize_advantages(adv[minibatch])  # over the whole minibatch, as one process would
                     idx = minibatch[rows].to(device)
                     loss, s = chain_ppo_loss(model, cond[idx], chains[idx], normalized[rows], config.clip_eps)
                     kl = ddp.mean(s.approx_kl * weight)  # the minibatch's KL, the same on every rank: all stop at the same minibatch
@@ -216,7 +212,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
                     torch.nn.utils.clip_grad_norm_(actor_params, config.grad_clip)
                     actor_opt.step()
                     stats = {"charts/clip_fraction": ddp.mean(s.clip_fraction * weight), "charts/approx_kl": kl, "losses/ppo": ddp.mean(loss.item() * weight),
-                             "charts/ppo_epochs": epoch + start / len(order)}  # fmt: skip
+                             "charts/ppo_epochs": epoch + k * config.minibatch / len(order)}  # fmt: skip
                 value_loss = _value_epoch(value, value_opt, cond, returns, config.minibatch, gen, ddp)
                 if stopped:
                     break
@@ -374,15 +370,20 @@ def gae(value, cond, next_cond, rewards, discounts, terminal, last, lam: float) 
     return adv, adv + v
 
 
+def _minibatches(order: torch.Tensor, size: int, ddp: Distributed):
+    """``(minibatch, this rank's positions in it, loss weight)`` per minibatch of ``order``; a remainder
+    too small to give every rank a row is skipped (never, on one process)."""
+    for start in range(0, len(order), size):
+        minibatch = order[start : start + size]
+        if len(minibatch) >= ddp.world_size:
+            yield (minibatch, *ddp.rows(torch.arange(len(minibatch))))
+
+
 def _value_epoch(value, optimizer, cond, returns, minibatch: int, gen: torch.Generator, ddp: Distributed) -> float:
     order = torch.randperm(len(cond), generator=gen)
     loss = torch.zeros(())
-    for start in range(0, len(order), minibatch):
-        batch = order[start : start + minibatch]
-        if len(batch) < ddp.world_size:
-            continue
-        rows, weight = ddp.rows(batch)
-        idx = rows.to(cond.device)
+    for batch, rows, weight in _minibatches(order, minibatch, ddp):
+        idx = batch[rows].to(cond.device)
         loss = F.mse_loss(value(cond[idx]), returns[idx])
         optimizer.zero_grad(set_to_none=True)
         (loss * weight).backward()

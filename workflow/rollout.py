@@ -150,7 +150,9 @@ def evaluate(
         res = run_episode(robot, task, policy, seed=seed + i, on_step=on_step)
         if store is not None and not ddp.enabled:  # one process: stored as it ends (a kill loses no finished episode)
             _store_episode(store, robot, task, res, source)
-        frames[res.seed], res.frames = res.frames, {}
+        if ddp.enabled:  # to rank 0 once every rank is done
+            frames[res.seed] = res.frames
+        res.frames = {}
         local.append(res)
         bar.update(1)
         bar.set_postfix(success=f"{np.mean([r.success for r in local]):.2f}")
