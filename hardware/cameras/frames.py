@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -45,6 +45,49 @@ class Camera(Protocol):
 
 def image_feature(height: int, width: int) -> Feature:
     return Feature((height, width, 3), "uint8", names=("height", "width", "channel"))
+
+
+def check_camera_config(config: Any) -> None:
+    """The checks every camera config shares: a dot-free name, a positive image size and timeout."""
+    kind = type(config).__name__
+    if not config.name or "." in config.name:
+        raise ValueError(f"{kind}.name must be a non-empty name without dots, got {config.name!r}")
+    if config.height <= 0 or config.width <= 0:
+        raise ValueError(f"{kind} image size must be positive, got {config.height}x{config.width}")
+    if config.timeout_s <= 0:
+        raise ValueError(f"{kind}.timeout_s must be positive, got {config.timeout_s}")
+
+
+class ReaderCamera:
+    """What a camera with a :class:`LatestFrameReader` shares; a subclass opens its device in
+    ``connect`` (setting ``self._reader``) and closes it in :meth:`_release`."""
+
+    def __init__(self, config: Any):
+        self.config = config
+        self.name: str = config.name
+        self._reader: LatestFrameReader | None = None
+
+    @property
+    def feature(self) -> Feature:
+        return image_feature(self.config.height, self.config.width)
+
+    @property
+    def is_connected(self) -> bool:
+        return self._reader is not None
+
+    def read(self) -> Frame:
+        if self._reader is None:
+            raise RuntimeError(f"camera {self.name!r} is not connected; call connect() first")
+        return self._reader.latest(self.config.timeout_s)
+
+    def disconnect(self) -> None:
+        if self._reader is not None:
+            self._reader.stop()
+            self._reader = None
+        self._release()
+
+    def _release(self) -> None:
+        """Close the device (after the reader thread has stopped); nothing to do when none is open."""
 
 
 class LatestFrameReader:

@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from hardware.cameras.frames import Frame, LatestFrameReader, image_feature
-from robot.types import Feature
+from hardware.cameras.frames import LatestFrameReader, ReaderCamera, check_camera_config
 
 
 @dataclass(frozen=True)
@@ -35,32 +34,17 @@ class OpenCVCameraConfig:
     """Video files only: start over at the end instead of ending the stream."""
 
     def __post_init__(self) -> None:
-        if not self.name or "." in self.name:
-            raise ValueError(f"OpenCVCameraConfig.name must be a non-empty name without dots, got {self.name!r}")
-        if self.height <= 0 or self.width <= 0:
-            raise ValueError(f"OpenCVCameraConfig image size must be positive, got {self.height}x{self.width}")
-        if self.timeout_s <= 0:
-            raise ValueError(f"OpenCVCameraConfig.timeout_s must be positive, got {self.timeout_s}")
+        check_camera_config(self)
         if isinstance(self.device, int) and self.device < 0:
             raise ValueError(f"OpenCVCameraConfig.device index must be >= 0, got {self.device}")
 
 
-class OpenCVCamera:
+class OpenCVCamera(ReaderCamera):
     """A V4L2 device or video file read through OpenCV; frames are converted to RGB and resized."""
 
     def __init__(self, config: OpenCVCameraConfig):
-        self.config = config
-        self.name = config.name
+        super().__init__(config)
         self._capture: Any = None
-        self._reader: LatestFrameReader | None = None
-
-    @property
-    def feature(self) -> Feature:
-        return image_feature(self.config.height, self.config.width)
-
-    @property
-    def is_connected(self) -> bool:
-        return self._reader is not None
 
     @property
     def source(self) -> str:
@@ -116,15 +100,7 @@ class OpenCVCamera:
             raise RuntimeError(f"{self.source} returned no frame")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
-    def read(self) -> Frame:
-        if self._reader is None:
-            raise RuntimeError(f"camera {self.name!r} is not connected; call connect() first")
-        return self._reader.latest(self.config.timeout_s)
-
-    def disconnect(self) -> None:
-        if self._reader is not None:
-            self._reader.stop()
-            self._reader = None
+    def _release(self) -> None:
         if self._capture is not None:
             self._capture.release()
             self._capture = None

@@ -7,8 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from hardware.cameras.frames import Frame, LatestFrameReader, image_feature
-from robot.types import Feature
+from hardware.cameras.frames import LatestFrameReader, ReaderCamera, check_camera_config
 
 
 @dataclass(frozen=True)
@@ -31,30 +30,17 @@ class RealSenseCameraConfig:
     """Longest wait for a frame before ``read`` fails."""
 
     def __post_init__(self) -> None:
-        if not self.name or "." in self.name:
-            raise ValueError(f"RealSenseCameraConfig.name must be a non-empty name without dots, got {self.name!r}")
-        if self.height <= 0 or self.width <= 0 or min(self.capture_size) <= 0 or self.capture_fps <= 0:
-            raise ValueError("RealSenseCameraConfig sizes and capture_fps must be positive")
-        if self.timeout_s <= 0:
-            raise ValueError(f"RealSenseCameraConfig.timeout_s must be positive, got {self.timeout_s}")
+        check_camera_config(self)
+        if min(self.capture_size) <= 0 or self.capture_fps <= 0:
+            raise ValueError(f"RealSenseCameraConfig capture_size and capture_fps must be positive, got {self.capture_size}, {self.capture_fps}")
 
 
-class RealSenseCamera:
+class RealSenseCamera(ReaderCamera):
     """The colour stream of a RealSense, read by a background thread; ``pyrealsense2`` is imported on connect."""
 
     def __init__(self, config: RealSenseCameraConfig):
-        self.config = config
-        self.name = config.name
+        super().__init__(config)
         self._pipeline: Any = None
-        self._reader: LatestFrameReader | None = None
-
-    @property
-    def feature(self) -> Feature:
-        return image_feature(self.config.height, self.config.width)
-
-    @property
-    def is_connected(self) -> bool:
-        return self._reader is not None
 
     def connect(self) -> None:
         if self._reader is not None:
@@ -95,15 +81,7 @@ class RealSenseCamera:
 
         self._reader = LatestFrameReader(self.name, grab, (self.config.height, self.config.width), 0.0)
 
-    def read(self) -> Frame:
-        if self._reader is None:
-            raise RuntimeError(f"camera {self.name!r} is not connected; call connect() first")
-        return self._reader.latest(self.config.timeout_s)
-
-    def disconnect(self) -> None:
-        if self._reader is not None:
-            self._reader.stop()
-            self._reader = None
+    def _release(self) -> None:
         if self._pipeline is not None:
             self._pipeline.stop()
             self._pipeline = None
