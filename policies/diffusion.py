@@ -72,6 +72,10 @@ class DiffusionPolicyConfig:
     """Lower clip of every denoising step's std (keeps log-probs finite at the last step)."""
     sigma_max: float = 0.1
     """Upper clip of every denoising step's std (RL-100: 0.8 single action, 0.1 chunks)."""
+    log_prob_reduction: Literal["sum", "mean"] = "sum"
+    """How a denoising step's log-prob reduces over chunk and action dims: ``sum`` is the exact
+    Gaussian log-density; ``mean`` (DPPO's implementation) makes each step's PPO ratio the geometric
+    mean of per-dimension ratios, far less sharp when a chunk has many dimensions."""
 
     def __post_init__(self) -> None:
         if min(self.n_obs_steps, self.horizon, self.n_action_steps) < 1:
@@ -88,6 +92,8 @@ class DiffusionPolicyConfig:
             raise ValueError(f"prediction_type must be 'epsilon' or 'sample', got {self.prediction_type!r}")
         if not 0.0 < self.sigma_min <= self.sigma_max:
             raise ValueError(f"need 0 < sigma_min <= sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if self.log_prob_reduction not in ("sum", "mean"):
+            raise ValueError(f"log_prob_reduction must be 'sum' or 'mean', got {self.log_prob_reduction!r}")
         if self.eta < 0 or self.clip_sample_range <= 0:
             raise ValueError(f"eta must be >= 0 and clip_sample_range > 0, got {self.eta}, {self.clip_sample_range}")
 
@@ -119,7 +125,7 @@ class Chain:
     samples: Tensor
     """(B, K+1, T, Da): x_K (pure noise) ... x_0 (the action)."""
     log_probs: Tensor
-    """(B, K): log N(x_{k-1}; mu_k, sigma_k) summed over T and Da, one per denoising step."""
+    """(B, K): log N(x_{k-1}; mu_k, sigma_k) summed (or averaged, see ``log_prob_reduction``) over T and Da, one per denoising step."""
     timesteps: Tensor
     """(K,): diffusion timestep of each denoising step, in sampling order."""
 
@@ -136,11 +142,11 @@ class Chain:
         return Chain(self.samples.to(device), self.log_probs.to(device), self.timesteps.to(device))
 
 
-def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """log N(x; mean, std^2 I) summed over the last two dims: ``(B, T, Da) -> (B,)``."""
+def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduction: str = "sum") -> Tensor:
+    """log N(x; mean, std^2 I) summed (or averaged) over the last two dims: ``(B, T, Da) -> (B,)``."""
     z = (x - mean) / std
     log_density = -0.5 * z.square() - torch.log(std) - 0.5 * math.log(2 * math.pi)
-    return log_density.sum(dim=(-2, -1))
+    return log_density.mean(dim=(-2, -1)) if reduction == "mean" else log_density.sum(dim=(-2, -1))
 
 
 def make_schedulers(config: DiffusionPolicyConfig) -> tuple[DDPMScheduler, DDIMScheduler]:
@@ -297,7 +303,7 @@ class DiffusionPolicy(nn.Module):
             mean, std = self.step_moments(x, t, t_prev, cond, self.config.eta)
             x = mean + std * _randn_like(x, generator)
             samples.append(x)
-            log_probs.append(gaussian_log_prob(x, mean, std))
+            log_probs.append(gaussian_log_prob(x, mean, std, self.config.log_prob_reduction))
         return Chain(torch.stack(samples, dim=1), torch.stack(log_probs, dim=1), timesteps)
 
     def chain_log_prob(self, cond: Tensor, chain: Chain) -> Tensor:
@@ -309,5 +315,5 @@ class DiffusionPolicy(nn.Module):
         log_probs = []
         for k, (t, t_prev) in enumerate(self._pairs(chain.timesteps)):
             mean, std = self.step_moments(chain.samples[:, k], t, t_prev, cond, self.config.eta)
-            log_probs.append(gaussian_log_prob(chain.samples[:, k + 1], mean, std))
+            log_probs.append(gaussian_log_prob(chain.samples[:, k + 1], mean, std, self.config.log_prob_reduction))
         return torch.stack(log_probs, dim=1)

@@ -121,6 +121,21 @@ def test_other_options_on_an_existing_run_are_refused(demos, tmp_path):
         train_imitation(ImitationConfig(**{**cfg.__dict__, "steps": 3}), show_progress=False)
 
 
+def test_a_run_saved_before_a_config_field_was_added_still_resumes(tmp_path):
+    from workflow.run import RunDir
+
+    cfg = ImitationConfig(data="d.zarr", out=str(tmp_path / "run"), policy=TINY)
+    RunDir(cfg.out, cfg).close()
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    del saved["policy"]["log_prob_reduction"]  # as written by a version without that field
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+    RunDir(cfg.out, cfg).close()  # the missing field takes its default: the same config
+    saved["policy"]["horizon"] += 1
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="another config .*policy"):
+        RunDir(cfg.out, cfg)
+
+
 def test_policy_refuses_a_robot_without_its_camera(tmp_path):
     demos = record_demos(tmp_path / "rgb.zarr", 3, cameras=("top",), image_size=32)
     cfg = ImitationConfig(data=str(demos), out=str(tmp_path / "run"), policy=TINY, steps=2, batch_size=4, eval_every=2, checkpoint_every=2)

@@ -142,6 +142,28 @@ def test_chain_log_probs_are_gaussian_and_reevaluated_exactly() -> None:
     assert next(policy.denoiser.parameters()).grad is not None
 
 
+def test_mean_log_prob_reduction_averages_the_same_densities_and_damps_ratios() -> None:
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    policy = tiny_policy(RGB, "unet", 8, action_dim=3).eval()
+    cond = policy.encode(batch(RGB, 4))
+    chain = policy.sample_chain(cond, generator=torch.Generator().manual_seed(0))
+    policy.config = replace(policy.config, log_prob_reduction="mean")
+    mean_lp = policy.chain_log_prob(cond, chain)
+    torch.testing.assert_close(mean_lp, chain.log_probs / (8 * 3))  # same densities, averaged over 8 x 3 dims
+    again = policy.sample_chain(cond, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again.log_probs, mean_lp)  # sampling and re-scoring agree
+    with torch.no_grad():
+        next(policy.denoiser.parameters()).add_(0.05)
+    moved_mean = (policy.chain_log_prob(cond, chain) - mean_lp).abs()
+    policy.config = replace(policy.config, log_prob_reduction="sum")
+    moved_sum = (policy.chain_log_prob(cond, chain) - chain.log_probs).abs()
+    torch.testing.assert_close(moved_mean, moved_sum / 24)  # the log-ratio shrinks by the number of dims
+    with pytest.raises(ValueError, match="log_prob_reduction"):
+        replace(policy.config, log_prob_reduction="max")
+
+
 def test_step_stds_are_clipped_and_used_for_the_noise() -> None:
     torch.manual_seed(0)
     for sigma_max in (0.8, 0.1):

@@ -70,6 +70,8 @@ class OfflineConfig:
     grad_clip: float = 0.5
     min_std: float = 0.1
     """Floor on each denoising step's std for the chains PPO samples and scores (``workflow.ppo.floor_denoising_std``)."""
+    log_prob_reduction: str = "sum"
+    """Chain log-probs over chunk and action dims while fine-tuning: ``sum`` (exact) or ``mean`` (DPPO's, a far less sharp ratio)."""
     gate_every: int = 50
     """PPO updates between AM-Q gate checks."""
     gate: GateConfig = field(default_factory=GateConfig)
@@ -275,7 +277,7 @@ def ppo_round(
     """PPO updates of a candidate copy; the gate decides which weights become the reference.
     Under torchrun each rank takes its rows of every batch and rank 0's gate decision holds for all."""
     ddp = ddp or Distributed()
-    own_config = floor_denoising_std(reference, config.min_std)
+    own_config = floor_denoising_std(reference, config.min_std, config.log_prob_reduction)
     candidate = copy.deepcopy(reference).requires_grad_(False)
     params = denoiser_parameters(candidate)
     for p in params:

@@ -81,6 +81,8 @@ class OnlineConfig:
     critic: CriticConfig = field(default_factory=CriticConfig)
     min_std: float = 0.1
     """Floor on each denoising step's std while fine-tuning (``workflow.ppo.floor_denoising_std``)."""
+    log_prob_reduction: str = "sum"
+    """Chain log-probs over chunk and action dims while fine-tuning: ``sum`` (exact) or ``mean`` (DPPO's, a far less sharp ratio)."""
     distill_steps: int = 50
     """Consistency-distillation steps per iteration (0: no one-step head)."""
     distill_lr: float = 1e-4
@@ -146,7 +148,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     seed_everything(config.seed)
     ckpt = load_checkpoint(policy_dir(config.policy), kind=KIND)
     model, head = build_from_checkpoint(ckpt, device=str(device))
-    own_config = floor_denoising_std(model, config.min_std)
+    own_config = floor_denoising_std(model, config.min_std, config.log_prob_reduction)
     model.requires_grad_(False)
     actor_params = denoiser_parameters(model)
     for p in actor_params:

@@ -56,8 +56,9 @@ def denoiser_parameters(policy: DiffusionPolicy) -> list[torch.nn.Parameter]:
     return list(policy.denoiser.parameters())
 
 
-def floor_denoising_std(policy: DiffusionPolicy, min_std: float) -> DiffusionPolicyConfig:
-    """Raise the floor on every stochastic denoising step's std to ``min_std`` (DPPO uses 0.1).
+def floor_denoising_std(policy: DiffusionPolicy, min_std: float, log_prob_reduction: str | None = None) -> DiffusionPolicyConfig:
+    """Raise the floor on every stochastic denoising step's std to ``min_std`` (DPPO uses 0.1),
+    and optionally set how chain log-probs reduce over dimensions (``"mean"``: DPPO's ratios).
 
     At the policy's own floor (~0.007) the last steps' log-probs are so sharp that a tiny
     change of the mean sends the per-step PPO ratio out of the clip range. Only stochastic
@@ -65,5 +66,6 @@ def floor_denoising_std(policy: DiffusionPolicy, min_std: float) -> DiffusionPol
     Returns the config before the change, to restore before the policy is saved.
     """
     cfg = policy.config
-    policy.config = replace(cfg, sigma_min=max(cfg.sigma_min, min_std), sigma_max=max(cfg.sigma_max, min_std))
+    policy.config = replace(cfg, sigma_min=max(cfg.sigma_min, min_std), sigma_max=max(cfg.sigma_max, min_std),
+                            log_prob_reduction=log_prob_reduction or cfg.log_prob_reduction)  # fmt: skip
     return cfg

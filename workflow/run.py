@@ -21,8 +21,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from robot.config import save_json, to_dict
+from robot.config import from_dict, save_json, to_dict
 from robot.metrics import JsonlMetrics, MultiSink
+
+
+def _with_defaults(cls: type, saved: dict) -> dict:
+    """A saved config dict with the fields added since it was written filled in with their defaults,
+    so a run started before an upgrade still resumes; a dict that does not parse is returned as is."""
+    try:
+        return to_dict(from_dict(cls, saved))
+    except (TypeError, ValueError):
+        return saved
 
 
 class RunDir:
@@ -38,7 +47,7 @@ class RunDir:
         (self.path / "checkpoints").mkdir(exist_ok=True)
         config_path = self.path / "config.json"
         if config_path.exists():
-            previous = json.loads(config_path.read_text())
+            previous = _with_defaults(type(config), json.loads(config_path.read_text()))
             if previous != to_dict(config):
                 changed = sorted(k for k in set(previous) | set(to_dict(config)) if previous.get(k) != to_dict(config).get(k))
                 raise ValueError(
