@@ -33,6 +33,7 @@ from robot.config import to_dict as config_to_dict
 from robot.types import ACTION, Feature
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+LOG_PROB_REDUCTIONS = ("sum", "mean")
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,8 @@ class DiffusionPolicyConfig:
             raise ValueError(f"prediction_type must be 'epsilon' or 'sample', got {self.prediction_type!r}")
         if not 0.0 < self.sigma_min <= self.sigma_max:
             raise ValueError(f"need 0 < sigma_min <= sigma_max, got {self.sigma_min}, {self.sigma_max}")
-        if self.log_prob_reduction not in ("sum", "mean"):
-            raise ValueError(f"log_prob_reduction must be 'sum' or 'mean', got {self.log_prob_reduction!r}")
+        if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
+            raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
         if self.eta < 0 or self.clip_sample_range <= 0:
             raise ValueError(f"eta must be >= 0 and clip_sample_range > 0, got {self.eta}, {self.clip_sample_range}")
 

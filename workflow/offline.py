@@ -21,12 +21,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from policies.critics import CriticConfig, IqlCritics
-from policies.diffusion import DiffusionPolicy
+from policies.diffusion import LOG_PROB_REDUCTIONS, DiffusionPolicy
 from policies.dynamics import DynamicsConfig, DynamicsEnsemble
 from robot.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from robot.config import to_dict
@@ -38,7 +39,7 @@ from workflow.imitation import ImitationConfig, train_imitation
 from workflow.latent import LatentTransitions, encode_store
 from workflow.ope import GateConfig, GateDecision, gate, horizon_warning
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
-from workflow.ppo import chain_ppo_loss, denoiser_parameters, floor_denoising_std, normalize_advantages
+from workflow.ppo import chain_ppo_loss, denoiser_parameters, fine_tuning_sampler, normalize_advantages
 from workflow.rollout import EvalReport, evaluate
 from workflow.run import RunDir, progress, resolve_device, seed_everything
 
@@ -69,8 +70,8 @@ class OfflineConfig:
     """PPO ratio clip per denoising step."""
     grad_clip: float = 0.5
     min_std: float = 0.1
-    """Floor on each denoising step's std for the chains PPO samples and scores (``workflow.ppo.floor_denoising_std``)."""
-    log_prob_reduction: str = "sum"
+    """Floor on each denoising step's std for the chains PPO samples and scores (``workflow.ppo.fine_tuning_sampler``)."""
+    log_prob_reduction: Literal["sum", "mean"] = "sum"
     """Chain log-probs over chunk and action dims while fine-tuning: ``sum`` (exact) or ``mean`` (DPPO's, a far less sharp ratio)."""
     gate_every: int = 50
     """PPO updates between AM-Q gate checks."""
@@ -92,6 +93,8 @@ class OfflineConfig:
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.ppo_updates < 0 or self.gate_every < 1 or self.critic_steps < 0:
             raise ValueError(f"rounds and gate_every must be >= 1, ppo_updates and critic_steps >= 0, got {self}")
+        if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
+            raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
         if not 0 < self.actor_lr < 1 or not 0 < self.clip_eps < 1:
             raise ValueError(f"actor_lr and clip_eps must be in (0, 1), got {self.actor_lr}, {self.clip_eps}")
 
@@ -277,7 +280,7 @@ def ppo_round(
     """PPO updates of a candidate copy; the gate decides which weights become the reference.
     Under torchrun each rank takes its rows of every batch and rank 0's gate decision holds for all."""
     ddp = ddp or Distributed()
-    own_config = floor_denoising_std(reference, config.min_std, config.log_prob_reduction)
+    own_config = fine_tuning_sampler(reference, config.min_std, config.log_prob_reduction)
     candidate = copy.deepcopy(reference).requires_grad_(False)
     params = denoiser_parameters(candidate)
     for p in params:

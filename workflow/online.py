@@ -26,6 +26,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 
 from policies.consistency import ConsistencyHead
 from policies.critics import CriticConfig, ValueNet
+from policies.diffusion import LOG_PROB_REDUCTIONS
 from robot.checkpoint import load_checkpoint, load_module_state
 from robot.protocols import Robot, Task
 from robot.store import ZarrEpisodeStore
@@ -42,7 +44,7 @@ from workflow.distributed import Distributed, init_distributed
 from workflow.envs import make_sim_for
 from workflow.latent import encode_store
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, episode_noise_seed, policy_dir, save_policy
-from workflow.ppo import chain_ppo_loss, denoiser_parameters, floor_denoising_std, normalize_advantages
+from workflow.ppo import chain_ppo_loss, denoiser_parameters, fine_tuning_sampler, normalize_advantages
 from workflow.rollout import EpisodeFrames, episode_features, evaluate
 from workflow.run import RunDir, progress, resolve_device, seed_everything
 
@@ -80,8 +82,8 @@ class OnlineConfig:
     """Checkpoint of offline critics (``round-M/critics``) whose V warm-starts the value function."""
     critic: CriticConfig = field(default_factory=CriticConfig)
     min_std: float = 0.1
-    """Floor on each denoising step's std while fine-tuning (``workflow.ppo.floor_denoising_std``)."""
-    log_prob_reduction: str = "sum"
+    """Floor on each denoising step's std while fine-tuning (``workflow.ppo.fine_tuning_sampler``)."""
+    log_prob_reduction: Literal["sum", "mean"] = "sum"
     """Chain log-probs over chunk and action dims while fine-tuning: ``sum`` (exact) or ``mean`` (DPPO's, a far less sharp ratio)."""
     distill_steps: int = 50
     """Consistency-distillation steps per iteration (0: no one-step head)."""
@@ -102,6 +104,8 @@ class OnlineConfig:
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.episodes_per_iteration < 1 or self.epochs < 1 or self.minibatch < 1 or self.select_every < 1:
             raise ValueError(f"iterations, episodes_per_iteration, epochs and minibatch must be >= 1, got {self}")
+        if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
+            raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ValueError(f"gamma must be in (0, 1] and gae_lambda in [0, 1], got {self.gamma}, {self.gae_lambda}")
 
@@ -148,7 +152,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     seed_everything(config.seed)
     ckpt = load_checkpoint(policy_dir(config.policy), kind=KIND)
     model, head = build_from_checkpoint(ckpt, device=str(device))
-    own_config = floor_denoising_std(model, config.min_std, config.log_prob_reduction)
+    own_config = fine_tuning_sampler(model, config.min_std, config.log_prob_reduction)
     model.requires_grad_(False)
     actor_params = denoiser_parameters(model)
     for p in actor_params:

@@ -56,9 +56,10 @@ def denoiser_parameters(policy: DiffusionPolicy) -> list[torch.nn.Parameter]:
     return list(policy.denoiser.parameters())
 
 
-def floor_denoising_std(policy: DiffusionPolicy, min_std: float, log_prob_reduction: str | None = None) -> DiffusionPolicyConfig:
-    """Raise the floor on every stochastic denoising step's std to ``min_std`` (DPPO uses 0.1),
-    and optionally set how chain log-probs reduce over dimensions (``"mean"``: DPPO's ratios).
+def fine_tuning_sampler(policy: DiffusionPolicy, min_std: float, log_prob_reduction: str) -> DiffusionPolicyConfig:
+    """Set the stochastic sampler RL fine-tunes with: every denoising step's std floored at
+    ``min_std`` (DPPO uses 0.1), chain log-probs reduced over dimensions by ``log_prob_reduction``
+    (``"sum"``, exact; ``"mean"``, DPPO's far less sharp ratios).
 
     At the policy's own floor (~0.007) the last steps' log-probs are so sharp that a tiny
     change of the mean sends the per-step PPO ratio out of the clip range. Only stochastic
@@ -66,6 +67,5 @@ def floor_denoising_std(policy: DiffusionPolicy, min_std: float, log_prob_reduct
     Returns the config before the change, to restore before the policy is saved.
     """
     cfg = policy.config
-    policy.config = replace(cfg, sigma_min=max(cfg.sigma_min, min_std), sigma_max=max(cfg.sigma_max, min_std),
-                            log_prob_reduction=log_prob_reduction or cfg.log_prob_reduction)  # fmt: skip
+    policy.config = replace(cfg, sigma_min=max(cfg.sigma_min, min_std), sigma_max=max(cfg.sigma_max, min_std), log_prob_reduction=log_prob_reduction)
     return cfg
