@@ -145,7 +145,12 @@ def _gate(update, gain, threshold=0.05, accepted=None):
 def test_ppo_regimes_from_the_gate_record():
     kl = curve("charts/approx_kl", np.full(60, 0.01), 1)
     stalled = diagnose_stage(stage("ppo", [kl], gate=[_gate(20, 0.001), _gate(40, -0.002), _gate(60, 0.0)]))
-    assert stalled.regime == "underfitting" and stalled.checkpoint_step == 0 and "larger actor lr" in stalled.advice[0]
+    assert stalled.regime == "underfitting" and stalled.checkpoint_step == 0 and "gate_every" in stalled.advice[0]
+    saturated = curve("charts/clip_fraction", np.full(60, 0.6), 1)  # the trust region, not the lr, limits each update
+    advice = diagnose_stage(stage("ppo", [kl, saturated], gate=[_gate(20, 0.001), _gate(40, 0.002)])).advice[0]
+    assert "saturated (clip fraction 0.60)" in advice and "log_prob_reduction=mean" in advice and "not a larger actor lr" in advice
+    advice = diagnose_stage(stage("ppo", [kl, saturated], gate=[_gate(20, 0.001)], config={"log_prob_reduction": "mean"})).advice[0]
+    assert "log_prob_reduction" not in advice and "min_std" in advice
     harmful = diagnose_stage(stage("ppo", [kl], gate=[_gate(20, -0.1), _gate(40, -0.2)]))
     assert harmful.regime == "diverging"
     gap = curve("ppo/q_gap", [0.1, 0.2, 0.35], 20)
@@ -168,6 +173,29 @@ def test_online_regimes():
     assert diagnose_stage(stage("online", [rising, curve("charts/value_explained_variance", np.linspace(0, 0.8, 8), 1)])).regime == "healthy"
     never = diagnose_stage(stage("online", [curve("charts/success", np.zeros(6), 1)]))
     assert never.regime == "underfitting" and "never rose above 0" in never.reasons[0] and "succeeds sometimes" in never.advice[0]
+
+
+def test_an_online_verdict_keeps_what_the_runs_own_sim_selection_kept(tmp_path):
+    rising = curve("charts/success", [0.3, 0.3, 0.4, 0.4, 0.5, 0.5, 0.5, 0.6], 1)
+    ev = curve("charts/value_explained_variance", np.linspace(0, 0.8, 8), 1)
+    start = tmp_path / "imitation"
+    (start / "policy").mkdir(parents=True)
+    (start / "policy" / "checkpoint.json").write_text("{}")
+    data = stage("online", [rising, ev], checkpoint_every=1, last=7, config={"policy": str(start)})
+    assert diagnose_stage(data).checkpoint_step == 7  # the curves alone: the last iteration
+    data.selection, data.selected = (("start", 0.81, 1.0), ("iteration 3", 0.75, 0.9), ("iteration 7", 0.69, 0.8)), "start"
+    kept = diagnose_stage(data)
+    assert kept.checkpoint_step is None and kept.checkpoint == str(start / "policy") and kept.evidence["selected_success"] == 0.81
+    assert "selection episodes kept start (start 81%, iteration 3 75%, iteration 7 69%)" in kept.reasons[-1] and "point at iteration 7" in kept.reasons[-1]
+    data.selected = "iteration 3"
+    kept = diagnose_stage(data)
+    assert kept.checkpoint_step == 3 and kept.checkpoint == str(data.checkpoints[3])
+    run = tmp_path / "online"  # the loader reads the selection from the run's report.json
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"iterations": 8, "policy": str(start)}))
+    (run / "report.json").write_text(json.dumps({"selected": "start", "selection": [["start", 0.81, 1.0], ["iteration 7", 0.69, 0.8]]}))
+    (loaded,) = load_stages(run)
+    assert loaded.selected == "start" and loaded.selection == (("start", 0.81, 1.0), ("iteration 7", 0.69, 0.8))
 
 
 def test_checkpoint_choice_edges():

@@ -58,6 +58,11 @@ class StageData:
     """AM-Q gate decisions of a ``ppo`` stage (rows of gate.jsonl)."""
     config: dict[str, Any] = field(default_factory=dict)
     """The run's config.json."""
+    selection: tuple[tuple[str, float, float], ...] = ()
+    """An online run's own choice, measured in sim: ``(candidate, success, return)`` per candidate
+    (``"start"`` or ``"iteration N"``) on its selection episodes (report.json)."""
+    selected: str | None = None
+    """The candidate that run handed on."""
 
 
 def curves_from_rows(rows: list[dict[str, Any]], *, round_index: int | None = None) -> dict[str, Curve]:
@@ -135,7 +140,14 @@ def load_stages(path: str | Path, *, prefix: str = "") -> list[StageData]:
     config = _config(path)
     if kind in ("imitation", "online", "distill"):
         final = path / "policy" if (path / "policy" / "checkpoint.json").is_file() else None
-        return [StageData(name, kind, path, curves_from_rows(rows), _snapshots(path / "checkpoints"), final, config=config)]
+        stage = StageData(name, kind, path, curves_from_rows(rows), _snapshots(path / "checkpoints"), final, config=config)
+        report = path / "report.json"
+        if kind == "online" and report.is_file():
+            saved = json.loads(report.read_text())
+            if saved.get("selection"):
+                stage.selection = tuple((str(n), float(s), float(r)) for n, s, r in saved["selection"])
+                stage.selected = saved.get("selected")
+        return [stage]
     return _offline_stages(path, rows, name, config)
 
 

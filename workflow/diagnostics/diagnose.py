@@ -84,7 +84,7 @@ class DiagnosisReport:
         rows = []
         for d in self.stages:
             v = d.verdict
-            checkpoint = "-" if v.checkpoint_step is None else f"step {v.checkpoint_step}"
+            checkpoint = f"step {v.checkpoint_step}" if v.checkpoint_step is not None else ("start" if v.kind == "online" and v.checkpoint else "-")
             if d.fqe_confirms is not None:
                 checkpoint += " (FQE agrees)" if d.fqe_confirms else " (FQE disagrees)"
             evidence = v.reasons[0] if v.reasons else ", ".join(f"{k} {x:.3g}" for k, x in list(v.evidence.items())[:3]) or "-"

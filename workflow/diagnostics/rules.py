@@ -22,7 +22,7 @@ Too few points give ``unknown`` rather than a guess.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -237,7 +237,7 @@ def diagnose_ppo(data: StageData, config: RulesConfig) -> Verdict:
     advice = {
         "overfitting": ["keep the gate's last accepted policy; fewer PPO updates per gate check or a smaller actor lr",
                         "a larger gate delta, or a more conservative critic (higher expectile is less, lower is more conservative)"],
-        "underfitting": ["a larger actor lr or more PPO updates between gate checks", "check the OPE horizon reaches the reward (horizon x chunk)"],
+        "underfitting": _ppo_underfitting_advice(end_value(c.get("charts/clip_fraction")), data.config, config),
         "diverging": ["a smaller actor lr; check the advantage sign and saturation (critic/adv_saturation, ppo/adv_saturation)"],
     }.get(regime, [])  # fmt: skip
     regime = finding.regime if finding else ("healthy" if gate else "unknown")
@@ -254,6 +254,18 @@ def diagnose_ppo(data: StageData, config: RulesConfig) -> Verdict:
         evidence["last_gain"] = float(gate[-1]["gain"])
     checkpoint = str(data.final) if data.final is not None else None
     return Verdict(data.stage, data.kind, regime, step, checkpoint, finding.turn_step if finding else None, tuple(reasons), tuple(advice), evidence)
+
+
+def _ppo_underfitting_advice(clip_fraction: float | None, run_config: dict, config: RulesConfig) -> list[str]:
+    """A stalled gate: when most per-step ratios sit outside the clip range, each update is already as
+    large as the trust region lets it be (on lift a 10x larger actor lr drove KL to 16 and AM-Q down),
+    so the fix is a less sharp ratio; otherwise the policy has room to move further per gate check."""
+    horizon = "check the OPE horizon reaches the reward (horizon x chunk)"
+    if clip_fraction is not None and math.isfinite(clip_fraction) and clip_fraction > config.clip_saturated:
+        fix = ("log_prob_reduction=mean (per-dimension ratios)" if run_config.get("log_prob_reduction", "sum") == "sum"
+               else "a larger clip_eps or a higher std floor (min_std)")
+        return [f"the per-step ratios are saturated (clip fraction {clip_fraction:.2f}): {fix}, not a larger actor lr", horizon]
+    return ["more PPO updates between gate checks (gate_every), then a larger actor lr while the clip fraction stays low", horizon]
 
 
 def _never_succeeds(success, config: RulesConfig) -> Finding | None:
@@ -282,7 +294,30 @@ def diagnose_online(data: StageData, config: RulesConfig) -> Verdict:
     }.get(regime, [])  # fmt: skip
     extra = {"success_end": end_value(success), "kl_end": end_value(kl), "clip_fraction_end": end_value(c.get("charts/clip_fraction")),
              "value_explained_variance_end": end_value(c.get("charts/value_explained_variance"))}  # fmt: skip
-    return finish(data, finding, advice, extra, [], config, enough=trend(success, config) is not None)
+    verdict = finish(data, finding, advice, extra, [], config, enough=trend(success, config) is not None)
+    return _defer_to_selection(verdict, data)
+
+
+def _defer_to_selection(verdict: Verdict, data: StageData) -> Verdict:
+    """An online run that scored its candidates in sim (deterministic, as deployed) already measured
+    which one to keep: the verdict keeps that one, and says where the curves alone would have pointed.
+    The training-success curve is of the stochastic policy; the selection is the better evidence."""
+    if not data.selected or not data.selection:
+        return verdict
+    scores = ", ".join(f"{name} {success:.0%}" for name, success, _ in data.selection)
+    if data.selected == "start":
+        start = Path(data.config.get("policy", ""))
+        step, path = None, start / "policy" if (start / "policy" / "checkpoint.json").is_file() else start
+    else:
+        step = int(data.selected.split()[1])
+        path = data.checkpoints.get(step, verdict.checkpoint)
+    if step == verdict.checkpoint_step and path is not None:
+        note = f"the run's selection episodes kept {data.selected} ({scores}), as the curves do"
+    else:
+        curves_pick = "-" if verdict.checkpoint_step is None else f"iteration {verdict.checkpoint_step}"
+        note = f"the run's selection episodes kept {data.selected} ({scores}); the training curves alone point at {curves_pick}"
+    evidence = {**verdict.evidence, "selected_success": max(s for _, s, _ in data.selection)}
+    return replace(verdict, checkpoint_step=step, checkpoint=str(path) if path is not None else None, reasons=(*verdict.reasons, note), evidence=evidence)
 
 
 def diagnose_distill(data: StageData, config: RulesConfig) -> Verdict:

@@ -43,6 +43,8 @@ class RulesConfig:
     """Diverging: median approximate KL per policy update over the last third above this."""
     gap_widen: float = 0.05
     """Overfitting (PPO): the policy/data Q gap widened at every gate check by this share of |J| in all."""
+    clip_saturated: float = 0.3
+    """PPO advice: a final clip fraction above this means the per-step ratios, not the learning rate, limit each update."""
     success_drop: float = 0.2
     """Diverging (online): smoothed success falls this far (absolute) below its peak."""
     ev_low: float = 0.2
