@@ -172,6 +172,8 @@ def train_offline(
     delta: float = typer.Option(0.05, help="Relative AM-Q gain the candidate must beat (0.05 = 5% of |J|)."),
     actor_lr: float = typer.Option(1e-5),
     rollout_episodes: int = typer.Option(20, help="Sim episodes of the accepted policy per round."),
+    verify_rollouts: bool = typer.Option(True, help="Also roll the reference out on the same seeds; refuse an accepted policy that succeeds less often."),
+    log_prob_reduction: str = typer.Option("sum", help="Chain log-probs over chunk and action dims: sum (exact) or mean (DPPO's, less sharp ratios)."),
     retrain_steps: int = typer.Option(1000, help="Imitation steps on the merged data after each round."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
@@ -189,13 +191,16 @@ def train_offline(
             policy=str(policy), data=str(data), out=str(out), task=task, rounds=rounds, critic=CriticConfig.for_horizon(ta),
             critic_steps=critic_steps, ppo_updates=ppo_updates, gate_every=gate_every,
             gate=GateConfig(horizon=ope_horizon, delta_relative=delta), actor_lr=actor_lr, rollout_episodes=rollout_episodes,
-            retrain_steps=retrain_steps, seed=seed, device=device,
+            verify_rollouts=verify_rollouts, log_prob_reduction=log_prob_reduction, retrain_steps=retrain_steps, seed=seed, device=device,
         )  # fmt: skip
         return run(cfg)
 
     report = _run_or_fail(go)
     for r in report.rounds:
-        _say(f"round {r.round}: {r.accepted}/{r.gate_checks} gate checks accepted, rollout success {r.rollout_success}, policy {r.policy}")
+        rollouts = "no rollouts" if r.rollout_success is None else f"rollout success {r.rollout_success:.0%}"
+        if r.reference_success is not None:
+            rollouts += f" (reference {r.reference_success:.0%}{', refused' if r.refused else ''})"
+        _say(f"round {r.round}: {r.accepted}/{r.gate_checks} gate checks accepted, {rollouts}, policy {r.policy}")
     _say(f"final policy: {report.policy}; gate record: {Path(report.run) / 'gate.jsonl'}")
 
 

@@ -8,6 +8,7 @@ lower after 40 updates), so the cases use one fixed seed.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -52,9 +53,38 @@ def test_gate_rejects_a_harmful_update_and_keeps_the_reference(imitation, tmp_pa
     before = load_checkpoint(imitation[1] / "policy").modules["policy"]
     after = load_checkpoint(tmp_path / "flipped" / "policy").modules["policy"]
     assert all(torch.equal(before[k], after[k]) for k in before), "a rejected candidate became the policy"
-    # a round whose gate accepted nothing neither rolls out nor retrains: nothing unapproved changes the policy
-    assert ZarrEpisodeStore.open(tmp_path / "flipped" / "data.zarr").num_episodes == ZarrEpisodeStore.open(imitation[0]).num_episodes
+    # a round whose gate accepted nothing neither rolls the candidate out nor retrains: nothing unapproved changes
+    # the policy; only the reference's own rollouts (run before PPO, data for the critics) joined the store
+    merged = ZarrEpisodeStore.open(tmp_path / "flipped" / "data.zarr")
+    assert merged.num_episodes == ZarrEpisodeStore.open(imitation[0]).num_episodes + 2
+    assert [m.source for m in merged.metas[-2:]] == ["offline-rollout"] * 2
     assert not (tmp_path / "flipped" / "round-0" / "imitation").exists()
+    report = json.loads((tmp_path / "flipped" / "round-0" / "report.json").read_text())
+    assert report["rollout_success"] is None and report["reference_success"] is not None and not report["refused"]
+
+
+@pytest.mark.slow
+def test_rollouts_refuse_a_gate_accepted_policy_that_succeeds_less_often(imitation, tmp_path, monkeypatch):
+    import workflow.offline as offline
+
+    real, rolled = offline.rollout_into, []
+
+    def rollout_into(store, policy, config, m, ddp=None):  # real rollouts, but the sim "says" the accepted policy is worse
+        rolled.append(Path(policy))
+        return replace(real(store, policy, config, m, ddp), success_rate=0.9 if len(rolled) == 1 else 0.1)
+
+    monkeypatch.setattr(offline, "rollout_into", rollout_into)
+    out = tmp_path / "refused"
+    decisions = _offline(imitation, out, flip=False, rollout_episodes=2, retrain_steps=5)
+    assert decisions[0]["accepted"], decisions  # the same update the helpful case accepts
+    assert rolled == [imitation[1] / "policy", out / "round-0" / "accepted"]  # the reference, then the accepted policy
+    report = json.loads((out / "round-0" / "report.json").read_text())
+    assert report["refused"] and report["reference_success"] == 0.9 and report["rollout_success"] == 0.1
+    before = load_checkpoint(imitation[1] / "policy").modules["policy"]
+    after = load_checkpoint(out / "policy").modules["policy"]
+    assert all(torch.equal(before[k], after[k]) for k in before), "a policy the rollouts refused became the policy"
+    assert not (out / "round-0" / "imitation").exists()
+    assert ZarrEpisodeStore.open(out / "data.zarr").num_episodes == ZarrEpisodeStore.open(imitation[0]).num_episodes + 4
 
 
 @pytest.mark.slow

@@ -165,8 +165,12 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
     def offline_stage() -> tuple[str, int, str]:
         report = train_offline(offline_cfg, show_progress=show_progress)
         accepted, checks = sum(r.accepted for r in report.rounds), sum(r.gate_checks for r in report.rounds)
-        rollouts = sum(b.rollout_episodes for r in report.rounds if r.rollout_success is not None)
-        return report.policy, rollouts, f"AM-Q gate accepted {accepted}/{checks}" + ("" if accepted else ": policy unchanged")
+        rollouts = sum(b.rollout_episodes * ((r.rollout_success is not None) + (r.reference_success is not None)) for r in report.rounds)
+        refused = [r for r in report.rounds if r.refused]
+        kept = f"AM-Q gate accepted {accepted}/{checks}"
+        if refused:
+            kept += "; refused by rollouts " + ", ".join(f"{r.rollout_success:.0%} vs reference {r.reference_success:.0%}" for r in refused)
+        return report.policy, rollouts, kept + ("" if any(r.accepted and not r.refused for r in report.rounds) else ": policy unchanged")
 
     offline = stage("offline", offline_stage)
     critics = out / "offline" / f"round-{b.offline_rounds - 1}" / "critics"
