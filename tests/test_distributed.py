@@ -119,9 +119,11 @@ def test_offline_rl_on_two_gloo_processes_matches_one_process(tmp_path: Path) ->
     assert np.allclose([g["j_candidate"] for g in gates[0]], [g["j_candidate"] for g in gates[1]], rtol=1e-3)
     one = ZarrEpisodeStore.open(tmp_path / "off1" / "data.zarr")
     two = ZarrEpisodeStore.open(tmp_path / "off2" / "data.zarr")
-    assert one.num_episodes == two.num_episodes == 4 + 3  # the demonstrations, then every rank's rollouts
+    # the demonstrations, then every rank's rollouts of the reference and of the accepted policy (same seeds)
+    assert one.num_episodes == two.num_episodes == 4 + 3 + 3
     assert [(m.seed, m.source) for m in one.metas] == [(m.seed, m.source) for m in two.metas]
-    for i in range(4, 7):
+    assert [m.seed for m in one.metas[4:7]] == [m.seed for m in one.metas[7:10]]
+    for i in range(4, 10):
         assert np.allclose(one.episode(i).data["action"], two.episode(i).data["action"], atol=1e-5)
 
 
