@@ -42,8 +42,10 @@ def _run_or_fail(fn, *args, **kwargs):
 
     try:
         return fn(*args, **kwargs)
-    except (StoreError, CheckpointError, ValueError, KeyError, FileNotFoundError) as e:
-        _fail(str(e).strip("'\""))
+    except KeyError as e:  # str() of a KeyError is the repr of its message: drop those quotes
+        _fail(str(e.args[0]) if e.args else "missing key")
+    except (StoreError, CheckpointError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
 
 
 def _not_in_this_build(command: str, issue: int, what: str) -> None:

@@ -161,6 +161,11 @@ def test_ppo_regimes_from_the_gate_record():
     big_steps = diagnose_stage(stage("ppo", [curve("charts/approx_kl", np.full(60, 0.4), 1)], gate=[_gate(20, 0.1)]))
     assert big_steps.regime == "diverging" and "charts/approx_kl stayed at 0.4" in big_steps.reasons[0]
     assert diagnose_stage(stage("ppo", [kl])).regime == "unknown"
+    # the gate accepted, the round's rollouts refused: the policy climbed the critics where they are wrong
+    round_report = {"refused": True, "reference_success": 0.65, "rollout_success": 0.2, "policy": "/run/imitation/policy"}
+    refused = diagnose_stage(StageData("ppo", "ppo", Path("/run"), {kl.name: kl}, {}, Path("/run/round-0/accepted"), [_gate(20, 0.1), _gate(40, 0.1)], {}, round_report))
+    assert refused.regime == "overfitting" and refused.turn_step == 20 and refused.checkpoint_step == 0 and refused.checkpoint == "/run/imitation/policy"
+    assert "succeeded 20% against the reference's 65%" in refused.reasons[0] and refused.advice[0].startswith("the round kept its reference")
 
 
 def test_online_regimes():
@@ -183,11 +188,11 @@ def test_an_online_verdict_keeps_what_the_runs_own_sim_selection_kept(tmp_path):
     (start / "policy" / "checkpoint.json").write_text("{}")
     data = stage("online", [rising, ev], checkpoint_every=1, last=7, config={"policy": str(start)})
     assert diagnose_stage(data).checkpoint_step == 7  # the curves alone: the last iteration
-    data.selection, data.selected = (("start", 0.81, 1.0), ("iteration 3", 0.75, 0.9), ("iteration 7", 0.69, 0.8)), "start"
+    data.report = {"selection": [["start", 0.81, 1.0], ["iteration 3", 0.75, 0.9], ["iteration 7", 0.69, 0.8]], "selected": "start"}
     kept = diagnose_stage(data)
     assert kept.checkpoint_step is None and kept.checkpoint == str(start / "policy") and kept.evidence["selected_success"] == 0.81
     assert "selection episodes kept start (start 81%, iteration 3 75%, iteration 7 69%)" in kept.reasons[-1] and "point at iteration 7" in kept.reasons[-1]
-    data.selected = "iteration 3"
+    data.report["selected"] = "iteration 3"
     kept = diagnose_stage(data)
     assert kept.checkpoint_step == 3 and kept.checkpoint == str(data.checkpoints[3])
     run = tmp_path / "online"  # the loader reads the selection from the run's report.json
@@ -195,7 +200,7 @@ def test_an_online_verdict_keeps_what_the_runs_own_sim_selection_kept(tmp_path):
     (run / "config.json").write_text(json.dumps({"iterations": 8, "policy": str(start)}))
     (run / "report.json").write_text(json.dumps({"selected": "start", "selection": [["start", 0.81, 1.0], ["iteration 7", 0.69, 0.8]]}))
     (loaded,) = load_stages(run)
-    assert loaded.selected == "start" and loaded.selection == (("start", 0.81, 1.0), ("iteration 7", 0.69, 0.8))
+    assert loaded.report["selected"] == "start" and loaded.report["selection"] == [["start", 0.81, 1.0], ["iteration 7", 0.69, 0.8]]
 
 
 def test_checkpoint_choice_edges():

@@ -195,7 +195,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
         accepted = any(d.accepted for d in decisions)
         improved = accepted or config.retrain_when_rejected
         rollout = rollout_into(merged, round_dir / "accepted", config, m, ddp) if config.rollout_episodes and improved else None
-        refused = accepted and before is not None and rollout is not None and rollout.success_rate < before.success_rate
+        refused = accepted and before is not None and rollout.success_rate < before.success_rate  # before: rollout_episodes > 0
         next_policy = round_dir / "accepted"
         if before is not None and rollout is not None and ddp.is_main:
             run.metrics.log({"rollouts/reference_success": before.success_rate, "rollouts/accepted_success": rollout.success_rate}, m)

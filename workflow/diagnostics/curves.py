@@ -58,11 +58,9 @@ class StageData:
     """AM-Q gate decisions of a ``ppo`` stage (rows of gate.jsonl)."""
     config: dict[str, Any] = field(default_factory=dict)
     """The run's config.json."""
-    selection: tuple[tuple[str, float, float], ...] = ()
-    """An online run's own choice, measured in sim: ``(candidate, success, return)`` per candidate
-    (``"start"`` or ``"iteration N"``) on its selection episodes (report.json)."""
-    selected: str | None = None
-    """The candidate that run handed on."""
+    report: dict[str, Any] = field(default_factory=dict)
+    """What the stage measured and decided itself (its report.json; a ``ppo`` stage's is its round's):
+    an online run's ``selection`` and ``selected``, an offline round's rollout check."""
 
 
 def curves_from_rows(rows: list[dict[str, Any]], *, round_index: int | None = None) -> dict[str, Curve]:
@@ -107,6 +105,11 @@ def _config(path: Path) -> dict[str, Any]:
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
+def _report(path: Path) -> dict[str, Any]:
+    f = path / "report.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
 def run_kind(path: Path) -> str:
     """What a run directory holds, from its files and config keys."""
     if (path / "pipeline.json").is_file():
@@ -140,14 +143,7 @@ def load_stages(path: str | Path, *, prefix: str = "") -> list[StageData]:
     config = _config(path)
     if kind in ("imitation", "online", "distill"):
         final = path / "policy" if (path / "policy" / "checkpoint.json").is_file() else None
-        stage = StageData(name, kind, path, curves_from_rows(rows), _snapshots(path / "checkpoints"), final, config=config)
-        report = path / "report.json"
-        if kind == "online" and report.is_file():
-            saved = json.loads(report.read_text())
-            if saved.get("selection"):
-                stage.selection = tuple((str(n), float(s), float(r)) for n, s, r in saved["selection"])
-                stage.selected = saved.get("selected")
-        return [stage]
+        return [StageData(name, kind, path, curves_from_rows(rows), _snapshots(path / "checkpoints"), final, config=config, report=_report(path))]
     return _offline_stages(path, rows, name, config)
 
 
@@ -163,7 +159,7 @@ def _offline_stages(path: Path, rows: list[dict[str, Any]], name: str, config: d
         critics_final = round_dir / "critics" if (round_dir / "critics" / "checkpoint.json").is_file() else None
         stages.append(StageData(f"{name}/round-{m}/critics", "critics", path, critic_curves, _snapshots(round_dir / "critic-checkpoints"), critics_final, config=config))
         accepted = round_dir / "accepted" if (round_dir / "accepted" / "checkpoint.json").is_file() else None
-        stages.append(StageData(f"{name}/round-{m}/ppo", "ppo", path, ppo_curves, {}, accepted, [g for g in gate if g.get("round") == m], config))
+        stages.append(StageData(f"{name}/round-{m}/ppo", "ppo", path, ppo_curves, {}, accepted, [g for g in gate if g.get("round") == m], config, _report(round_dir)))
         if (round_dir / "imitation" / "config.json").is_file():
             stages += load_stages(round_dir / "imitation", prefix=f"{name}/round-{m}/imitation")
     return stages

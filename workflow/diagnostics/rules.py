@@ -229,19 +229,21 @@ def diagnose_ppo(data: StageData, config: RulesConfig) -> Verdict:
         nonfinite(c.get("losses/ppo")),
         nonfinite(kl),
         above_for_long(kl, config.kl_max, config, "policy steps too large"),
+        _refused_by_rollouts(data.report, accepted),
         Finding("diverging", int(gate[0]["update"]), f"every candidate scored below the reference by more than the gate's threshold (gains {gains})", {}) if harmful else None,
         _gap_widens(c.get("ppo/q_gap"), gate, config),
         Finding("underfitting", None, f"no candidate moved AM-Q past the gate's threshold (gains {gains}, threshold {gate[-1]['threshold']:.3g})", {}) if stalled else None,
     )  # fmt: skip
     regime = finding.regime if finding else None
+    refused = bool(data.report.get("refused"))
     advice = {
-        "overfitting": ["keep the gate's last accepted policy; fewer PPO updates per gate check or a smaller actor lr",
+        "overfitting": [("the round kept its reference; " if refused else "keep the gate's last accepted policy; ") + "fewer PPO updates per gate check or a smaller actor lr",
                         "a larger gate delta, or a more conservative critic (higher expectile is less, lower is more conservative)"],
         "underfitting": _ppo_underfitting_advice(end_value(c.get("charts/clip_fraction")), data.config, config),
         "diverging": ["a smaller actor lr; check the advantage sign and saturation (critic/adv_saturation, ppo/adv_saturation)"],
     }.get(regime, [])  # fmt: skip
     regime = finding.regime if finding else ("healthy" if gate else "unknown")
-    step = int(accepted[-1]["update"]) if accepted else (0 if gate else None)
+    step = int(accepted[-1]["update"]) if accepted and not refused else (0 if gate else None)
     reasons = ([finding.reason] if finding else []) + [f"gate: {len(accepted)}/{len(gate)} candidates accepted"] * bool(gate)
     if regime == "unknown":
         reasons.append("no gate decisions recorded")
@@ -252,8 +254,19 @@ def diagnose_ppo(data: StageData, config: RulesConfig) -> Verdict:
             evidence[key] = value
     if gate:
         evidence["last_gain"] = float(gate[-1]["gain"])
-    checkpoint = str(data.final) if data.final is not None else None
+    checkpoint = data.report["policy"] if refused else (str(data.final) if data.final is not None else None)
     return Verdict(data.stage, data.kind, regime, step, checkpoint, finding.turn_step if finding else None, tuple(reasons), tuple(advice), evidence)
+
+
+def _refused_by_rollouts(report: dict, accepted: list[dict]) -> Finding | None:
+    """Overfitting (PPO): the gate accepted a candidate that then succeeded less often in sim than the
+    reference on the same seeds: the updates climbed the critics and the latent model where they are wrong."""
+    if not report.get("refused") or not accepted:
+        return None
+    ref, got = float(report["reference_success"]), float(report["rollout_success"])
+    return Finding("overfitting", int(accepted[0]["update"]), f"the gate accepted update {int(accepted[-1]['update'])} but its rollouts succeeded "
+                   f"{got:.0%} against the reference's {ref:.0%} on the same seeds: the round kept the reference",
+                   {"rollouts/reference_success": ref, "rollouts/accepted_success": got})  # fmt: skip
 
 
 def _ppo_underfitting_advice(clip_fraction: float | None, run_config: dict, config: RulesConfig) -> list[str]:
@@ -302,21 +315,23 @@ def _defer_to_selection(verdict: Verdict, data: StageData) -> Verdict:
     """An online run that scored its candidates in sim (deterministic, as deployed) already measured
     which one to keep: the verdict keeps that one, and says where the curves alone would have pointed.
     The training-success curve is of the stochastic policy; the selection is the better evidence."""
-    if not data.selected or not data.selection:
+    selected, selection = data.report.get("selected"), data.report.get("selection")
+    if not selected or not selection:
         return verdict
-    scores = ", ".join(f"{name} {success:.0%}" for name, success, _ in data.selection)
-    if data.selected == "start":
-        start = Path(data.config.get("policy", ""))
-        step, path = None, start / "policy" if (start / "policy" / "checkpoint.json").is_file() else start
-    else:
-        step = int(data.selected.split()[1])
-        path = data.checkpoints.get(step, verdict.checkpoint)
+    scores = ", ".join(f"{name} {success:.0%}" for name, success, _ in selection)
+    if selected == "start":
+        from workflow.policy import policy_dir  # imports torch, which the rules otherwise do not need
+
+        step, path = None, policy_dir(data.config.get("policy", ""))
+    else:  # the run's own policy is the selected snapshot when that one is gone
+        step = int(selected.split()[1])
+        path = data.checkpoints.get(step, data.final)
     if step == verdict.checkpoint_step and path is not None:
-        note = f"the run's selection episodes kept {data.selected} ({scores}), as the curves do"
+        note = f"the run's selection episodes kept {selected} ({scores}), as the curves do"
     else:
         curves_pick = "-" if verdict.checkpoint_step is None else f"iteration {verdict.checkpoint_step}"
-        note = f"the run's selection episodes kept {data.selected} ({scores}); the training curves alone point at {curves_pick}"
-    evidence = {**verdict.evidence, "selected_success": max(s for _, s, _ in data.selection)}
+        note = f"the run's selection episodes kept {selected} ({scores}); the training curves alone point at {curves_pick}"
+    evidence = {**verdict.evidence, "selected_success": max(s for _, s, _ in selection)}
     return replace(verdict, checkpoint_step=step, checkpoint=str(path) if path is not None else None, reasons=(*verdict.reasons, note), evidence=evidence)
 
 
