@@ -241,13 +241,15 @@ def train_distill(
     data: Path = typer.Option(..., help="Episode store whose states the head is distilled on."),
     out: Path = typer.Option(..., help="Run directory."),
     steps: int = typer.Option(2000),
+    lr: float = typer.Option(1e-4),
+    target_reuse: int = typer.Option(4, help="Regression steps per batch of the teacher's DDIM targets (its chain is the expensive part)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Consistency distillation into a one-step head."""
     from workflow.distill import DistillConfig, train_distill as run
 
-    report = _run_or_fail(run, DistillConfig(policy=str(policy), data=str(data), out=str(out), steps=steps, seed=seed, device=device))
+    report = _run_or_fail(run, DistillConfig(policy=str(policy), data=str(data), out=str(out), steps=steps, lr=lr, target_reuse=target_reuse, seed=seed, device=device))
     _say(f"one-step head distilled (loss {report.final_loss:.5f}); policy written to {report.policy}")
 
 

@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 import torch
 
+from policies.consistency import ConsistencyHead
 from policies.critics import CriticConfig
 from robot.metrics import read_metrics
 from robot.store import ZarrEpisodeStore
-from workflow.distill import DistillConfig, train_distill
+from workflow.distill import DistillConfig, distill, distill_targets, make_head_optimizer, train_distill
 from workflow.imitation import ImitationConfig, train_imitation
 from workflow.online import OnlineConfig, gae, train_online
 from workflow.policy import DiffusionController
 from tests.test_imitation import TINY, record_demos
+from tests.test_policies_diffusion import STATE_ONLY, batch, tiny_policy
 
 
 class ConstantValue(torch.nn.Module):
@@ -93,3 +95,50 @@ def test_distillation_moves_the_head_toward_the_teacher(policy, tmp_path):
     assert longer.final_loss < short.final_loss
     with pytest.raises(ValueError, match="no one-step consistency head"):
         DiffusionController.load(teacher, sampler="consistency")
+
+
+def _distilled(teacher, states, steps: int, reuse: int, calls: list[int]):
+    """A head distilled ``steps`` steps with ``reuse``; ``calls`` counts the teacher's chains."""
+    head = ConsistencyHead.from_policy(teacher)
+    sample = teacher.sample
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return sample(*args, **kwargs)
+
+    teacher.sample = counted
+    try:
+        seen: list[int] = []
+        distill(teacher, head, make_head_optimizer(head, 1e-3), states, steps, torch.Generator().manual_seed(0), batch_size=32, reuse=reuse, pool_batches=4,
+                on_step=lambda step, _: seen.append(step))  # fmt: skip
+    finally:
+        del teacher.sample
+    assert seen == list(range(1, steps + 1))
+    return head
+
+
+def test_reused_targets_cost_fewer_teacher_chains_and_fit_as_well_per_step():
+    torch.manual_seed(0)
+    teacher = tiny_policy(STATE_ONLY, "mlp", 4).eval().requires_grad_(False)
+    with torch.no_grad():
+        states = teacher.encode(batch(STATE_ONLY, 256))
+    fresh_calls, reused_calls = [], []
+    fresh = _distilled(teacher, states, 40, 1, fresh_calls)
+    reused = _distilled(teacher, states, 40, 4, reused_calls)
+    assert len(fresh_calls) == 40 and len(reused_calls) == 10  # one chain per batch of targets
+    held_out = torch.Generator().manual_seed(1)
+    noise, cond, target = distill_targets(teacher, states[torch.randint(0, 256, (128,), generator=held_out)], held_out)
+    start = ConsistencyHead.from_policy(teacher)
+    with torch.no_grad():
+        errors = {name: torch.nn.functional.mse_loss(h(noise, cond), target).item() for name, h in (("start", start), ("fresh", fresh), ("reused", reused))}
+    assert errors["fresh"] < 0.5 * errors["start"] and errors["reused"] < 0.5 * errors["start"], errors
+    assert errors["reused"] < 1.5 * errors["fresh"], errors
+
+
+def test_distill_refuses_bad_settings():
+    teacher = tiny_policy(STATE_ONLY, "mlp", 4).eval()
+    head = ConsistencyHead.from_policy(teacher)
+    with pytest.raises(ValueError, match="reuse"):
+        distill(teacher, head, make_head_optimizer(head, 1e-3), torch.zeros(4, teacher.cond_dim), 3, torch.Generator(), reuse=0)
+    with pytest.raises(ValueError, match="target_reuse"):
+        DistillConfig(policy="p", data="d", out="o", target_reuse=0)

@@ -39,7 +39,7 @@ from robot.checkpoint import load_checkpoint, load_module_state
 from robot.protocols import Robot, Task
 from robot.store import ZarrEpisodeStore
 from robot.types import EpisodeMeta
-from workflow.distill import distill_step, make_head_optimizer
+from workflow.distill import distill, make_head_optimizer
 from workflow.distributed import Distributed, init_distributed
 from workflow.envs import make_sim_for
 from workflow.latent import encode_store
@@ -88,6 +88,8 @@ class OnlineConfig:
     distill_steps: int = 50
     """Consistency-distillation steps per iteration (0: no one-step head)."""
     distill_lr: float = 1e-4
+    distill_reuse: int = 4
+    """Regression steps per batch of teacher targets (``workflow.distill.distill``)."""
     distill_data: str | None = None
     """Episode store (e.g. the demonstrations) whose states the handed-on policy's one-step head is finally
     distilled on, for the whole budget; None: the last iteration's states, for what its snapshot has not had.
@@ -102,8 +104,10 @@ class OnlineConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.iterations < 1 or self.episodes_per_iteration < 1 or self.epochs < 1 or self.minibatch < 1 or self.select_every < 1:
-            raise ValueError(f"iterations, episodes_per_iteration, epochs and minibatch must be >= 1, got {self}")
+        if self.iterations < 1 or self.episodes_per_iteration < 1 or self.epochs < 1 or self.minibatch < 1 or self.select_every < 1 or self.distill_reuse < 1:
+            raise ValueError(f"iterations, episodes_per_iteration, epochs, minibatch, select_every and distill_reuse must be >= 1, got {self}")
+        if self.distill_steps < 0:
+            raise ValueError(f"distill_steps must be >= 0, got {self.distill_steps}")
         if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
@@ -227,9 +231,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
             distill_loss = float("nan")
             if head is not None and ddp.is_main:
                 model.eval()
-                for _ in range(config.distill_steps):
-                    idx = torch.randint(0, len(cond), (min(256, len(cond)),), generator=distill_gen).to(device)
-                    distill_loss = distill_step(model, head, head_opt, cond[idx], distill_gen)
+                distill_loss = distill(model, head, head_opt, cond, config.distill_steps, distill_gen, reuse=config.distill_reuse)
             with torch.no_grad():
                 explained = 1 - float(torch.var(returns - value(cond)) / (torch.var(returns) + 1e-8))
             run.metrics.log(
@@ -262,10 +264,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
                 if config.distill_data:
                     store = ZarrEpisodeStore.open(config.distill_data)
                     states, steps = encode_store(store, final, ckpt.normalizer, gamma=config.gamma, device=device).features, steps + done
-                head_opt = make_head_optimizer(head, config.distill_lr)
-                for _ in range(steps):
-                    idx = torch.randint(0, len(states), (min(256, len(states)),), generator=distill_gen).to(device)
-                    distill_step(final, head, head_opt, states[idx], distill_gen)
+                distill(final, head, make_head_optimizer(head, config.distill_lr), states, steps, distill_gen, reuse=config.distill_reuse)
             run.metrics.log({"charts/selected_success": max(s for _, s, _ in selection)}, config.iterations)
     if ddp.is_main:
         save_policy(run.policy_dir, final, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "selected": selected})
