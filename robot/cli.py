@@ -217,6 +217,7 @@ def train_online(
     value_from: Optional[Path] = typer.Option(None, help="Offline critics checkpoint (runs/x/round-M/critics) to warm-start V."),
     distill_steps: int = typer.Option(50, help="Consistency-distillation steps per iteration (0 = none)."),
     distill_data: Optional[Path] = typer.Option(None, help="Episode store (e.g. the demos) whose states the handed-on policy's head is distilled on."),
+    distill_final_steps: Optional[int] = typer.Option(None, help="Distillation steps the handed-on head gets in all (default: distill steps x iterations)."),
     select_episodes: int = typer.Option(16, min=0, help="Deterministic episodes scoring the start and the snapshots (0: hand on the last)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
@@ -229,7 +230,7 @@ def train_online(
     cfg = OnlineConfig(
         policy=str(policy), out=str(out), task=task, iterations=iterations, episodes_per_iteration=episodes_per_iteration,
         actor_lr=actor_lr, value_from=str(value_from) if value_from else None, distill_steps=distill_steps,
-        distill_data=str(distill_data) if distill_data else None, select_episodes=select_episodes, seed=seed, device=device,
+        distill_data=str(distill_data) if distill_data else None, distill_final_steps=distill_final_steps, select_episodes=select_episodes, seed=seed, device=device,
     )  # fmt: skip
     report = _run_or_fail(run, cfg)
     _say(f"rollout success {report.success_first:.1%} -> {report.success_last:.1%}; kept {report.selected}; policy written to {report.policy}")
@@ -241,7 +242,7 @@ def train_distill(
     data: Path = typer.Option(..., help="Episode store whose states the head is distilled on."),
     out: Path = typer.Option(..., help="Run directory."),
     steps: int = typer.Option(2000),
-    lr: float = typer.Option(1e-4),
+    lr: float = typer.Option(3e-4),
     target_reuse: int = typer.Option(4, help="Regression steps per batch of the teacher's DDIM targets (its chain is the expensive part)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),

@@ -76,8 +76,10 @@ def test_online_stores_rollouts_logs_diagnostics_and_keeps_a_one_step_head(polic
 def test_online_hands_on_the_best_scorer_of_the_start_and_its_snapshots(policy, tmp_path):
     cfg = OnlineConfig(policy=str(policy[1]), out=str(tmp_path / "on"), iterations=2, episodes_per_iteration=2, epochs=2,
                        critic=CriticConfig(hidden_dims=(32, 32)), distill_steps=2, value_warmup_epochs=2, select_episodes=2, select_every=1,
-                       distill_data=str(policy[0]))  # fmt: skip
+                       distill_data=str(policy[0]), distill_final_steps=7)  # fmt: skip
     report = train_online(cfg, show_progress=False)
+    final = [row for row in read_metrics(tmp_path / "on" / "metrics.jsonl") if "charts/distill_final_steps" in row]
+    assert [row["charts/distill_final_steps"] for row in final] == [7]  # the handed-on head's whole budget, on the demos
     names = [name for name, _, _ in report.selection]
     assert names == ["start", "iteration 0", "iteration 1"]
     best = max(report.selection, key=lambda c: (c[1], c[2]))

@@ -115,7 +115,8 @@ class DistillConfig:
     """Run directory; its policy/ holds the teacher plus the one-step head."""
     steps: int = 2000
     batch_size: int = 256
-    lr: float = 1e-4
+    lr: float = 3e-4
+    """On push, 1,200 steps at 3e-4 brought the head within 2 points of its teacher; at 1e-4, 6 short."""
     target_reuse: int = 4
     """Regression steps per teacher target batch (the teacher's chain is the expensive part)."""
     seed: int = 0

@@ -87,7 +87,11 @@ class OnlineConfig:
     """Chain log-probs over chunk and action dims while fine-tuning: ``sum`` (exact) or ``mean`` (DPPO's, a far less sharp ratio)."""
     distill_steps: int = 50
     """Consistency-distillation steps per iteration (0: no one-step head)."""
-    distill_lr: float = 1e-4
+    distill_lr: float = 3e-4
+    distill_final_steps: int | None = None
+    """Distillation steps the handed-on policy's head gets in all, its in-loop steps included;
+    None: ``distill_steps x iterations``. On push a head's success came within 2 points of its
+    teacher's after 1,200 steps at lr 3e-4, against 10 points short after 600 (200 episodes each)."""
     distill_reuse: int = 4
     """Regression steps per batch of teacher targets (``workflow.distill.distill``)."""
     distill_data: str | None = None
@@ -106,8 +110,8 @@ class OnlineConfig:
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.episodes_per_iteration < 1 or self.epochs < 1 or self.minibatch < 1 or self.select_every < 1 or self.distill_reuse < 1:
             raise ValueError(f"iterations, episodes_per_iteration, epochs, minibatch, select_every and distill_reuse must be >= 1, got {self}")
-        if self.distill_steps < 0:
-            raise ValueError(f"distill_steps must be >= 0, got {self.distill_steps}")
+        if self.distill_steps < 0 or (self.distill_final_steps is not None and self.distill_final_steps < 0):
+            raise ValueError(f"distill_steps and distill_final_steps must be >= 0, got {self.distill_steps}, {self.distill_final_steps}")
         if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
@@ -251,21 +255,25 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
         # 5. hand on the best of the start and the scored snapshots (deterministic, as deployed)
         selected, selection = "last", ()
         final = _with_config(model, own_config)
+        done = config.distill_steps * config.iterations  # distillation steps the handed-on head has had
         if config.select_episodes:
             selected, selection, path = select_policy(robot, task, config, run, ddp)
             if selected == "start":
                 final = _with_config(build_from_checkpoint(ckpt, device=str(device))[0], own_config)
                 head, done = (ConsistencyHead.from_policy(final), 0) if head is not None else (None, 0)
-            else:
+            elif selected != "last":
                 final, head = build_from_checkpoint(load_checkpoint(path, kind=KIND), device=str(device))
                 done = (int(selected.split()[1]) + 1) * config.distill_steps
-            if head is not None and ddp.is_main:  # the head of the policy handed on gets the whole distillation budget
-                states, steps = cond, config.distill_steps * config.iterations - done
-                if config.distill_data:
-                    store = ZarrEpisodeStore.open(config.distill_data)
-                    states, steps = encode_store(store, final, ckpt.normalizer, gamma=config.gamma, device=device).features, steps + done
-                distill(final, head, make_head_optimizer(head, config.distill_lr), states, steps, distill_gen, reuse=config.distill_reuse)
             run.metrics.log({"charts/selected_success": max(s for _, s, _ in selection)}, config.iterations)
+        if head is not None and ddp.is_main and (config.select_episodes or config.distill_final_steps is not None):
+            # the head of the policy handed on gets the whole distillation budget
+            total = config.distill_final_steps if config.distill_final_steps is not None else config.distill_steps * config.iterations
+            states, steps = cond, max(total - done, 0)
+            if config.distill_data:  # the whole budget again, on the store's states
+                store = ZarrEpisodeStore.open(config.distill_data)
+                states, steps = encode_store(store, final, ckpt.normalizer, gamma=config.gamma, device=device).features, total
+            loss = distill(final, head, make_head_optimizer(head, config.distill_lr), states, steps, distill_gen, reuse=config.distill_reuse)
+            run.metrics.log({"losses/distill_final": loss, "charts/distill_final_steps": steps}, config.iterations)
     if ddp.is_main:
         save_policy(run.policy_dir, final, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "selected": selected})
     ddp.barrier()  # the other ranks return once the policy is on disk
