@@ -100,13 +100,8 @@ def _snapshots(folder: Path) -> dict[int, Path]:
     return {int(p.name.split("-")[1]): p for p in sorted(folder.glob("step-*")) if (p / "checkpoint.json").is_file()}
 
 
-def _config(path: Path) -> dict[str, Any]:
-    f = path / "config.json"
-    return json.loads(f.read_text()) if f.is_file() else {}
-
-
-def _report(path: Path) -> dict[str, Any]:
-    f = path / "report.json"
+def _json(f: Path) -> dict[str, Any]:
+    """A run's config.json or report.json; {} when it has none (yet)."""
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
@@ -114,7 +109,7 @@ def run_kind(path: Path) -> str:
     """What a run directory holds, from its files and config keys."""
     if (path / "pipeline.json").is_file():
         return "pipeline"
-    config = _config(path)
+    config = _json(path / "config.json")
     if not config:
         raise FileNotFoundError(f"{path} is not a run directory (no config.json or pipeline.json); pass a directory written by `robot train` or `robot pipeline`")
     if "eval_every" in config:
@@ -140,10 +135,10 @@ def load_stages(path: str | Path, *, prefix: str = "") -> list[StageData]:
         return stages
     rows = read_metrics(path / "metrics.jsonl") if (path / "metrics.jsonl").is_file() else []
     name = prefix or kind
-    config = _config(path)
+    config = _json(path / "config.json")
     if kind in ("imitation", "online", "distill"):
         final = path / "policy" if (path / "policy" / "checkpoint.json").is_file() else None
-        return [StageData(name, kind, path, curves_from_rows(rows), _snapshots(path / "checkpoints"), final, config=config, report=_report(path))]
+        return [StageData(name, kind, path, curves_from_rows(rows), _snapshots(path / "checkpoints"), final, config=config, report=_json(path / "report.json"))]
     return _offline_stages(path, rows, name, config)
 
 
@@ -159,7 +154,7 @@ def _offline_stages(path: Path, rows: list[dict[str, Any]], name: str, config: d
         critics_final = round_dir / "critics" if (round_dir / "critics" / "checkpoint.json").is_file() else None
         stages.append(StageData(f"{name}/round-{m}/critics", "critics", path, critic_curves, _snapshots(round_dir / "critic-checkpoints"), critics_final, config=config))
         accepted = round_dir / "accepted" if (round_dir / "accepted" / "checkpoint.json").is_file() else None
-        stages.append(StageData(f"{name}/round-{m}/ppo", "ppo", path, ppo_curves, {}, accepted, [g for g in gate if g.get("round") == m], config, _report(round_dir)))
+        stages.append(StageData(f"{name}/round-{m}/ppo", "ppo", path, ppo_curves, {}, accepted, [g for g in gate if g.get("round") == m], config, _json(round_dir / "report.json")))
         if (round_dir / "imitation" / "config.json").is_file():
             stages += load_stages(round_dir / "imitation", prefix=f"{name}/round-{m}/imitation")
     return stages
