@@ -227,12 +227,14 @@ def train_online(
     Under `torchrun --nproc_per_node N` each process rolls out its share of the episodes in its own sim."""
     from workflow.online import OnlineConfig, train_online as run
 
-    cfg = OnlineConfig(
-        policy=str(policy), out=str(out), task=task, iterations=iterations, episodes_per_iteration=episodes_per_iteration,
-        actor_lr=actor_lr, value_from=str(value_from) if value_from else None, distill_steps=distill_steps,
-        distill_data=str(distill_data) if distill_data else None, distill_final_steps=distill_final_steps, select_episodes=select_episodes, seed=seed, device=device,
-    )  # fmt: skip
-    report = _run_or_fail(run, cfg)
+    def go():  # a bad setting is a clear error too, not a traceback
+        return run(OnlineConfig(
+            policy=str(policy), out=str(out), task=task, iterations=iterations, episodes_per_iteration=episodes_per_iteration,
+            actor_lr=actor_lr, value_from=str(value_from) if value_from else None, distill_steps=distill_steps,
+            distill_data=str(distill_data) if distill_data else None, distill_final_steps=distill_final_steps, select_episodes=select_episodes, seed=seed, device=device,
+        ))  # fmt: skip
+
+    report = _run_or_fail(go)
     _say(f"rollout success {report.success_first:.1%} -> {report.success_last:.1%}; kept {report.selected}; policy written to {report.policy}")
 
 
@@ -250,7 +252,7 @@ def train_distill(
     """Consistency distillation into a one-step head."""
     from workflow.distill import DistillConfig, train_distill as run
 
-    report = _run_or_fail(run, DistillConfig(policy=str(policy), data=str(data), out=str(out), steps=steps, lr=lr, target_reuse=target_reuse, seed=seed, device=device))
+    report = _run_or_fail(lambda: run(DistillConfig(policy=str(policy), data=str(data), out=str(out), steps=steps, lr=lr, target_reuse=target_reuse, seed=seed, device=device)))
     _say(f"one-step head distilled (loss {report.final_loss:.5f}); policy written to {report.policy}")
 
 

@@ -37,3 +37,15 @@ def test_info_on_a_non_store_is_one_clear_line(tmp_path):
     out = _robot("info", str(tmp_path))
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "not an episode store" in out.stderr and str(tmp_path) in out.stderr
+
+
+def test_a_bad_training_setting_is_one_clear_line_and_writes_nothing(tmp_path):
+    cases = {
+        "distill": (["train", "distill", "--policy", "p", "--data", "d", "--out", str(tmp_path / "d"), "--target-reuse", "0"], "target_reuse must be >= 1"),
+        "online": (["train", "online", "--policy", "p", "--out", str(tmp_path / "o"), "--distill-final-steps", "-1"], "distill_final_steps must be >= 0"),
+    }
+    for name, (args, message) in cases.items():
+        out = _robot(*args)
+        assert out.returncode == 2, (name, out.stderr)
+        assert out.stderr.strip().count("\n") == 0 and message in out.stderr, (name, out.stderr)
+    assert not any(tmp_path.iterdir())
