@@ -169,6 +169,14 @@ class DynamicsEnsemble(nn.Module):
         return features + out[:, : self.feature_dim], out[:, self.feature_dim]
 
     @torch.no_grad()
+    def disagreement(self, features: Tensor, actions: Tensor) -> Tensor:
+        """Epistemic uncertainty ``(B,)``: the elites' spread (std across members) of their predicted means,
+        averaged over next-feature and reward dimensions in standardised target units. It grows where the
+        inputs leave the data the members were fitted on (MOPO's model-exploitation signal)."""
+        mean, _ = self(self._inputs(features, actions))
+        return mean[self.elite_indices].std(dim=0).mean(dim=-1)
+
+    @torch.no_grad()
     def member_mse(self, features: Tensor, actions: Tensor, next_features: Tensor, rewards: Tensor) -> Tensor:
         """(M,) each member's mean-prediction MSE on standardised ``(s' - s, r)`` targets."""
         mean, _ = self(self._inputs(features, actions))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,27 @@ def test_ppo_regimes_from_the_gate_record():
     refused = diagnose_stage(StageData("ppo", "ppo", Path("/run"), {kl.name: kl}, {}, Path("/run/round-0/accepted"), [_gate(20, 0.1), _gate(40, 0.1)], {}, round_report))
     assert refused.regime == "overfitting" and refused.turn_step == 20 and refused.checkpoint_step == 0 and refused.checkpoint == "/run/imitation/policy"
     assert "succeeded 20% against the reference's 65%" in refused.reasons[0] and refused.advice[0].startswith("the round kept its reference")
+
+
+def test_ppo_candidates_that_leave_the_demonstrations_are_overfitting_and_an_earlier_one_is_kept():
+    """The gate accepted every candidate (AM-Q rose), but from update 60 the policy's actions moved away from the
+    demonstrations by more than RulesConfig.demo_drift: the verdict keeps the candidate of update 40."""
+    kl = curve("charts/approx_kl", np.full(60, 0.01), 1)
+    gate = [_gate(20, 0.1), _gate(40, 0.1), _gate(60, 0.1), _gate(80, 0.1)]
+    saved = {u: Path(f"/run/round-0/candidates/update-{u:05d}") for u in (0, 20, 40, 60, 80)}
+    error = curve("ppo/demo_action_error", [0.20, 0.202, 0.215, 0.25, 0.30], 20)  # +1%, +7.5% (within 12%), then +25%
+    data = StageData("ppo", "ppo", Path("/run"), {kl.name: kl, error.name: error}, saved, Path("/run/round-0/accepted"), gate, {})
+    v = diagnose_stage(data)
+    assert v.regime == "overfitting" and v.turn_step == 60 and v.checkpoint_step == 40 and v.checkpoint == str(saved[40]), v
+    assert "25% further from the demonstrations" in v.reasons[0] and v.advice[0].startswith("keep the candidate of update 40")
+    from_the_start = diagnose_stage(replace(data, curves={kl.name: kl, error.name: curve(error.name, [0.20, 0.3, 0.3, 0.3, 0.3], 20)}))
+    assert from_the_start.checkpoint_step == 0 and from_the_start.checkpoint == str(saved[0]) and "starting policy" in from_the_start.advice[0]
+    unsaved = diagnose_stage(replace(data, checkpoints={}))
+    assert unsaved.checkpoint_step == 40 and unsaved.checkpoint is None and "save_candidates" in unsaved.advice[0]
+    rejected = [dict(g, accepted=g["update"] != 60) for g in gate]  # a far-off candidate the gate rejected never counts
+    assert diagnose_stage(replace(data, gate=rejected)).turn_step == 80
+    close = diagnose_stage(replace(data, curves={kl.name: kl, error.name: curve(error.name, [0.20, 0.21, 0.22, 0.22, 0.21], 20)}))
+    assert close.regime == "healthy" and close.checkpoint_step == 80
 
 
 def test_online_regimes():

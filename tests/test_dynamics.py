@@ -53,6 +53,15 @@ def test_beats_a_constant_predictor_on_held_out_data(fitted: tuple[DynamicsEnsem
     assert max(report.holdout_mse) < 0.2 and report.num_holdout == 400 and report.num_train == 1600
 
 
+def test_members_disagree_more_off_the_data_than_on_it(fitted: tuple[DynamicsEnsemble, DynamicsFitReport]) -> None:
+    model, _ = fitted
+    s, a, _, _ = toy_transitions(500, seed=1)
+    on_data = model.disagreement(s, a)
+    off_data = model.disagreement(s, a + 20.0)  # actions far outside anything the members were fitted on
+    assert on_data.shape == (500,) and bool((on_data >= 0).all())
+    assert off_data.mean() > 5 * on_data.mean(), (float(on_data.mean()), float(off_data.mean()))
+
+
 def test_elites_are_the_best_held_out_members(fitted: tuple[DynamicsEnsemble, DynamicsFitReport]) -> None:
     model, report = fitted
     ranking = sorted(range(SMALL.members), key=lambda m: report.holdout_mse[m])

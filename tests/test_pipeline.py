@@ -1,4 +1,5 @@
-"""The quick pipeline preset end to end on the fast push task (slow: about 11 minutes on 2 cores)."""
+"""The quick pipeline preset end to end on the fast push task (slow: about 12 minutes on 2 cores), and an
+offline round from its imitation policy pushed into overfitting, for the diagnostics (about 3 minutes)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,19 @@ from workflow.pipeline import PipelineConfig, run_pipeline
 # evaluation's). So no stage may lower success on the evaluation seeds here.
 
 
-@pytest.mark.slow
-def test_quick_pipeline_on_push(tmp_path):
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """The quick preset on push, run once for the tests of this module: (run directory, results, log lines)."""
     lines: list[str] = []
-    results = run_pipeline(PipelineConfig(task="push", out=str(tmp_path / "run"), budget="quick", seed=0), show_progress=False, log=lines.append)
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    results = run_pipeline(PipelineConfig(task="push", out=str(out), budget="quick", seed=0), show_progress=False, log=lines.append)
+    return out, results, lines
+
+
+@pytest.mark.slow
+def test_quick_pipeline_on_push(quick_run):
+    run, results, lines = quick_run
+    lines = list(lines)
     by_stage = {r.stage: r for r in results}
     assert list(by_stage) == ["imitation", "offline", "online", "one-step"]
     # measured 80% on the 30 evaluation seeds (docs/RESULTS.md); the bar leaves room for a different float order elsewhere
@@ -31,9 +41,40 @@ def test_quick_pipeline_on_push(tmp_path):
     table = lines[-1]
     for column in ("stage", "success", "episodes used", "CPU min", "DDIM ms", "1-step ms", "kept"):
         assert column in table
-    gates = [json.loads(line) for line in (tmp_path / "run" / "offline" / "gate.jsonl").read_text().splitlines()]
+    gates = [json.loads(line) for line in (run / "offline" / "gate.jsonl").read_text().splitlines()]
     assert gates and all({"j_reference", "j_candidate", "accepted"} <= set(g) for g in gates)
     # a rerun resumes: every stage is read back, nothing retrains
-    again = run_pipeline(PipelineConfig(task="push", out=str(tmp_path / "run"), budget="quick", seed=0), show_progress=False, log=lines.append)
+    again = run_pipeline(PipelineConfig(task="push", out=str(run), budget="quick", seed=0), show_progress=False, log=lines.append)
     assert [r.success for r in again] == [r.success for r in results]
     assert sum("done before" in line for line in lines) == 3
+
+
+@pytest.mark.slow
+def test_diagnose_keeps_a_ppo_candidate_from_before_it_left_the_demonstrations_and_it_beats_the_last_in_sim(quick_run, tmp_path):
+    """Offline PPO run too long at too large a step on 100 demonstrations, with no rollouts to check it: the gate accepts
+    candidates whose AM-Q gain comes from leaving the data. The diagnostics see it offline (ppo/demo_action_error) and
+    keep the last accepted candidate before the turn; in sim it beats the last one the round accepted (measured on the
+    same setting: 50% vs 34% of 50 episodes; the round's start scored 74%)."""
+    from policies.critics import CriticConfig
+    from workflow.diagnostics.curves import load_stages
+    from workflow.diagnostics.rules import diagnose_stage
+    from workflow.evaluate import evaluate_policy
+    from workflow.offline import OfflineConfig, train_offline
+    from workflow.ope import GateConfig
+
+    run, _, _ = quick_run
+    out = tmp_path / "offline"
+    cfg = OfflineConfig(policy=str(run / "imitation"), data=str(run / "demos.zarr"), out=str(out), task="push", rounds=1, critic=CriticConfig.for_horizon(4),
+                        critic_steps=1000, ppo_updates=150, ppo_batch=64, gate_every=25, actor_lr=3e-5, log_prob_reduction="mean",
+                        gate=GateConfig(horizon=5, delta_relative=0.0), rollout_episodes=0, retrain_steps=0, verify_rollouts=False)  # fmt: skip
+    train_offline(cfg, show_progress=False)
+    (ppo,) = [s for s in load_stages(out) if s.kind == "ppo"]
+    verdict = diagnose_stage(ppo)
+    accepted = [int(g["update"]) for g in ppo.gate if g["accepted"]]
+    assert verdict.regime == "overfitting" and "further from the demonstrations" in verdict.reasons[0], verdict.reasons
+    assert verdict.checkpoint_step < accepted[-1] and verdict.checkpoint == str(ppo.checkpoints[verdict.checkpoint_step])
+    success = {}
+    for step in (verdict.checkpoint_step, accepted[-1]):
+        success[step] = evaluate_policy(ppo.checkpoints[step], "push", episodes=100, seed=100_000, show_progress=False).success_rate
+    print(f"sim success over 100 episodes, chosen vs last accepted: {success}")
+    assert success[verdict.checkpoint_step] > success[accepted[-1]], success

@@ -35,6 +35,7 @@ class LatentTransitions:
     steps_to_go: np.ndarray  # (N,) steps left in the episode (for the OPE horizon check)
     episode: np.ndarray  # (N,) episode index of each row
     success: np.ndarray  # (N,) whether the row's episode succeeded
+    demonstration: np.ndarray  # (N,) whether the row's episode is a demonstration (source "demo", not a rollout)
 
     @property
     def next_features(self) -> torch.Tensor:
@@ -90,6 +91,7 @@ def encode_store(
         steps_to_go=steps_to_go,
         episode=episode,
         success=success,
+        demonstration=np.repeat(np.array([store.metas[e].source == "demo" for e in chosen]), lengths),
     )
 
 

@@ -24,7 +24,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -85,6 +85,9 @@ class OfflineConfig:
     """Imitation steps on the merged data after each round (0 keeps the accepted policy as is)."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     """Diagnostics: critic episodes held out for validation, probe rows, critic snapshots (``workflow.diagnostics.probes``)."""
+    save_candidates: bool = True
+    """Save every candidate the gate accepts (round-M/candidates/update-U): the checkpoints ``robot diagnose`` chooses
+    among when the PPO stage overfits (the round itself hands on only its last accepted policy)."""
     verify_rollouts: bool = True
     """Roll the reference out before PPO on the seeds the accepted policy runs on after it, and refuse an accepted
     policy that succeeds less often. AM-Q can be climbed where the critics and the latent model are wrong: on lift
@@ -182,7 +185,11 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
         run.metrics.log({f"dynamics/{k}": float(v) for k, v in _numbers(fit).items()}, m)
 
         # 3. PPO on the denoising chain, gated by AM-Q
-        accepted_policy, decisions = ppo_round(reference, critics, dynamics, data, config, run, m, device, show_progress, probe=probe, ddp=ddp)
+        def save_candidate(update: int, policy: DiffusionPolicy) -> None:
+            save_policy(round_dir / "candidates" / f"update-{update:05d}", policy, normalizer, extra={**ckpt.extra, "stage": "offline", "round": m, "update": update})
+
+        accepted_policy, decisions = ppo_round(reference, critics, dynamics, data, config, run, m, device, show_progress, probe=probe, ddp=ddp,
+                                               on_accept=save_candidate if config.save_candidates and ddp.is_main else None)  # fmt: skip
         if ddp.is_main:
             with open(run.path / "gate.jsonl", "a") as f:
                 for d in decisions:
@@ -303,8 +310,10 @@ def ppo_round(
     show_progress: bool,
     probe: CriticProbe | None = None,
     ddp: Distributed | None = None,
+    on_accept: Callable[[int, DiffusionPolicy], None] | None = None,
 ) -> tuple[DiffusionPolicy, list[GateDecision]]:
     """PPO updates of a candidate copy; the gate decides which weights become the reference.
+    ``on_accept(update, policy)`` sees each accepted candidate (with its own sampler settings).
     Under torchrun each rank takes its rows of every batch and rank 0's gate decision holds for all."""
     ddp = ddp or Distributed()
     own_config = fine_tuning_sampler(reference, config.min_std, config.log_prob_reduction)
@@ -318,6 +327,8 @@ def ppo_round(
     starts = data.features[torch.as_tensor(ope_gen.choice(len(data), size=min(config.gate.start_states, len(data)), replace=False))]
     ta = reference.config.n_action_steps
     decisions: list[GateDecision] = []
+    if probe is not None and ddp.is_main:  # where the round starts: what the gate-time probes are read against
+        run.metrics.log({f"{k}_r{m}": v for k, v in policy_gap_metrics(reference, critics, data, probe, config.probe, n_action_steps=ta).items()}, 0)
     bar = progress(config.ppo_updates, 0, f"ppo r{m}", show_progress and ddp.is_main)
     for update in range(1, config.ppo_updates + 1):
         idx = torch.randint(0, len(data), (min(config.ppo_batch, len(data)),), generator=gen).to(device)
@@ -342,11 +353,16 @@ def ppo_round(
         if update % config.gate_every == 0 or update == config.ppo_updates:
             decision = ddp.broadcast(gate(candidate, reference, critics, dynamics, starts, config.gate, n_action_steps=ta, update=update, seed=config.seed + m))
             decisions.append(decision)
-            metrics.update({"ope/amq_reference": decision.j_reference, "ope/amq_candidate": decision.j_candidate, "ope/accepted": float(decision.accepted)})
+            metrics.update({"ope/amq_reference": decision.j_reference, "ope/amq_candidate": decision.j_candidate, "ope/accepted": float(decision.accepted),
+                            "ope/disagreement_reference": decision.u_reference, "ope/disagreement_candidate": decision.u_candidate})  # fmt: skip
             if probe is not None and ddp.is_main:
                 metrics.update(policy_gap_metrics(candidate, critics, data, probe, config.probe, n_action_steps=ta))
             if decision.accepted:  # the candidate becomes the reference chains are sampled from
                 reference = copy.deepcopy(candidate).requires_grad_(False)
+                if on_accept is not None:
+                    reference.config = own_config
+                    on_accept(update, reference)
+                    reference.config = candidate.config
             else:  # never keep a rejected update: restart from the reference
                 candidate.load_state_dict(reference.state_dict())
                 optimizer = torch.optim.Adam(params, lr=config.actor_lr)

@@ -4,6 +4,11 @@ AM-Q (RL-100, Uni-O4): from dataset states, roll the policy H chunk-steps throug
 learned latent dynamics and average min(Q1, Q2) of the actions it takes along the way.
 Both policies are scored from the same start states with the same noise (common random
 numbers), so the difference between them is far less noisy than either estimate.
+
+Along the way the dynamics ensemble's disagreement is averaged too and recorded for both
+policies (a candidate whose imagined rollouts go where the members disagree is scored where
+the model has no data). It is not subtracted from J: on lift the candidates that lost sim
+success had lower disagreement than their reference, not higher.
 """
 
 from __future__ import annotations
@@ -41,10 +46,21 @@ class GateDecision:
     j_candidate: float
     threshold: float
     accepted: bool
+    u_reference: float = float("nan")
+    """Mean dynamics-ensemble disagreement along the reference's imagined rollouts."""
+    u_candidate: float = float("nan")
 
     @property
     def gain(self) -> float:
         return self.j_candidate - self.j_reference
+
+
+@dataclass(frozen=True)
+class AmqEstimate:
+    value: float
+    """Mean min-Q over the imagined chunk-steps."""
+    disagreement: float
+    """Mean ensemble disagreement (``DynamicsEnsemble.disagreement``) over the same steps."""
 
 
 @torch.no_grad()
@@ -57,20 +73,21 @@ def amq_estimate(
     horizon: int,
     n_action_steps: int,
     seed: int,
-) -> float:
+) -> AmqEstimate:
     """Mean min-Q of the policy's deterministic actions over ``horizon`` imagined chunk-steps.
 
     ``starts (S, Dc)`` are frozen-encoder features of dataset states.
     """
     generator = torch.Generator(device=starts.device).manual_seed(seed)
     s = starts
-    total = 0.0
+    total = spread = 0.0
     for _ in range(horizon):
         noise = policy.initial_noise(s, generator)
         action = policy.sample(s, deterministic=True, noise=noise)[:, :n_action_steps].flatten(1)  # (S, Ta * Da)
         total += float(critics.target_q.min_q(s, action).mean())
+        spread += float(dynamics.disagreement(s, action).mean())
         s, _ = dynamics.predict(s, action, generator=generator)
-    return total / horizon
+    return AmqEstimate(total / horizon, spread / horizon)
 
 
 def gate(
@@ -87,10 +104,11 @@ def gate(
 ) -> GateDecision:
     """Score both policies from the same states with the same noise; accept only a clear gain."""
     kwargs = dict(horizon=config.horizon, n_action_steps=n_action_steps, seed=seed)
-    j_ref = amq_estimate(reference, critics, dynamics, starts, **kwargs)
-    j_cand = amq_estimate(candidate, critics, dynamics, starts, **kwargs)
-    threshold = config.delta_relative * abs(j_ref) + config.delta_absolute
-    return GateDecision(update=update, j_reference=j_ref, j_candidate=j_cand, threshold=threshold, accepted=j_cand - j_ref > threshold)
+    ref = amq_estimate(reference, critics, dynamics, starts, **kwargs)
+    cand = amq_estimate(candidate, critics, dynamics, starts, **kwargs)
+    threshold = config.delta_relative * abs(ref.value) + config.delta_absolute
+    return GateDecision(update=update, j_reference=ref.value, j_candidate=cand.value, threshold=threshold, accepted=cand.value - ref.value > threshold,
+                        u_reference=ref.disagreement, u_candidate=cand.disagreement)  # fmt: skip
 
 
 def horizon_warning(steps_to_go: np.ndarray, success: np.ndarray, horizon: int, n_action_steps: int) -> str | None:

@@ -154,7 +154,19 @@ def _offline_stages(path: Path, rows: list[dict[str, Any]], name: str, config: d
         critics_final = round_dir / "critics" if (round_dir / "critics" / "checkpoint.json").is_file() else None
         stages.append(StageData(f"{name}/round-{m}/critics", "critics", path, critic_curves, _snapshots(round_dir / "critic-checkpoints"), critics_final, config=config))
         accepted = round_dir / "accepted" if (round_dir / "accepted" / "checkpoint.json").is_file() else None
-        stages.append(StageData(f"{name}/round-{m}/ppo", "ppo", path, ppo_curves, {}, accepted, [g for g in gate if g.get("round") == m], config, _json(round_dir / "report.json")))
+        stages.append(StageData(f"{name}/round-{m}/ppo", "ppo", path, ppo_curves, _ppo_checkpoints(path, m, config), accepted, [g for g in gate if g.get("round") == m],
+                                config, _json(round_dir / "report.json")))  # fmt: skip
         if (round_dir / "imitation" / "config.json").is_file():
             stages += load_stages(round_dir / "imitation", prefix=f"{name}/round-{m}/imitation")
     return stages
+
+
+def _ppo_checkpoints(path: Path, m: int, config: dict[str, Any]) -> dict[int, Path]:
+    """A PPO stage's choices: the round's starting policy (update 0) and every candidate its gate accepted."""
+    start = config.get("policy") if m == 0 else _json(path / f"round-{m - 1}" / "report.json").get("policy")
+    choices = {}
+    for folder in (Path(start), Path(start) / "policy") if start else ():  # a run directory or its policy checkpoint
+        if (folder / "checkpoint.json").is_file():  # not when moved or deleted since the run
+            choices[0] = folder
+    candidates = path / f"round-{m}" / "candidates"
+    return choices | {int(p.name.split("-")[1]): p for p in sorted(candidates.glob("update-*")) if (p / "checkpoint.json").is_file()}

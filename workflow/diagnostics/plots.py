@@ -38,6 +38,8 @@ PANELS: dict[str, tuple[str, list[tuple[str, str, tuple[str, ...], bool]]]] = {
         ("policy step size", "KL / clip fraction", ("charts/approx_kl", "charts/clip_fraction"), False),
         ("advantage saturation", "share of |A| beyond the bound", ("ppo/adv_saturation",), False),
         ("Q(policy action) - Q(dataset action)", "Q gap", ("ppo/q_gap",), False),
+        ("distance from the demonstrations", "action MSE (normalised)", ("ppo/demo_action_error",), False),
+        ("latent model disagreement on imagined rollouts", "elite std (standardised)", ("ope/disagreement_reference", "ope/disagreement_candidate"), False),
     ]),
     "online": ("iteration", [
         ("rollout success", "success rate", ("charts/success",), False),

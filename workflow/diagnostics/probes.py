@@ -133,6 +133,7 @@ class CriticProbe:
     val_rows: torch.Tensor  # (Pv,) fixed probe rows of the held-out episodes (empty with val_fraction 0)
     policy_actions: torch.Tensor  # (P, Ta * Da) the reference policy's deterministic executed chunk at train_rows
     val_episodes: tuple[int, ...]  # store indices of the held-out episodes
+    demo_rows: torch.Tensor  # (Pd,) fixed probe rows of the demonstrations (either split): how far a fine-tuned policy left them
 
 
 @torch.no_grad()
@@ -157,7 +158,9 @@ def make_critic_probe(data, policy: DiffusionPolicy, config: ProbeConfig, *, n_a
     generator = torch.Generator(device=device).manual_seed(config.seed)
     noise = policy.initial_noise(features, generator)
     actions = policy.sample(features, deterministic=True, noise=noise)[:, :n_action_steps].flatten(1)  # (P, Ta * Da)
-    return CriticProbe(as_rows(train_pool), as_rows(train_rows), as_rows(val_rows), actions, tuple(int(e) for e in val_eps))
+    demo_pool = np.flatnonzero(data.demonstration)
+    demo_rows = np.sort(rng.choice(demo_pool, size=min(config.size, len(demo_pool)), replace=False)) if len(demo_pool) else demo_pool
+    return CriticProbe(as_rows(train_pool), as_rows(train_rows), as_rows(val_rows), actions, tuple(int(e) for e in val_eps), as_rows(demo_rows))
 
 
 @torch.no_grad()
@@ -225,9 +228,17 @@ def advantage_metrics(advantages: torch.Tensor, config: ProbeConfig) -> dict[str
 
 @torch.no_grad()
 def policy_gap_metrics(policy: DiffusionPolicy, critics: IqlCritics, data, probe: CriticProbe, config: ProbeConfig, *, n_action_steps: int) -> dict[str, float]:
-    """``ppo/q_gap``: mean min target Q of ``policy``'s deterministic chunk minus that of the dataset chunk, on the probe rows."""
-    s = data.features[probe.train_rows]
-    generator = torch.Generator(device=s.device).manual_seed(config.seed)
-    actions = policy.sample(s, deterministic=True, noise=policy.initial_noise(s, generator))[:, :n_action_steps].flatten(1)
-    gap = critics.target_q.min_q(s, actions) - critics.target_q.min_q(s, data.actions[probe.train_rows])
-    return {"ppo/q_gap": float(gap.mean())}
+    """``ppo/q_gap``: mean min target Q of ``policy``'s deterministic chunk minus that of the dataset chunk, on the
+    probe rows; ``ppo/demo_action_error``: mean squared distance (normalised actions) between the policy's chunk and
+    the demonstrated one on the demonstration probe rows (how far fine-tuning has taken the policy from its data)."""
+    def chunks(rows: torch.Tensor) -> torch.Tensor:
+        s = data.features[rows]
+        generator = torch.Generator(device=s.device).manual_seed(config.seed)
+        return policy.sample(s, deterministic=True, noise=policy.initial_noise(s, generator))[:, :n_action_steps].flatten(1)
+
+    rows = probe.train_rows
+    gap = critics.target_q.min_q(data.features[rows], chunks(rows)) - critics.target_q.min_q(data.features[rows], data.actions[rows])
+    out = {"ppo/q_gap": float(gap.mean())}
+    if len(probe.demo_rows):
+        out["ppo/demo_action_error"] = float((chunks(probe.demo_rows) - data.actions[probe.demo_rows]).square().mean())
+    return out

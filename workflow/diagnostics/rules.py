@@ -217,6 +217,24 @@ def _gap_widens(gap, gate: list[dict], config: RulesConfig) -> Finding | None:
     return None
 
 
+def _leaves_demonstrations(error, gate: list[dict], config: RulesConfig) -> Finding | None:
+    """Overfitting (PPO): an accepted candidate acts further from the demonstrations than the round's start by
+    more than ``demo_drift`` of the start's own error. AM-Q rose along the way (the gate accepted it), so the gain
+    was found where the critics and the latent model have no data: the sim success of such candidates fell."""
+    if error is None or not len(error) or int(error.steps[0]) != 0:
+        return None
+    start = float(error.values[0])
+    at = dict(zip(error.steps.tolist(), error.values.tolist()))
+    for g in gate:
+        update = int(g["update"])
+        if g["accepted"] and update in at and math.isfinite(at[update]) and at[update] > (1 + config.demo_drift) * start:
+            rise = at[update] / start - 1
+            return Finding("overfitting", update, f"the gate accepted update {update}, whose actions are {rise:.0%} further from the demonstrations than the "
+                           f"round's start (ppo/demo_action_error {start:.3g} -> {at[update]:.3g}, limit +{config.demo_drift:.0%}): its AM-Q gain "
+                           "comes from actions the data does not cover", {"ppo/demo_action_error:start": start, "ppo/demo_action_error:turn": at[update]})  # fmt: skip
+    return None
+
+
 def diagnose_ppo(data: StageData, config: RulesConfig) -> Verdict:
     c = data.curves
     gate = data.gate
@@ -225,11 +243,13 @@ def diagnose_ppo(data: StageData, config: RulesConfig) -> Verdict:
     harmful = bool(gate) and not accepted and all(g["gain"] < -g["threshold"] for g in gate)
     stalled = bool(gate) and not accepted and all(abs(g["gain"]) <= g["threshold"] for g in gate)
     gains = ", ".join(f"{g['gain']:+.3g}" for g in gate)
+    drift = _leaves_demonstrations(c.get("ppo/demo_action_error"), gate, config)
     finding = first(
         nonfinite(c.get("losses/ppo")),
         nonfinite(kl),
         above_for_long(kl, config.kl_max, config, "policy steps too large"),
         _refused_by_rollouts(data.report, accepted),
+        drift,
         Finding("diverging", int(gate[0]["update"]), f"every candidate scored below the reference by more than the gate's threshold (gains {gains})", {}) if harmful else None,
         _gap_widens(c.get("ppo/q_gap"), gate, config),
         Finding("underfitting", None, f"no candidate moved AM-Q past the gate's threshold (gains {gains}, threshold {gate[-1]['threshold']:.3g})", {}) if stalled else None,
@@ -237,13 +257,20 @@ def diagnose_ppo(data: StageData, config: RulesConfig) -> Verdict:
     regime = finding.regime if finding else None
     refused = bool(data.report.get("refused"))
     advice = {
-        "overfitting": [("the round kept its reference; " if refused else "keep the gate's last accepted policy; ") + "fewer PPO updates per gate check or a smaller actor lr",
+        "overfitting": [("the round kept its reference; " if refused else "") + "fewer PPO updates per gate check or a smaller actor lr",
                         "a larger gate delta, or a more conservative critic (higher expectile is less, lower is more conservative)"],
         "underfitting": _ppo_underfitting_advice(end_value(c.get("charts/clip_fraction")), data.config, config),
         "diverging": ["a smaller actor lr; check the advantage sign and saturation (critic/adv_saturation, ppo/adv_saturation)"],
     }.get(regime, [])  # fmt: skip
     regime = finding.regime if finding else ("healthy" if gate else "unknown")
     step = int(accepted[-1]["update"]) if accepted and not refused else (0 if gate else None)
+    checkpoint = data.report["policy"] if refused else (str(data.final) if data.final is not None else None)
+    if finding is drift and drift is not None and not refused:  # the last accepted candidate before the turn
+        step = max([int(g["update"]) for g in accepted if int(g["update"]) < finding.turn_step], default=0)
+        checkpoint = str(data.checkpoints[step]) if step in data.checkpoints else None
+        keep = "the round's starting policy" if step == 0 else f"the candidate of update {step}"
+        where = f" ({checkpoint})" if checkpoint else " (not saved: run with save_candidates on)"
+        advice.insert(0, f"keep {keep}{where}, not the later one the round handed on")
     reasons = ([finding.reason] if finding else []) + [f"gate: {len(accepted)}/{len(gate)} candidates accepted"] * bool(gate)
     if regime == "unknown":
         reasons.append("no gate decisions recorded")
@@ -254,7 +281,6 @@ def diagnose_ppo(data: StageData, config: RulesConfig) -> Verdict:
             evidence[key] = value
     if gate:
         evidence["last_gain"] = float(gate[-1]["gain"])
-    checkpoint = data.report["policy"] if refused else (str(data.final) if data.final is not None else None)
     return Verdict(data.stage, data.kind, regime, step, checkpoint, finding.turn_step if finding else None, tuple(reasons), tuple(advice), evidence)
 
 

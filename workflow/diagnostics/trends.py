@@ -43,6 +43,10 @@ class RulesConfig:
     """Diverging: median approximate KL per policy update over the last third above this."""
     gap_widen: float = 0.05
     """Overfitting (PPO): the policy/data Q gap widened at every gate check by this share of |J| in all."""
+    demo_drift: float = 0.12
+    """Overfitting (PPO): an accepted candidate's action error on the demonstrations (``ppo/demo_action_error``) this share
+    above the round's starting policy's. On lift (two offline rounds from a 56% imitation policy, 50 episodes each) the
+    candidates within +7% and +10% kept their success (52%, 50%); the first ones beyond, at +15% and +25%, fell to 14% and 20%."""
     clip_saturated: float = 0.3
     """PPO advice: a final clip fraction above this means the per-step ratios, not the learning rate, limit each update."""
     success_drop: float = 0.2
