@@ -53,8 +53,8 @@ def test_quick_pipeline_on_push(quick_run):
 def test_diagnose_keeps_a_ppo_candidate_from_before_it_left_the_demonstrations_and_it_beats_the_last_in_sim(quick_run, tmp_path):
     """Offline PPO run too long at too large a step on 100 demonstrations, with no rollouts to check it: the gate accepts
     candidates whose AM-Q gain comes from leaving the data. The diagnostics see it offline (ppo/demo_action_error) and
-    keep the last accepted candidate before the turn; in sim it beats the last one the round accepted (measured on the
-    same setting: 50% vs 34% of 50 episodes; the round's start scored 74%)."""
+    keep the last accepted candidate before the turn; in sim it beats the last one the round accepted (measured from the
+    README run's policy: update 25 vs 125, 45% vs 34% of these 100 episodes; the round's start scored 74% of 50)."""
     from policies.critics import CriticConfig
     from workflow.diagnostics.curves import load_stages
     from workflow.diagnostics.rules import diagnose_stage

@@ -155,9 +155,7 @@ def make_critic_probe(data, policy: DiffusionPolicy, config: ProbeConfig, *, n_a
     device = data.features.device
     as_rows = lambda a: torch.as_tensor(a, dtype=torch.long, device=device)  # noqa: E731
     features = data.features[as_rows(train_rows)]
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    noise = policy.initial_noise(features, generator)
-    actions = policy.sample(features, deterministic=True, noise=noise)[:, :n_action_steps].flatten(1)  # (P, Ta * Da)
+    actions = _deterministic_chunks(policy, features, config.seed, n_action_steps)
     demo_pool = np.flatnonzero(data.demonstration)
     demo_rows = np.sort(rng.choice(demo_pool, size=min(config.size, len(demo_pool)), replace=False)) if len(demo_pool) else demo_pool
     return CriticProbe(as_rows(train_pool), as_rows(train_rows), as_rows(val_rows), actions, tuple(int(e) for e in val_eps), as_rows(demo_rows))
@@ -231,14 +229,16 @@ def policy_gap_metrics(policy: DiffusionPolicy, critics: IqlCritics, data, probe
     """``ppo/q_gap``: mean min target Q of ``policy``'s deterministic chunk minus that of the dataset chunk, on the
     probe rows; ``ppo/demo_action_error``: mean squared distance (normalised actions) between the policy's chunk and
     the demonstrated one on the demonstration probe rows (how far fine-tuning has taken the policy from its data)."""
-    def chunks(rows: torch.Tensor) -> torch.Tensor:
-        s = data.features[rows]
-        generator = torch.Generator(device=s.device).manual_seed(config.seed)
-        return policy.sample(s, deterministic=True, noise=policy.initial_noise(s, generator))[:, :n_action_steps].flatten(1)
-
-    rows = probe.train_rows
-    gap = critics.target_q.min_q(data.features[rows], chunks(rows)) - critics.target_q.min_q(data.features[rows], data.actions[rows])
+    s = data.features[probe.train_rows]
+    gap = critics.target_q.min_q(s, _deterministic_chunks(policy, s, config.seed, n_action_steps)) - critics.target_q.min_q(s, data.actions[probe.train_rows])
     out = {"ppo/q_gap": float(gap.mean())}
     if len(probe.demo_rows):
-        out["ppo/demo_action_error"] = float((chunks(probe.demo_rows) - data.actions[probe.demo_rows]).square().mean())
+        chunks = _deterministic_chunks(policy, data.features[probe.demo_rows], config.seed, n_action_steps)
+        out["ppo/demo_action_error"] = float((chunks - data.actions[probe.demo_rows]).square().mean())
     return out
+
+
+def _deterministic_chunks(policy: DiffusionPolicy, features: torch.Tensor, seed: int, n_action_steps: int) -> torch.Tensor:
+    """``(B, Ta * Da)``: the policy's deterministic executed chunk from noise fixed by ``seed`` (a curve, not a scatter)."""
+    generator = torch.Generator(device=features.device).manual_seed(seed)
+    return policy.sample(features, deterministic=True, noise=policy.initial_noise(features, generator))[:, :n_action_steps].flatten(1)

@@ -265,7 +265,7 @@ def diagnose_ppo(data: StageData, config: RulesConfig) -> Verdict:
     regime = finding.regime if finding else ("healthy" if gate else "unknown")
     step = int(accepted[-1]["update"]) if accepted and not refused else (0 if gate else None)
     checkpoint = data.report["policy"] if refused else (str(data.final) if data.final is not None else None)
-    if finding is drift and drift is not None and not refused:  # the last accepted candidate before the turn
+    if drift is not None and finding is drift and not refused:  # the last accepted candidate before the turn
         step = max([int(g["update"]) for g in accepted if int(g["update"]) < finding.turn_step], default=0)
         checkpoint = str(data.checkpoints[step]) if step in data.checkpoints else None
         keep = "the round's starting policy" if step == 0 else f"the candidate of update {step}"
