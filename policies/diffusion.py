@@ -274,15 +274,18 @@ class DiffusionPolicy(nn.Module):
         num_steps: int | None = None,
         noise: Tensor | None = None,
         trajectory: list[Tensor] | None = None,
+        mean_eta: float = 0.0,
     ) -> Tensor:
         """Normalised actions ``(B, horizon, Da)`` from ``cond (B, Dc)``.
 
-        ``deterministic``: DDIM eta = 0 from ``noise`` (or a draw from ``generator``);
-        same noise, same action. Otherwise each step adds clipped-std Gaussian noise.
+        ``deterministic``: each step goes to the mean of the eta = ``mean_eta`` step and adds no
+        noise, from ``noise`` (or a draw from ``generator``): same noise, same action. ``mean_eta``
+        0 is DDIM; 1 follows the stochastic chain's means (the DDPM posterior), which leans on the
+        predicted clean action at every step. Otherwise each step adds clipped-std Gaussian noise.
         A ``trajectory`` list receives x_K .. x_0 (for visualising the chain).
         """
         x = self.initial_noise(cond, generator) if noise is None else noise
-        eta = 0.0 if deterministic else self.config.eta
+        eta = mean_eta if deterministic else self.config.eta
         if trajectory is not None:
             trajectory.append(x)
         for t, t_prev in self._pairs(self.timesteps(num_steps)):

@@ -78,17 +78,25 @@ def test_trains_saves_and_evaluates(demos, tmp_path):
     assert first.shape == (4, 2) and np.all(np.isfinite(first))
 
 
-def test_deterministic_sampling_is_reproducible(demos, tmp_path):
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm-mean"])
+def test_deterministic_sampling_is_reproducible(demos, tmp_path, sampler):
     cfg = ImitationConfig(data=str(demos), out=str(tmp_path / "run"), policy=TINY, steps=5, batch_size=8, eval_every=5, checkpoint_every=5)
     train_imitation(cfg, show_progress=False)
     robot, task = make_sim("push")
     actions = []
     with robot:
         for _ in range(2):
-            controller = DiffusionController.load(tmp_path / "run", seed=3)
+            controller = DiffusionController.load(tmp_path / "run", sampler=sampler, seed=3)
             res = run_episode(robot, task, controller, seed=7, max_steps=6)
             actions.append(res.frames["action"])
     np.testing.assert_array_equal(actions[0], actions[1])
+    if sampler != "ddim":  # the CLI takes it too
+        from typer.testing import CliRunner
+
+        from robot.cli import app
+
+        result = CliRunner().invoke(app, ["eval", "--policy", str(tmp_path / "run"), "--task", "push", "--episodes", "1", "--sampler", sampler])
+        assert result.exit_code == 0 and "success" in result.output, result.output
 
 
 def test_resumes_after_kill(demos, tmp_path):

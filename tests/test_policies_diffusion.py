@@ -115,6 +115,24 @@ def test_stochastic_sampling_is_diffusers_ddim_eta1_when_stds_are_not_clipped() 
             torch.testing.assert_close(chain.samples[:, k + 1], x, rtol=1e-5, atol=1e-5)
 
 
+def test_ddpm_mean_sampling_is_the_eta1_chain_without_its_noise() -> None:
+    """The ``ddpm-mean`` deployment sampler: diffusers' DDIM eta-1 steps with zero variance noise,
+    reproducible from the same initial noise, and a different action from DDIM eta 0."""
+    torch.manual_seed(0)
+    policy = tiny_policy(RGB, "unet", 8).eval()
+    cond = policy.encode(batch(RGB, 3))
+    noise = torch.randn(3, 8, 2)
+    actions = policy.sample(cond, deterministic=True, noise=noise, mean_eta=1.0)
+    assert torch.equal(actions, policy.sample(cond, deterministic=True, noise=noise, mean_eta=1.0))
+    assert not torch.allclose(actions, policy.sample(cond, deterministic=True, noise=noise))
+    ddim, x = _diffusers_ddim(policy), noise
+    with torch.no_grad():
+        for t in ddim.timesteps:
+            eps = policy.denoiser(x, t.repeat(3), cond)
+            x = ddim.step(eps, t, x, eta=1.0, variance_noise=torch.zeros_like(x)).prev_sample
+    torch.testing.assert_close(actions, x, rtol=1e-5, atol=1e-5)
+
+
 def test_chain_log_probs_are_gaussian_and_reevaluated_exactly() -> None:
     torch.manual_seed(0)
     policy = tiny_policy(RGB, "unet", 8, action_dim=3).eval()

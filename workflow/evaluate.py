@@ -82,7 +82,7 @@ class LiveEvalView:
         if t == 0:
             self.logger.log_event(self.step, "episode starts")
         chunk_start = self.controller.last_chunk_started
-        chain = self.controller.last_chain if chunk_start and self.controller.sampler == "ddim" else None
+        chain = self.controller.last_chain if chunk_start and self.controller.sampler != "consistency" else None
         q = v = None
         if chain is not None and self.critics is not None:
             with torch.no_grad():
