@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from hardware.registry import make_sim
 from policies.denoisers import DenoiserConfig
 from policies.diffusion import DiffusionPolicyConfig
 from policies.encoders import EncoderConfig
+from robot.cli import app
 from robot.metrics import read_metrics
 from robot.store import ZarrEpisodeStore
 from robot.types import EpisodeMeta
@@ -90,13 +92,8 @@ def test_deterministic_sampling_is_reproducible(demos, tmp_path, sampler):
             res = run_episode(robot, task, controller, seed=7, max_steps=6)
             actions.append(res.frames["action"])
     np.testing.assert_array_equal(actions[0], actions[1])
-    if sampler != "ddim":  # the CLI takes it too
-        from typer.testing import CliRunner
-
-        from robot.cli import app
-
-        result = CliRunner().invoke(app, ["eval", "--policy", str(tmp_path / "run"), "--task", "push", "--episodes", "1", "--sampler", sampler])
-        assert result.exit_code == 0 and "success" in result.output, result.output
+    result = CliRunner().invoke(app, ["eval", "--policy", str(tmp_path / "run"), "--task", "push", "--episodes", "1", "--sampler", sampler])
+    assert result.exit_code == 0 and "success" in result.output, result.output
 
 
 def test_resumes_after_kill(demos, tmp_path):

@@ -23,9 +23,6 @@ from workflow.offline import OfflineConfig, train_offline
 from workflow.ope import GateConfig, horizon_warning
 from tests.test_imitation import TINY, record_demos
 
-# One test process runs this module under `pytest -n 2 --dist loadgroup`, so the imitation fixture is trained once.
-pytestmark = pytest.mark.xdist_group("offline_imitation")
-
 
 @pytest.fixture(scope="module")
 def imitation(tmp_path_factory) -> tuple[Path, Path]:

@@ -9,9 +9,6 @@ import pytest
 
 from workflow.pipeline import PipelineConfig, run_pipeline
 
-# One test process runs this module under `pytest -n 2 --dist loadgroup`, so the pipeline run is made once.
-pytestmark = pytest.mark.xdist_group("quick_pipeline")
-
 # Each RL stage hands on a policy only when its check says it is better: the offline
 # round keeps its input unless the AM-Q gate accepted a candidate, and online RL keeps
 # the best of its start and its snapshots on selection episodes (seeds apart from the

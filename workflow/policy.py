@@ -25,16 +25,18 @@ from robot.types import ACTION, Feature, check_features
 
 KIND = "diffusion-policy"
 SAMPLERS = ("ddim", "ddpm-mean", "consistency")
+MEAN_ETA = {"ddim": 0.0, "ddpm-mean": 1.0}
+"""The K-step samplers: the eta whose step means the deterministic chain follows (``DiffusionPolicy.sample``)."""
 
 
 class DiffusionController:
     """``select_action(observation) -> action`` for one robot, one step at a time.
 
     ``sampler="ddim"`` runs the K-step deterministic DDIM chain; ``"ddpm-mean"`` the
-    K-step chain through the stochastic (eta 1) chain's step means, also deterministic
-    (on the lift and push policies measured it succeeded 9-35 points more often than
-    DDIM, docs/RESULTS.md); ``"consistency"`` the one-step head (when the checkpoint has one). ``deterministic=False`` samples
-    the stochastic chain instead (data collection with exploration).
+    K-step chain through the eta-1 steps' means, also deterministic (on the lift and push
+    policies measured it succeeded 9-35 points more often than DDIM, docs/RESULTS.md);
+    ``"consistency"`` the one-step head (when the checkpoint has one). ``deterministic=False``
+    samples the stochastic chain instead (data collection with exploration).
     """
 
     def __init__(
@@ -160,8 +162,8 @@ class DiffusionController:
             normalized = self.consistency.sample(cond, generator=self.generator)
         else:
             trajectory: list[torch.Tensor] | None = [] if self.keep_chain else None
-            mean_eta = self.model.config.eta if self.sampler == "ddpm-mean" else 0.0
-            normalized = self.model.sample(cond, deterministic=self.deterministic, generator=self.generator, trajectory=trajectory, mean_eta=mean_eta)
+            normalized = self.model.sample(cond, deterministic=self.deterministic, generator=self.generator, trajectory=trajectory,
+                                           mean_eta=MEAN_ETA[self.sampler])  # fmt: skip
             if trajectory:
                 chain = torch.stack([x[0] for x in trajectory]).cpu().numpy()
         return self.unnormalize_actions(normalized[0]), chain
