@@ -6,8 +6,10 @@ noise and alphas from diffusers' ``DDPMScheduler`` (cosine ``squaredcos_cap_v2``
 Sampling: K denoising steps on diffusers' ``DDIMScheduler`` timesteps (K = 10).
 Each step x_k -> x_{k-1} is the Gaussian N(mu_k, sigma_k^2 I) of DDIM (eq. 12/16 of
 Song et al.), with sigma_k = eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-clipped to [sigma_min, sigma_max] (DPPO / RL-100). ``deterministic=True`` is DDIM
-with eta = 0 (deployment); otherwise eta = ``config.eta`` (1: training and RL).
+clipped to [sigma_min, sigma_max] (DPPO / RL-100). ``deterministic=True`` (deployment,
+OPE, distillation targets) follows step means without noise: of DDIM (eta = 0, ``ddim``) or
+of the eta-1 chain (``ddpm-mean``), as ``config.deterministic_sampler`` says; otherwise
+eta = ``config.eta`` (1: training and RL).
 
 This makes every environment step a K-step MDP of its own: :meth:`DiffusionPolicy.sample_chain`
 records ``x_K .. x_0`` and ``log N(x_{k-1}; mu_k, sigma_k)`` summed over chunk and action
@@ -34,6 +36,8 @@ from robot.types import ACTION, Feature
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 LOG_PROB_REDUCTIONS = ("sum", "mean")
+MEAN_ETA = {"ddim": 0.0, "ddpm-mean": 1.0}
+"""Deterministic K-step samplers: the eta whose step means the noise-free chain follows."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,11 @@ class DiffusionPolicyConfig:
     """Lower clip of every denoising step's std (keeps log-probs finite at the last step)."""
     sigma_max: float = 0.1
     """Upper clip of every denoising step's std (RL-100: 0.8 single action, 0.1 chunks)."""
+    deterministic_sampler: Literal["ddim", "ddpm-mean"] = "ddim"
+    """What ``deterministic=True`` runs (deployment, OPE, distillation targets): ``ddim`` (eta-0 step
+    means) or ``ddpm-mean`` (the eta-1 chain's step means: on few-demo lift and push policies 9-35
+    points more successful than DDIM, docs/RESULTS.md; it lands near the mean of the predictions,
+    which may fall between two strategies of multimodal demonstrations)."""
     log_prob_reduction: Literal["sum", "mean"] = "sum"
     """How a denoising step's log-prob reduces over chunk and action dims: ``sum`` is the exact
     Gaussian log-density; ``mean`` (DPPO's implementation) makes each step's PPO ratio the geometric
@@ -93,6 +102,8 @@ class DiffusionPolicyConfig:
             raise ValueError(f"prediction_type must be 'epsilon' or 'sample', got {self.prediction_type!r}")
         if not 0.0 < self.sigma_min <= self.sigma_max:
             raise ValueError(f"need 0 < sigma_min <= sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if self.deterministic_sampler not in MEAN_ETA:
+            raise ValueError(f"deterministic_sampler must be one of {tuple(MEAN_ETA)}, got {self.deterministic_sampler!r}")
         if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
         if self.eta < 0 or self.clip_sample_range <= 0:
@@ -274,17 +285,20 @@ class DiffusionPolicy(nn.Module):
         num_steps: int | None = None,
         noise: Tensor | None = None,
         trajectory: list[Tensor] | None = None,
-        mean_eta: float = 0.0,
+        mean_eta: float | None = None,
     ) -> Tensor:
         """Normalised actions ``(B, horizon, Da)`` from ``cond (B, Dc)``.
 
         ``deterministic``: each step goes to the mean of the eta = ``mean_eta`` step and adds no
         noise, from ``noise`` (or a draw from ``generator``): same noise, same action. ``mean_eta``
         0 is DDIM; 1 follows the stochastic chain's means (the DDPM posterior), which leans on the
-        predicted clean action at every step. Otherwise each step adds clipped-std Gaussian noise.
+        predicted clean action at every step; None is the config's ``deterministic_sampler``.
+        Otherwise each step adds clipped-std Gaussian noise.
         A ``trajectory`` list receives x_K .. x_0 (for visualising the chain).
         """
         x = self.initial_noise(cond, generator) if noise is None else noise
+        if mean_eta is None:
+            mean_eta = MEAN_ETA[self.config.deterministic_sampler]
         eta = mean_eta if deterministic else self.config.eta
         if trajectory is not None:
             trajectory.append(x)

@@ -133,6 +133,7 @@ def train_imitation(
     horizon: int = typer.Option(8, help="Chunk length (chunk preset)."),
     n_action_steps: int = typer.Option(4, help="Actions executed per chunk before re-planning (chunk preset)."),
     n_obs_steps: int = typer.Option(2, help="Observation frames the policy conditions on."),
+    sampler: str = typer.Option("ddim", help="The policy's deterministic K-step sampler (deployment, OPE, its one-step head's target): ddim or ddpm-mean."),
     obs_keys: str = typer.Option("", help="Comma-separated observation keys; empty = every observation key in the store."),
     steps: int = typer.Option(3000, help="Optimiser steps."),
     batch_size: int = typer.Option(64),
@@ -147,7 +148,7 @@ def train_imitation(
     cfg = ImitationConfig(
         data=str(data),
         out=str(out),
-        policy=policy_preset(policy, horizon=horizon, n_action_steps=n_action_steps, n_obs_steps=n_obs_steps),
+        policy=policy_preset(policy, horizon=horizon, n_action_steps=n_action_steps, n_obs_steps=n_obs_steps, deterministic_sampler=sampler),
         obs_keys=tuple(k for k in obs_keys.split(",") if k),
         steps=steps,
         batch_size=batch_size,
@@ -262,6 +263,7 @@ def pipeline(
     out: Path = typer.Option(Path("runs/pipeline"), help="Pipeline directory (a rerun resumes finished stages)."),
     budget: str = typer.Option("quick", help="quick (about 11 min on 2 CPU cores for push, measured), full, or smoke (every stage in about a minute; learns nothing)."),
     policy: str = typer.Option("chunk", help="Policy preset: chunk or single."),
+    sampler: str = typer.Option("ddim", help="The policy's deterministic K-step sampler, evaluated and distilled at every stage: ddim or ddpm-mean."),
     cameras: str = typer.Option("", help="Comma-separated sim cameras the policy sees (e.g. top); none = state."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
@@ -270,7 +272,7 @@ def pipeline(
     """The whole recipe end to end in sim, with gates, a per-stage table and a report."""
     from workflow.pipeline import PipelineConfig, run_pipeline
 
-    cfg = PipelineConfig(task=task, out=str(out), budget=budget, policy=policy, cameras=tuple(c for c in cameras.split(",") if c),
+    cfg = PipelineConfig(task=task, out=str(out), budget=budget, policy=policy, sampler=sampler, cameras=tuple(c for c in cameras.split(",") if c),
                          seed=seed, device=device, view=view)  # fmt: skip
     _run_or_fail(run_pipeline, cfg)
 
@@ -299,7 +301,7 @@ def evaluate(
     task: str = typer.Option("push", help="Simulated task."),
     episodes: int = typer.Option(50),
     seed: int = typer.Option(1000, help="First evaluation seed (episodes use seed, seed+1, ...)."),
-    sampler: str = typer.Option("ddim", help="ddim (K-step), ddpm-mean (K-step through the stochastic chain's means) or consistency (one step)."),
+    sampler: Optional[str] = typer.Option(None, help="ddim (K-step), ddpm-mean (K-step through the stochastic chain's means) or consistency (one step); default: the policy's own K-step sampler."),
     device: str = typer.Option("cpu"),
     save: Optional[Path] = typer.Option(None, help="Append the evaluation episodes to this store."),
     view: bool = typer.Option(False, "--view", help="Stream every step and each chunk's denoising chain to a Rerun viewer."),
@@ -325,7 +327,7 @@ def deploy(
     episodes: int = typer.Option(10),
     hz: Optional[float] = typer.Option(None, help="Control rate; default the rate the policy was trained at; 0 = unthrottled (sim only)."),
     max_steps: Optional[int] = typer.Option(None, help="Ticks per episode; default the task's limit (real arms 600)."),
-    sampler: str = typer.Option("ddim", help="ddim (K-step), ddpm-mean (K-step through the stochastic chain's means) or consistency (one step)."),
+    sampler: Optional[str] = typer.Option(None, help="ddim (K-step), ddpm-mean (K-step through the stochastic chain's means) or consistency (one step); default: the policy's own K-step sampler."),
     chunks: str = typer.Option("receding", help="receding (execute n_action_steps, re-plan) or ensemble (temporal ensembling)."),
     inference: str = typer.Option("auto", help="inline, background (a thread plans while the loop runs), or auto (background when a plan takes over half a period)."),
     device: Optional[str] = typer.Option(None, help="Operator device: keyboard (e/esc e-stop, t takeover, y/n label, q quit), gamepad, spacemouse."),

@@ -96,6 +96,19 @@ def test_deterministic_sampling_is_reproducible(demos, tmp_path, sampler):
     assert result.exit_code == 0 and "success" in result.output, result.output
 
 
+def test_a_policy_deploys_with_its_own_deterministic_sampler(demos, tmp_path):
+    """Trained with ``--sampler ddpm-mean``, a policy evaluates with it unless told otherwise;
+    ``--sampler ddim`` still overrides it, and a checkpoint from before the option loads as ddim."""
+    result = CliRunner().invoke(app, ["train", "imitation", "--data", str(demos), "--out", str(tmp_path / "run"), "--steps", "5", "--sampler", "ddpm-mean"])
+    assert result.exit_code == 0, result.output
+    assert DiffusionController.load(tmp_path / "run").sampler == "ddpm-mean"
+    assert DiffusionController.load(tmp_path / "run", sampler="ddim").sampler == "ddim"
+    ckpt = json.loads((tmp_path / "run" / "policy" / "checkpoint.json").read_text())
+    del ckpt["config"]["policy"]["deterministic_sampler"]  # as written before the option existed
+    (tmp_path / "run" / "policy" / "checkpoint.json").write_text(json.dumps(ckpt))
+    assert DiffusionController.load(tmp_path / "run").sampler == "ddim"
+
+
 def test_resumes_after_kill(demos, tmp_path):
     out = tmp_path / "run"
     script = (

@@ -133,6 +133,20 @@ def test_ddpm_mean_sampling_is_the_eta1_chain_without_its_noise() -> None:
     torch.testing.assert_close(actions, x, rtol=1e-5, atol=1e-5)
 
 
+def test_the_configured_deterministic_sampler_is_what_deterministic_sampling_runs() -> None:
+    """A policy trained with ``deterministic_sampler="ddpm-mean"`` deploys, is scored by OPE and
+    distils its head through the eta-1 means wherever ``sample(deterministic=True)`` is called."""
+    torch.manual_seed(0)
+    ddim_policy = tiny_policy(STATE_ONLY, "unet", 8).eval()
+    mean_policy = tiny_policy(STATE_ONLY, "unet", 8, deterministic_sampler="ddpm-mean").eval()
+    mean_policy.load_state_dict(ddim_policy.state_dict())
+    cond, noise = ddim_policy.encode(batch(STATE_ONLY, 3)), torch.randn(3, 8, 2)
+    assert torch.equal(mean_policy.sample(cond, deterministic=True, noise=noise), ddim_policy.sample(cond, deterministic=True, noise=noise, mean_eta=1.0))
+    assert torch.equal(mean_policy.sample(cond, deterministic=True, noise=noise, mean_eta=0.0), ddim_policy.sample(cond, deterministic=True, noise=noise))
+    with pytest.raises(ValueError, match="deterministic_sampler must be one of"):
+        DiffusionPolicyConfig(deterministic_sampler="ddpm")
+
+
 def test_chain_log_probs_are_gaussian_and_reevaluated_exactly() -> None:
     torch.manual_seed(0)
     policy = tiny_policy(RGB, "unet", 8, action_dim=3).eval()

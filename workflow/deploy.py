@@ -59,8 +59,8 @@ class DeployConfig:
     (sim only: one tick is one control period of sim time), with inline inference."""
     max_steps: int | None = None
     """Ticks per episode; None means the task's limit (real arms: 600)."""
-    sampler: str = "ddim"
-    """ddim (K-step deterministic DDIM chain) or consistency (the one-step head)."""
+    sampler: str | None = None
+    """ddim or ddpm-mean (K-step deterministic chains), consistency (the one-step head); None: the policy's own K-step sampler."""
     chunks: str = "receding"
     """receding (execute n_action_steps of each chunk, then re-plan) or ensemble (temporal ensembling, a plan every tick)."""
     ensemble_decay: float = 0.01

@@ -21,7 +21,7 @@ def evaluate_policy(
     *,
     episodes: int,
     seed: int = 1000,
-    sampler: str = "ddim",
+    sampler: str | None = None,
     device: str = "cpu",
     save: str | Path | None = None,
     show_progress: bool = True,

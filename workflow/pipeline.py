@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from policies.critics import CriticConfig
+from policies.diffusion import MEAN_ETA
 from policies.dynamics import DynamicsConfig
 from robot.config import to_dict
 from robot.report import format_table
@@ -86,6 +87,8 @@ class PipelineConfig:
     budget: str = "quick"
     policy: str = "chunk"
     """Policy preset: chunk (U-Net over 8 actions, 4 executed) or single."""
+    sampler: str = "ddim"
+    """The policy's deterministic K-step sampler (ddim or ddpm-mean): what every stage is evaluated with and the head distils."""
     cameras: tuple[str, ...] = ()
     """Sim cameras the policy sees; none = state only."""
     seed: int = 0
@@ -96,6 +99,8 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
             raise ValueError(f"unknown budget {self.budget!r}; choose one of {', '.join(BUDGETS)}")
+        if self.sampler not in MEAN_ETA:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(MEAN_ETA)}")
 
     @property
     def spend(self) -> Budget:
@@ -154,7 +159,7 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
         record_demos(config, demos)
     ddp.barrier()
     imitation_cfg = ImitationConfig(
-        data=str(demos), out=str(out / "imitation"), policy=policy_preset(config.policy), steps=b.imitation_steps, seed=config.seed, device=config.device
+        data=str(demos), out=str(out / "imitation"), policy=policy_preset(config.policy, deterministic_sampler=config.sampler), steps=b.imitation_steps, seed=config.seed, device=config.device
     )
     imitation = stage("imitation", lambda: (train_imitation(imitation_cfg, show_progress=show_progress).policy, b.demos, ""))
     offline_cfg = OfflineConfig(

@@ -18,15 +18,13 @@ import numpy as np
 import torch
 
 from policies.consistency import ConsistencyHead
-from policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
+from policies.diffusion import MEAN_ETA, DiffusionPolicy, DiffusionPolicyConfig
 from robot.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_module_state, save_checkpoint
 from robot.normalize import Normalizer
 from robot.types import ACTION, Feature, check_features
 
 KIND = "diffusion-policy"
-SAMPLERS = ("ddim", "ddpm-mean", "consistency")
-MEAN_ETA = {"ddim": 0.0, "ddpm-mean": 1.0}
-"""The K-step samplers: the eta whose step means the deterministic chain follows (``DiffusionPolicy.sample``)."""
+SAMPLERS = (*MEAN_ETA, "consistency")
 
 
 class DiffusionController:
@@ -35,7 +33,8 @@ class DiffusionController:
     ``sampler="ddim"`` runs the K-step deterministic DDIM chain; ``"ddpm-mean"`` the
     K-step chain through the eta-1 steps' means, also deterministic (on the lift and push
     policies measured it succeeded 9-35 points more often than DDIM, docs/RESULTS.md);
-    ``"consistency"`` the one-step head (when the checkpoint has one). ``deterministic=False``
+    ``"consistency"`` the one-step head (when the checkpoint has one); None, the policy's own
+    deterministic sampler (``DiffusionPolicyConfig.deterministic_sampler``). ``deterministic=False``
     samples the stochastic chain instead (data collection with exploration).
     """
 
@@ -45,12 +44,13 @@ class DiffusionController:
         normalizer: Normalizer,
         *,
         consistency: ConsistencyHead | None = None,
-        sampler: str = "ddim",
+        sampler: str | None = None,
         deterministic: bool = True,
         seed: int = 0,
         device: str = "cpu",
         meta: Mapping[str, Any] | None = None,
     ):
+        sampler = model.config.deterministic_sampler if sampler is None else sampler
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         if sampler == "consistency" and consistency is None:
@@ -175,7 +175,7 @@ class DiffusionController:
 
     # ---------------------------------------------------------- persistence
     @staticmethod
-    def load(path: str | Path, *, sampler: str = "ddim", device: str = "cpu", deterministic: bool = True, seed: int = 0) -> "DiffusionController":
+    def load(path: str | Path, *, sampler: str | None = None, device: str = "cpu", deterministic: bool = True, seed: int = 0) -> "DiffusionController":
         ckpt = load_checkpoint(policy_dir(path), kind=KIND)
         model, head = build_from_checkpoint(ckpt, device=device)
         if ckpt.normalizer is None:
