@@ -105,3 +105,24 @@ def test_horizon_warning_names_the_fix():
     message = horizon_warning(steps_to_go, success, horizon=2, n_action_steps=4)
     assert "8 steps" in message and "raise --ope-horizon to about 4" in message
     assert horizon_warning(steps_to_go, success, horizon=5, n_action_steps=4) is None
+
+
+def test_several_chains_per_state_leave_only_the_action_dependent_advantage():
+    """min Q - V = a state's offset + the action's effect: centring each state's chains removes the offset
+    (the noise that dominates with one chain per state), and the diagnostics report the action's share."""
+    from workflow.diagnostics.probes import ProbeConfig, advantage_metrics
+    from workflow.offline import per_state_centred
+
+    gen = torch.Generator().manual_seed(0)
+    offsets = 3.0 * torch.randn(16, 1, generator=gen)  # per state, large
+    effects = 0.5 * torch.randn(16, 4, generator=gen)  # per chain, small
+    raw = (offsets + effects).flatten()
+    centred = per_state_centred(raw, 4).view(16, 4)
+    torch.testing.assert_close(centred, effects - effects.mean(dim=1, keepdim=True))
+    assert torch.equal(per_state_centred(raw, 1), raw)
+    share = advantage_metrics(raw, ProbeConfig(), chains_per_state=4)["ppo/adv_action_share"]
+    expected = float(centred.square().mean() / (raw - raw.mean()).square().mean())
+    assert share == pytest.approx(expected) and share < 0.1
+    assert "ppo/adv_action_share" not in advantage_metrics(raw, ProbeConfig())
+    with pytest.raises(ValueError, match="chains_per_state"):
+        OfflineConfig(policy="p", data="d", out="o", chains_per_state=0)

@@ -7,7 +7,8 @@ Each round reads top to bottom:
 1. encode every dataset step with the reference policy's frozen encoder;
 2. fit IQL critics (twin Q with min, expectile V) and the latent dynamics ensemble;
 3. PPO on the denoising chain: chains sampled from the reference on dataset states,
-   one normalised advantage min Q - V per chain shared by its K steps; every
+   one normalised advantage min Q - V per chain shared by its K steps (with several chains
+   per state, centred on the state's chains instead of V); every
    ``gate_every`` updates the AM-Q gate compares candidate and reference and only
    a clear gain makes the candidate the new reference (a rejected one is reset);
 4. roll the accepted policy out on the same seeds and store its episodes; an accepted policy
@@ -66,7 +67,13 @@ class OfflineConfig:
     ppo_updates: int = 200
     """PPO updates on the denoising chain per round."""
     ppo_batch: int = 256
-    """Dataset states per PPO update (one chain each)."""
+    """Dataset states per PPO update."""
+    chains_per_state: int = 1
+    """Chains sampled per dataset state. 1 is RL-100's advantage min Q - V. With more, each chain's advantage is
+    centred on its state's chains (min Q(s, a_i) - mean_j min Q(s, a_j)): what is left is the part that depends
+    on the action. On lift from five noisy demos only 9% of the variance of min Q - V over policy chains came from
+    the action (91% from the state: V, an upper expectile of the data's Q, is not the policy's mean Q), so with one
+    chain per state the update is mostly noise (``ppo/adv_action_share`` logs the share; docs/RESULTS.md)."""
     actor_lr: float = 1e-5
     """Learning rate of the denoiser during PPO (RL-100: 1e-6 .. 1e-5)."""
     clip_eps: float = 0.25
@@ -101,8 +108,8 @@ class OfflineConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.rounds < 1 or self.ppo_updates < 0 or self.gate_every < 1 or self.critic_steps < 0:
-            raise ValueError(f"rounds and gate_every must be >= 1, ppo_updates and critic_steps >= 0, got {self}")
+        if self.rounds < 1 or self.ppo_updates < 0 or self.gate_every < 1 or self.critic_steps < 0 or self.chains_per_state < 1:
+            raise ValueError(f"rounds, gate_every and chains_per_state must be >= 1, ppo_updates and critic_steps >= 0, got {self}")
         if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
         if not 0 < self.actor_lr < 1 or not 0 < self.clip_eps < 1:
@@ -332,12 +339,13 @@ def ppo_round(
     bar = progress(config.ppo_updates, 0, f"ppo r{m}", show_progress and ddp.is_main)
     for update in range(1, config.ppo_updates + 1):
         idx = torch.randint(0, len(data), (min(config.ppo_batch, len(data)),), generator=gen).to(device)
+        idx = idx.repeat_interleave(config.chains_per_state)  # (B * n,): each state's chains side by side
         cond = data.features[idx]
         chain = reference.sample_chain(cond, generator=gen)
         with torch.no_grad():
             executed = chain.actions[:, :ta].flatten(1)
-            raw_advantages = critics.advantage(cond, executed)  # (B,)
-            advantages = normalize_advantages(raw_advantages)
+            raw_advantages = critics.advantage(cond, executed)  # (B * n,)
+            advantages = normalize_advantages(per_state_centred(raw_advantages, config.chains_per_state))
             if config.flip_advantages:
                 advantages = -advantages
         rows, scale = ddp.rows(torch.arange(len(idx)))  # every rank sampled the whole batch; each trains on its rows
@@ -349,7 +357,7 @@ def ppo_round(
         optimizer.step()
         metrics = {"losses/ppo": ddp.mean(loss.item()), "charts/clip_fraction": ddp.mean(stats.clip_fraction), "charts/approx_kl": ddp.mean(stats.approx_kl)}
         if probe is not None:
-            metrics.update(advantage_metrics(raw_advantages, config.probe))
+            metrics.update(advantage_metrics(raw_advantages, config.probe, chains_per_state=config.chains_per_state))
         if update % config.gate_every == 0 or update == config.ppo_updates:
             decision = ddp.broadcast(gate(candidate, reference, critics, dynamics, starts, config.gate, n_action_steps=ta, update=update, seed=config.seed + m))
             decisions.append(decision)
@@ -371,6 +379,14 @@ def ppo_round(
     bar.close()
     reference.config = own_config  # the accepted policy keeps its own sampler settings
     return reference.eval(), decisions
+
+
+def per_state_centred(advantages: torch.Tensor, chains_per_state: int) -> torch.Tensor:
+    """``(B * n,)`` advantages of n chains per state, less their state's mean (n = 1: unchanged)."""
+    if chains_per_state == 1:
+        return advantages
+    grouped = advantages.view(-1, chains_per_state)
+    return (grouped - grouped.mean(dim=1, keepdim=True)).flatten()
 
 
 def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: int, ddp: Distributed | None = None) -> EvalReport:

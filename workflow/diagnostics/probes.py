@@ -218,10 +218,16 @@ def save_critic_snapshot(path: str | Path, critics: IqlCritics, critic_config: C
 # ------------------------------------------------------------------ offline PPO
 
 
-def advantage_metrics(advantages: torch.Tensor, config: ProbeConfig) -> dict[str, float]:
-    """``ppo/adv_std`` and ``ppo/adv_saturation`` of one update's raw advantages ``(B,)``."""
+def advantage_metrics(advantages: torch.Tensor, config: ProbeConfig, chains_per_state: int = 1) -> dict[str, float]:
+    """``ppo/adv_std`` and ``ppo/adv_saturation`` of one update's raw advantages ``(B,)``; with several chains per
+    state (side by side), ``ppo/adv_action_share``: the share of their variance within states, i.e. due to the action."""
     std, saturation = advantage_stats(advantages, config.adv_bound)
-    return {"ppo/adv_std": std, "ppo/adv_saturation": saturation}
+    out = {"ppo/adv_std": std, "ppo/adv_saturation": saturation}
+    if chains_per_state > 1:
+        grouped = advantages.view(-1, chains_per_state)
+        within = (grouped - grouped.mean(dim=1, keepdim=True)).square().mean()
+        out["ppo/adv_action_share"] = float(within / (advantages - advantages.mean()).square().mean().clamp(min=1e-12))
+    return out
 
 
 @torch.no_grad()
