@@ -145,10 +145,11 @@ def train_imitation(
     from workflow.imitation import ImitationConfig, train_imitation as run
     from workflow.presets import policy_preset
 
+    preset = _run_or_fail(policy_preset, policy, horizon=horizon, n_action_steps=n_action_steps, n_obs_steps=n_obs_steps, deterministic_sampler=sampler)
     cfg = ImitationConfig(
         data=str(data),
         out=str(out),
-        policy=policy_preset(policy, horizon=horizon, n_action_steps=n_action_steps, n_obs_steps=n_obs_steps, deterministic_sampler=sampler),
+        policy=preset,
         obs_keys=tuple(k for k in obs_keys.split(",") if k),
         steps=steps,
         batch_size=batch_size,
@@ -272,8 +273,8 @@ def pipeline(
     """The whole recipe end to end in sim, with gates, a per-stage table and a report."""
     from workflow.pipeline import PipelineConfig, run_pipeline
 
-    cfg = PipelineConfig(task=task, out=str(out), budget=budget, policy=policy, sampler=sampler, cameras=tuple(c for c in cameras.split(",") if c),
-                         seed=seed, device=device, view=view)  # fmt: skip
+    cfg = _run_or_fail(PipelineConfig, task=task, out=str(out), budget=budget, policy=policy, sampler=sampler, cameras=tuple(c for c in cameras.split(",") if c),
+                       seed=seed, device=device, view=view)  # fmt: skip
     _run_or_fail(run_pipeline, cfg)
 
 

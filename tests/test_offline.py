@@ -111,7 +111,7 @@ def test_several_chains_per_state_leave_only_the_action_dependent_advantage():
     """min Q - V = a state's offset + the action's effect: centring each state's chains removes the offset
     (the noise that dominates with one chain per state), and the diagnostics report the action's share."""
     from workflow.diagnostics.probes import ProbeConfig, advantage_metrics
-    from workflow.offline import per_state_centred
+    from workflow.ppo import per_state_centred
 
     gen = torch.Generator().manual_seed(0)
     offsets = 3.0 * torch.randn(16, 1, generator=gen)  # per state, large

@@ -43,7 +43,7 @@ from workflow.imitation import ImitationConfig, train_imitation
 from workflow.latent import LatentTransitions, encode_store
 from workflow.ope import GateConfig, GateDecision, gate, horizon_warning
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
-from workflow.ppo import chain_ppo_loss, denoiser_parameters, fine_tuning_sampler, normalize_advantages
+from workflow.ppo import chain_ppo_loss, denoiser_parameters, fine_tuning_sampler, normalize_advantages, per_state_centred
 from workflow.rollout import EvalReport, evaluate
 from workflow.run import RunDir, progress, resolve_device, seed_everything
 
@@ -379,14 +379,6 @@ def ppo_round(
     bar.close()
     reference.config = own_config  # the accepted policy keeps its own sampler settings
     return reference.eval(), decisions
-
-
-def per_state_centred(advantages: torch.Tensor, chains_per_state: int) -> torch.Tensor:
-    """``(B * n,)`` advantages of n chains per state, less their state's mean (n = 1: unchanged)."""
-    if chains_per_state == 1:
-        return advantages
-    grouped = advantages.view(-1, chains_per_state)
-    return (grouped - grouped.mean(dim=1, keepdim=True)).flatten()
 
 
 def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: int, ddp: Distributed | None = None) -> EvalReport:

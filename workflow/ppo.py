@@ -28,6 +28,14 @@ def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
     return centred / (advantages.std() + 1e-8) if advantages.numel() > 1 else centred
 
 
+def per_state_centred(advantages: torch.Tensor, chains_per_state: int) -> torch.Tensor:
+    """``(B * n,)`` advantages of n chains per state (side by side), less their state's mean (n = 1: unchanged)."""
+    if chains_per_state == 1:
+        return advantages
+    grouped = advantages.view(-1, chains_per_state)
+    return (grouped - grouped.mean(dim=1, keepdim=True)).flatten()
+
+
 def chain_ppo_loss(
     policy: DiffusionPolicy, cond: torch.Tensor, chain: Chain, advantages: torch.Tensor, clip_eps: float
 ) -> tuple[torch.Tensor, ChainLossStats]:

@@ -38,6 +38,7 @@ from robot.config import to_dict
 from robot.normalize import Normalizer
 from robot.sampler import split_episodes
 from robot.types import ACTION
+from workflow.ppo import per_state_centred
 
 
 @dataclass(frozen=True)
@@ -224,8 +225,7 @@ def advantage_metrics(advantages: torch.Tensor, config: ProbeConfig, chains_per_
     std, saturation = advantage_stats(advantages, config.adv_bound)
     out = {"ppo/adv_std": std, "ppo/adv_saturation": saturation}
     if chains_per_state > 1:
-        grouped = advantages.view(-1, chains_per_state)
-        within = (grouped - grouped.mean(dim=1, keepdim=True)).square().mean()
+        within = per_state_centred(advantages, chains_per_state).square().mean()
         out["ppo/adv_action_share"] = float(within / (advantages - advantages.mean()).square().mean().clamp(min=1e-12))
     return out
 
