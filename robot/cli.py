@@ -266,6 +266,8 @@ def pipeline(
     policy: str = typer.Option("chunk", help="Policy preset: chunk or single."),
     sampler: str = typer.Option("ddim", help="The policy's deterministic K-step sampler, evaluated and distilled at every stage: ddim or ddpm-mean."),
     cameras: str = typer.Option("", help="Comma-separated sim cameras the policy sees (e.g. top); none = state."),
+    demos: Optional[int] = typer.Option(None, help="Scripted demonstrations to record (default: the budget's; 100 quick, 200 full)."),
+    demo_noise: Optional[float] = typer.Option(None, help="Action noise of the scripted demonstrations (default: the budget's, 0)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
     view: bool = typer.Option(False, "--view", help="Also write OUT/pipeline.rrd: every stage's curves and evaluation episodes."),
@@ -274,7 +276,7 @@ def pipeline(
     from workflow.pipeline import PipelineConfig, run_pipeline
 
     cfg = _run_or_fail(PipelineConfig, task=task, out=str(out), budget=budget, policy=policy, sampler=sampler, cameras=tuple(c for c in cameras.split(",") if c),
-                       seed=seed, device=device, view=view)  # fmt: skip
+                       demos=demos, demo_noise=demo_noise, seed=seed, device=device, view=view)  # fmt: skip
     _run_or_fail(run_pipeline, cfg)
 
 

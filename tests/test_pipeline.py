@@ -78,3 +78,19 @@ def test_diagnose_keeps_a_ppo_candidate_from_before_it_left_the_demonstrations_a
         success[step] = evaluate_policy(ppo.checkpoints[step], "push", episodes=100, seed=100_000, show_progress=False).success_rate
     print(f"sim success over 100 episodes, chosen vs last accepted: {success}")
     assert success[verdict.checkpoint_step] > success[accepted[-1]], success
+
+
+def test_the_demonstration_settings_override_the_budget_and_head_the_table(tmp_path):
+    from robot.store import ZarrEpisodeStore
+    from workflow.pipeline import BUDGETS, pipeline_table, record_demos
+
+    config = PipelineConfig(task="push", out=str(tmp_path), budget="full", demos=2, demo_noise=0.3)
+    assert config.spend.demos == 2 and config.spend.demo_noise == 0.3 and config.spend.imitation_steps == BUDGETS["full"].imitation_steps
+    record_demos(config, tmp_path / "demos.zarr")
+    store = ZarrEpisodeStore.open(tmp_path / "demos.zarr")
+    assert store.num_episodes == 2
+    assert all(meta.extra["noise"] == 0.3 for meta in store.metas)
+    assert pipeline_table([], config).startswith("pipeline: task push, budget full, 2 demonstrations at noise 0.3,")
+    assert "at noise" not in pipeline_table([], PipelineConfig(out=str(tmp_path)))
+    with pytest.raises(ValueError, match="demos must be >= 1"):
+        PipelineConfig(out=str(tmp_path), demos=0)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -91,6 +91,10 @@ class PipelineConfig:
     """The policy's deterministic K-step sampler (ddim or ddpm-mean): what every stage is evaluated with and the head distils."""
     cameras: tuple[str, ...] = ()
     """Sim cameras the policy sees; none = state only."""
+    demos: int | None = None
+    """Scripted demonstrations to record instead of the budget's (a task that needs RL to improve: a few of them)."""
+    demo_noise: float | None = None
+    """Action noise of the scripted teleop instead of the budget's (imperfect demonstrations, like a human's)."""
     seed: int = 0
     device: str = "cpu"
     view: bool = False
@@ -101,10 +105,14 @@ class PipelineConfig:
             raise ValueError(f"unknown budget {self.budget!r}; choose one of {', '.join(BUDGETS)}")
         if self.sampler not in MEAN_ETA:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(MEAN_ETA)}")
+        if (self.demos is not None and self.demos < 1) or (self.demo_noise is not None and self.demo_noise < 0):
+            raise ValueError(f"demos must be >= 1 and demo_noise >= 0, got {self.demos} and {self.demo_noise}")
 
     @property
     def spend(self) -> Budget:
-        return BUDGETS[self.budget]
+        """The budget preset with this run's demonstration settings."""
+        b = BUDGETS[self.budget]
+        return replace(b, demos=b.demos if self.demos is None else self.demos, demo_noise=b.demo_noise if self.demo_noise is None else self.demo_noise)
 
 
 @dataclass(frozen=True)
@@ -289,7 +297,9 @@ def pipeline_table(results: list[StageResult], config: PipelineConfig, processes
         [r.stage, f"{r.success:.1%}", r.mean_return, r.episodes, round(r.cpu_minutes, 1), r.ddim_ms, r.one_step_ms, r.decision]
         for r in results
     ]
-    title = f"pipeline: task {config.task}, budget {config.budget}, {config.spend.eval_episodes} evaluation episodes per stage, torch threads {torch.get_num_threads()}" + (
-        f", {processes} processes (CPU min: rank 0's)" if processes > 1 else ""
-    )
+    b = config.spend
+    demos = f"{b.demos} demonstrations" + (f" at noise {b.demo_noise:g}" if b.demo_noise else "")
+    title = f"pipeline: task {config.task}, budget {config.budget}, {demos}, {b.eval_episodes} evaluation episodes per stage, torch threads {torch.get_num_threads()}"
+    if processes > 1:
+        title += f", {processes} processes (CPU min: rank 0's)"
     return format_table(["stage", "success", "return", "episodes used", "CPU min", "DDIM ms", "1-step ms", "kept"], rows, title=title)

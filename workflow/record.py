@@ -177,6 +177,8 @@ def record(config: RecordConfig, device: TeleopDevice | None = None, robot: Robo
                 label = {"success": True, "failure": False}.get(take.end, take.frames.task_success)
                 held = take.rate.mean_hz
                 extra = {"end": take.end, "loop_hz": loop_hz, "held_hz": round(held, 2), "safety": dict(take.safety)}
+                if config.noise:  # scripted teleop made imperfect on purpose: the store says how much
+                    extra["noise"] = config.noise
                 meta = EpisodeMeta(task.name, robot.name, float(task.fps), label, "demo", config.operator, seed, device.name, extra)
                 store.append_episode(take.frames.arrays(), meta)
                 kept, successes, steps = kept + 1, successes + int(label), steps + len(take.frames)
