@@ -324,14 +324,18 @@ class DiffusionPolicy(nn.Module):
             log_probs.append(gaussian_log_prob(x, mean, std, self.config.log_prob_reduction))
         return Chain(torch.stack(samples, dim=1), torch.stack(log_probs, dim=1), timesteps)
 
-    def chain_log_prob(self, cond: Tensor, chain: Chain) -> Tensor:
-        """(B, K) log-probs of a stored chain's steps under the current weights (differentiable).
+    def chain_moments(self, cond: Tensor, chain: Chain) -> tuple[Tensor, Tensor]:
+        """Mean ``(B, K, T, Da)`` and clipped std ``(K,)`` of every step of a stored chain under the current weights (differentiable)."""
+        moments = [self.step_moments(chain.samples[:, k], t, t_prev, cond, self.config.eta) for k, (t, t_prev) in enumerate(self._pairs(chain.timesteps))]
+        return torch.stack([m for m, _ in moments], dim=1), torch.stack([s for _, s in moments])
+
+    def chain_log_prob(self, cond: Tensor, chain: Chain, moments: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """(B, K) log-probs of a stored chain's steps under the current weights (differentiable);
+        ``moments`` from ``chain_moments`` saves computing them twice.
 
         With unchanged weights, the same ``cond`` and the model in eval mode this
         reproduces ``chain.log_probs`` exactly, so PPO ratios start at 1.
         """
-        log_probs = []
-        for k, (t, t_prev) in enumerate(self._pairs(chain.timesteps)):
-            mean, std = self.step_moments(chain.samples[:, k], t, t_prev, cond, self.config.eta)
-            log_probs.append(gaussian_log_prob(chain.samples[:, k + 1], mean, std, self.config.log_prob_reduction))
-        return torch.stack(log_probs, dim=1)
+        means, stds = self.chain_moments(cond, chain) if moments is None else moments
+        reduction = self.config.log_prob_reduction
+        return torch.stack([gaussian_log_prob(chain.samples[:, k + 1], means[:, k], stds[k], reduction) for k in range(len(stds))], dim=1)

@@ -126,3 +126,41 @@ def test_several_chains_per_state_leave_only_the_action_dependent_advantage():
     assert "ppo/adv_action_share" not in advantage_metrics(raw, ProbeConfig())
     with pytest.raises(ValueError, match="chains_per_state"):
         OfflineConfig(policy="p", data="d", out="o", chains_per_state=0)
+
+
+def test_the_anchor_keeps_chain_ppo_near_the_policy_it_started_from():
+    """Advantages without signal still move the denoiser (Adam steps every weight by about the learning rate);
+    the penalty on each step's KL to the starting policy holds the chain near it. The KL is the Gaussian one."""
+    import copy
+
+    from tests.test_policies_diffusion import STATE_ONLY, batch, tiny_policy
+    from workflow.ppo import chain_ppo_loss, denoiser_parameters, normalize_advantages, step_kl
+
+    torch.manual_seed(0)
+    start = tiny_policy(STATE_ONLY, "unet", 8, action_dim=3, sigma_min=0.05, log_prob_reduction="mean").eval()
+    with torch.no_grad():
+        cond = start.encode(batch(STATE_ONLY, 32))
+        chain = start.sample_chain(cond, generator=torch.Generator().manual_seed(0))
+        anchor_means, stds = start.chain_moments(cond, chain)
+    shifted = anchor_means + 0.01 * torch.randn_like(anchor_means)
+    gaussian = torch.distributions.Normal(anchor_means, stds.view(1, -1, 1, 1))
+    exact = torch.distributions.kl_divergence(gaussian, torch.distributions.Normal(shifted, stds.view(1, -1, 1, 1)))
+    torch.testing.assert_close(step_kl(shifted, anchor_means, stds, "sum"), exact.sum(dim=(-2, -1)))
+    torch.testing.assert_close(step_kl(shifted, anchor_means, stds, "mean"), exact.mean(dim=(-2, -1)))
+
+    advantages = normalize_advantages(torch.randn(32, generator=torch.Generator().manual_seed(1)))
+    drift = {}
+    for coef in (0.0, 3.0):
+        policy = copy.deepcopy(start)
+        optimizer = torch.optim.Adam(denoiser_parameters(policy), lr=1e-3)
+        for _ in range(30):
+            loss, stats = chain_ppo_loss(policy, cond, chain, advantages, 0.25, anchor_means if coef else None, coef)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        assert (stats.anchor_kl is None) == (coef == 0)
+        with torch.no_grad():
+            drift[coef] = float(step_kl(policy.chain_moments(cond, chain)[0], anchor_means, stds, "mean").mean())
+    assert drift[3.0] < 0.5 * drift[0.0], drift
+    with pytest.raises(ValueError, match="anchor_coef"):
+        OfflineConfig(policy="p", data="d", out="o", anchor_coef=-1.0)

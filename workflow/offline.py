@@ -76,6 +76,10 @@ class OfflineConfig:
     chain per state the update is mostly noise (``ppo/adv_action_share`` logs the share; docs/RESULTS.md)."""
     actor_lr: float = 1e-5
     """Learning rate of the denoiser during PPO (RL-100: 1e-6 .. 1e-5)."""
+    anchor_coef: float = 0.0
+    """Weight of a penalty on each denoising step's KL to the round's starting policy (0: off, the paper's objective).
+    The PPO step climbs the critics wherever they rank actions, including where they are wrong off the data; the
+    anchor keeps every candidate near the policy imitated from the data (``ppo/anchor_kl`` logs the drift)."""
     clip_eps: float = 0.25
     """PPO ratio clip per denoising step."""
     grad_clip: float = 0.5
@@ -112,6 +116,8 @@ class OfflineConfig:
             raise ValueError(f"rounds, gate_every and chains_per_state must be >= 1, ppo_updates and critic_steps >= 0, got {self}")
         if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
+        if self.anchor_coef < 0:
+            raise ValueError(f"anchor_coef must be >= 0, got {self.anchor_coef}")
         if not 0 < self.actor_lr < 1 or not 0 < self.clip_eps < 1:
             raise ValueError(f"actor_lr and clip_eps must be in (0, 1), got {self.actor_lr}, {self.clip_eps}")
 
@@ -324,6 +330,7 @@ def ppo_round(
     Under torchrun each rank takes its rows of every batch and rank 0's gate decision holds for all."""
     ddp = ddp or Distributed()
     own_config = fine_tuning_sampler(reference, config.min_std, config.log_prob_reduction)
+    anchor = reference  # the round's start: accepting a candidate rebinds ``reference``, never changes this one
     candidate = copy.deepcopy(reference).requires_grad_(False)
     params = denoiser_parameters(candidate)
     for p in params:
@@ -349,13 +356,17 @@ def ppo_round(
             if config.flip_advantages:
                 advantages = -advantages
         rows, scale = ddp.rows(torch.arange(len(idx)))  # every rank sampled the whole batch; each trains on its rows
-        loss, stats = chain_ppo_loss(candidate, cond[rows], chain[rows], advantages[rows], config.clip_eps)
+        with torch.no_grad():
+            anchor_means = anchor.chain_moments(cond[rows], chain[rows])[0] if config.anchor_coef > 0 else None
+        loss, stats = chain_ppo_loss(candidate, cond[rows], chain[rows], advantages[rows], config.clip_eps, anchor_means, config.anchor_coef)
         optimizer.zero_grad(set_to_none=True)
         (loss * scale).backward()
         ddp.average_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         metrics = {"losses/ppo": ddp.mean(loss.item()), "charts/clip_fraction": ddp.mean(stats.clip_fraction), "charts/approx_kl": ddp.mean(stats.approx_kl)}
+        if stats.anchor_kl is not None:
+            metrics["ppo/anchor_kl"] = ddp.mean(stats.anchor_kl)
         if probe is not None:
             metrics.update(advantage_metrics(raw_advantages, config.probe, chains_per_state=config.chains_per_state))
         if update % config.gate_every == 0 or update == config.ppo_updates:

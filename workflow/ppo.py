@@ -20,6 +20,7 @@ class ChainLossStats:
     clip_fraction: float  # share of (sample, denoising step) ratios outside [1 - eps, 1 + eps]
     approx_kl: float  # E[(r - 1) - log r], the k3 estimator of KL(old || new)
     ratio_mean: float
+    anchor_kl: float | None = None  # mean per-step KL(anchor || current) on the chain's inputs (with an anchor)
 
 
 def normalize_advantages(advantages: torch.Tensor) -> torch.Tensor:
@@ -36,25 +37,51 @@ def per_state_centred(advantages: torch.Tensor, chains_per_state: int) -> torch.
     return (grouped - grouped.mean(dim=1, keepdim=True)).flatten()
 
 
+def step_kl(means: torch.Tensor, anchor_means: torch.Tensor, stds: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``(B, K)`` KL between each denoising step's Gaussian under the anchor and under the current weights.
+
+    Both share the step's std, so the KL is the squared distance of the means over 2 std^2,
+    summed (or averaged, as the log-probs are) over the chunk and action dimensions.
+    """
+    half_z2 = (means - anchor_means).square() / (2 * stds.view(1, -1, 1, 1).square())
+    return half_z2.mean(dim=(-2, -1)) if reduction == "mean" else half_z2.sum(dim=(-2, -1))
+
+
 def chain_ppo_loss(
-    policy: DiffusionPolicy, cond: torch.Tensor, chain: Chain, advantages: torch.Tensor, clip_eps: float
+    policy: DiffusionPolicy,
+    cond: torch.Tensor,
+    chain: Chain,
+    advantages: torch.Tensor,
+    clip_eps: float,
+    anchor_means: torch.Tensor | None = None,
+    anchor_coef: float = 0.0,
 ) -> tuple[torch.Tensor, ChainLossStats]:
     """Clipped surrogate over all K denoising steps.
 
     ``cond (B, Dc)`` conditioning the chain was sampled with; ``chain`` with its
     sampling-time log-probs ``(B, K)``; ``advantages (B,)`` already normalised.
+    ``anchor_means (B, K, T, Da)``: each step's mean under a fixed anchor policy (the
+    round's start); ``anchor_coef`` times the per-step KL to it is added to the loss,
+    which keeps the update near the policy the data was imitated into.
     """
-    new_log_probs = policy.chain_log_prob(cond, chain)  # (B, K)
+    moments = policy.chain_moments(cond, chain)
+    new_log_probs = policy.chain_log_prob(cond, chain, moments=moments)  # (B, K)
     log_ratio = (new_log_probs - chain.log_probs).clamp(-20.0, 20.0)
     ratio = log_ratio.exp()
     adv = advantages[:, None]  # (B, 1): one advantage shared by every denoising step
     surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
     loss = -surrogate.mean()
+    anchor_kl = None
+    if anchor_means is not None:
+        kl = step_kl(moments[0], anchor_means, moments[1], policy.config.log_prob_reduction).mean()
+        loss = loss + anchor_coef * kl
+        anchor_kl = float(kl.detach())
     with torch.no_grad():
         stats = ChainLossStats(
             clip_fraction=float(((ratio - 1).abs() > clip_eps).float().mean()),
             approx_kl=float(((ratio - 1) - log_ratio).mean()),
             ratio_mean=float(ratio.mean()),
+            anchor_kl=anchor_kl,
         )
     return loss, stats
 
