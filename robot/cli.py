@@ -318,8 +318,9 @@ def evaluate(
     from robot.report import format_table
 
     _say(format_table(
-        ["task", "episodes", "success", "return", "length", "inference ms (mean)", "inference ms (p95)"],
-        [[report.task, report.episodes, f"{report.success_rate:.1%}", report.mean_return, report.mean_length, report.inference_ms_mean, report.inference_ms_p95]],
+        ["task", "sampler", "episodes", "success", "return", "length", "inference ms (mean)", "inference ms (p95)"],
+        [[report.task, report.sampler, report.episodes, f"{report.success_rate:.1%}", report.mean_return, report.mean_length, report.inference_ms_mean,
+          report.inference_ms_p95]],
     ))
 
 

@@ -103,6 +103,10 @@ def test_a_policy_deploys_with_its_own_deterministic_sampler(demos, tmp_path):
     assert result.exit_code == 0, result.output
     assert DiffusionController.load(tmp_path / "run").sampler == "ddpm-mean"
     assert DiffusionController.load(tmp_path / "run", sampler="ddim").sampler == "ddim"
+    for override, ran in ((None, "ddpm-mean"), ("ddim", "ddim")):  # the eval table names the sampler it ran
+        args = ["eval", "--policy", str(tmp_path / "run"), "--task", "push", "--episodes", "1"] + (["--sampler", override] if override else [])
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0 and result.output.strip().splitlines()[-1].split()[:2] == ["push", ran], result.output
     ckpt = json.loads((tmp_path / "run" / "policy" / "checkpoint.json").read_text())
     del ckpt["config"]["policy"]["deterministic_sampler"]  # as written before the option existed
     (tmp_path / "run" / "policy" / "checkpoint.json").write_text(json.dumps(ckpt))

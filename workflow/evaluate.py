@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,9 @@ def evaluate_policy(
     with robot:
         store = ZarrEpisodeStore.open_or_create(save, episode_features(robot)) if save and ddp.is_main else None
         try:
-            return evaluate(robot, sim_task, controller, episodes=episodes, seed=seed, store=store, source="offline-rollout",
-                            show_progress=show_progress, on_step=on_step, ddp=ddp)  # fmt: skip
+            report = evaluate(robot, sim_task, controller, episodes=episodes, seed=seed, store=store, source="offline-rollout",
+                              show_progress=show_progress, on_step=on_step, ddp=ddp)  # fmt: skip
+            return replace(report, sampler=controller.sampler)
         finally:
             if store is not None:
                 store.close()

@@ -43,6 +43,8 @@ class EvalReport:
     inference_ms_p95: float | None
     seeds: tuple[int, ...]
     successes: tuple[bool, ...]
+    sampler: str | None = None
+    """The diffusion policy's sampler these episodes ran (ddim, ddpm-mean, consistency); None for other policies."""
 
 
 def episode_features(robot: Robot) -> dict[str, Feature]:
