@@ -178,6 +178,8 @@ def train_offline(
     rollout_episodes: int = typer.Option(20, help="Sim episodes of the accepted policy per round."),
     verify_rollouts: bool = typer.Option(True, help="Also roll the reference out on the same seeds; refuse an accepted policy that succeeds less often."),
     log_prob_reduction: str = typer.Option("sum", help="Chain log-probs over chunk and action dims: sum (exact) or mean (DPPO's, less sharp ratios)."),
+    chains_per_state: int = typer.Option(1, help="Chains per dataset state; above 1 each chain's advantage is centred on its state's chains."),
+    anchor_coef: float = typer.Option(0.0, help="Penalty on each denoising step's KL to the round's starting policy (0: off)."),
     retrain_steps: int = typer.Option(1000, help="Imitation steps on the merged data after each round."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
@@ -195,7 +197,8 @@ def train_offline(
             policy=str(policy), data=str(data), out=str(out), task=task, rounds=rounds, critic=CriticConfig.for_horizon(ta),
             critic_steps=critic_steps, ppo_updates=ppo_updates, gate_every=gate_every,
             gate=GateConfig(horizon=ope_horizon, delta_relative=delta), actor_lr=actor_lr, rollout_episodes=rollout_episodes,
-            verify_rollouts=verify_rollouts, log_prob_reduction=log_prob_reduction, retrain_steps=retrain_steps, seed=seed, device=device,
+            verify_rollouts=verify_rollouts, log_prob_reduction=log_prob_reduction, chains_per_state=chains_per_state, anchor_coef=anchor_coef,
+            retrain_steps=retrain_steps, seed=seed, device=device,
         )  # fmt: skip
         return run(cfg)
 

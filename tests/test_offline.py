@@ -164,3 +164,26 @@ def test_the_anchor_keeps_chain_ppo_near_the_policy_it_started_from():
     assert drift[3.0] < 0.5 * drift[0.0], drift
     with pytest.raises(ValueError, match="anchor_coef"):
         OfflineConfig(policy="p", data="d", out="o", anchor_coef=-1.0)
+
+
+def test_train_offline_on_the_command_line_with_centred_and_anchored_chains(tmp_path):
+    from typer.testing import CliRunner
+
+    from robot.cli import app
+
+    demos = record_demos(tmp_path / "push.zarr", 4)
+    il = ImitationConfig(data=str(demos), out=str(tmp_path / "il"), policy=TINY, steps=5, batch_size=8, eval_every=5, checkpoint_every=5)
+    train_imitation(il, show_progress=False)
+    out = tmp_path / "off"
+    args = ["train", "offline", "--policy", str(tmp_path / "il"), "--data", str(demos), "--out", str(out), "--rounds", "1", "--critic-steps", "10",
+            "--ppo-updates", "4", "--gate-every", "2", "--rollout-episodes", "0", "--retrain-steps", "0", "--chains-per-state", "2", "--anchor-coef", "1.0"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "round 0: " in result.output and "gate record" in result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["chains_per_state"] == 2 and config["anchor_coef"] == 1.0
+    assert len((out / "gate.jsonl").read_text().splitlines()) == 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    drift = [r["ppo/anchor_kl_r0"] for r in rows if "ppo/anchor_kl_r0" in r]
+    assert len(drift) == 4 and all(d >= 0 for d in drift)
+    assert any("ppo/adv_action_share_r0" in r for r in rows)
