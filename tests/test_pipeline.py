@@ -90,7 +90,18 @@ def test_the_demonstration_settings_override_the_budget_and_head_the_table(tmp_p
     store = ZarrEpisodeStore.open(tmp_path / "demos.zarr")
     assert store.num_episodes == 2
     assert all(meta.extra["noise"] == 0.3 for meta in store.metas)
-    assert pipeline_table([], config).startswith("pipeline: task push, budget full, 2 demonstrations at noise 0.3,")
+    assert pipeline_table([], config).startswith("pipeline: task push, budget full, 2 demonstrations at noise 0.3, 100 evaluation episodes per stage (sampler ddim),")
     assert "at noise" not in pipeline_table([], PipelineConfig(out=str(tmp_path)))
     with pytest.raises(ValueError, match="demos must be >= 1"):
         PipelineConfig(out=str(tmp_path), demos=0)
+
+
+def test_a_rerun_with_other_settings_is_refused_and_keeps_the_directory(tmp_path):
+    """Finished stages are read back on a rerun, so a rerun under other settings would mislabel them."""
+    (tmp_path / "pipeline.json").write_text(json.dumps({"task": "push", "budget": "quick", "seed": 0}))  # written before --sampler existed
+    with pytest.raises(ValueError, match=r"sampler ddim \(now ddpm-mean\).*another --out"):
+        run_pipeline(PipelineConfig(out=str(tmp_path), sampler="ddpm-mean"), show_progress=False, log=lambda _: None)
+    with pytest.raises(ValueError, match=r"demos None \(now 5\)"):
+        run_pipeline(PipelineConfig(out=str(tmp_path), demos=5), show_progress=False, log=lambda _: None)
+    assert json.loads((tmp_path / "pipeline.json").read_text()) == {"task": "push", "budget": "quick", "seed": 0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline.json"]

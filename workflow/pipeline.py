@@ -137,6 +137,7 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
     out = Path(config.out)
     if ddp.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        check_same_settings(config, out / "pipeline.json")
         (out / "pipeline.json").write_text(json.dumps(to_dict(config), indent=2))
     b = config.spend
     results: list[StageResult] = []
@@ -210,6 +211,27 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
     if config.view:
         log(f"Rerun view of every stage written to {write_view(out, [r.stage for r in results[:-1]])}")
     return results
+
+
+RERUN_MAY_CHANGE = ("out", "device", "view")
+"""Settings a rerun may change: the rest decide what the finished stages it reads back mean."""
+
+
+def check_same_settings(config: PipelineConfig, path: Path) -> None:
+    """Refuse to resume a pipeline directory written with other settings: its finished stages would be
+    read back under the new ones (a table titled with a sampler or demonstrations they never had)."""
+    if not path.is_file():
+        return
+    before = {**_as_json(PipelineConfig()), **json.loads(path.read_text())}  # a file from before a setting existed: its default
+    now = _as_json(config)
+    changed = [f"{k} {before[k]} (now {now[k]})" for k in now if k not in RERUN_MAY_CHANGE and before.get(k) != now[k]]
+    if changed:
+        raise ValueError(f"{path.parent} was run with {', '.join(changed)}: rerun it with those settings, or choose another --out")
+
+
+def _as_json(config: PipelineConfig) -> dict:
+    """The config as pipeline.json holds it (tuples as lists)."""
+    return json.loads(json.dumps(to_dict(config)))
 
 
 def write_view(out: Path, stages: list[str], episodes_per_stage: int = 3) -> Path:
@@ -299,7 +321,8 @@ def pipeline_table(results: list[StageResult], config: PipelineConfig, processes
     ]
     b = config.spend
     demos = f"{b.demos} demonstrations" + (f" at noise {b.demo_noise:g}" if b.demo_noise else "")
-    title = f"pipeline: task {config.task}, budget {config.budget}, {demos}, {b.eval_episodes} evaluation episodes per stage, torch threads {torch.get_num_threads()}"
+    title = (f"pipeline: task {config.task}, budget {config.budget}, {demos}, {b.eval_episodes} evaluation episodes per stage "
+             f"(sampler {config.sampler}), torch threads {torch.get_num_threads()}")  # fmt: skip
     if processes > 1:
         title += f", {processes} processes (CPU min: rank 0's)"
     return format_table(["stage", "success", "return", "episodes used", "CPU min", "DDIM ms", "1-step ms", "kept"], rows, title=title)
