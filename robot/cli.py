@@ -301,6 +301,28 @@ def diagnose(
     typer.echo(f"plots and diagnostics.json in {Path(report.json_path).parent}" + (f"; Rerun recording {report.rrd}" if report.rrd else ""))
 
 
+@app.command("critic-ranking")
+def critic_ranking(
+    policy: Path = typer.Option(..., help="Run directory or policy checkpoint: proposes the candidate chunks and finishes every branch."),
+    critics: Path = typer.Option(..., help="Critics of the offline round this policy comes from (runs/x/round-M/critics)."),
+    task: str = typer.Option("push", help="Simulated task (its sim must replay deterministically)."),
+    states: int = typer.Option(20, help="States compared (one decision of one episode each)."),
+    chunks: int = typer.Option(6, help="Candidate chunks per state."),
+    min_std: float = typer.Option(0.1, help="Std floor of the stochastic chain the candidates come from (offline PPO's)."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu"),
+    out: Optional[Path] = typer.Option(None, help="Write every state's Q values and returns as JSON here."),
+) -> None:
+    """Do the critics order a state's candidate chunks like their Monte Carlo returns in sim? What offline PPO relies on."""
+    from workflow.diagnostics.ranking import RankingConfig, check_critic_ranking
+
+    cfg = _run_or_fail(RankingConfig, policy=str(policy), critics=str(critics), task=task, states=states, chunks=chunks, min_std=min_std, seed=seed, device=device)
+    report = _run_or_fail(check_critic_ranking, cfg, log=typer.echo)
+    typer.echo(report.table())
+    if out is not None:
+        typer.echo(f"per-state values in {report.save(out)}")
+
+
 @app.command("eval")
 def evaluate(
     policy: Path = typer.Option(..., help="Run directory or policy checkpoint."),

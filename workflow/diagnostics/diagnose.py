@@ -133,7 +133,7 @@ def diagnose_run(config: DiagnoseConfig, *, log: Callable[[str], None] = lambda 
         rrd = str(log_to_rerun([s for s in stages], [r.verdict for r in results], config.rrd))
     path = out / "diagnostics.json"
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite({"run": str(run), "stages": [asdict(r) for r in results]}), indent=2) + "\n")
+    path.write_text(json.dumps(json_safe({"run": str(run), "stages": [asdict(r) for r in results]}), indent=2) + "\n")
     return DiagnosisReport(str(run), tuple(results), str(path), rrd)
 
 
@@ -220,12 +220,12 @@ def score_candidates(data: StageData, result: StageDiagnosis, config: DiagnoseCo
     return StageDiagnosis(verdict, result.plot, candidates, where, best, confirms, ranking)
 
 
-def _finite(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """JSON has no NaN: non-finite floats become null."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
