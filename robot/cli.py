@@ -176,6 +176,7 @@ def train_offline(
     delta: float = typer.Option(0.05, help="Relative AM-Q gain the candidate must beat (0.05 = 5% of |J|)."),
     actor_lr: float = typer.Option(1e-5),
     rollout_episodes: int = typer.Option(20, help="Sim episodes of the accepted policy per round."),
+    rollout_std: Optional[float] = typer.Option(None, help="Roll out the stochastic chain with each step's std floored here (0.1: PPO's), so the critics see varied actions; default: deterministic."),
     verify_rollouts: bool = typer.Option(True, help="Also roll the reference out on the same seeds; refuse an accepted policy that succeeds less often."),
     log_prob_reduction: str = typer.Option("sum", help="Chain log-probs over chunk and action dims: sum (exact) or mean (DPPO's, less sharp ratios)."),
     chains_per_state: int = typer.Option(1, help="Chains per dataset state; above 1 each chain's advantage is centred on its state's chains."),
@@ -197,7 +198,7 @@ def train_offline(
             policy=str(policy), data=str(data), out=str(out), task=task, rounds=rounds, critic=CriticConfig.for_horizon(ta),
             critic_steps=critic_steps, ppo_updates=ppo_updates, gate_every=gate_every,
             gate=GateConfig(horizon=ope_horizon, delta_relative=delta), actor_lr=actor_lr, rollout_episodes=rollout_episodes,
-            verify_rollouts=verify_rollouts, log_prob_reduction=log_prob_reduction, chains_per_state=chains_per_state, anchor_coef=anchor_coef,
+            rollout_std=rollout_std, verify_rollouts=verify_rollouts, log_prob_reduction=log_prob_reduction, chains_per_state=chains_per_state, anchor_coef=anchor_coef,
             retrain_steps=retrain_steps, seed=seed, device=device,
         )  # fmt: skip
         return run(cfg)

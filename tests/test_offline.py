@@ -187,3 +187,31 @@ def test_train_offline_on_the_command_line_with_centred_and_anchored_chains(tmp_
     drift = [r["ppo/anchor_kl_r0"] for r in rows if "ppo/anchor_kl_r0" in r]
     assert len(drift) == 4 and all(d >= 0 for d in drift)
     assert any("ppo/adv_action_share_r0" in r for r in rows)
+
+
+def test_stochastic_rollouts_vary_the_actions_and_repeat_on_the_same_seeds(tmp_path):
+    """``rollout_std``: the rollouts sample the chain PPO samples (varied actions for the critics);
+    per-episode noise keeps the reference and the accepted policy on the same draws."""
+    import shutil
+
+    import numpy as np
+
+    from workflow.offline import rollout_into
+
+    demos = record_demos(tmp_path / "push.zarr", 2)
+    il = ImitationConfig(data=str(demos), out=str(tmp_path / "il"), policy=TINY, steps=5, batch_size=8, eval_every=5, checkpoint_every=5)
+    train_imitation(il, show_progress=False)
+
+    def actions(name: str, rollout_std: float | None) -> np.ndarray:
+        store = shutil.copytree(demos, tmp_path / name)
+        cfg = OfflineConfig(policy=str(tmp_path / "il"), data=str(demos), out=str(tmp_path / "off"), rollout_episodes=1, rollout_std=rollout_std)
+        rollout_into(store, tmp_path / "il" / "policy", cfg, 0)
+        s = ZarrEpisodeStore.open(store)
+        return s.episode(s.num_episodes - 1).data["action"][:20]
+
+    deterministic, stochastic = actions("d.zarr", None), actions("s.zarr", 0.5)
+    assert np.array_equal(deterministic, actions("d2.zarr", None))
+    assert np.array_equal(stochastic, actions("s2.zarr", 0.5))  # same seed, same noise
+    assert not np.allclose(stochastic, deterministic)
+    with pytest.raises(ValueError, match="rollout_std"):
+        OfflineConfig(policy="p", data="d", out="o", rollout_std=-0.1)

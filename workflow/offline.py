@@ -92,6 +92,12 @@ class OfflineConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     rollout_episodes: int = 20
     """Sim episodes of the accepted policy added to the data after each round."""
+    rollout_std: float | None = None
+    """None: rollouts with the deterministic sampler the policy deploys with. A float: the stochastic chain with
+    each step's std floored there (``min_std`` is the chain PPO samples), so the critics see varied actions at the
+    states the policy visits. Deterministic rollouts show one action per state, and ``robot critic-ranking`` found
+    critics trained on them ranking a state's candidate chunks at chance on lift. Verification then compares
+    stochastic success, on the same seeds and noise, for the reference and the accepted policy."""
     retrain_steps: int = 1000
     """Imitation steps on the merged data after each round (0 keeps the accepted policy as is)."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -116,8 +122,8 @@ class OfflineConfig:
             raise ValueError(f"rounds, gate_every and chains_per_state must be >= 1, ppo_updates and critic_steps >= 0, got {self}")
         if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
-        if self.anchor_coef < 0:
-            raise ValueError(f"anchor_coef must be >= 0, got {self.anchor_coef}")
+        if self.anchor_coef < 0 or (self.rollout_std is not None and self.rollout_std < 0):
+            raise ValueError(f"anchor_coef and rollout_std must be >= 0, got {self.anchor_coef} and {self.rollout_std}")
         if not 0 < self.actor_lr < 1 or not 0 < self.clip_eps < 1:
             raise ValueError(f"actor_lr and clip_eps must be in (0, 1), got {self.actor_lr}, {self.clip_eps}")
 
@@ -396,7 +402,9 @@ def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: 
     """Run the accepted policy in sim and append its episodes to the merged store (under
     torchrun each rank runs its share of the episodes; rank 0 appends them all)."""
     ddp = ddp or Distributed()
-    controller = DiffusionController.load(policy_path, device=config.device, seed=config.seed + m)
+    controller = DiffusionController.load(policy_path, device=config.device, seed=config.seed + m, deterministic=config.rollout_std is None)
+    if config.rollout_std is not None:
+        fine_tuning_sampler(controller.model, config.rollout_std, controller.model.config.log_prob_reduction)
     store = ZarrEpisodeStore.open(store_path, mode="a" if ddp.is_main else "r")
     features = {k: f for k, f in store.features.items() if k.startswith("observation.")}
     if not ddp.is_main:
