@@ -30,8 +30,10 @@ def test_the_summary_scores_q_that_orders_like_the_returns_one_and_reversed_q_be
     good = RankingReport("push", [_state(r, r) for r in returns] + [tied]).summary()
     assert good["states"] == 3 and good["ranked_states"] == 2  # a state whose candidates all end alike ranks nothing
     assert good["spearman_mean"] == pytest.approx(1.0) and good["captured"] == pytest.approx(1.0) and good["regret_mean"] == 0
+    assert good["state_spearman"] == pytest.approx(1.0) and good["q_spread"] == pytest.approx(good["return_spread"])
     assert good["success_split_states"] == 2 and good["q_picks_success"] == 1.0 and good["candidate_success"] == pytest.approx((3 / 4 + 2 / 4) / 2)
     bad = RankingReport("push", [_state([-x for x in r], r) for r in returns]).summary()
+    assert np.isnan(bad["state_spearman"])  # two states: too few to rank
     assert bad["spearman_mean"] == pytest.approx(-1.0) and bad["captured"] < 0 and bad["q_picks_success"] == 0.0
     # (worst - mean) / (best - mean) summed over states
     expected = sum(min(r) - np.mean(r) for r in returns) / sum(max(r) - np.mean(r) for r in returns)

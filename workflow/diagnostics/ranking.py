@@ -17,6 +17,8 @@ of Q with the returns and the regret of Q's top pick. Over states, ``captured`` 
 share of the attainable gain (best return minus the candidates' mean) that picking by Q
 gets: 1 picks the best every time, 0 is no better than a random candidate, below 0 worse.
 A state whose candidates all reach the same return has nothing to rank and is counted apart.
+For contrast, ``state_spearman`` ranks the states themselves (mean Q against mean return):
+critics can know which states are good and still not which action is.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class RankingReport:
         gain_q = sum(s.returns[int(np.argmax(s.q))] - float(np.mean(s.returns)) for s in ranked)
         gain_best = sum(max(s.returns) - float(np.mean(s.returns)) for s in ranked)
         split = [s for s in ranked if 0 < sum(s.successes) < len(s.successes)]
+        mean_q, mean_return = [float(np.mean(s.q)) for s in self.states], [float(np.mean(s.returns)) for s in self.states]
         return {
             "states": len(self.states),
             "ranked_states": len(ranked),
@@ -109,6 +112,8 @@ class RankingReport:
             "captured": gain_q / gain_best if gain_best > 0 else float("nan"),
             "regret_mean": float(np.mean([s.regret for s in ranked])) if ranked else float("nan"),
             "return_spread": float(np.mean([np.std(s.returns) for s in ranked])) if ranked else 0.0,
+            "q_spread": float(np.mean([np.std(s.q) for s in ranked])) if ranked else 0.0,
+            "state_spearman": rank_agreement(mean_q, mean_return)["spearman"],
             "success_split_states": len(split),
             "q_picks_success": float(np.mean([s.successes[int(np.argmax(s.q))] for s in split])) if split else float("nan"),
             "candidate_success": float(np.mean([np.mean(s.successes) for s in split])) if split else float("nan"),
@@ -124,7 +129,8 @@ class RankingReport:
             ["states with positive Spearman", _pct(s["spearman_positive"])],
             ["attainable gain captured by Q's pick", _pct(s["captured"])],
             ["regret of Q's pick (return)", _num(s["regret_mean"])],
-            ["return spread within a state (std)", _num(s["return_spread"])],
+            ["spread within a state (std): return / Q", f"{_num(s['return_spread'])} / {_num(s['q_spread'])}"],
+            ["Spearman across states (mean Q, mean return)", _num(s["state_spearman"])],
             ["states where some candidates succeed, some fail", s["success_split_states"]],
             ["  there, Q's pick succeeds / a random candidate", f"{_pct(s['q_picks_success'])} / {_pct(s['candidate_success'])}"],
         ]
