@@ -98,3 +98,38 @@ def test_critics_of_another_policy_are_refused_with_one_line(offline_round, tmp_
     other = save_critic_snapshot(tmp_path / "other", IqlCritics(5, 3), CriticConfig(), 5, 3)
     result = CliRunner().invoke(app, ["critic-ranking", "--policy", str(offline_round[0]), "--critics", str(other), "--task", "push"])
     assert result.exit_code == 2 and "use the critics of the offline round this policy comes from" in result.output
+
+
+def test_replays_send_the_commands_not_what_the_robot_reported(offline_round, monkeypatch):
+    """A safety layer acts on every command again during a replay, so the replay must send the
+    commands: replaying the reported (clamped, cast) actions drifted off the recorded state on push."""
+    import workflow.diagnostics.ranking as ranking
+    from workflow.diagnostics.ranking import RankingConfig, check_critic_ranking
+    from workflow.envs import make_sim_for
+
+    class ReportsSomethingElse:
+        """The sim, but send_action reports an action that differs from the one it applied."""
+
+        def __init__(self, robot):
+            self.robot = robot
+
+        def send_action(self, action):
+            return self.robot.send_action(action) + 0.05
+
+        def __getattr__(self, name):
+            return getattr(self.robot, name)
+
+        def __enter__(self):
+            self.robot.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.robot.__exit__(*exc)
+
+    def wrapped(task, features, **opts):
+        robot, t = make_sim_for(task, features, **opts)
+        return ReportsSomethingElse(robot), t
+
+    monkeypatch.setattr(ranking, "make_sim_for", wrapped)
+    report = check_critic_ranking(RankingConfig(policy=str(offline_round[0]), critics=str(offline_round[1]), states=3, chunks=2, seed=1))
+    assert any(s.decision > 0 for s in report.states)  # some branch replayed a prefix

@@ -185,22 +185,24 @@ def check_critic_ranking(config: RankingConfig, *, log: Callable[[str], None] = 
 
 
 def _deterministic_episode(robot: Robot, task: Task, controller: DiffusionController, seed: int) -> tuple[list[np.ndarray], list[dict]]:
-    """The applied actions and the observations before each of them, until success or the step limit."""
+    """The commanded actions and the observations before each of them, until success or the step limit.
+    Replays send the commands, not what the safety layer made of them: the layer acts again on the replay."""
     controller.reset()
     controller.seed_episode(seed)
     obs = robot.reset(seed)
     actions, observations = [], []
     for _ in range(task.max_steps):
         observations.append(obs)
-        actions.append(robot.send_action(controller.select_action(obs)))
+        actions.append(controller.select_action(obs))
+        applied = robot.send_action(actions[-1])
         obs = robot.get_observation()
-        if task.evaluate(obs, actions[-1]).success:
+        if task.evaluate(obs, applied).success:
             break
     return actions, observations
 
 
 def _replay(robot: Robot, task: Task, controller: DiffusionController, seed: int, actions: list[np.ndarray], expected: dict) -> torch.Tensor:
-    """Reset to ``seed`` and apply ``actions`` with the controller's history following; returns the features
+    """Reset to ``seed`` and send the commands ``actions`` with the controller's history following; returns the features
     at the state reached, after checking its observation is the one recorded there."""
     controller.reset()
     obs = robot.reset(seed)
