@@ -7,7 +7,7 @@ measures that order against Monte Carlo truth:
 1. run a deterministic episode of the policy and cut it at a random chunk decision;
 2. draw ``chunks`` candidate chunks there from the policy's stochastic chain (with the
    std floor RL samples with) and score each by the critics' min target Q;
-3. for each candidate, replay the episode to that decision (same seed, same applied
+3. for each candidate, replay the episode to that decision (same seed, same commanded
    actions: the sim is deterministic, and the replayed observation is checked against
    the recorded one), execute the candidate, let the deterministic policy finish, and
    sum the discounted reward from the decision on: the chunk's Monte Carlo return.
