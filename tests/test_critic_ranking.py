@@ -98,6 +98,8 @@ def test_critics_of_another_policy_are_refused_with_one_line(offline_round, tmp_
     other = save_critic_snapshot(tmp_path / "other", IqlCritics(5, 3), CriticConfig(), 5, 3)
     result = CliRunner().invoke(app, ["critic-ranking", "--policy", str(offline_round[0]), "--critics", str(other), "--task", "push"])
     assert result.exit_code == 2 and "use the critics of the offline round this policy comes from" in result.output
+    result = CliRunner().invoke(app, ["critic-ranking", "--policy", str(offline_round[0]), "--critics", str(offline_round[1]), "--task", "lift"])
+    assert result.exit_code == 2 and "does not fit robot sim:lift" in result.output  # a push policy on lift's robot
 
 
 def test_replays_send_the_commands_not_what_the_robot_reported(offline_round, monkeypatch):

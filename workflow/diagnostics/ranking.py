@@ -160,6 +160,7 @@ def check_critic_ranking(config: RankingConfig, *, log: Callable[[str], None] = 
     fine_tuning_sampler(model, config.min_std, model.config.log_prob_reduction)  # candidates: the chain offline PPO samples
     gamma = critics.config.gamma
     robot, task = make_sim_for(config.task, controller.input_features)
+    controller.check_robot(robot.name, robot.observation_features, robot.action_features)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     states = []
