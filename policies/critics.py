@@ -145,6 +145,7 @@ class IqlCritics(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
+        self.feature_dim, self.action_size = feature_dim, action_dim * horizon
         self.q = TwinQ(feature_dim, action_dim * horizon, config)
         self.target_q = copy.deepcopy(self.q).requires_grad_(False)
         self.v = ValueNet(feature_dim, config)

@@ -31,7 +31,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from robot.checkpoint import load_checkpoint
 from robot.protocols import Robot, Task
 from workflow.diagnostics.diagnose import json_safe
 from workflow.diagnostics.fqe import rank_agreement
@@ -150,10 +149,9 @@ def check_critic_ranking(config: RankingConfig, *, log: Callable[[str], None] = 
     controller = DiffusionController.load(config.policy, device=config.device, seed=config.seed)
     model, ta = controller.model, controller.n_action_steps
     critics = load_critics(config.critics).to(config.device)
-    dims = load_checkpoint(config.critics, kind="iql-critics").config
-    if (dims["feature_dim"], dims["action_dim"]) != (model.cond_dim, ta * model.action_dim):
+    if (critics.feature_dim, critics.action_size) != (model.cond_dim, ta * model.action_dim):
         raise ValueError(
-            f"{config.critics} scores features of width {dims['feature_dim']} and executed chunks of {dims['action_dim']} numbers; "
+            f"{config.critics} scores features of width {critics.feature_dim} and executed chunks of {critics.action_size} numbers; "
             f"{config.policy} has features of width {model.cond_dim} and executes {ta} x {model.action_dim}: "
             "use the critics of the offline round this policy comes from"
         )
@@ -170,9 +168,10 @@ def check_critic_ranking(config: RankingConfig, *, log: Callable[[str], None] = 
             actions, observations = _deterministic_episode(robot, task, controller, seed)
             decision = int(rng.integers(0, (len(actions) + ta - 1) // ta))
             cond = _replay(robot, task, controller, seed, actions[: decision * ta], observations[decision * ta])
-            candidates = model.sample_chain(cond.repeat(config.chunks, 1), generator=gen).actions  # (M, H, Da) normalised
+            conds = cond.repeat(config.chunks, 1)
+            candidates = model.sample_chain(conds, generator=gen).actions  # (M, H, Da) normalised
             with torch.no_grad():
-                q = critics.target_q.min_q(cond.repeat(config.chunks, 1), candidates[:, :ta].flatten(1))
+                q = critics.target_q.min_q(conds, candidates[:, :ta].flatten(1))
             returns, successes = [], []
             for chunk in candidates:
                 _replay(robot, task, controller, seed, actions[: decision * ta], observations[decision * ta])
