@@ -14,6 +14,7 @@ from safetensors.numpy import load_file
 
 from robot.metrics import read_metrics, series
 from workflow.distributed import Distributed
+from workflow.pipeline import BUDGETS
 
 from tests.test_imitation import record_demos
 
@@ -149,3 +150,5 @@ def test_smoke_pipeline_on_two_gloo_processes_matches_one_process(tmp_path: Path
         assert one["success"] == two["success"] and np.isclose(one["mean_return"], two["mean_return"], rtol=5e-2 if updated else 1e-2), stage
         assert one["episodes"] == two["episodes"] and one["decision"] == two["decision"], stage
     assert (tmp_path / "p2" / "diagnostics" / "diagnostics.json").is_file()
+    online = json.loads((tmp_path / "p1" / "online" / "config.json").read_text())
+    assert (online["episodes_per_iteration"], online["minibatch"]) == (BUDGETS["smoke"].online_episodes, BUDGETS["smoke"].online_minibatch)

@@ -79,7 +79,7 @@ BUDGETS = {
     # every stage, gate and hand-over in about a minute: checks an installation or a cluster launch, learns nothing
     "smoke": Budget(demos=4, demo_noise=0.0, imitation_steps=20, offline_rounds=1, critic_steps=20, ppo_updates=4, ppo_batch=16,
                     rollout_episodes=2, retrain_steps=4, online_iterations=2, online_episodes=2, eval_episodes=4, select_episodes=2,
-                    distill_steps=5, distill_final_steps=10),
+                    distill_steps=5, distill_final_steps=10, online_minibatch=16),
 }  # fmt: skip
 
 
