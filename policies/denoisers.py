@@ -10,6 +10,11 @@
 
 The prediction is the noise (epsilon) or the clean sample, as the policy's
 ``prediction_type`` says; the denoiser does not care.
+
+``fold_timestep(t)`` turns either into the same function of ``(x, cond)`` at one
+fixed timestep, with no timestep input: the embedding of ``t`` becomes a constant
+and is added into the biases it fed. The one-step consistency head is such a
+network; it skips the embedding MLP and the wider FiLM inputs on every call.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -94,20 +100,41 @@ class _MlpResBlock(nn.Module):
 
 
 class MlpResNetDenoiser(nn.Module):
-    """Residual MLP on the flattened ``(T * Da)`` action with timestep and cond concatenated at the input."""
+    """Residual MLP on the flattened ``(T * Da)`` action with timestep and cond concatenated at the input.
 
-    def __init__(self, action_dim: int, horizon: int, cond_dim: int, config: DenoiserConfig) -> None:
+    ``timestep_input=False``: no timestep embedding; ``forward`` ignores ``timesteps`` (see :meth:`fold_timestep`).
+    """
+
+    def __init__(self, action_dim: int, horizon: int, cond_dim: int, config: DenoiserConfig, timestep_input: bool = True) -> None:
         super().__init__()
-        flat, hidden = horizon * action_dim, config.mlp_hidden_dim
-        self.time_embed = timestep_embedding(config.timestep_embed_dim)
-        self.input = nn.Linear(flat + config.timestep_embed_dim + cond_dim, hidden)
+        self._args = (action_dim, horizon, cond_dim, config)
+        flat, hidden, dt = horizon * action_dim, config.mlp_hidden_dim, config.timestep_embed_dim if timestep_input else 0
+        self.time_embed = timestep_embedding(dt) if timestep_input else None
+        self.input = nn.Linear(flat + dt + cond_dim, hidden)
         self.blocks = nn.Sequential(*[_MlpResBlock(hidden, config.mlp_dropout) for _ in range(config.mlp_num_blocks)])
         self.output = nn.Sequential(nn.LayerNorm(hidden), nn.Mish(), nn.Linear(hidden, flat))
 
-    def forward(self, x: Tensor, timesteps: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, x: Tensor, timesteps: Tensor | None, cond: Tensor) -> Tensor:
         b, t, da = x.shape  # (B, T, Da)
-        h = self.input(torch.cat([x.flatten(1), self.time_embed(timesteps), cond], dim=-1))  # (B, hidden)
+        parts = [x.flatten(1), cond] if self.time_embed is None else [x.flatten(1), self.time_embed(timesteps), cond]
+        h = self.input(torch.cat(parts, dim=-1))  # (B, hidden)
         return self.output(self.blocks(h)).view(b, t, da)
+
+    @torch.no_grad()
+    def fold_timestep(self, timestep: int) -> "MlpResNetDenoiser":
+        """A copy computing ``self(x, timestep, cond)`` with no timestep input: the embedding's
+        share of the input layer, ``W_t emb(t)``, joins its bias."""
+        if self.time_embed is None:
+            raise ValueError("this denoiser has no timestep input to fold")
+        folded = MlpResNetDenoiser(*self._args, timestep_input=False).to(self.input.weight)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("time_embed.")}
+        flat, dt = self._args[0] * self._args[1], self.time_embed[0].dim
+        emb = self.time_embed(torch.tensor([timestep], device=self.input.weight.device))[0]
+        w = self.input.weight
+        state["input.weight"] = torch.cat([w[:, :flat], w[:, flat + dt :]], dim=1)
+        state["input.bias"] = self.input.bias + w[:, flat : flat + dt] @ emb
+        folded.load_state_dict(state)
+        return folded
 
 
 class _Conv1dBlock(nn.Sequential):
@@ -140,16 +167,17 @@ class ConditionalUnet1D(nn.Module):
     the decoder after upsampling to the same length.
     """
 
-    def __init__(self, action_dim: int, horizon: int, cond_dim: int, config: DenoiserConfig) -> None:
+    def __init__(self, action_dim: int, horizon: int, cond_dim: int, config: DenoiserConfig, timestep_input: bool = True) -> None:
         super().__init__()
+        self._args = (action_dim, horizon, cond_dim, config)
         dims, k, g = config.unet_down_dims, config.unet_kernel_size, config.unet_groups
         if horizon % 2 ** (len(dims) - 1):
             raise ValueError(
                 f"ConditionalUnet1D with {len(dims)} levels needs horizon divisible by {2 ** (len(dims) - 1)}, "
                 f"got {horizon}; use fewer unet_down_dims, another horizon, or the mlp denoiser"
             )
-        film = config.timestep_embed_dim + cond_dim
-        self.time_embed = timestep_embedding(config.timestep_embed_dim)
+        film = (config.timestep_embed_dim if timestep_input else 0) + cond_dim
+        self.time_embed = timestep_embedding(config.timestep_embed_dim) if timestep_input else None
 
         def res_pair(cin: int, cout: int) -> nn.ModuleList:
             return nn.ModuleList([_FilmResBlock1d(cin, cout, film, k, g), _FilmResBlock1d(cout, cout, film, k, g)])
@@ -161,8 +189,8 @@ class ConditionalUnet1D(nn.Module):
         self.up = nn.ModuleList(res_pair(dims[i + 1] + dims[i], dims[i]) for i in range(len(dims) - 1))
         self.final = nn.Sequential(_Conv1dBlock(dims[0], dims[0], k, g), nn.Conv1d(dims[0], action_dim, 1))
 
-    def forward(self, x: Tensor, timesteps: Tensor, cond: Tensor) -> Tensor:
-        film = torch.cat([self.time_embed(timesteps), cond], dim=-1)  # (B, Dt + Dc)
+    def forward(self, x: Tensor, timesteps: Tensor | None, cond: Tensor) -> Tensor:
+        film = cond if self.time_embed is None else torch.cat([self.time_embed(timesteps), cond], dim=-1)  # (B, Dt + Dc)
         h = x.transpose(1, 2)  # (B, Da, T)
         skips = []
         for level, (res1, res2) in enumerate(self.down):
@@ -178,10 +206,28 @@ class ConditionalUnet1D(nn.Module):
             h = res2(res1(h, film), film)
         return self.final(h).transpose(1, 2)  # (B, T, Da)
 
+    @torch.no_grad()
+    def fold_timestep(self, timestep: int) -> "ConditionalUnet1D":
+        """A copy computing ``self(x, timestep, cond)`` with no timestep input. Every FiLM layer maps
+        ``mish([emb(t), cond])``; its weights on ``mish(emb(t))``, a constant here, join its bias."""
+        if self.time_embed is None:
+            raise ValueError("this denoiser has no timestep input to fold")
+        folded = ConditionalUnet1D(*self._args, timestep_input=False).to(self.final[1].weight)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("time_embed.")}
+        dt = self.time_embed[0].dim
+        emb = F.mish(self.time_embed(torch.tensor([timestep], device=self.final[1].weight.device))[0])
+        for name in [k for k in state if k.endswith("film.1.weight")]:
+            w, bias = state[name], name.removesuffix("weight") + "bias"
+            state[bias] = state[bias] + w[:, :dt] @ emb
+            state[name] = w[:, dt:]
+        folded.load_state_dict(state)
+        return folded
+
 
 DENOISERS: dict[str, type[nn.Module]] = {"mlp": MlpResNetDenoiser, "unet": ConditionalUnet1D}
 
 
-def build_denoiser(config: DenoiserConfig, action_dim: int, horizon: int, cond_dim: int) -> nn.Module:
-    """The denoiser ``config.kind`` names, sized for ``(B, horizon, action_dim)`` actions and ``(B, cond_dim)`` cond."""
-    return DENOISERS[config.kind](action_dim, horizon, cond_dim, config)
+def build_denoiser(config: DenoiserConfig, action_dim: int, horizon: int, cond_dim: int, *, timestep_input: bool = True) -> nn.Module:
+    """The denoiser ``config.kind`` names, sized for ``(B, horizon, action_dim)`` actions and ``(B, cond_dim)`` cond
+    (``timestep_input=False``: the fixed-timestep form :meth:`fold_timestep` fills)."""
+    return DENOISERS[config.kind](action_dim, horizon, cond_dim, config, timestep_input)

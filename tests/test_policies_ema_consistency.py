@@ -48,12 +48,12 @@ def test_consistency_head_warm_starts_from_the_teacher_and_distils() -> None:
     teacher = tiny_policy(STATE_ONLY, "mlp", 4).eval()
     head = ConsistencyHead.from_policy(teacher)
     assert head.timestep == int(teacher.timesteps()[0]) == 90
-    for (name, a), b in zip(head.denoiser.state_dict().items(), teacher.denoiser.state_dict().values()):
-        assert torch.equal(a, b), name
     assert head.denoiser is not teacher.denoiser
     with torch.no_grad():
         cond = teacher.encode(batch(STATE_ONLY, 16))
     noise = torch.randn(16, 4, 2)
+    with torch.no_grad():  # warm start: the teacher's denoiser at t_K, folded
+        torch.testing.assert_close(head(noise, cond), noise - teacher.denoiser(noise, torch.full((16,), 90), cond), atol=1e-5, rtol=1e-5)
     target = teacher.sample(cond, deterministic=True, noise=noise)  # (B, T, Da) from the same noise
     assert head(noise, cond).shape == target.shape
     sampled = head.sample(cond, generator=torch.Generator().manual_seed(0))
@@ -66,8 +66,38 @@ def test_consistency_head_warm_starts_from_the_teacher_and_distils() -> None:
         loss.backward()
         optimiser.step()
     assert loss.item() < 0.2 * before
-    teacher_params = dict(teacher.denoiser.named_parameters())
-    assert any(not torch.equal(p, teacher_params[n]) for n, p in head.denoiser.named_parameters())
+    with torch.no_grad():
+        assert not torch.allclose(head(noise, cond), noise - teacher.denoiser(noise, torch.full((16,), 90), cond), atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "unet"])
+def test_folding_the_timestep_keeps_the_function_and_drops_its_input(kind: str) -> None:
+    torch.manual_seed(0)
+    denoiser = tiny_policy(STATE_ONLY, kind, 4).denoiser.eval()
+    folded = denoiser.fold_timestep(90)
+    x, cond = torch.randn(8, 4, 2), torch.randn(8, denoiser._args[2])
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x, None, cond), denoiser(x, torch.full((8,), 90), cond), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(folded(x, None, cond), denoiser(x, torch.full((8,), 10), cond), atol=1e-3)
+    assert folded.time_embed is None and not any(k.startswith("time_embed.") for k in folded.state_dict())
+    assert sum(p.numel() for p in folded.parameters()) < sum(p.numel() for p in denoiser.parameters())
+    with pytest.raises(ValueError, match="no timestep input"):
+        folded.fold_timestep(90)
+
+
+def test_a_head_saved_before_the_fold_loads_as_the_same_function(tmp_path) -> None:
+    """Heads in older checkpoints are a full copy of the denoiser; loading folds them."""
+    torch.manual_seed(0)
+    teacher = tiny_policy(STATE_ONLY, "unet", 4).eval()
+    old_layout = {f"denoiser.{k}": v.clone() + 0.01 for k, v in teacher.denoiser.state_dict().items()}
+    head = ConsistencyHead.from_policy(teacher)
+    head.load_state_dict(head.upgrade_state(old_layout))
+    unfolded = tiny_policy(STATE_ONLY, "unet", 4).denoiser.eval()
+    unfolded.load_state_dict({k.removeprefix("denoiser."): v for k, v in old_layout.items()})
+    noise, cond = torch.randn(4, 4, 2), torch.randn(4, teacher.cond_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(head(noise, cond), noise - unfolded(noise, torch.full((4,), head.timestep), cond), atol=1e-5, rtol=1e-5)
+    assert head.upgrade_state(head.state_dict()).keys() == head.state_dict().keys()  # the current layout passes through
 
 
 def test_ema_of_a_policy_is_a_usable_policy() -> None:

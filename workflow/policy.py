@@ -196,7 +196,7 @@ def build_from_checkpoint(ckpt: Checkpoint, device: str = "cpu") -> tuple[Diffus
     head = None
     if "consistency" in ckpt.modules:
         head = ConsistencyHead.from_policy(model)
-        load_module_state(head, ckpt.modules["consistency"], what="consistency head")
+        load_module_state(head, head.upgrade_state(ckpt.modules["consistency"]), what="consistency head")
     return model.to(device), head
 
 
