@@ -79,7 +79,9 @@ def test_online_hands_on_the_best_scorer_of_the_start_and_its_snapshots(policy, 
                        distill_data=str(policy[0]), distill_final_steps=7)  # fmt: skip
     report = train_online(cfg, show_progress=False)
     final = [row for row in read_metrics(tmp_path / "on" / "metrics.jsonl") if "charts/distill_final_steps" in row]
-    assert [row["charts/distill_final_steps"] for row in final] == [7]  # the handed-on head's whole budget, on the demos
+    assert [row["charts/distill_final_steps"] for row in final] == [7]  # the handed-on head's whole budget
+    visited = sum(ZarrEpisodeStore.open(p).num_steps for p in (policy[0], tmp_path / "on" / "rollouts.zarr"))
+    assert final[0]["charts/distill_final_states"] == visited  # on the demonstrations' states and every state the rollouts visited
     names = [name for name, _, _ in report.selection]
     assert names == ["start", "iteration 0", "iteration 1"]
     best = max(report.selection, key=lambda c: (c[1], c[2]))

@@ -95,9 +95,11 @@ class OnlineConfig:
     distill_reuse: int = 4
     """Regression steps per batch of teacher targets (``workflow.distill.distill``)."""
     distill_data: str | None = None
-    """Episode store (e.g. the demonstrations) whose states the handed-on policy's one-step head is finally
-    distilled on, for the whole budget; None: the last iteration's states, for what its snapshot has not had.
-    On push, demonstration states gave the head 73% vs 50% from rollout states (teacher 83%)."""
+    """Episode store (e.g. the demonstrations) whose states, with every state of this run's rollouts, the
+    handed-on policy's one-step head is finally distilled on, for the whole budget; None: the last iteration's
+    states, for what its snapshot has not had. On push, demonstration states gave the head 73% vs 50% from the
+    last iteration's states (teacher 83%); on lift, demonstrations alone left it 5 points under its teacher
+    over 400 episodes, with the rollouts' states 0.5 (docs/RESULTS.md)."""
     select_episodes: int = 16
     """Deterministic episodes scoring the starting policy and every ``select_every``-th snapshot at the end;
     the stage hands on the best scorer, the start on ties, so it never passes on a policy that scored lower
@@ -268,12 +270,15 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
         if head is not None and ddp.is_main:  # the head of the policy handed on gets the whole distillation budget
             total = config.distill_final_steps if config.distill_final_steps is not None else config.distill_steps * config.iterations
             states, steps = cond, max(total - done, 0)
-            if config.distill_data:  # all of it again, on the store's states
-                store = ZarrEpisodeStore.open(config.distill_data)
-                states, steps = encode_store(store, final, ckpt.normalizer, gamma=config.gamma, device=device).features, total
+            if config.distill_data:  # all of it again, on the store's states and every state this run's rollouts visited
+                stores = [ZarrEpisodeStore.open(p) for p in (config.distill_data, run.path / "rollouts.zarr")]
+                states = torch.cat([encode_store(s, final, ckpt.normalizer, gamma=config.gamma, device=device).features for s in stores])
+                for s in stores:
+                    s.close()
+                steps = total
             if steps:
                 loss = distill(final, head, make_head_optimizer(head, config.distill_lr), states, steps, distill_gen, reuse=config.distill_reuse)
-                run.metrics.log({"losses/distill_final": loss, "charts/distill_final_steps": steps}, config.iterations)
+                run.metrics.log({"losses/distill_final": loss, "charts/distill_final_steps": steps, "charts/distill_final_states": len(states)}, config.iterations)
     if ddp.is_main:
         save_policy(run.policy_dir, final, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "selected": selected})
     ddp.barrier()  # the other ranks return once the policy is on disk
