@@ -124,17 +124,22 @@ class MlpResNetDenoiser(nn.Module):
     def fold_timestep(self, timestep: int) -> "MlpResNetDenoiser":
         """A copy computing ``self(x, timestep, cond)`` with no timestep input: the embedding's
         share of the input layer, ``W_t emb(t)``, joins its bias."""
-        if self.time_embed is None:
-            raise ValueError("this denoiser has no timestep input to fold")
-        folded = MlpResNetDenoiser(*self._args, timestep_input=False).to(self.input.weight)
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith("time_embed.")}
-        flat, dt = self._args[0] * self._args[1], self.time_embed[0].dim
-        emb = self.time_embed(torch.tensor([timestep], device=self.input.weight.device))[0]
-        w = self.input.weight
+        folded, state, emb = _fold_start(self, timestep)
+        flat, dt, w = self._args[0] * self._args[1], len(emb), self.input.weight
         state["input.weight"] = torch.cat([w[:, :flat], w[:, flat + dt :]], dim=1)
         state["input.bias"] = self.input.bias + w[:, flat : flat + dt] @ emb
         folded.load_state_dict(state)
         return folded
+
+
+def _fold_start(denoiser: nn.Module, timestep: int) -> tuple[nn.Module, dict[str, Tensor], Tensor]:
+    """For ``fold_timestep``: the no-timestep copy to fill, the weights it keeps as they are, and ``emb(t)`` (Dt,)."""
+    if denoiser.time_embed is None:
+        raise ValueError("this denoiser has no timestep input to fold")
+    weight = next(denoiser.parameters())
+    folded = type(denoiser)(*denoiser._args, timestep_input=False).to(weight)
+    state = {k: v for k, v in denoiser.state_dict().items() if not k.startswith("time_embed.")}
+    return folded, state, denoiser.time_embed(torch.tensor([timestep], device=weight.device))[0]
 
 
 class _Conv1dBlock(nn.Sequential):
@@ -190,7 +195,7 @@ class ConditionalUnet1D(nn.Module):
         self.final = nn.Sequential(_Conv1dBlock(dims[0], dims[0], k, g), nn.Conv1d(dims[0], action_dim, 1))
 
     def forward(self, x: Tensor, timesteps: Tensor | None, cond: Tensor) -> Tensor:
-        film = cond if self.time_embed is None else torch.cat([self.time_embed(timesteps), cond], dim=-1)  # (B, Dt + Dc)
+        film = cond if self.time_embed is None else torch.cat([self.time_embed(timesteps), cond], dim=-1)  # (B, [Dt +] Dc)
         h = x.transpose(1, 2)  # (B, Da, T)
         skips = []
         for level, (res1, res2) in enumerate(self.down):
@@ -210,12 +215,8 @@ class ConditionalUnet1D(nn.Module):
     def fold_timestep(self, timestep: int) -> "ConditionalUnet1D":
         """A copy computing ``self(x, timestep, cond)`` with no timestep input. Every FiLM layer maps
         ``mish([emb(t), cond])``; its weights on ``mish(emb(t))``, a constant here, join its bias."""
-        if self.time_embed is None:
-            raise ValueError("this denoiser has no timestep input to fold")
-        folded = ConditionalUnet1D(*self._args, timestep_input=False).to(self.final[1].weight)
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith("time_embed.")}
-        dt = self.time_embed[0].dim
-        emb = F.mish(self.time_embed(torch.tensor([timestep], device=self.final[1].weight.device))[0])
+        folded, state, emb = _fold_start(self, timestep)
+        dt, emb = len(emb), F.mish(emb)
         for name in [k for k in state if k.endswith("film.1.weight")]:
             w, bias = state[name], name.removesuffix("weight") + "bias"
             state[bias] = state[bias] + w[:, :dt] @ emb

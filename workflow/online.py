@@ -271,10 +271,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
             total = config.distill_final_steps if config.distill_final_steps is not None else config.distill_steps * config.iterations
             states, steps = cond, max(total - done, 0)
             if config.distill_data:  # all of it again, on the store's states and every state this run's rollouts visited
-                stores = [ZarrEpisodeStore.open(p) for p in (config.distill_data, run.path / "rollouts.zarr")]
-                states = torch.cat([encode_store(s, final, ckpt.normalizer, gamma=config.gamma, device=device).features for s in stores])
-                for s in stores:
-                    s.close()
+                states = torch.cat([_features(path, final, ckpt.normalizer, device) for path in (config.distill_data, run.path / "rollouts.zarr")])
                 steps = total
             if steps:
                 loss = distill(final, head, make_head_optimizer(head, config.distill_lr), states, steps, distill_gen, reuse=config.distill_reuse)
@@ -408,6 +405,12 @@ def _value_epoch(value, optimizer, cond, returns, minibatch: int, gen: torch.Gen
         ddp.average_gradients(value.parameters())
         optimizer.step()
     return ddp.mean(float(loss.detach()))
+
+
+def _features(path: str | Path, model, normalizer, device) -> torch.Tensor:
+    """Frozen-encoder features (N, Dc) of every step in the store at ``path``."""
+    with ZarrEpisodeStore.open(path) as store:
+        return encode_store(store, model, normalizer, gamma=1.0, device=device).features
 
 
 def _with_config(model, config):

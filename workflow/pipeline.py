@@ -64,7 +64,7 @@ class Budget:
     distill_steps: int = 50
     """One-step-head distillation steps per online iteration (the head tracks the policy)."""
     distill_final_steps: int = 1200
-    """Distillation steps the handed-on policy's head gets in all, on the demonstrations' states."""
+    """Distillation steps the handed-on policy's head gets in all, on the demonstrations' and the online rollouts' states."""
     online_minibatch: int = 64
     """Online RL's PPO minibatch (chunk transitions)."""
 

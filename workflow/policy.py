@@ -195,7 +195,7 @@ def build_from_checkpoint(ckpt: Checkpoint, device: str = "cpu") -> tuple[Diffus
     load_module_state(model, ckpt.modules["policy"], what="policy")
     head = None
     if "consistency" in ckpt.modules:
-        head = ConsistencyHead.from_policy(model)
+        head = ConsistencyHead(model.config, model.action_dim, model.cond_dim)
         load_module_state(head, head.upgrade_state(ckpt.modules["consistency"]), what="consistency head")
     return model.to(device), head
 
