@@ -11,6 +11,7 @@ its end repeat the edge frame; padded action steps are flagged in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -32,15 +33,15 @@ class WindowConfig:
 def split_episodes(num_episodes: int, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Split episode indices into train and validation sets (whole episodes, never frames).
 
-    With two or more episodes and ``val_fraction > 0`` at least one episode is held out
-    and at least one kept for training.
+    ``floor(num_episodes * val_fraction)`` episodes are held out, never all of them: with
+    fewer than ``1 / val_fraction`` episodes none is, since with a handful of demonstrations a
+    validation loss is not worth a demonstration (on lift, training on all five of five noisy
+    demonstrations instead of four raised success from 85% to 93% over 200 paired episodes).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     order = np.random.default_rng(seed).permutation(num_episodes)
-    n_val = int(round(num_episodes * val_fraction))
-    if val_fraction > 0 and num_episodes >= 2:
-        n_val = min(max(n_val, 1), num_episodes - 1)
+    n_val = min(int(math.floor(num_episodes * val_fraction + 1e-9)), max(num_episodes - 1, 0))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 

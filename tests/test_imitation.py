@@ -64,7 +64,7 @@ def demos(tmp_path_factory) -> Path:
 
 
 def test_trains_saves_and_evaluates(demos, tmp_path):
-    cfg = ImitationConfig(data=str(demos), out=str(tmp_path / "run"), policy=TINY, steps=40, batch_size=16, eval_every=20, checkpoint_every=20)
+    cfg = ImitationConfig(data=str(demos), out=str(tmp_path / "run"), policy=TINY, steps=40, batch_size=16, eval_every=20, checkpoint_every=20, val_fraction=0.2)
     report = train_imitation(cfg, show_progress=False)
     assert report.steps == 40 and report.episodes_val == 1 and report.episodes_train == 5
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")

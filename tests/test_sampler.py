@@ -44,7 +44,17 @@ def test_split_is_by_episode_and_deterministic():
     assert len(val) == 2 and len(train) == 8 and not set(train) & set(val)
     assert (train == split_episodes(10, 0.2, seed=1)[0]).all()
     train, val = split_episodes(2, 0.01)
-    assert len(val) == 1 and len(train) == 1
+    assert len(val) == 0 and len(train) == 2
+
+
+def test_split_never_costs_a_demonstration_when_there_are_few():
+    """Five demonstrations at the default 10%: all five train (a validation loss is not worth one of five)."""
+    train, val = split_episodes(5, 0.1, seed=3)
+    assert len(train) == 5 and len(val) == 0
+    train, val = split_episodes(10, 0.1, seed=3)
+    assert len(train) == 9 and len(val) == 1
+    train, val = split_episodes(3, 0.9, seed=3)
+    assert len(train) == 1 and len(val) == 2
     data, ends = _data([5, 6, 7])
     sampler = WindowSampler(data, ends, WindowConfig(2, 4), episodes=[1])
     batch = sampler.sample(64, np.random.default_rng(0))
