@@ -12,9 +12,15 @@ of the eta-1 chain (``ddpm-mean``), as ``config.deterministic_sampler`` says; ot
 eta = ``config.eta`` (1: training and RL).
 
 This makes every environment step a K-step MDP of its own: :meth:`DiffusionPolicy.sample_chain`
-records ``x_K .. x_0`` and ``log N(x_{k-1}; mu_k, sigma_k)`` summed over chunk and action
-dims, and :meth:`DiffusionPolicy.chain_log_prob` re-evaluates them under the current
+records ``x_K .. x_0`` and ``log N(x_{k-1}; mu_k, sigma_k)`` summed over the *executed* actions
+(the first ``n_action_steps`` of the window: the ones the robot runs and a critic scores; the rest
+of the predicted window never reaches the environment, as in DPPO's and RL-100's code) and their
+action dims, and :meth:`DiffusionPolicy.chain_log_prob` re-evaluates them under the current
 weights, which is what PPO's per-denoising-step ratios need.
+
+The stochastic step is the eta-1 (DDPM posterior) mean plus noise whose std is clipped to
+``[sigma_min, sigma_max]``, as DPPO samples: its mean is exactly the ``ddpm-mean`` sampler's step,
+so the chain RL explores with is the deterministic policy it deploys plus small noise.
 """
 
 from __future__ import annotations
@@ -137,7 +143,8 @@ class Chain:
     samples: Tensor
     """(B, K+1, T, Da): x_K (pure noise) ... x_0 (the action)."""
     log_probs: Tensor
-    """(B, K): log N(x_{k-1}; mu_k, sigma_k) summed (or averaged, see ``log_prob_reduction``) over T and Da, one per denoising step."""
+    """(B, K): log N(x_{k-1}; mu_k, sigma_k) summed (or averaged, see ``log_prob_reduction``) over the executed
+    actions (the first ``n_action_steps`` of T) and Da, one per denoising step."""
     timesteps: Tensor
     """(K,): diffusion timestep of each denoising step, in sampling order."""
 
@@ -321,7 +328,7 @@ class DiffusionPolicy(nn.Module):
             mean, std = self.step_moments(x, t, t_prev, cond, self.config.eta)
             x = mean + std * _randn_like(x, generator)
             samples.append(x)
-            log_probs.append(gaussian_log_prob(x, mean, std, self.config.log_prob_reduction))
+            log_probs.append(gaussian_log_prob(self.executed(x), self.executed(mean), std, self.config.log_prob_reduction))
         return Chain(torch.stack(samples, dim=1), torch.stack(log_probs, dim=1), timesteps)
 
     def chain_moments(self, cond: Tensor, chain: Chain) -> tuple[Tensor, Tensor]:
@@ -337,5 +344,9 @@ class DiffusionPolicy(nn.Module):
         reproduces ``chain.log_probs`` exactly, so PPO ratios start at 1.
         """
         means, stds = self.chain_moments(cond, chain) if moments is None else moments
-        reduction = self.config.log_prob_reduction
-        return torch.stack([gaussian_log_prob(chain.samples[:, k + 1], means[:, k], stds[k], reduction) for k in range(len(stds))], dim=1)
+        samples, means, reduction = self.executed(chain.samples), self.executed(means), self.config.log_prob_reduction
+        return torch.stack([gaussian_log_prob(samples[:, k + 1], means[:, k], stds[k], reduction) for k in range(len(stds))], dim=1)
+
+    def executed(self, x: Tensor) -> Tensor:
+        """The executed actions of a window: ``(..., T, Da) -> (..., Ta, Da)``, the first ``n_action_steps``."""
+        return x[..., : self.config.n_action_steps, :]

@@ -148,8 +148,9 @@ def test_the_configured_deterministic_sampler_is_what_deterministic_sampling_run
 
 
 def test_chain_log_probs_are_gaussian_and_reevaluated_exactly() -> None:
+    """Each step's log-prob is the Gaussian density of the executed actions (the first n_action_steps of the window)."""
     torch.manual_seed(0)
-    policy = tiny_policy(RGB, "unet", 8, action_dim=3).eval()
+    policy = tiny_policy(RGB, "unet", 8, action_dim=3, n_action_steps=4).eval()
     cond = policy.encode(batch(RGB, 4))
     chain = policy.sample_chain(cond, generator=torch.Generator().manual_seed(0))
     ddim, cfg = _diffusers_ddim(policy), policy.config
@@ -160,7 +161,7 @@ def test_chain_log_probs_are_gaussian_and_reevaluated_exactly() -> None:
             mean = ddim.step(eps, t, x, eta=1.0, variance_noise=torch.zeros_like(x)).prev_sample
             raw_std = ddim.step(eps, t, x, eta=1.0, variance_noise=torch.ones_like(x)).prev_sample - mean
             std = raw_std.clamp(cfg.sigma_min, cfg.sigma_max)
-            expected = torch.distributions.Normal(mean, std).log_prob(chain.samples[:, k + 1]).sum(dim=(1, 2))
+            expected = torch.distributions.Normal(mean, std).log_prob(chain.samples[:, k + 1])[:, :4].sum(dim=(1, 2))
             torch.testing.assert_close(chain.log_probs[:, k], expected, rtol=1e-4, atol=1e-3)
     again = policy.chain_log_prob(cond, chain)
     assert torch.equal(again, chain.log_probs)  # PPO ratios start at exactly 1
@@ -174,16 +175,33 @@ def test_chain_log_probs_are_gaussian_and_reevaluated_exactly() -> None:
     assert next(policy.denoiser.parameters()).grad is not None
 
 
+def test_unexecuted_actions_do_not_enter_the_chain_log_prob() -> None:
+    """Moving only the actions past n_action_steps (never run, never scored) leaves every step's log-prob as it was."""
+    torch.manual_seed(0)
+    policy = tiny_policy(STATE_ONLY, "unet", 8, action_dim=3, n_action_steps=4).eval()
+    cond = policy.encode(batch(STATE_ONLY, 5))
+    chain = policy.sample_chain(cond, generator=torch.Generator().manual_seed(0))
+    tail = chain.samples.clone()
+    tail[:, 1:, 4:] += 0.3  # every denoised sample's unexecuted actions
+    head = chain.samples.clone()
+    head[:, 1:, :4] += 0.3
+    unchanged = policy.chain_log_prob(cond, type(chain)(tail, chain.log_probs, chain.timesteps))
+    changed = policy.chain_log_prob(cond, type(chain)(head, chain.log_probs, chain.timesteps))
+    # the inputs of later steps changed too, so compare the first step only: its mean depends on x_K alone
+    torch.testing.assert_close(unchanged[:, 0], chain.log_probs[:, 0])
+    assert not torch.allclose(changed[:, 0], chain.log_probs[:, 0])
+
+
 def test_mean_log_prob_reduction_averages_the_same_densities_and_damps_ratios() -> None:
     from dataclasses import replace
 
     torch.manual_seed(0)
-    policy = tiny_policy(RGB, "unet", 8, action_dim=3).eval()
+    policy = tiny_policy(RGB, "unet", 8, action_dim=3, n_action_steps=4).eval()
     cond = policy.encode(batch(RGB, 4))
     chain = policy.sample_chain(cond, generator=torch.Generator().manual_seed(0))
     policy.config = replace(policy.config, log_prob_reduction="mean")
     mean_lp = policy.chain_log_prob(cond, chain)
-    torch.testing.assert_close(mean_lp, chain.log_probs / (8 * 3))  # same densities, averaged over 8 x 3 dims
+    torch.testing.assert_close(mean_lp, chain.log_probs / (4 * 3))  # same densities, averaged over 4 executed x 3 dims
     again = policy.sample_chain(cond, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(again.log_probs, mean_lp)  # sampling and re-scoring agree
     with torch.no_grad():
@@ -191,7 +209,7 @@ def test_mean_log_prob_reduction_averages_the_same_densities_and_damps_ratios() 
     moved_mean = (policy.chain_log_prob(cond, chain) - mean_lp).abs()
     policy.config = replace(policy.config, log_prob_reduction="sum")
     moved_sum = (policy.chain_log_prob(cond, chain) - chain.log_probs).abs()
-    torch.testing.assert_close(moved_mean, moved_sum / 24)  # the log-ratio shrinks by the number of dims
+    torch.testing.assert_close(moved_mean, moved_sum / 12)  # the log-ratio shrinks by the number of dims
     with pytest.raises(ValueError, match="log_prob_reduction"):
         replace(policy.config, log_prob_reduction="max")
 
