@@ -42,6 +42,7 @@ from robot.types import EpisodeMeta
 from workflow.distill import distill, make_head_optimizer
 from workflow.distributed import Distributed, init_distributed
 from workflow.envs import make_sim_for
+from workflow.paired import pick_beyond_noise
 from workflow.latent import encode_store
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, episode_noise_seed, policy_dir, save_policy
 from workflow.ppo import chain_ppo_loss, denoiser_parameters, fine_tuning_sampler, normalize_advantages
@@ -101,9 +102,13 @@ class OnlineConfig:
     last iteration's states (teacher 83%); on lift, demonstrations alone left it 5 points under its teacher
     over 400 episodes, with the rollouts' states 0.5 (docs/RESULTS.md)."""
     select_episodes: int = 16
-    """Deterministic episodes scoring the starting policy and every ``select_every``-th snapshot at the end;
-    the stage hands on the best scorer, the start on ties, so it never passes on a policy that scored lower
-    than the one it got. 0 hands on the last iteration's policy unscored."""
+    """Deterministic episodes scoring the starting policy and every ``select_every``-th snapshot at the end, on
+    the same seeds; the best-scoring snapshot replaces the start only if it wins beyond the evaluation's noise
+    (``select_max_p``), so the stage never hands on a policy that is not measurably better than the one it got.
+    0 hands on the last iteration's policy unscored."""
+    select_max_p: float = 0.25
+    """One-sided sign-test p-value (the best snapshot's wins vs losses against the start, episode by episode) at
+    or under which it replaces the start: 2 wins and no loss, 4 to 1 or 5 to 2 pass; equal success never does."""
     select_every: int = 2
     """Iterations between scored snapshots (the last iteration is always scored)."""
     seed: int = 0
@@ -116,6 +121,8 @@ class OnlineConfig:
             raise ValueError(f"distill_steps and distill_final_steps must be >= 0, got {self.distill_steps}, {self.distill_final_steps}")
         if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
+        if not 0 < self.select_max_p <= 1:
+            raise ValueError(f"select_max_p must be in (0, 1], got {self.select_max_p}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ValueError(f"gamma must be in (0, 1] and gae_lambda in [0, 1], got {self.gamma}, {self.gae_lambda}")
 
@@ -296,18 +303,20 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
 
 
 def select_policy(robot, task, config: OnlineConfig, run: RunDir, ddp: Distributed | None = None) -> tuple[str, tuple[tuple[str, float, float], ...], Path]:
-    """Score the starting policy and the snapshots on the same seeds; the best wins, earlier on ties.
-    Under torchrun the seeds are split over the ranks; every rank reaches the same choice."""
+    """Score the starting policy and the snapshots on the same seeds; the best snapshot replaces the start only
+    when its paired wins are beyond noise (``workflow.paired.pick_beyond_noise``). Under torchrun the seeds are
+    split over the ranks; every rank reaches the same choice."""
     last = config.iterations - 1
     candidates = [("start", policy_dir(config.policy))] + [
         (f"iteration {it}", run.snapshot_dir(it)) for it in range(config.iterations) if (it + 1) % config.select_every == 0 or it == last
     ]
-    scored = []
+    scored, outcomes = [], []
     for name, path in candidates:
         controller = DiffusionController.load(path, device=config.device, seed=config.seed)
         r = evaluate(robot, task, controller, episodes=config.select_episodes, seed=SELECTION_SEED + 1000 * config.seed, ddp=ddp)
         scored.append((name, r.success_rate, r.mean_return))
-    best = max(range(len(scored)), key=lambda i: (scored[i][1], scored[i][2], -i))
+        outcomes.append(r.successes)
+    best = pick_beyond_noise(outcomes, config.select_max_p)
     return scored[best][0], tuple(scored), candidates[best][1]
 
 

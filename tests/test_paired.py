@@ -1,0 +1,31 @@
+"""Paired comparisons on the same seeds: the sign test and the noise-aware pick online RL's selection uses."""
+
+import pytest
+
+from workflow.paired import pick_beyond_noise, sign_test_p, wins_losses
+
+
+def test_wins_and_losses_count_the_episodes_only_one_policy_solved():
+    assert wins_losses([1, 1, 0, 0, 1], [1, 0, 1, 1, 1]) == (2, 1)
+    with pytest.raises(ValueError, match="same seeds"):
+        wins_losses([1, 0], [1])
+
+
+def test_sign_test_matches_hand_computed_binomial_tails():
+    assert sign_test_p(9, 1) == pytest.approx(22 / 1024)  # 2 * (C(10,9) + C(10,10)) / 2^10
+    assert sign_test_p(1, 9) == pytest.approx(22 / 1024)
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(3, 3) == 1.0
+    assert sign_test_p(2, 0, "greater") == pytest.approx(0.25)
+    assert sign_test_p(5, 2, "greater") == pytest.approx(29 / 128)
+    assert sign_test_p(27, 11) == pytest.approx(0.01385, abs=1e-5)  # imitation on five vs four lift demonstrations (issue 25)
+
+
+def test_a_challenger_replaces_the_incumbent_only_beyond_noise():
+    start = [0] * 16
+    assert pick_beyond_noise([start, [0] * 16, [0] * 16], 0.25) == 0  # a tie at 0%: the start, whatever the returns
+    assert pick_beyond_noise([start, [1] + [0] * 15], 0.25) == 0  # one win alone: p = 0.5
+    assert pick_beyond_noise([start, [1, 1] + [0] * 14, [1, 1, 1] + [0] * 13], 0.25) == 2  # the most successes
+    assert pick_beyond_noise([start, [1, 1] + [0] * 14, [0, 0, 1, 1] + [0] * 12], 0.25) == 1  # the earliest on ties
+    mixed = [1, 1, 1, 0, 0, 0] + [0] * 10
+    assert pick_beyond_noise([mixed, [0, 1, 1, 1, 1, 1] + [0] * 10], 0.25) == 0  # 3 wins, 1 loss: p = 0.31
+    assert pick_beyond_noise([start], 0.25) == 0
