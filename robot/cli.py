@@ -173,7 +173,8 @@ def train_offline(
     ppo_updates: int = typer.Option(200, help="PPO updates on the denoising chain per round."),
     gate_every: int = typer.Option(50, help="PPO updates between AM-Q gate checks."),
     ope_horizon: int = typer.Option(5, help="AM-Q imagined chunk-steps H."),
-    delta: float = typer.Option(0.05, help="Relative AM-Q gain the candidate must beat (0.05 = 5% of |J|)."),
+    delta: float = typer.Option(0.0, help="Relative AM-Q gain the candidate must also beat (RL-100's paper: 0.05 = 5% of |J|)."),
+    gate_z: float = typer.Option(1.645, help="Standard errors of the per-state AM-Q gains the gain must exceed (1.645: one-sided 95%; 0: deltas only)."),
     actor_lr: float = typer.Option(1e-5),
     rollout_episodes: int = typer.Option(20, help="Sim episodes of the accepted policy per round."),
     rollout_std: Optional[float] = typer.Option(None, help="Roll out the stochastic chain with each step's std floored here (0.1: PPO's), so the critics see varied actions; default: deterministic."),
@@ -197,7 +198,7 @@ def train_offline(
         cfg = OfflineConfig(
             policy=str(policy), data=str(data), out=str(out), task=task, rounds=rounds, critic=CriticConfig.for_horizon(ta),
             critic_steps=critic_steps, ppo_updates=ppo_updates, gate_every=gate_every,
-            gate=GateConfig(horizon=ope_horizon, delta_relative=delta), actor_lr=actor_lr, rollout_episodes=rollout_episodes,
+            gate=GateConfig(horizon=ope_horizon, delta_relative=delta, z=gate_z), actor_lr=actor_lr, rollout_episodes=rollout_episodes,
             rollout_std=rollout_std, verify_rollouts=verify_rollouts, log_prob_reduction=log_prob_reduction, chains_per_state=chains_per_state, anchor_coef=anchor_coef,
             retrain_steps=retrain_steps, seed=seed, device=device,
         )  # fmt: skip

@@ -33,13 +33,13 @@ def imitation(tmp_path_factory) -> tuple[Path, Path]:
     return demos, root / "il"
 
 
-def _offline(imitation, out: Path, flip: bool, rollout_episodes: int = 0, retrain_steps: int = 0) -> list[dict]:
+def _offline(imitation, out: Path, flip: bool, rollout_episodes: int = 0, retrain_steps: int = 0, **options) -> list[dict]:
     demos, policy = imitation
     cfg = OfflineConfig(
         policy=str(policy), data=str(demos), out=str(out), rounds=1, critic=CriticConfig(hidden_dims=(64, 64)), critic_steps=500,
         dynamics=DynamicsConfig(hidden_dims=(64, 64), max_epochs=20), ppo_updates=40, ppo_batch=128, gate_every=40, actor_lr=1e-4,
         gate=GateConfig(horizon=3, start_states=128, delta_relative=0.0), rollout_episodes=rollout_episodes, retrain_steps=retrain_steps, flip_advantages=flip,
-        seed=1,
+        seed=1, **options,
     )  # fmt: skip
     train_offline(cfg, show_progress=False)
     return [json.loads(line) for line in (out / "gate.jsonl").read_text().splitlines()]
@@ -47,14 +47,14 @@ def _offline(imitation, out: Path, flip: bool, rollout_episodes: int = 0, retrai
 
 @pytest.mark.slow
 def test_gate_rejects_a_harmful_update_and_keeps_the_reference(imitation, tmp_path):
-    decisions = _offline(imitation, tmp_path / "flipped", flip=True, rollout_episodes=2, retrain_steps=5)
+    decisions = _offline(imitation, tmp_path / "flipped", flip=True, rollout_episodes=2, retrain_steps=5, retrain_when_rejected=False)
     assert len(decisions) == 1
     assert not decisions[0]["accepted"] and decisions[0]["j_candidate"] < decisions[0]["j_reference"], decisions
     before = load_checkpoint(imitation[1] / "policy").modules["policy"]
     after = load_checkpoint(tmp_path / "flipped" / "policy").modules["policy"]
     assert all(torch.equal(before[k], after[k]) for k in before), "a rejected candidate became the policy"
-    # a round whose gate accepted nothing neither rolls the candidate out nor retrains: nothing unapproved changes
-    # the policy; only the reference's own rollouts (run before PPO, data for the critics) joined the store
+    # with retrain_when_rejected=False a round whose gate accepted nothing neither rolls the candidate out nor
+    # retrains; only the reference's own rollouts (run before PPO, data for the critics) joined the store
     merged = ZarrEpisodeStore.open(tmp_path / "flipped" / "data.zarr")
     assert merged.num_episodes == ZarrEpisodeStore.open(imitation[0]).num_episodes + 2
     assert [m.source for m in merged.metas[-2:]] == ["offline-rollout"] * 2
@@ -73,17 +73,24 @@ def test_rollouts_refuse_a_gate_accepted_policy_that_succeeds_less_often(imitati
         rolled.append(Path(policy))
         return replace(real(store, policy, config, m, ddp), success_rate=0.9 if len(rolled) == 1 else 0.1)
 
+    real_retrain, warm_starts = offline.train_imitation, []
+
+    def train_imitation(config, *, show_progress=True, init=None, normalizer=None):
+        warm_starts.append({k: v.clone() for k, v in init.state_dict().items()})
+        return real_retrain(config, show_progress=show_progress, init=init, normalizer=normalizer)
+
     monkeypatch.setattr(offline, "rollout_into", rollout_into)
+    monkeypatch.setattr(offline, "train_imitation", train_imitation)
     out = tmp_path / "refused"
     decisions = _offline(imitation, out, flip=False, rollout_episodes=2, retrain_steps=5)
     assert decisions[0]["accepted"], decisions  # the same update the helpful case accepts
     assert rolled == [imitation[1] / "policy", out / "round-0" / "accepted"]  # the reference, then the accepted policy
     report = json.loads((out / "round-0" / "report.json").read_text())
     assert report["refused"] and report["reference_success"] == 0.9 and report["rollout_success"] == 0.1
+    # the round still retrains on the merged data (the flywheel), warm-started from the reference, not the refused policy
     before = load_checkpoint(imitation[1] / "policy").modules["policy"]
-    after = load_checkpoint(out / "policy").modules["policy"]
-    assert all(torch.equal(before[k], after[k]) for k in before), "a policy the rollouts refused became the policy"
-    assert not (out / "round-0" / "imitation").exists()
+    assert len(warm_starts) == 1 and all(torch.equal(before[k], warm_starts[0][k]) for k in before), "retrained from the refused policy"
+    assert (out / "round-0" / "imitation" / "policy").is_dir()
     assert ZarrEpisodeStore.open(out / "data.zarr").num_episodes == ZarrEpisodeStore.open(imitation[0]).num_episodes + 4
 
 
@@ -215,3 +222,19 @@ def test_stochastic_rollouts_vary_the_actions_and_repeat_on_the_same_seeds(tmp_p
     assert not np.allclose(stochastic, deterministic)
     with pytest.raises(ValueError, match="rollout_std"):
         OfflineConfig(policy="p", data="d", out="o", rollout_std=-0.1)
+
+
+def test_the_gate_threshold_is_the_noise_of_the_paired_gains_not_a_share_of_J():
+    """Near J = 0 a share of |J| is no bar at all; the bound over start states is."""
+    from workflow.ope import gain_threshold
+
+    gen = torch.Generator().manual_seed(0)
+    reference = 0.001 * torch.randn(256, generator=gen)  # J about 0: a 5% bar would be about 0
+    noise_only = reference + 0.05 * torch.randn(256, generator=gen)  # the same policy, scored with noise
+    better = reference + 0.05 + 0.05 * torch.randn(256, generator=gen)
+    threshold, stderr = gain_threshold(reference, noise_only, GateConfig())
+    assert stderr == pytest.approx(0.05 / 16, rel=0.15) and threshold == pytest.approx(1.645 * stderr)
+    assert float((noise_only - reference).mean()) < threshold  # noise is not accepted
+    assert float((better - reference).mean()) > gain_threshold(reference, better, GateConfig())[0]
+    relative_only = GateConfig(z=0.0, delta_relative=0.05)
+    assert gain_threshold(reference, noise_only, relative_only)[0] < 1e-3  # what the old 5%-of-|J| bar asked here

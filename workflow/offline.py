@@ -2,8 +2,9 @@
 
 Each round reads top to bottom:
 
-0. roll the reference out in sim (``offline-rollout``): its failures join the data the
-   critics learn from, and its success on those seeds is what the round must not lose;
+0. roll the reference out in sim (``offline-rollout``; the stochastic chain with ``rollout_std``):
+   its episodes join the data the critics learn from and the round retrains on, and its success
+   on those seeds is what an accepted policy must not lose;
 1. encode every dataset step with the reference policy's frozen encoder;
 2. fit IQL critics (twin Q with min, expectile V) and the latent dynamics ensemble;
 3. PPO on the denoising chain: chains sampled from the reference on dataset states,
@@ -11,10 +12,13 @@ Each round reads top to bottom:
    per state, centred on the state's chains instead of V); every
    ``gate_every`` updates the AM-Q gate compares candidate and reference and only
    a clear gain makes the candidate the new reference (a rejected one is reset);
-4. roll the accepted policy out on the same seeds and store its episodes; an accepted policy
-   that succeeds less often than the reference did is refused (the OPE was fooled);
-5. retrain imitation on demonstrations + successful rollouts, warm-started from the
-   accepted policy: the next round's reference.
+4. roll an accepted policy out on the same seeds and store its episodes; one that succeeds less
+   often than the reference did is refused (the OPE was fooled);
+5. retrain imitation on demonstrations + successful rollouts, warm-started from the accepted
+   policy (the reference when the gate accepted nothing or the rollouts refused it): the next
+   round's reference. Every round does this, accepted candidate or not: the rounds are a data
+   flywheel (RL-100 collected about five times more round rollouts than demonstrations) and the
+   gate keeps unapproved PPO weights out of it.
 """
 
 from __future__ import annotations
@@ -106,12 +110,13 @@ class OfflineConfig:
     """Save every candidate the gate accepts (round-M/candidates/update-U): the checkpoints ``robot diagnose`` chooses
     among when the PPO stage overfits (the round itself hands on only its last accepted policy)."""
     verify_rollouts: bool = True
-    """Roll the reference out before PPO on the seeds the accepted policy runs on after it, and refuse an accepted
-    policy that succeeds less often. AM-Q can be climbed where the critics and the latent model are wrong: on lift
+    """Roll an accepted policy out on the seeds the reference ran on before PPO, and refuse it if it succeeds less
+    often. AM-Q can be climbed where the critics and the latent model are wrong: on lift
     from five noisy demos, gate-accepted policies raised AM-Q by 7-9% while sim success fell from 56% to 4-6%."""
-    retrain_when_rejected: bool = False
-    """Roll out and retrain on the merged data even in a round whose gate accepted nothing. Off by default:
-    then a rejected round leaves the policy exactly as it was (nothing the OPE did not approve changes it)."""
+    retrain_when_rejected: bool = True
+    """Retrain on the merged data (demonstrations + every round's successful rollouts) even in a round whose gate
+    accepted nothing, warm-started from the reference: the data flywheel. False: such a round hands on the
+    reference exactly as it was."""
     flip_advantages: bool = False
     """Diagnostics only: negate advantages (a deliberately harmful update the gate must reject)."""
     seed: int = 0
@@ -176,9 +181,8 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
         normalizer = ckpt.normalizer
         reference.requires_grad_(False).eval()
 
-        # 0. the reference's own rollouts: data with its failures, and the bar the round must clear
-        verify = config.verify_rollouts and config.rollout_episodes > 0
-        before = rollout_into(merged, policy_dir(policy_path), config, m, ddp) if verify else None
+        # 0. the reference's own rollouts: the flywheel's data, and the bar an accepted policy must clear
+        before = rollout_into(merged, policy_dir(policy_path), config, m, ddp) if config.rollout_episodes > 0 else None
 
         # 1. frozen features of every dataset step
         store = ZarrEpisodeStore.open(merged)
@@ -214,23 +218,24 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
                 for d in decisions:
                     f.write(json.dumps({"round": m, **to_dict(d), "gain": d.gain}) + "\n")
 
-        # 4. roll the accepted policy out, 5. retrain imitation on the merged data (when the gate accepted a candidate)
+        # 4. roll an accepted policy out on the reference's seeds, 5. retrain imitation on the merged data
         if ddp.is_main:
             save_policy(round_dir / "accepted", accepted_policy, normalizer, extra={**ckpt.extra, "stage": "offline", "round": m})
         ddp.barrier()
         accepted = any(d.accepted for d in decisions)
-        improved = accepted or config.retrain_when_rejected
-        rollout = rollout_into(merged, round_dir / "accepted", config, m, ddp) if config.rollout_episodes and improved else None
-        refused = accepted and before is not None and rollout.success_rate < before.success_rate  # before: rollout_episodes > 0
-        next_policy = round_dir / "accepted"
-        if before is not None and rollout is not None and ddp.is_main:
-            run.metrics.log({"rollouts/reference_success": before.success_rate, "rollouts/accepted_success": rollout.success_rate}, m)
-            verdict = "refused: the round keeps the reference" if refused else "kept"
-            print(f"round {m}: rollouts of the reference {before.success_rate:.0%}, of the accepted policy {rollout.success_rate:.0%} "
-                  f"({config.rollout_episodes} episodes, same seeds): {verdict}")  # fmt: skip
-        if refused:
-            next_policy = Path(policy_path)
-        elif config.retrain_steps and improved:
+        verify = accepted and before is not None and config.verify_rollouts
+        rollout = rollout_into(merged, round_dir / "accepted", config, m, ddp) if verify else None
+        refused = verify and rollout.success_rate < before.success_rate
+        if before is not None and ddp.is_main:
+            run.metrics.log({"rollouts/reference_success": before.success_rate, **({"rollouts/accepted_success": rollout.success_rate} if rollout else {})}, m)
+            verdict = "no candidate accepted" if not accepted else "not verified" if rollout is None else "refused: the round keeps the reference" if refused else "kept"
+            print(f"round {m}: rollouts of the reference {before.success_rate:.0%}"
+                  + (f", of the accepted policy {rollout.success_rate:.0%}" if rollout else "")
+                  + f" ({config.rollout_episodes} episodes): {verdict}")  # fmt: skip
+        keep_candidate = accepted and not refused
+        warm_start = accepted_policy if keep_candidate else reference
+        next_policy = round_dir / "accepted" if keep_candidate else Path(policy_path)
+        if config.retrain_steps and (keep_candidate or config.retrain_when_rejected):
             retrain = ImitationConfig(
                 data=str(merged),
                 out=str(round_dir / "imitation"),
@@ -242,7 +247,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
                 warmup_steps=min(100, config.retrain_steps),
                 lr=1e-4,
             )
-            next_policy = Path(train_imitation(retrain, show_progress=show_progress, init=accepted_policy, normalizer=normalizer).policy)
+            next_policy = Path(train_imitation(retrain, show_progress=show_progress, init=warm_start, normalizer=normalizer).policy)
         report = RoundReport(
             round=m,
             gate_checks=len(decisions),
