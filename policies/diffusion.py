@@ -83,11 +83,14 @@ class DiffusionPolicyConfig:
     """Lower clip of every denoising step's std (keeps log-probs finite at the last step)."""
     sigma_max: float = 0.1
     """Upper clip of every denoising step's std (RL-100: 0.8 single action, 0.1 chunks)."""
-    deterministic_sampler: Literal["ddim", "ddpm-mean"] = "ddim"
-    """What ``deterministic=True`` runs (deployment, OPE, distillation targets): ``ddim`` (eta-0 step
-    means) or ``ddpm-mean`` (the eta-1 chain's step means: on few-demo lift and push policies 9-35
-    points more successful than DDIM, docs/RESULTS.md; it lands near the mean of the predictions,
-    which may fall between two strategies of multimodal demonstrations)."""
+    deterministic_sampler: Literal["ddim", "ddpm-mean"] = "ddpm-mean"
+    """What ``deterministic=True`` runs (deployment, OPE, distillation targets): ``ddpm-mean`` (the eta-1
+    chain's step means) or ``ddim`` (eta-0 step means). DDIM maps each starting noise to a sample of the
+    demonstrated action distribution, operator noise included (on push demos at noise 0.3 its first action
+    varied with the noise by 0.38 normalised, the demos' own noise 0.33, ddpm-mean's 0.06); ``ddpm-mean``
+    leans on the predicted clean action at every step and lands near the mean action. On few-demo lift, push
+    and Meta-World policies it succeeded 9-74 points more often (docs/RESULTS.md); it may fall between two
+    strategies of multimodal demonstrations, where ``ddim`` picks one."""
     log_prob_reduction: Literal["sum", "mean"] = "sum"
     """How a denoising step's log-prob reduces over chunk and action dims: ``sum`` is the exact
     Gaussian log-density; ``mean`` (DPPO's implementation) makes each step's PPO ratio the geometric

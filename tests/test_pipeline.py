@@ -90,7 +90,7 @@ def test_the_demonstration_settings_override_the_budget_and_head_the_table(tmp_p
     store = ZarrEpisodeStore.open(tmp_path / "demos.zarr")
     assert store.num_episodes == 2
     assert all(meta.extra["noise"] == 0.3 for meta in store.metas)
-    assert pipeline_table([], config).startswith("pipeline: task push, budget full, 2 demonstrations at noise 0.3, 100 evaluation episodes per stage (sampler ddim),")
+    assert pipeline_table([], config).startswith("pipeline: task push, budget full, 2 demonstrations at noise 0.3, 100 evaluation episodes per stage (sampler ddpm-mean),")
     assert "at noise" not in pipeline_table([], PipelineConfig(out=str(tmp_path)))
     with pytest.raises(ValueError, match="demos must be >= 1"):
         PipelineConfig(out=str(tmp_path), demos=0)

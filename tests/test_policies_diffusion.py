@@ -83,7 +83,7 @@ def _diffusers_ddim(policy: DiffusionPolicy) -> DDIMScheduler:
 
 def test_deterministic_sampling_is_diffusers_ddim_eta0_and_reproducible() -> None:
     torch.manual_seed(0)
-    policy = tiny_policy(RGB, "unet", 8).eval()
+    policy = tiny_policy(RGB, "unet", 8, deterministic_sampler="ddim").eval()
     cond = policy.encode(batch(RGB, 3))
     noise = torch.randn(3, 8, 2)
     actions = policy.sample(cond, deterministic=True, noise=noise)
@@ -124,7 +124,7 @@ def test_ddpm_mean_sampling_is_the_eta1_chain_without_its_noise() -> None:
     noise = torch.randn(3, 8, 2)
     actions = policy.sample(cond, deterministic=True, noise=noise, mean_eta=1.0)
     assert torch.equal(actions, policy.sample(cond, deterministic=True, noise=noise, mean_eta=1.0))
-    assert not torch.allclose(actions, policy.sample(cond, deterministic=True, noise=noise))
+    assert not torch.allclose(actions, policy.sample(cond, deterministic=True, noise=noise, mean_eta=0.0))
     ddim, x = _diffusers_ddim(policy), noise
     with torch.no_grad():
         for t in ddim.timesteps:
@@ -137,7 +137,7 @@ def test_the_configured_deterministic_sampler_is_what_deterministic_sampling_run
     """A policy trained with ``deterministic_sampler="ddpm-mean"`` deploys, is scored by OPE and
     distils its head through the eta-1 means wherever ``sample(deterministic=True)`` is called."""
     torch.manual_seed(0)
-    ddim_policy = tiny_policy(STATE_ONLY, "unet", 8).eval()
+    ddim_policy = tiny_policy(STATE_ONLY, "unet", 8, deterministic_sampler="ddim").eval()
     mean_policy = tiny_policy(STATE_ONLY, "unet", 8, deterministic_sampler="ddpm-mean").eval()
     mean_policy.load_state_dict(ddim_policy.state_dict())
     cond, noise = ddim_policy.encode(batch(STATE_ONLY, 3)), torch.randn(3, 8, 2)

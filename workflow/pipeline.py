@@ -90,7 +90,7 @@ class PipelineConfig:
     budget: str = "quick"
     policy: str = "chunk"
     """Policy preset: chunk (U-Net over 8 actions, 4 executed) or single."""
-    sampler: str = "ddim"
+    sampler: str = "ddpm-mean"
     """The policy's deterministic K-step sampler (ddim or ddpm-mean): what every stage is evaluated with and the head distils."""
     cameras: tuple[str, ...] = ()
     """Sim cameras the policy sees; none = state only."""
@@ -216,6 +216,9 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
     return results
 
 
+BEFORE_IT_EXISTED = {"sampler": "ddim"}
+"""What a setting meant in a pipeline.json written before it existed, where that is not today's default."""
+
 RERUN_MAY_CHANGE = ("out", "device", "view")
 """Settings a rerun may change: the rest decide what the finished stages it reads back mean."""
 
@@ -225,7 +228,7 @@ def check_same_settings(config: PipelineConfig, path: Path) -> None:
     read back under the new ones (a table titled with a sampler or demonstrations they never had)."""
     if not path.is_file():
         return
-    before = {**_as_json(PipelineConfig()), **json.loads(path.read_text())}  # a file from before a setting existed: its default
+    before = {**_as_json(PipelineConfig()), **BEFORE_IT_EXISTED, **json.loads(path.read_text())}  # a file from before a setting existed
     now = _as_json(config)
     changed = [f"{k} {before[k]} (now {now[k]})" for k in now if k not in RERUN_MAY_CHANGE and before.get(k) != now[k]]
     if changed:

@@ -190,7 +190,7 @@ def episode_noise_seed(seed: int, episode_seed: int) -> int:
 
 def build_from_checkpoint(ckpt: Checkpoint, device: str = "cpu") -> tuple[DiffusionPolicy, ConsistencyHead | None]:
     """Rebuild the networks a policy checkpoint describes and load their weights."""
-    config = DiffusionPolicyConfig.from_dict(ckpt.config["policy"])
+    config = DiffusionPolicyConfig.from_dict({"deterministic_sampler": "ddim", **ckpt.config["policy"]})  # saved before the option: DDIM, its sampler then
     model = DiffusionPolicy(config, ckpt.features["input"], ckpt.features["action"])
     load_module_state(model, ckpt.modules["policy"], what="policy")
     head = None

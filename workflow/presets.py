@@ -9,7 +9,7 @@ PRESETS = ("chunk", "single")
 
 
 def policy_preset(
-    name: str, *, horizon: int = 8, n_action_steps: int = 4, n_obs_steps: int = 2, deterministic_sampler: str = "ddim"
+    name: str, *, horizon: int = 8, n_action_steps: int = 4, n_obs_steps: int = 2, deterministic_sampler: str = "ddpm-mean"
 ) -> DiffusionPolicyConfig:
     """``chunk``: FiLM 1-D U-Net over ``horizon`` actions (sigma_max 0.1); ``single``: MLP-ResNet, one action (sigma_max 0.8).
     ``deterministic_sampler`` (``ddim`` or ``ddpm-mean``) is what the policy deploys with and distils into its one-step head."""
