@@ -57,13 +57,13 @@ def policy(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_online_stores_rollouts_logs_diagnostics_and_keeps_a_one_step_head(policy, tmp_path):
     cfg = OnlineConfig(policy=str(policy[1]), out=str(tmp_path / "on"), iterations=2, episodes_per_iteration=2, epochs=2,
-                       critic=CriticConfig(hidden_dims=(32, 32)), distill_steps=3, value_warmup_epochs=2, select_episodes=0)  # fmt: skip
+                       critic=CriticConfig(hidden_dims=(32, 32)), distill_steps=3, value_warmup_epochs=2, select_episodes=0, adaptive_lr=True)  # fmt: skip
     report = train_online(cfg, show_progress=False)
     store = ZarrEpisodeStore.open(tmp_path / "on" / "rollouts.zarr")
     assert store.num_episodes == 4 and {m.source for m in store.metas} == {"online-rollout"}
     rows = read_metrics(tmp_path / "on" / "metrics.jsonl")
     assert len(rows) == 2
-    for key in ("charts/clip_fraction", "charts/approx_kl", "charts/value_explained_variance", "charts/success", "losses/distill"):
+    for key in ("charts/clip_fraction", "charts/approx_kl", "charts/value_explained_variance", "charts/success", "losses/distill", "charts/actor_lr"):
         assert key in rows[0]
     controller = DiffusionController.load(report.policy, sampler="consistency")
     assert controller.consistency is not None
@@ -146,3 +146,15 @@ def test_distill_refuses_bad_settings():
         distill(teacher, head, make_head_optimizer(head, 1e-3), torch.zeros(4, teacher.cond_dim), 3, torch.Generator(), reuse=0)
     with pytest.raises(ValueError, match="target_reuse"):
         DistillConfig(policy="p", data="d", out="o", target_reuse=0)
+
+
+def test_the_adaptive_learning_rate_follows_the_target_kl():
+    from workflow.online import adapt_lr
+
+    cfg = OnlineConfig(policy="p", out="o", actor_lr=1e-5, target_kl=0.01, adaptive_lr=True)
+    assert adapt_lr(1e-5, 0.05, cfg) == pytest.approx(1e-5 / 1.5)  # far over: slower
+    assert adapt_lr(1e-5, 0.001, cfg) == pytest.approx(1.5e-5)  # far under: faster
+    assert adapt_lr(1e-5, 0.01, cfg) == pytest.approx(1e-5)  # on target: kept
+    assert adapt_lr(1e-4, 0.0, cfg) == pytest.approx(1e-4)  # never past 10x the configured rate
+    with pytest.raises(ValueError, match="kl_stop"):
+        OnlineConfig(policy="p", out="o", kl_stop=1.0)

@@ -74,9 +74,16 @@ class OnlineConfig:
     """Per environment step; a chunk of n steps discounts by gamma^n."""
     gae_lambda: float = 0.95
     target_kl: float = 0.05
-    """Stop an iteration's updates at the first minibatch whose approximate KL to the sampling policy exceeds
-    1.5x this (as Stable-Baselines3 does). Checked only at the end of each epoch, a lift run's first epoch
-    went on to KL 9.8 and a clip fraction of 0.93 at actor lr 3e-5."""
+    """Approximate KL to the sampling policy an iteration aims for. With ``adaptive_lr`` the actor's learning
+    rate follows it (RL-100's code, rsl_rl): divided by 1.5 after an iteration whose mean minibatch KL exceeded
+    twice this, multiplied by 1.5 after one under half of it. Either way an iteration stops at the first minibatch
+    over ``kl_stop`` times this (Stable-Baselines3's early stop; a lift run without it went on to KL 9.8)."""
+    kl_stop: float = 1.5
+    """Multiple of ``target_kl`` at which an iteration's updates stop."""
+    adaptive_lr: bool = False
+    """Adapt the actor's learning rate to ``target_kl`` (within 0.1x..10x ``actor_lr``) instead of relying on the
+    stop alone: with a fixed rate and the stop at 1.5x, one Adam step spent about 60% of the budget on lift, so
+    an iteration stopped after 1-4 minibatches."""
     value_warmup_epochs: int = 20
     """Value-only regression epochs on the first iteration (V must be sensible before it shapes advantages)."""
     value_from: str | None = None
@@ -121,6 +128,8 @@ class OnlineConfig:
             raise ValueError(f"distill_steps and distill_final_steps must be >= 0, got {self.distill_steps}, {self.distill_final_steps}")
         if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
+        if self.target_kl <= 0 or self.kl_stop <= 1:
+            raise ValueError(f"target_kl must be > 0 and kl_stop > 1, got {self.target_kl}, {self.kl_stop}")
         if not 0 < self.select_max_p <= 1:
             raise ValueError(f"select_max_p must be in (0, 1], got {self.select_max_p}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
@@ -218,7 +227,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
                     _value_epoch(value, value_opt, cond, returns, config.minibatch, gen, ddp)
             with torch.no_grad():
                 adv, returns = gae(value, cond, next_cond, rewards, discounts, terminal, last, config.gae_lambda)
-            stats, stopped = {}, False
+            stats, stopped, kls = {}, False, []
             for epoch in range(config.epochs):
                 order = torch.randperm(len(cond), generator=gen)
                 for k, (minibatch, rows, weight) in enumerate(_minibatches(order, config.minibatch, ddp)):
@@ -226,7 +235,8 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
                     idx = minibatch[rows].to(device)
                     loss, s = chain_ppo_loss(model, cond[idx], chains[idx], normalized[rows], config.clip_eps)
                     kl = ddp.mean(s.approx_kl * weight)  # the minibatch's KL, the same on every rank: all stop at the same minibatch
-                    if kl > 1.5 * config.target_kl:  # the policy moved far enough from the one that sampled the chains
+                    kls.append(kl)
+                    if kl > config.kl_stop * config.target_kl:  # the policy moved far enough from the one that sampled the chains
                         stopped = True
                         break
                     actor_opt.zero_grad(set_to_none=True)
@@ -239,6 +249,11 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
                 value_loss = _value_epoch(value, value_opt, cond, returns, config.minibatch, gen, ddp)
                 if stopped:
                     break
+            if config.adaptive_lr and kls:
+                lr = adapt_lr(actor_opt.param_groups[0]["lr"], float(np.mean(kls)), config)
+                for group in actor_opt.param_groups:
+                    group["lr"] = lr
+                stats["charts/actor_lr"] = lr
 
             # 4. the one-step head follows the updated policy (only rank 0 saves it, so only rank 0 trains it)
             distill_loss = float("nan")
@@ -379,6 +394,15 @@ def collect_episode(
         out.last.append(ended)
         out.next_cond.append(controller.peek_condition(obs))
     return frames.arrays(), success
+
+
+def adapt_lr(lr: float, kl: float, config: OnlineConfig) -> float:
+    """The actor's next learning rate from an iteration's mean minibatch KL (``OnlineConfig.adaptive_lr``)."""
+    if kl > 2 * config.target_kl:
+        lr /= 1.5
+    elif kl < 0.5 * config.target_kl:
+        lr *= 1.5
+    return float(np.clip(lr, 0.1 * config.actor_lr, 10 * config.actor_lr))
 
 
 def gae(value, cond, next_cond, rewards, discounts, terminal, last, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
