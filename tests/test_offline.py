@@ -60,7 +60,7 @@ def test_gate_rejects_a_harmful_update_and_keeps_the_reference(imitation, tmp_pa
     assert [m.source for m in merged.metas[-2:]] == ["offline-rollout"] * 2
     assert not (tmp_path / "flipped" / "round-0" / "imitation").exists()
     report = json.loads((tmp_path / "flipped" / "round-0" / "report.json").read_text())
-    assert report["rollout_success"] is None and report["reference_success"] is not None and not report["refused"]
+    assert report["rollout_success"] is None and report["reference_success"] is not None and not report["refused"] and not report["retrained"]
 
 
 @pytest.mark.slow
@@ -86,7 +86,7 @@ def test_rollouts_refuse_a_gate_accepted_policy_that_succeeds_less_often(imitati
     assert decisions[0]["accepted"], decisions  # the same update the helpful case accepts
     assert rolled == [imitation[1] / "policy", out / "round-0" / "accepted"]  # the reference, then the accepted policy
     report = json.loads((out / "round-0" / "report.json").read_text())
-    assert report["refused"] and report["reference_success"] == 0.9 and report["rollout_success"] == 0.1
+    assert report["refused"] and report["retrained"] and report["reference_success"] == 0.9 and report["rollout_success"] == 0.1
     # the round still retrains on the merged data (the flywheel), warm-started from the reference, not the refused policy
     before = load_checkpoint(imitation[1] / "policy").modules["policy"]
     assert len(warm_starts) == 1 and all(torch.equal(before[k], warm_starts[0][k]) for k in before), "retrained from the refused policy"

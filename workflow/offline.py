@@ -147,6 +147,8 @@ class RoundReport:
     """Success of the reference's rollouts on the same seeds (None: not verified)."""
     refused: bool = False
     """The gate accepted a candidate but its rollouts succeeded less often than the reference's: the round kept the reference."""
+    retrained: bool = False
+    """The round's policy was retrained on the merged data (demonstrations + successful rollouts)."""
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,8 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
         keep_candidate = accepted and not refused
         warm_start = accepted_policy if keep_candidate else reference
         next_policy = round_dir / "accepted" if keep_candidate else Path(policy_path)
-        if config.retrain_steps and (keep_candidate or config.retrain_when_rejected):
+        retrained = bool(config.retrain_steps) and (keep_candidate or config.retrain_when_rejected)
+        if retrained:
             retrain = ImitationConfig(
                 data=str(merged),
                 out=str(round_dir / "imitation"),
@@ -256,6 +259,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
             rollout_success=rollout.success_rate if rollout else None,
             reference_success=before.success_rate if before else None,
             refused=refused,
+            retrained=retrained,
             merged_episodes=ZarrEpisodeStore.open(merged).num_episodes,
             policy=str(next_policy),
         )
