@@ -33,12 +33,13 @@ def imitation(tmp_path_factory) -> tuple[Path, Path]:
     return demos, root / "il"
 
 
-def _offline(imitation, out: Path, flip: bool, rollout_episodes: int = 0, retrain_steps: int = 0, **options) -> list[dict]:
+def _offline(imitation, out: Path, flip: bool, rollout_episodes: int = 0, retrain_steps: int = 0, z: float = 0.0, **options) -> list[dict]:
+    """One round; ``z`` 0 by default: 40 updates this small move AM-Q by under its noise bound (the bound has its own test)."""
     demos, policy = imitation
     cfg = OfflineConfig(
         policy=str(policy), data=str(demos), out=str(out), rounds=1, critic=CriticConfig(hidden_dims=(64, 64)), critic_steps=500,
         dynamics=DynamicsConfig(hidden_dims=(64, 64), max_epochs=20), ppo_updates=40, ppo_batch=128, gate_every=40, actor_lr=1e-4,
-        gate=GateConfig(horizon=3, start_states=128, delta_relative=0.0), rollout_episodes=rollout_episodes, retrain_steps=retrain_steps, flip_advantages=flip,
+        gate=GateConfig(horizon=3, start_states=128, delta_relative=0.0, z=z), rollout_episodes=rollout_episodes, retrain_steps=retrain_steps, flip_advantages=flip,
         seed=1, **options,
     )  # fmt: skip
     train_offline(cfg, show_progress=False)
@@ -47,7 +48,7 @@ def _offline(imitation, out: Path, flip: bool, rollout_episodes: int = 0, retrai
 
 @pytest.mark.slow
 def test_gate_rejects_a_harmful_update_and_keeps_the_reference(imitation, tmp_path):
-    decisions = _offline(imitation, tmp_path / "flipped", flip=True, rollout_episodes=2, retrain_steps=5, retrain_when_rejected=False)
+    decisions = _offline(imitation, tmp_path / "flipped", flip=True, rollout_episodes=2, retrain_steps=5, retrain_when_rejected=False, z=1.645)
     assert len(decisions) == 1
     assert not decisions[0]["accepted"] and decisions[0]["j_candidate"] < decisions[0]["j_reference"], decisions
     before = load_checkpoint(imitation[1] / "policy").modules["policy"]
