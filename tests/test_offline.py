@@ -85,14 +85,18 @@ def test_rollouts_refuse_a_gate_accepted_policy_that_succeeds_less_often(imitati
     out = tmp_path / "refused"
     decisions = _offline(imitation, out, flip=False, rollout_episodes=2, retrain_steps=5)
     assert decisions[0]["accepted"], decisions  # the same update the helpful case accepts
-    assert rolled == [imitation[1] / "policy", out / "round-0" / "accepted"]  # the reference, then the accepted policy
+    assert rolled[:2] == [imitation[1] / "policy", out / "round-0" / "accepted"]  # the reference, then the accepted policy
+    assert rolled[2:] == [out / "round-0" / "imitation" / "policy"]  # then the retrained one, on the same seeds
     report = json.loads((out / "round-0" / "report.json").read_text())
     assert report["refused"] and report["retrained"] and report["reference_success"] == 0.9 and report["rollout_success"] == 0.1
+    assert report["retrained_success"] == 0.1 and report["retrain_refused"]  # it lost to the reference's 0.9 too: the reference stays
     # the round still retrains on the merged data (the flywheel), warm-started from the reference, not the refused policy
     before = load_checkpoint(imitation[1] / "policy").modules["policy"]
     assert len(warm_starts) == 1 and all(torch.equal(before[k], warm_starts[0][k]) for k in before), "retrained from the refused policy"
     assert (out / "round-0" / "imitation" / "policy").is_dir()
-    assert ZarrEpisodeStore.open(out / "data.zarr").num_episodes == ZarrEpisodeStore.open(imitation[0]).num_episodes + 4
+    after = load_checkpoint(out / "policy").modules["policy"]
+    assert all(torch.equal(before[k], after[k]) for k in before), "a refused policy became the policy"
+    assert ZarrEpisodeStore.open(out / "data.zarr").num_episodes == ZarrEpisodeStore.open(imitation[0]).num_episodes + 6
 
 
 @pytest.mark.slow
