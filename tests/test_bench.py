@@ -38,3 +38,96 @@ def test_every_suite_module_has_a_main_taking_argv() -> None:
 
     for module, _ in bench.SUITES.values():
         assert "argv" in inspect.signature(importlib.import_module(module).main).parameters
+
+
+# ---------------------------------------------------------------- bench.recipe
+
+
+def test_recipe_suite_is_listed_and_bad_settings_are_refused(capsys) -> None:
+    from bench.recipe import SUITE, Setting, main
+
+    main(["--list"])
+    out = capsys.readouterr().out
+    assert len({s.name for s in SUITE}) == len(SUITE) >= 4
+    assert all(s.name in out for s in SUITE) and "hesitant" in out and "biased" in out
+    with pytest.raises(ValueError, match="names a directory"):
+        Setting("push/hesitant", "push", demos=5)
+    with pytest.raises(ValueError, match="unknown task 'pusher'"):
+        Setting("p", "pusher", demos=5)
+    with pytest.raises(ValueError, match="unknown expert style 'lazy'"):
+        Setting("p", "push", demos=5, demo_style="lazy")
+    with pytest.raises(ValueError, match="unknown budget"):
+        Setting("p", "push", demos=5, budget="huge")
+
+
+def test_recipe_refuses_unknown_settings_and_seeds_the_pipeline_trains_on(tmp_path: Path, capsys) -> None:
+    from bench.recipe import main
+
+    with pytest.raises(SystemExit):
+        main(["--setting", "nope", "--out", str(tmp_path)])
+    assert "unknown setting(s) nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # seeds 0-199: the demonstrations' and online RL's
+        main(["--setting", "push-hesitant", "--first-seed", "0", "--out", str(tmp_path)])
+    assert "overlap the pipeline's demonstrations (0-19)" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "refused before anything ran"
+
+
+def test_recipe_rows_pair_each_stage_with_the_one_it_started_from() -> None:
+    from bench.recipe import StageEpisodes, stage_rows
+
+    seeds = tuple(range(2000, 2010))
+    outcomes = {"imitation": [1, 0, 0, 0, 0, 0, 0, 0, 0, 0], "offline": [1, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                "online": [0, 1, 1, 1, 1, 1, 1, 1, 1, 1], "one-step": [1, 1, 1, 1, 1, 1, 1, 1, 0, 0]}  # fmt: skip
+    episodes = {stage: StageEpisodes(stage, "p", "d", None, seeds, tuple(map(bool, s)), tuple(20 + i if ok else 100 for i, ok in enumerate(s)),
+                                     (0.0,) * 10, 0.5) for stage, s in outcomes.items()}  # fmt: skip
+    results = [StageResult(stage, "p", 0.0, 0.0, 1, 2.0, 50.0 if stage != "imitation" else None, 5.0 if stage != "imitation" else None) for stage in outcomes]
+    rows = {r["stage"]: r for r in stage_rows(results, episodes, {"imitation": 300, "offline": 40, "online": 900, "one-step": 0})}
+    assert rows["imitation"]["compared_with"] is None and rows["imitation"]["p"] is None
+    assert rows["imitation"]["ci95"] == pytest.approx((0.0179, 0.4042), abs=1e-4)  # Wilson, 1 of 10
+    assert (rows["offline"]["wins"], rows["offline"]["losses"], rows["offline"]["p"]) == (0, 0, 1.0)
+    assert (rows["online"]["wins"], rows["online"]["losses"]) == (9, 1) and rows["online"]["p"] == pytest.approx(0.02148, abs=1e-5)
+    assert rows["one-step"]["compared_with"] == "online" and (rows["one-step"]["wins"], rows["one-step"]["losses"]) == (1, 2)
+    assert rows["online"]["mean_steps_to_success"] == pytest.approx(25.0)  # episodes 1-9 succeed at 21..29
+    assert rows["imitation"]["mean_steps_to_success"] == 20.0 and rows["online"]["env_steps"] == 900
+    assert (rows["online"]["ms_per_chunk"], rows["one-step"]["ms_per_chunk"], rows["offline"]["ms_per_chunk"]) == (50.0, 5.0, None)
+    shifted = {**episodes, "offline": StageEpisodes("offline", "p", "d", None, seeds[1:] + (3000,), (False,) * 10, (100,) * 10, (0.0,) * 10, 0.0)}
+    with pytest.raises(ValueError, match="offline and imitation were evaluated on different seeds"):
+        stage_rows(results[:2], shifted, {"imitation": 300, "offline": 40})
+
+
+@pytest.mark.slow
+def test_recipe_runs_the_pipeline_and_pairs_every_stage_on_the_same_seeds(tmp_path: Path, capsys) -> None:
+    """The smoke budget end to end on one push setting (about 2 minutes on a busy 2-core machine), then a rerun from the caches."""
+    from bench.recipe import StageEpisodes, main
+    from robot.store import ZarrEpisodeStore
+    from workflow.evaluate import evaluate_policy
+
+    argv = ["--setting", "push-hesitant", "--budget", "smoke", "--episodes", "4", "--out", str(tmp_path)]
+    main(argv)
+    first = capsys.readouterr()
+    run = tmp_path / "push-hesitant"
+    recipe = first.out[first.out.index("recipe push-hesitant:"):]  # after what the stages print themselves
+    table = recipe.strip().splitlines()
+    assert table[0].startswith("recipe push-hesitant: task push, budget smoke, 20 demonstrations (hesitant operator), sampler ddpm-mean, "
+                               "4 paired episodes (seeds 2000-2003)")  # fmt: skip
+    assert table[1].split()[:4] == ["stage", "success", "95%", "CI"]
+    assert [line.split()[0] for line in table[3:7]] == ["imitation", "offline", "online", "one-step"]
+    assert [line.split()[3] for line in table[4:7]] == ["imitation", "offline", "online"]  # each row's `vs`
+    summary = json.loads((run / "recipe.json").read_text())
+    rows = {r["stage"]: r for r in summary["stages"]}
+    with ZarrEpisodeStore.open(run / "demos.zarr") as demos:
+        assert rows["imitation"]["env_steps"] == demos.num_steps > 0 and demos.num_episodes == 20
+    with ZarrEpisodeStore.open(run / "online" / "rollouts.zarr") as rollouts:
+        assert rows["online"]["env_steps"] == rollouts.num_steps > 0
+    assert rows["offline"]["env_steps"] > 0 and rows["one-step"]["env_steps"] == 0
+    assert rows["one-step"]["ms_per_chunk"] is not None and rows["online"]["ms_per_chunk"] is not None
+    for stage in ("imitation", "offline", "online", "one-step"):
+        episodes = StageEpisodes.read(run / f"{stage}.paired.json")
+        assert episodes.seeds == (2000, 2001, 2002, 2003) and len(episodes.successes) == len(episodes.lengths) == len(episodes.returns) == 4
+        assert all(1 <= n <= 100 for n in episodes.lengths) and episodes.sampler == ("consistency" if stage == "one-step" else None)
+        assert rows[stage]["successes"] == sum(episodes.successes) and f"{rows[stage]['success']:.1%}" in table[3 + list(rows).index(stage)]
+    one = evaluate_policy(rows["online"]["policy"], "push", episodes=1, seed=2001, show_progress=False)  # the cache holds what evaluation gives
+    assert one.lengths[0] == StageEpisodes.read(run / "online.paired.json").lengths[1]
+    main(argv)  # a rerun: every stage and every evaluation read back
+    again = capsys.readouterr()
+    assert again.out.endswith(recipe) and again.err.count("episodes read back") == 4 and "running" not in again.err

@@ -2,7 +2,7 @@
 
 import pytest
 
-from workflow.paired import pick_beyond_noise, sign_test_p, wins_losses
+from workflow.paired import mean_steps_to_success, pick_beyond_noise, sign_test_p, wilson_interval, wins_losses
 
 
 def test_wins_and_losses_count_the_episodes_only_one_policy_solved():
@@ -29,3 +29,23 @@ def test_a_challenger_replaces_the_incumbent_only_beyond_noise():
     mixed = [1, 1, 1, 0, 0, 0] + [0] * 10
     assert pick_beyond_noise([mixed, [0, 1, 1, 1, 1, 1] + [0] * 10], 0.25) == 0  # 3 wins, 1 loss: p = 0.31
     assert pick_beyond_noise([start], 0.25) == 0
+
+
+def test_wilson_interval_matches_hand_computed_bounds():
+    # 8/10, z = 1.96: centre (0.8 + 0.19208) / 1.38416, half 1.96 * sqrt(0.016 + 0.009604) / 1.38416
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)  # never empty at 0%
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(170, 200) == pytest.approx((0.7939, 0.8929), abs=1e-4)  # centre 0.859604 / 1.019208, half 0.049461
+    assert wilson_interval(50, 100, confidence=0.5) == pytest.approx((0.4664, 0.5336), abs=1e-4)  # z = 0.67449: half 0.033647
+    with pytest.raises(ValueError, match="3 of 2"):
+        wilson_interval(3, 2)
+    with pytest.raises(ValueError, match="episodes >= 1"):
+        wilson_interval(0, 0)
+
+
+def test_mean_steps_to_success_counts_the_successful_episodes_only():
+    assert mean_steps_to_success([True, False, True], [10, 200, 30]) == 20.0
+    assert mean_steps_to_success([False, False], [200, 200]) is None
+    with pytest.raises(ValueError, match="one length per episode"):
+        mean_steps_to_success([True], [1, 2])

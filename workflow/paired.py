@@ -2,13 +2,39 @@
 
 Two policies run on the same sim seeds succeed or fail episode by episode; the episodes where
 exactly one succeeds carry all the evidence about which is better. The sign test asks how likely
-that split is if both were equally good (ties dropped), the test the kit's benchmarks report.
+that split is if both were equally good (ties dropped), the test the kit's benchmarks report. Each
+policy's own success rate comes with its Wilson interval and its mean steps to success.
 """
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Literal, Sequence
+
+
+def wilson_interval(successes: int, episodes: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval ``(low, high)`` of a success rate of ``successes`` out of ``episodes``.
+
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at 0% or 100%.
+    """
+    if episodes < 1 or not 0 <= successes <= episodes:
+        raise ValueError(f"need 0 <= successes <= episodes and episodes >= 1, got {successes} of {episodes}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p, n = successes / episodes, episodes
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_steps_to_success(successes: Sequence[bool], lengths: Sequence[int]) -> float | None:
+    """Mean length of the successful episodes (RL-100's efficiency measure); None when none succeeded."""
+    if len(successes) != len(lengths):
+        raise ValueError(f"one length per episode: got {len(successes)} outcomes and {len(lengths)} lengths")
+    steps = [n for s, n in zip(successes, lengths) if s]
+    return sum(steps) / len(steps) if steps else None
 
 
 def wins_losses(before: Sequence[bool], after: Sequence[bool]) -> tuple[int, int]:

@@ -45,6 +45,10 @@ class EvalReport:
     successes: tuple[bool, ...]
     sampler: str | None = None
     """The diffusion policy's sampler these episodes ran (ddim, ddpm-mean, consistency); None for other policies."""
+    lengths: tuple[int, ...] = ()
+    """Steps of each episode, in ``seeds`` order (a successful episode ends at the step it succeeded)."""
+    returns: tuple[float, ...] = ()
+    """Return of each episode, in ``seeds`` order."""
 
 
 def episode_features(robot: Robot) -> dict[str, Feature]:
@@ -178,6 +182,8 @@ def evaluate(
         inference_ms_p95=float(np.percentile(latencies, 95)) if latencies else None,
         seeds=tuple(r.seed for r in results),
         successes=tuple(r.success for r in results),
+        lengths=tuple(int(r.length) for r in results),
+        returns=tuple(float(r.ret) for r in results),
     )
 
 
