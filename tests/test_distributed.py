@@ -37,10 +37,10 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     ddp = load_file(tmp_path / "ddp" / "policy" / "tensors.safetensors")
     assert single.keys() == ddp.keys()
     worst = max(float(np.max(np.abs(single[k] - ddp[k]))) for k in single)
-    assert worst < 1e-3, f"weights differ by up to {worst}"  # float summation order, amplified by Adam
+    assert worst < 2e-3, f"weights differ by up to {worst}"  # float summation order, amplified by Adam at lr 0.3 (1.0e-3 on four training episodes)
     _, loss_single = series(read_metrics(tmp_path / "single" / "metrics.jsonl"), "losses/denoise")
     _, loss_ddp = series(read_metrics(tmp_path / "ddp" / "metrics.jsonl"), "losses/denoise")
-    assert len(loss_ddp) == 12 and np.allclose(loss_single, loss_ddp, rtol=1e-4, atol=1e-6)
+    assert len(loss_ddp) == 12 and np.allclose(loss_single, loss_ddp, rtol=1e-3, atol=1e-6)
 
     # the one-step head distilled from that policy, on one process and on two
     distill = ["-m", "robot.cli", "train", "distill", "--policy", str(tmp_path / "single"), "--data", demos, "--steps", "5"]
@@ -120,8 +120,9 @@ def test_offline_rl_on_two_gloo_processes_matches_one_process(tmp_path: Path) ->
     assert np.allclose([g["j_candidate"] for g in gates[0]], [g["j_candidate"] for g in gates[1]], rtol=1e-3)
     one = ZarrEpisodeStore.open(tmp_path / "off1" / "data.zarr")
     two = ZarrEpisodeStore.open(tmp_path / "off2" / "data.zarr")
-    # the demonstrations, then every rank's rollouts of the reference and of the accepted policy (same seeds)
-    assert one.num_episodes == two.num_episodes == 4 + 3 + 3
+    # the demonstrations, then every rank's rollouts of the reference, of an accepted policy and of the retrained one (same seeds)
+    accepted = any(g["accepted"] for g in gates[0])
+    assert one.num_episodes == two.num_episodes == 4 + 3 + 3 * accepted + 3
     assert [(m.seed, m.source) for m in one.metas] == [(m.seed, m.source) for m in two.metas]
     assert [m.seed for m in one.metas[4:7]] == [m.seed for m in one.metas[7:10]]
     for i in range(4, 10):
