@@ -75,6 +75,7 @@ def record(
     out: Optional[Path] = typer.Option(None, help="Episode store directory; default data/<task>.zarr."),
     fps: Optional[float] = typer.Option(None, min=0, help="Loop rate in Hz; default the task's rate for human devices, 0 (as fast as the sim steps) for scripted."),
     noise: float = typer.Option(0.0, min=0, max=1, help="Scripted expert imperfection in [0, 1] (scripted device only)."),
+    style: str = typer.Option("iid", help="Scripted expert's operator style (scripted device only): iid (noise only) | hesitant (pauses, slow approach) | biased (systematic offset) | mixed (a better and a worse strategy per episode); --noise adds on top."),
     operator: str = typer.Option("", help="Who records (stored in each episode's metadata)."),
     seed: int = typer.Option(0, help="Episode i of the store resets the sim from seed + i; also seeds the expert."),
     resume: bool = typer.Option(False, "--resume", help="Append to an existing store (same features); without it an existing store is an error."),
@@ -91,7 +92,7 @@ def record(
 
     try:
         config = RecordConfig(
-            task=task, robot=robot, device=device, episodes=episodes, out=out, fps=fps, noise=noise,
+            task=task, robot=robot, device=device, episodes=episodes, out=out, fps=fps, noise=noise, style=style,
             operator=operator, seed=seed, resume=resume, view=view, max_steps=max_steps,
             cameras=tuple(c for c in cameras.split(",") if c), image_size=image_size, pointcloud=pointcloud,
         )  # fmt: skip
@@ -273,6 +274,7 @@ def pipeline(
     cameras: str = typer.Option("", help="Comma-separated sim cameras the policy sees (e.g. top); none = state."),
     demos: Optional[int] = typer.Option(None, help="Scripted demonstrations to record (default: the budget's; 100 quick, 200 full)."),
     demo_noise: Optional[float] = typer.Option(None, help="Action noise of the scripted demonstrations (default: the budget's, 0)."),
+    demo_style: str = typer.Option("iid", help="Operator style of the scripted demonstrations: iid | hesitant | biased | mixed (see robot record --style); --demo-noise adds on top."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
     view: bool = typer.Option(False, "--view", help="Also write OUT/pipeline.rrd: every stage's curves and evaluation episodes."),
@@ -281,7 +283,7 @@ def pipeline(
     from workflow.pipeline import PipelineConfig, run_pipeline
 
     cfg = _run_or_fail(PipelineConfig, task=task, out=str(out), budget=budget, policy=policy, sampler=sampler, cameras=tuple(c for c in cameras.split(",") if c),
-                       demos=demos, demo_noise=demo_noise, seed=seed, device=device, view=view)  # fmt: skip
+                       demos=demos, demo_noise=demo_noise, demo_style=demo_style, seed=seed, device=device, view=view)  # fmt: skip
     _run_or_fail(run_pipeline, cfg)
 
 

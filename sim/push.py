@@ -7,6 +7,7 @@ target that far from where it stands. The block slides on x/y and turns about z
 with joint friction (quasi-static pushing: it stops when the push stops). The
 target is fixed at the table centre; ``reset(seed)`` draws the block pose and the
 pusher start. Success: block centre within ``success_tolerance`` of the target.
+The scripted expert and its styles live in :mod:`sim.push_expert`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # must precede `import mujoco` for th
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import mujoco
 import numpy as np
@@ -26,6 +27,9 @@ from robot.protocols import Observation
 from robot.types import ACTION, STATE, Feature
 from sim.cameras import CameraConfig, CameraRig
 from sim.scene import ArmLimits, ArmState
+
+if TYPE_CHECKING:
+    from sim.push_expert import PushExpert
 
 TABLE = 0.25  # half-width of the square table and of the pusher workspace, metres
 PUSHER_RADIUS = 0.02
@@ -238,8 +242,11 @@ class PushScene:
     def is_success(self) -> bool:
         return self._block_distance() <= self.config.success_tolerance
 
-    def expert(self, noise: float = 0.0, seed: int | None = None) -> "PushExpert":
-        return PushExpert(self, noise=noise, seed=seed)
+    def expert(self, noise: float = 0.0, seed: int | None = None, style: str = "iid") -> "PushExpert":
+        """The scripted expert (:class:`sim.push_expert.PushExpert`): ``noise`` in [0, 1], ``style`` in ``EXPERT_STYLES``."""
+        from sim.push_expert import PushExpert
+
+        return PushExpert(self, noise=noise, seed=seed, style=style)
 
     def close(self) -> None:
         if self._rig is not None:
@@ -267,93 +274,6 @@ class PushScene:
         return float(np.linalg.norm(self.data.qpos[2:4] - self._target))
 
 
-class PushExpert:
-    """Scripted pusher: get behind the block (seen from the target), push it in, re-approach if it drifts.
-
-    It reads the scene's state, not the observation. ``noise`` in [0, 1] adds
-    Gaussian action noise (std ``noise * max_step / 2``), hesitations (a few
-    still steps), wrong moves (a few full steps in a random direction) and, in
-    a fraction ``0.8 * noise`` of episodes, a misjudged target: it stops 3-6 cm
-    short and backs off. Measured over 50 seeds: noise 0 -> 100 %, 0.5 -> ~66 %.
-    """
-
-    STANDOFF = BLOCK_HALF * math.sqrt(2) + PUSHER_RADIUS + 0.01  # clear of the block at any yaw
-    BEHIND = -(BLOCK_HALF + PUSHER_RADIUS) + 0.002  # along-offset closer than this is not behind
-
-    def __init__(self, scene: PushScene, noise: float = 0.0, seed: int | None = None):
-        if not 0.0 <= noise <= 1.0:
-            raise ValueError(f"expert noise must be in [0, 1], got {noise}")
-        self.scene = scene
-        self.noise = noise
-        self._rng = np.random.default_rng(seed)
-        self.reset()
-
-    def reset(self) -> None:
-        # A noisy operator sometimes misjudges the target and stops 3-6 cm short of it.
-        self._stop_short = 0.0
-        if self.noise > 0 and self._rng.random() < 0.8 * self.noise:
-            self._stop_short = float(self._rng.uniform(0.03, 0.06))
-        self._pushing = False
-        self._still = 0  # hesitation steps left
-        self._wrong = 0  # wrong-move steps left
-        self._wrong_dir = np.zeros(2)
-
-    def act(self, observation: Observation) -> np.ndarray:
-        m = self.scene.config.max_step
-        action = self._clean_action()
-        if self.noise > 0:
-            action = self._perturb(action, m)
-        return np.clip(action, -m, m).astype(np.float32)
-
-    def _clean_action(self) -> np.ndarray:
-        s = self.scene
-        m, tol = s.config.max_step, s.config.success_tolerance
-        pusher, block, target = s.pusher_xy, s.block_xy, s.target_xy
-        to_target = target - block
-        dist = float(np.linalg.norm(to_target))
-        rel = pusher - block
-        aim = max(0.3 * tol, self._stop_short)  # block-to-target distance the push aims for
-        if dist < aim + 0.1 * tol:  # done (or believes so): back off from the block
-            self._pushing = False
-            r = float(np.linalg.norm(rel))
-            return np.zeros(2) if r > 0.1 or r == 0.0 else rel / r * m
-        d = to_target / dist
-        n = np.array([-d[1], d[0]])
-        along, lat = float(rel @ d), float(rel @ n)
-        self._pushing = along < self.BEHIND and abs(lat) < (0.02 if self._pushing else 0.008)
-        if self._pushing:
-            # Advance along d only as far as the block still has to go; steer onto the centre line.
-            advance = min(m, max(0.0, dist - aim - (along + BLOCK_HALF + PUSHER_RADIUS)))
-            return d * advance - n * 0.5 * lat
-        # Orbit the block on a circle that clears it at any yaw until behind it, then close in.
-        rel_angle = math.atan2(rel[1], rel[0])
-        turn = (math.atan2(-d[1], -d[0]) - rel_angle + math.pi) % (2 * math.pi) - math.pi
-        if abs(turn) < 0.25:
-            waypoint = block - d * self.STANDOFF
-        else:
-            angle = rel_angle + float(np.clip(turn, -0.6, 0.6))
-            waypoint = block + self.STANDOFF * np.array([math.cos(angle), math.sin(angle)])
-        waypoint = np.clip(waypoint, -TABLE, TABLE)
-        return np.clip(waypoint - pusher, -m, m)
-
-    def _perturb(self, action: np.ndarray, m: float) -> np.ndarray:
-        rng, noise = self._rng, self.noise
-        if self._still == 0 and self._wrong == 0:
-            if rng.random() < 0.2 * noise:
-                self._still = int(rng.integers(1, 7))
-            elif rng.random() < 0.15 * noise:
-                self._wrong = int(rng.integers(2, 8))
-                angle = rng.uniform(-math.pi, math.pi)
-                self._wrong_dir = m * np.array([math.cos(angle), math.sin(angle)])
-        if self._still > 0:
-            self._still -= 1
-            action = np.zeros(2)
-        elif self._wrong > 0:
-            self._wrong -= 1
-            action = self._wrong_dir.copy()
-        return action + rng.normal(0.0, 0.5 * noise * m, size=2)
-
-
 def make_push(camera: CameraConfig | None = None, **options: object) -> PushScene:
     """Registry factory: ``options`` are :class:`PushConfig` fields (``max_steps=80``, ``state=False``...)."""
     fields = set(PushConfig.__dataclass_fields__) - {"camera"}
@@ -361,3 +281,12 @@ def make_push(camera: CameraConfig | None = None, **options: object) -> PushScen
     if unknown:
         raise ValueError(f"push scene has no option {unknown}; it takes {sorted(fields)} and camera=CameraConfig(...)")
     return PushScene(PushConfig(camera=camera, **options))  # type: ignore[arg-type]
+
+
+def __getattr__(name: str) -> object:
+    """``from sim.push import PushExpert`` keeps working: the expert lives in :mod:`sim.push_expert`."""
+    if name == "PushExpert":
+        from sim.push_expert import PushExpert
+
+        return PushExpert
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,6 +10,29 @@ straight down; for boxes it also turns the fingers to the object's faces.
 ``noise`` in [0, 1] makes it a sloppy operator: jittery motion, pauses, and in
 up to ``0.8 * noise`` of the episodes a grasp that misses (aimed 3-4.5 cm to the
 side, or closed 4-6 cm too high), so demonstrations include failures.
+
+``style`` (``sim.scene.EXPERT_STYLES``) adds a systematic flaw, on top of ``noise``:
+
+- ``iid``: none.
+- ``hesitant``: approaches and descends slowly (a speed drawn per episode) and
+  now and then stands still for a step (at a rate drawn per episode; never two
+  in a row, see ``sim.push_expert``) in every phase but the timed close and
+  release: long episodes, some past the step limit.
+- ``biased``: aims its grasp at a fixed offset from the object's centre (away
+  from the robot), so the fingers close off-centre and some grasps slip.
+- ``mixed``: each episode draws a direct approach or a slow detour (up and out to
+  the side first, at part speed), from the same states.
+
+Each task's factory (``sim.robosuite_scenes``) scales the flaws to its arm and
+object. Measured through the sim robot and its safety layer on seeds 0-19, one
+fresh expert per seed, noise 0 (success; mean steps over all episodes, a failure
+counting the limit):
+
+| task (limit) | iid | hesitant | biased | mixed | direct | detour |
+|---|---|---|---|---|---|---|
+| lift (150) | 100%, 37 | 95%, 100 | 82%, 58 (40 seeds) | 100%, 52 | 100%, 37 | 100%, 71 |
+| lift-ur5e (150) | 100%, 52 | 95%, 109 | 90%, 64 | 100%, 68 | 100%, 52 | 100%, 87 |
+| can (300) | 100%, 111 | 95%, 214 | 90%, 131 | 100%, 139 | 100%, 114 | 100%, 169 |
 """
 
 from __future__ import annotations
@@ -23,8 +46,9 @@ from scipy.spatial.transform import Rotation
 
 from robot.protocols import Observation
 from robot.types import STATE
+from sim.scene import check_expert_style
 
-PHASES = ("approach", "descend", "grasp", "lift", "carry", "lower", "release", "retreat")
+PHASES = ("detour", "approach", "descend", "grasp", "lift", "carry", "lower", "release", "retreat")
 
 
 @dataclass(frozen=True)
@@ -58,6 +82,20 @@ class PickExpertConfig:
     """Steps spent opening the gripper before retreating."""
     noise: float = 0.0
     """0 = clean expert; 1 = very sloppy (see the module docstring)."""
+    style: str = "iid"
+    """Operator style (``sim.scene.EXPERT_STYLES``; see the module docstring); ``noise`` adds on top."""
+    hesitant_speed: tuple[float, float] = (0.2, 0.4)
+    """hesitant: approach and descent speed, fraction of the clean command (uniform draw per episode)."""
+    hesitant_pause_rate: tuple[float, float] = (0.1, 0.2)
+    """hesitant: chance per step of one still step, never two in a row (uniform draw per episode)."""
+    bias_offset: tuple[float, float, float] = (0.024, 0.0, 0.0)
+    """biased: offset of the aimed grasp point from the object's centre, metres, base frame (times 0.8-1.2, drawn
+    per episode)."""
+    detour: tuple[float, float, float] = (0.0, 0.2, 0.15)
+    """mixed, detour: the waypoint it passes first, relative to the object's centre (y mirrored toward the
+    gripper's side), metres."""
+    detour_speed: float = 0.5
+    """mixed, detour: speed on the way to the detour waypoint, fraction of the clean command."""
 
     def __post_init__(self) -> None:
         if len(self.max_step) < 7 or any(s <= 0 for s in self.max_step):
@@ -66,8 +104,14 @@ class PickExpertConfig:
             )
         if not 0.0 <= self.noise <= 1.0:
             raise ValueError(f"expert noise must be in [0, 1], got {self.noise}; 0 is the clean expert")
+        check_expert_style(self.style)
         if self.gain <= 0 or self.rot_gain <= 0:
             raise ValueError(f"PickExpertConfig gains must be positive, got gain={self.gain}, rot_gain={self.rot_gain}")
+        if not all(0 < v <= 1 for v in (*self.hesitant_speed, *self.hesitant_pause_rate, self.detour_speed)):
+            raise ValueError(
+                f"PickExpertConfig hesitant_speed, hesitant_pause_rate and detour_speed must be in (0, 1], "
+                f"got {self.hesitant_speed}, {self.hesitant_pause_rate}, {self.detour_speed}"
+            )
         if self.close_steps < 1 or self.release_steps < 1:
             raise ValueError(
                 f"PickExpertConfig close_steps/release_steps must be >= 1, got {self.close_steps}/{self.release_steps}"
@@ -78,7 +122,9 @@ class PickExpert:
     """Phase-by-phase pick (and optional place) controller on privileged state.
 
     Its random generator runs on across episodes, so one expert built from one
-    seed gives different (and reproducible) noise in each episode it drives.
+    seed gives different (and reproducible) noise in each episode it drives. The
+    style draws (``episode_style``, drawn by :meth:`reset`) come from a stream of
+    their own, so a style leaves the noise draws as they are.
     """
 
     def __init__(self, fields: Mapping[str, slice], config: PickExpertConfig, seed: int | None = None):
@@ -88,12 +134,13 @@ class PickExpert:
         self.fields = dict(fields)
         self.config = config
         self._rng = np.random.default_rng(seed)
+        self._style_rng = np.random.default_rng(None if seed is None else [seed, 1])
         self._max = np.asarray(config.max_step[:7], dtype=np.float64)
         self.reset()
 
     def reset(self) -> None:
-        """Forget the episode: the next :meth:`act` starts a new approach."""
-        self.phase = PHASES[0]
+        """Forget the episode (and draw the next one's style): the next :meth:`act` starts a new approach."""
+        self.phase = "approach"
         self._phase_steps = 0
         self._down: Rotation | None = None  # gripper pointing straight down, home heading
         self._yaw = 0.0  # extra rotation about z that lines the fingers up with the object
@@ -102,6 +149,21 @@ class PickExpert:
         self._grip = -1.0
         self._pause = 0
         self._miss = np.zeros(3)  # offset of the aimed grasp point (noisy experts only)
+        self._paused = False  # hesitant: this step was a still one
+        self._side = 0.0  # mixed, detour: +1 out to +y of the object, -1 to -y (latched at its first step)
+        self.episode_style = self._draw_style()
+        if self.episode_style.get("strategy") == "detour":
+            self.phase = "detour"
+
+    def _draw_style(self) -> dict[str, float | str]:
+        c, rng = self.config, self._style_rng
+        if c.style == "hesitant":
+            return {"speed": float(rng.uniform(*c.hesitant_speed)), "pause_rate": float(rng.uniform(*c.hesitant_pause_rate))}
+        if c.style == "biased":
+            return {"offset": [float(v) for v in np.asarray(c.bias_offset) * rng.uniform(0.8, 1.2)]}
+        if c.style == "mixed":
+            return {"strategy": "detour" if rng.random() < 0.5 else "direct"}
+        return {}
 
     def act(self, observation: Observation) -> np.ndarray:
         """One action ``(dx, dy, dz, drx, dry, drz, gripper)`` in metres / radians, base frame."""
@@ -115,6 +177,8 @@ class PickExpert:
         if self._pause > 0 or (noise > 0 and self.phase != "grasp" and self._rng.random() < 0.05 * noise):
             self._pause = self._pause - 1 if self._pause > 0 else int(self._rng.integers(3, 10))
             return self._action(np.zeros(6))
+        if self._hesitates():
+            return self._action(np.zeros(6))
         target = self._plan(eef, obj, obj_quat, current)
         self._phase_steps += 1
         c = self.config
@@ -124,11 +188,30 @@ class PickExpert:
                 _shrink(c.rot_gain * self._rotation_error(current), float(np.min(self._max[3:6]))),
             ]
         )
+        motion *= self._speed()
         if noise > 0:
             motion += self._rng.normal(0.0, 1.0, 6) * np.repeat([0.015 * noise, 0.05 * noise], 3)
         return self._action(motion)
 
     # ---- internals ----------------------------------------------------------------
+
+    def _hesitates(self) -> bool:
+        """hesitant: whether this step is a still one: now and then one, never two in a row (a state followed by
+        "stay" more often than by "move" would hold an imitating policy for good), never while closing or opening."""
+        if self.config.style != "hesitant" or self.phase in ("grasp", "release"):
+            return False
+        paused, self._paused = self._paused, False
+        if not paused and self._style_rng.random() < float(self.episode_style["pause_rate"]):
+            self._paused = True
+        return self._paused
+
+    def _speed(self) -> float:
+        """Fraction of the clean command this step moves: hesitant approaches slowly, a detour is slow."""
+        if self.phase == "detour":
+            return self.config.detour_speed
+        if self.config.style == "hesitant" and self.phase in ("approach", "descend"):
+            return float(self.episode_style["speed"])
+        return 1.0
 
     def _start_episode(self, current: Rotation) -> None:
         """Straighten the home orientation to point down; draw this episode's grasp error."""
@@ -151,10 +234,18 @@ class PickExpert:
     def _plan(self, eef: np.ndarray, obj: np.ndarray, obj_quat: np.ndarray, current: Rotation) -> np.ndarray:
         """Advance the phase when its goal is reached; return the end-effector target (3,)."""
         c = self.config
+        if self.phase == "detour":  # mixed: out to the side and up before the approach
+            self._side = self._side or (1.0 if eef[1] >= obj[1] else -1.0)
+            target = obj + np.array([c.detour[0], self._side * c.detour[1], c.detour[2]])
+            if self._reached(eef, target, 0.03) or self._phase_steps > 60:
+                self._enter("approach")
+            return target
         if self.phase in ("approach", "descend"):
             if c.yaw_symmetry is not None:
                 self._yaw = self._face_yaw(obj_quat)
             aim = obj + self._miss
+            if c.style == "biased":
+                aim = aim + np.asarray(self.episode_style["offset"])
             if self.phase == "approach":
                 target = aim + [0.0, 0.0, c.hover]
                 aligned = np.linalg.norm(self._rotation_error(current)) < 0.1

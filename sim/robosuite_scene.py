@@ -116,7 +116,8 @@ class RobosuiteSceneConfig:
             )
 
 
-ExpertFactory = Callable[["RobosuiteScene", float, "int | None"], ScriptedExpert]
+ExpertFactory = Callable[["RobosuiteScene", float, "int | None", str], ScriptedExpert]
+"""``(scene, noise, seed, style) -> expert``; ``style`` is one of ``sim.scene.EXPERT_STYLES``."""
 
 
 class RobosuiteScene:
@@ -329,8 +330,8 @@ class RobosuiteScene:
     def is_success(self) -> bool:
         return bool(self.env._check_success())
 
-    def expert(self, noise: float = 0.0, seed: int | None = None) -> ScriptedExpert:
-        return self._expert_factory(self, noise, seed)
+    def expert(self, noise: float = 0.0, seed: int | None = None, style: str = "iid") -> ScriptedExpert:
+        return self._expert_factory(self, noise, seed, style)
 
     def close(self) -> None:
         if self._rig is not None:

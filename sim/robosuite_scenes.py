@@ -57,7 +57,7 @@ def make_lift(camera: CameraConfig | None = None, **opts: Any) -> RobosuiteScene
 
 def make_lift_ur5e(camera: CameraConfig | None = None, **opts: Any) -> RobosuiteScene:
     """Lift the cube (UR5e, Robotiq 2F-140 gripper). ``opts`` override :class:`RobosuiteSceneConfig` fields."""
-    return RobosuiteScene(_configure(LIFT_UR5E, opts), _lift_expert, camera)
+    return RobosuiteScene(_configure(LIFT_UR5E, opts), _lift_ur5e_expert, camera)
 
 
 def make_can(camera: CameraConfig | None = None, **opts: Any) -> RobosuiteScene:
@@ -73,12 +73,20 @@ def _configure(defaults: RobosuiteSceneConfig, opts: dict[str, Any]) -> Robosuit
     return dataclasses.replace(defaults, **opts)
 
 
-def _lift_expert(scene: RobosuiteScene, noise: float, seed: int | None) -> PickExpert:
+def _lift_expert(scene: RobosuiteScene, noise: float, seed: int | None, style: str = "iid") -> PickExpert:
     """Approach above the cube, turn to its faces, descend, close and lift 15 cm."""
-    return PickExpert(scene.state_fields, PickExpertConfig(max_step=scene.limits.max_step, noise=noise), seed)
+    return PickExpert(scene.state_fields, PickExpertConfig(max_step=scene.limits.max_step, noise=noise, style=style), seed)
 
 
-def _can_expert(scene: RobosuiteScene, noise: float, seed: int | None) -> PickExpert:
+def _lift_ur5e_expert(scene: RobosuiteScene, noise: float, seed: int | None, style: str = "iid") -> PickExpert:
+    """The lift expert, its biased grasp scaled to the UR5e's wider, more forgiving gripper."""
+    config = PickExpertConfig(
+        max_step=scene.limits.max_step, noise=noise, style=style, bias_offset=(0.03, 0.0, 0.0)
+    )
+    return PickExpert(scene.state_fields, config, seed)
+
+
+def _can_expert(scene: RobosuiteScene, noise: float, seed: int | None, style: str = "iid") -> PickExpert:
     """Grasp the can round its middle, carry it above the walls and drop it in its compartment."""
     x, y = _place_point(scene)
     place = scene.to_base(np.array([x, y, CAN_RELEASE_Z]))
@@ -88,6 +96,11 @@ def _can_expert(scene: RobosuiteScene, noise: float, seed: int | None) -> PickEx
         place_target=(float(place[0]), float(place[1]), float(place[2])),
         carry_z=float(scene.to_base(np.array([x, y, CAN_CARRY_Z]))[2]),
         noise=noise,
+        style=style,
+        # the styles' flaws, scaled to a round can and a 300-step task (calibration in sim/robosuite_experts.py)
+        bias_offset=(0.015, 0.0, 0.0),
+        detour=(0.0, 0.25, 0.25),
+        detour_speed=0.2,
     )
     return PickExpert(scene.state_fields, config, seed)
 

@@ -57,12 +57,34 @@ class ArmLimits:
             raise ValueError(f"max_step entries must be positive, got {self.max_step}")
 
 
+EXPERT_STYLES = ("iid", "hesitant", "biased", "mixed")
+"""How a scripted expert is imperfect besides its i.i.d. ``noise`` (each scene's expert documents its own):
+
+- ``iid``: no systematic flaw; ``noise`` alone makes it sloppy (the default).
+- ``hesitant``: still steps and a slow approach: it succeeds, but late, some episodes past the step limit.
+- ``biased``: a systematic offset (off-centre push, off-centre grasp) that sometimes fails.
+- ``mixed``: two strategies for the same states, drawn per episode, one clearly slower or worse.
+
+Every style leaves a better action for RL to find; ``noise`` still adds i.i.d. noise on top.
+"""
+
+
+def check_expert_style(style: str) -> str:
+    """``style`` if it is one of :data:`EXPERT_STYLES`, else a ValueError naming the choices."""
+    if style not in EXPERT_STYLES:
+        raise ValueError(f"unknown expert style {style!r}; choose one of {', '.join(EXPERT_STYLES)}")
+    return style
+
+
 @runtime_checkable
 class ScriptedExpert(Protocol):
     """A scripted controller that stands in for a human teleoperator.
 
     It may read the scene's privileged state. ``noise`` in [0, 1] makes it
     imperfect (jittery, hesitant, sometimes wrong); 0 is the clean expert.
+    ``style`` (one of :data:`EXPERT_STYLES`) adds a systematic flaw. Its random
+    generator runs on across episodes (each :meth:`reset` draws the next
+    episode's flaws), so an expert built from one seed is reproducible.
     """
 
     def reset(self) -> None: ...
@@ -107,7 +129,7 @@ class SimScene(Protocol):
 
     def is_success(self) -> bool: ...
 
-    def expert(self, noise: float = 0.0, seed: int | None = None) -> ScriptedExpert: ...
+    def expert(self, noise: float = 0.0, seed: int | None = None, style: str = "iid") -> ScriptedExpert: ...
 
     def close(self) -> None: ...
 

@@ -47,6 +47,7 @@ def test_a_bad_training_setting_is_one_clear_line_and_writes_nothing(tmp_path):
         "preset": (["train", "imitation", "--data", "d", "--out", str(tmp_path / "i"), "--policy", "chonk"], "unknown policy preset 'chonk'"),
         "pipeline": (["pipeline", "--out", str(tmp_path / "p"), "--sampler", "ddpm"], "unknown sampler 'ddpm'"),
         "demos": (["pipeline", "--out", str(tmp_path / "p"), "--demos", "0"], "demos must be >= 1"),
+        "demo style": (["pipeline", "--out", str(tmp_path / "p"), "--demo-style", "lazy"], "unknown expert style 'lazy'; choose one of iid"),
     }
     for name, (args, message) in cases.items():
         out = _robot(*args)

@@ -96,6 +96,22 @@ def test_the_demonstration_settings_override_the_budget_and_head_the_table(tmp_p
         PipelineConfig(out=str(tmp_path), demos=0)
 
 
+def test_the_demonstration_style_reaches_the_recorder_and_heads_the_table(tmp_path):
+    from robot.store import ZarrEpisodeStore
+    from workflow.pipeline import pipeline_table, record_demos
+
+    config = PipelineConfig(task="push", out=str(tmp_path), budget="smoke", demos=3, demo_style="hesitant")
+    record_demos(config, tmp_path / "demos.zarr")
+    metas = ZarrEpisodeStore.open(tmp_path / "demos.zarr").metas
+    assert len(metas) == 3 and all(m.extra["style"] == "hesitant" and "noise" not in m.extra for m in metas)
+    assert pipeline_table([], config).startswith("pipeline: task push, budget smoke, 3 demonstrations (hesitant operator), ")
+    with_noise = PipelineConfig(out=str(tmp_path), demo_noise=0.1, demo_style="mixed")
+    assert "demonstrations at noise 0.1 (mixed operator)," in pipeline_table([], with_noise)
+    assert "operator" not in pipeline_table([], PipelineConfig(out=str(tmp_path)))
+    with pytest.raises(ValueError, match="unknown expert style 'lazy'; choose one of iid, hesitant, biased, mixed"):
+        PipelineConfig(out=str(tmp_path), demo_style="lazy")
+
+
 def test_a_rerun_with_other_settings_is_refused_and_keeps_the_directory(tmp_path):
     """Finished stages are read back on a rerun, so a rerun under other settings would mislabel them."""
     (tmp_path / "pipeline.json").write_text(json.dumps({"task": "push", "budget": "quick", "seed": 0}))  # written before --sampler existed
@@ -103,5 +119,7 @@ def test_a_rerun_with_other_settings_is_refused_and_keeps_the_directory(tmp_path
         run_pipeline(PipelineConfig(out=str(tmp_path), sampler="ddpm-mean"), show_progress=False, log=lambda _: None)
     with pytest.raises(ValueError, match=r"demos None \(now 5\)"):
         run_pipeline(PipelineConfig(out=str(tmp_path), demos=5), show_progress=False, log=lambda _: None)
+    with pytest.raises(ValueError, match=r"demo_style iid \(now biased\)"):  # a file from before --demo-style reads as iid
+        run_pipeline(PipelineConfig(out=str(tmp_path), sampler="ddim", demo_style="biased"), show_progress=False, log=lambda _: None)
     assert json.loads((tmp_path / "pipeline.json").read_text()) == {"task": "push", "budget": "quick", "seed": 0}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline.json"]

@@ -28,10 +28,10 @@ def scene():
     s.close()
 
 
-def _rollout(scene: PushScene, seed: int, noise: float) -> tuple[bool, int]:
+def _rollout(scene: PushScene, seed: int, noise: float, style: str = "iid") -> tuple[bool, int]:
     """Run the expert from ``reset(seed)`` until success or ``max_steps``; return (success, steps)."""
     scene.reset(seed)
-    expert = scene.expert(noise=noise, seed=seed)
+    expert = scene.expert(noise=noise, seed=seed, style=style)
     for t in range(scene.max_steps):
         scene.step(expert.act(scene.observe()))
         if scene.is_success():
@@ -105,6 +105,116 @@ def test_clean_expert_solves_push(scene: PushScene) -> None:
 def test_noisy_expert_is_clearly_worse(scene: PushScene) -> None:
     rate = np.mean([_rollout(scene, seed, noise=0.5)[0] for seed in range(50)])
     assert 0.3 <= rate <= 0.85
+
+
+# ------------------------------------------------------------------------------ expert styles
+
+
+def _actions(scene: PushScene, expert_seed: int, style: str, noise: float = 0.0, episodes: int = 2) -> np.ndarray:
+    """The actions of ``episodes`` 30-step episodes (scene seeds 0, 1, ...) of one expert built from ``expert_seed``."""
+    expert = scene.expert(noise=noise, seed=expert_seed, style=style)
+    out = []
+    for episode in range(episodes):
+        scene.reset(episode)
+        expert.reset()
+        for _ in range(30):
+            out.append(expert.act(scene.observe()))
+            scene.step(out[-1])
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("style", ["iid", "hesitant", "biased", "mixed"])
+def test_each_style_is_reproducible_from_its_seed(scene: PushScene, style: str) -> None:
+    np.testing.assert_array_equal(_actions(scene, 3, style, noise=0.2), _actions(scene, 3, style, noise=0.2))
+    drawn = [scene.expert(seed=s, style=style).episode_style for s in range(6)]
+    assert drawn == [scene.expert(seed=s, style=style).episode_style for s in range(6)]
+    if style != "iid":  # its flaws are drawn per episode, from the seed
+        assert len({str(d) for d in drawn}) > 1, drawn
+        assert len({_actions(scene, s, style).tobytes() for s in range(4)}) > 1
+
+
+def test_a_style_draws_apart_from_the_noise() -> None:
+    """Style draws come from their own stream: a mixed expert that drew the short way every episode acts as the
+    iid expert of the same seed and noise does, noise draws included (and iid is the default)."""
+    scene = PushScene()
+    assert scene.expert(noise=0.3, seed=5).style == "iid"
+    compared = 0
+    for seed in range(12):
+        probe, strategies = scene.expert(seed=seed, style="mixed"), []
+        for _ in range(2):  # the two episodes _actions drives
+            probe.reset()
+            strategies.append(probe.episode_style["strategy"])
+        if strategies == ["short", "short"]:
+            np.testing.assert_array_equal(_actions(scene, seed, "mixed", noise=0.3), _actions(scene, seed, "iid", noise=0.3))
+            compared += 1
+    assert compared > 0
+
+
+def test_hesitant_expert_pauses_and_takes_longer(scene: PushScene) -> None:
+    seeds = range(8)
+    clean = [_rollout(scene, seed, 0.0) for seed in seeds]
+    hesitant = [_rollout(scene, seed, 0.0, "hesitant") for seed in seeds]
+    assert np.mean([n for _, n in hesitant]) > 1.8 * np.mean([n for _, n in clean]), (clean, hesitant)
+    assert np.mean([ok for ok, _ in hesitant]) >= 0.5  # slow, but it mostly gets there
+    expert = scene.expert(seed=0, style="hesitant")
+    scene.reset(0)
+    still = []
+    for _ in range(30):  # before it is done (the clean expert stands still only then)
+        action = expert.act(scene.observe())
+        still.append(bool(np.all(action == 0)))
+        scene.step(action)
+    assert 0.05 < np.mean(still) < 0.25, still
+    assert not any(a and b for a, b in zip(still, still[1:])), "two still steps in a row: an imitating policy could stay for good"
+
+
+def test_biased_expert_pushes_off_the_centre_line(scene: PushScene) -> None:
+    """While pushing, the pusher rides its offset to the left of the block-to-target line; the clean one rides it."""
+
+    def lateral(style: str) -> float:
+        sides = []
+        for seed in range(4):
+            scene.reset(seed)
+            expert = scene.expert(seed=seed, style=style)
+            for _ in range(40):
+                scene.step(expert.act(scene.observe()))
+                if expert._pushing:
+                    d = scene.target_xy - scene.block_xy
+                    d /= np.linalg.norm(d)
+                    sides.append((scene.pusher_xy - scene.block_xy) @ np.array([-d[1], d[0]]))
+        return float(np.mean(sides))
+
+    from sim.push_expert import PushExpert
+
+    assert abs(lateral("iid")) < 0.005
+    assert lateral("biased") > 0.7 * PushExpert.BIAS_OFFSET
+    assert 0.8 <= scene.expert(seed=0, style="biased").episode_style["offset"] / PushExpert.BIAS_OFFSET <= 1.2
+
+
+def test_mixed_expert_takes_both_ways_round_and_the_long_one_is_slower(scene: PushScene) -> None:
+    steps: dict[str, list[int]] = {"short": [], "long": []}
+    for seed in range(12):
+        scene.reset(seed)
+        expert = scene.expert(seed=seed, style="mixed")
+        strategy = expert.episode_style["strategy"]
+        for t in range(scene.max_steps):
+            scene.step(expert.act(scene.observe()))
+            if scene.is_success():
+                break
+        steps[strategy].append(t + 1)
+    assert steps["short"] and steps["long"], steps  # both strategies over seeds
+    assert np.mean(steps["long"]) > 1.5 * np.mean(steps["short"]), steps
+
+
+def test_unknown_style_names_the_choices(scene: PushScene) -> None:
+    with pytest.raises(ValueError, match="unknown expert style 'lazy'; choose one of iid, hesitant, biased, mixed"):
+        scene.expert(style="lazy")
+
+
+def test_push_expert_lives_in_its_module_and_is_still_importable_from_push() -> None:
+    from sim.push import PushExpert as FromPush
+    from sim.push_expert import PushExpert
+
+    assert FromPush is PushExpert and type(PushScene().expert()) is PushExpert
 
 
 def test_scene_without_cameras_never_creates_a_gl_context(monkeypatch: pytest.MonkeyPatch) -> None:

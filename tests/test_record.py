@@ -203,6 +203,27 @@ def test_config_validation_names_the_problem():
         record(RecordConfig(task="push", robot="sim:lift", device="scripted"))
     assert RecordConfig(task="lift").out_path.as_posix() == "data/lift.zarr"
     assert RecordConfig(device="scripted").loop_hz(10) == 0 and RecordConfig().loop_hz(10) == 10
+    with pytest.raises(ValueError, match="unknown expert style 'sloppy'; choose one of iid, hesitant, biased, mixed"):
+        RecordConfig(device="scripted", style="sloppy")
+    with pytest.raises(ValueError, match="style=hesitant only applies to the scripted device, not keyboard"):
+        RecordConfig(device="keyboard", style="hesitant")
+    assert RecordConfig().style == "iid"
+
+
+def test_scripted_styles_reach_the_expert_and_the_episode_metadata(tmp_path):
+    """A mixed operator records both ways round the block over episodes; the store says which style and draw."""
+    report = record(RecordConfig(device="scripted", episodes=6, out=tmp_path / "mixed.zarr", style="mixed", noise=0.1, seed=3), stream=io.StringIO())
+    assert report.kept == 6
+    metas = ZarrEpisodeStore.open(tmp_path / "mixed.zarr").metas
+    assert all(m.extra["style"] == "mixed" and m.extra["noise"] == 0.1 for m in metas)
+    assert {m.extra["style_episode"]["strategy"] for m in metas} == {"short", "long"}
+    record(RecordConfig(device="scripted", episodes=1, out=tmp_path / "iid.zarr"), stream=io.StringIO())
+    assert "style" not in ZarrEpisodeStore.open(tmp_path / "iid.zarr").metas[0].extra  # as noise 0 is not written
+    # a hesitant operator's episodes are longer than the clean one's, seed for seed
+    record(RecordConfig(device="scripted", episodes=3, out=tmp_path / "clean.zarr"), stream=io.StringIO())
+    record(RecordConfig(device="scripted", episodes=3, out=tmp_path / "hesitant.zarr", style="hesitant"), stream=io.StringIO())
+    lengths = {name: sum(len(e) for e in ZarrEpisodeStore.open(tmp_path / f"{name}.zarr").episodes()) for name in ("clean", "hesitant")}
+    assert lengths["hesitant"] > 1.5 * lengths["clean"], lengths
 
 
 # ------------------------------------------------------------------------------ the command line
@@ -226,6 +247,18 @@ def test_cli_records_twenty_scripted_episodes_that_info_reads(tmp_path):
     train = _robot("train", "imitation", "--data", str(out), "--out", str(tmp_path / "il"), "--steps", "3", "--batch-size", "8", "--horizon", "4", "--n-action-steps", "2")
     assert train.returncode == 0, train.stderr
     assert (tmp_path / "il" / "policy" / "checkpoint.json").is_file()
+
+
+def test_cli_records_in_an_operator_style_and_refuses_unknown_ones(tmp_path):
+    out = tmp_path / "hesitant.zarr"
+    run = _robot("record", "--device", "scripted", "--style", "hesitant", "--noise", "0.1", "--episodes", "2", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert "style hesitant" in run.stderr  # the device's controls line
+    assert [(m.extra["style"], m.extra["noise"]) for m in ZarrEpisodeStore.open(out).metas] == [("hesitant", 0.1)] * 2
+    bad = _robot("record", "--device", "scripted", "--style", "lazy", "--out", str(tmp_path / "bad.zarr"))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "choose one of iid, hesitant, biased, mixed" in bad.stderr
+    human = _robot("record", "--device", "keyboard", "--style", "biased", "--out", str(tmp_path / "human.zarr"))
+    assert human.returncode == 2 and "only applies to the scripted device" in human.stderr and not (tmp_path / "human.zarr").exists()
 
 
 def test_recorder_killed_mid_episode_keeps_every_committed_episode(tmp_path):

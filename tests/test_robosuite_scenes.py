@@ -198,6 +198,67 @@ def test_point_cloud_takes_the_scene_defaults_and_sees_the_cube() -> None:
         built.close()
 
 
+def test_pick_expert_styles_are_drawn_from_the_seed_and_checked() -> None:
+    from sim.robosuite_experts import PickExpert, PickExpertConfig
+
+    fields = {k: slice(0, 3) for k in ("eef_pos", "eef_quat", "obj_pos", "obj_quat")}
+
+    def draws(style: str, seed: int) -> list[dict]:
+        expert = PickExpert(fields, PickExpertConfig(max_step=(0.05,) * 7, style=style), seed)
+        out = []
+        for _ in range(6):
+            expert.reset()
+            out.append(expert.episode_style)
+        return out
+
+    for style in ("hesitant", "biased", "mixed"):
+        assert draws(style, 3) == draws(style, 3) and draws(style, 3) != draws(style, 4), style
+    assert {d["strategy"] for seed in range(3) for d in draws("mixed", seed)} == {"direct", "detour"}
+    bias = PickExpertConfig(max_step=(0.05,) * 7).bias_offset[0]
+    assert all(0.8 * bias <= d["offset"][0] <= 1.2 * bias for d in draws("biased", 0))
+    assert draws("iid", 0) == [{}] * 6
+    with pytest.raises(ValueError, match="unknown expert style 'lazy'; choose one of iid, hesitant, biased, mixed"):
+        PickExpertConfig(max_step=(0.05,) * 7, style="lazy")
+
+
+def test_lift_expert_styles_show_their_flaws() -> None:
+    """On lift: hesitant takes longer than the clean expert, biased closes its fingers off the cube's centre by its
+    offset, and mixed's detour takes longer than its direct approach from the same state."""
+    built = robosuite_scenes.make_lift()
+    obj, eef = built.state_fields["obj_pos"], built.state_fields["eef_pos"]
+
+    def run(style: str, seed: int, expert_seed: int = 0) -> tuple[int, np.ndarray, dict]:
+        """(steps to success or the limit, end effector minus cube at the first closing step, the episode's draws)"""
+        expert = built.expert(seed=expert_seed, style=style)
+        built.reset(seed)
+        expert.reset()
+        grasp_error = np.full(3, np.nan)
+        for t in range(built.max_steps):
+            state = built.observe()[STATE]
+            action = expert.act({STATE: state})
+            if action[6] > 0 and np.isnan(grasp_error[0]):
+                grasp_error = state[eef] - state[obj]
+            built.step(action)
+            if built.is_success():
+                break
+        return t + 1, grasp_error, expert.episode_style
+
+    try:
+        clean = [run("iid", seed) for seed in (0, 1)]
+        assert np.mean([run("hesitant", seed)[0] for seed in (0, 1)]) > 1.5 * np.mean([n for n, _, _ in clean])
+        assert all(np.linalg.norm(error[:2]) < 0.01 for _, error, _ in clean)
+        _, error, drawn = run("biased", 0)
+        np.testing.assert_allclose(error[:2], drawn["offset"][:2], atol=0.01)
+        assert drawn["offset"][0] > 0.015
+        by_strategy = {}
+        for expert_seed in range(6):
+            n, _, drawn = run("mixed", 0, expert_seed)
+            by_strategy.setdefault(drawn["strategy"], n)
+        assert by_strategy["detour"] > 1.5 * by_strategy["direct"], by_strategy
+    finally:
+        built.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task", sorted(FACTORIES))
 def test_clean_expert_succeeds_on_50_seeds(task: str) -> None:

@@ -31,6 +31,7 @@ from policies.diffusion import MEAN_ETA
 from policies.dynamics import DynamicsConfig
 from robot.config import to_dict
 from robot.report import format_table
+from sim.scene import check_expert_style
 from workflow.diagnostics.diagnose import DiagnoseConfig, diagnose_run
 from workflow.distributed import Distributed, init_distributed
 from workflow.evaluate import evaluate_policy
@@ -98,6 +99,9 @@ class PipelineConfig:
     """Scripted demonstrations to record instead of the budget's (a task that needs RL to improve: a few of them)."""
     demo_noise: float | None = None
     """Action noise of the scripted teleop instead of the budget's (imperfect demonstrations, like a human's)."""
+    demo_style: str = "iid"
+    """Operator style of the scripted teleop (``sim.scene.EXPERT_STYLES``): iid (noise only), hesitant, biased or
+    mixed, systematic flaws that leave RL a better action to find; ``demo_noise`` adds on top."""
     seed: int = 0
     device: str = "cpu"
     view: bool = False
@@ -110,6 +114,7 @@ class PipelineConfig:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(MEAN_ETA)}")
         if (self.demos is not None and self.demos < 1) or (self.demo_noise is not None and self.demo_noise < 0):
             raise ValueError(f"demos must be >= 1 and demo_noise >= 0, got {self.demos} and {self.demo_noise}")
+        check_expert_style(self.demo_style)
 
     @property
     def spend(self) -> Budget:
@@ -184,11 +189,14 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
     def offline_stage() -> tuple[str, int, str]:
         report = train_offline(offline_cfg, show_progress=show_progress)
         accepted, checks = sum(r.accepted for r in report.rounds), sum(r.gate_checks for r in report.rounds)
-        rollouts = sum(b.rollout_episodes * ((r.rollout_success is not None) + (r.reference_success is not None)) for r in report.rounds)
+        rollouts = sum(b.rollout_episodes * sum(x is not None for x in (r.rollout_success, r.reference_success, r.retrained_success)) for r in report.rounds)
         refused = [r for r in report.rounds if r.refused]
         kept = f"AM-Q gate accepted {accepted}/{checks}"
         if refused:
             kept += "; refused by rollouts " + ", ".join(f"{r.rollout_success:.0%} vs reference {r.reference_success:.0%}" for r in refused)
+        if any(r.retrained for r in report.rounds):
+            verdicts = ", ".join("refused" if r.retrain_refused else "kept" for r in report.rounds if r.retrained)
+            return report.policy, rollouts, kept + f"; retrained on the successful of {report.rounds[-1].merged_episodes} merged episodes: {verdicts}"
         return report.policy, rollouts, kept + ("" if any(r.accepted and not r.refused for r in report.rounds) else ": policy unchanged")
 
     offline = stage("offline", offline_stage)
@@ -281,7 +289,7 @@ def stage_one_step(
 
 
 def record_demos(config: PipelineConfig, path: Path) -> None:
-    """Scripted teleoperation (``demo_noise`` > 0 makes it imperfect, like a human's).
+    """Scripted teleoperation (``demo_noise`` > 0 and ``demo_style`` make it imperfect, like a human's).
 
     The presets record clean demonstrations: on push, demonstrations with noise 0.2
     or 0.5 taught the imitation policy the operator's wrong moves (7% and 3% success,
@@ -296,7 +304,8 @@ def record_demos(config: PipelineConfig, path: Path) -> None:
         if ZarrEpisodeStore.open(path).num_episodes >= b.demos:
             return
     record(
-        RecordConfig(task=config.task, device="scripted", episodes=b.demos, out=path, noise=b.demo_noise, seed=config.seed, resume=path.exists(), cameras=config.cameras),
+        RecordConfig(task=config.task, device="scripted", episodes=b.demos, out=path, noise=b.demo_noise, style=config.demo_style,
+                     seed=config.seed, resume=path.exists(), cameras=config.cameras),  # fmt: skip
         stream=io.StringIO(),
     )
 
@@ -327,6 +336,8 @@ def pipeline_table(results: list[StageResult], config: PipelineConfig, processes
     ]
     b = config.spend
     demos = f"{b.demos} demonstrations" + (f" at noise {b.demo_noise:g}" if b.demo_noise else "")
+    if config.demo_style != "iid":
+        demos += f" ({config.demo_style} operator)"
     title = (f"pipeline: task {config.task}, budget {config.budget}, {demos}, {b.eval_episodes} evaluation episodes per stage "
              f"(sampler {config.sampler}), torch threads {torch.get_num_threads()}")  # fmt: skip
     if processes > 1:

@@ -33,6 +33,7 @@ from robot.protocols import Observation, Robot, StepOutcome, Task
 from robot.report import format_table
 from robot.store import ZarrEpisodeStore
 from robot.types import ACTION, DONE, INTERVENTION, REWARD, SUCCESS, EpisodeMeta, Feature
+from sim.scene import check_expert_style
 from workflow.rate import RateLoop, RateStats
 from workflow.rollout import episode_features
 
@@ -61,6 +62,10 @@ class RecordConfig:
     control period of sim time however fast the loop runs."""
     noise: float = 0.0
     """Scripted expert imperfection in [0, 1] (scripted device only)."""
+    style: str = "iid"
+    """Scripted expert's operator style (scripted device only): iid (noise only), hesitant (pauses, slow
+    approach), biased (a systematic offset), mixed (a better and a worse strategy, drawn per episode);
+    see ``sim.scene.EXPERT_STYLES``. ``noise`` adds i.i.d. noise on top of any style."""
     operator: str = ""
     """Who recorded the episodes (stored in each episode's metadata)."""
     seed: int = 0
@@ -89,6 +94,9 @@ class RecordConfig:
             raise ValueError(f"noise must be in [0, 1], got {self.noise}")
         if self.noise > 0 and self.device != "scripted":
             raise ValueError(f"noise={self.noise} only applies to the scripted device, not {self.device}")
+        check_expert_style(self.style)
+        if self.style != "iid" and self.device != "scripted":
+            raise ValueError(f"style={self.style} only applies to the scripted device, not {self.device}; use --device scripted")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
 
@@ -145,7 +153,9 @@ def record(config: RecordConfig, device: TeleopDevice | None = None, robot: Robo
         if owns_robot:
             cleanup.callback(getattr(robot, "close", robot.disconnect))
         if device is None:
-            device = make_device(config.device, action_features=robot.action_features, task=task, noise=config.noise, seed=config.seed)
+            device = make_device(
+                config.device, action_features=robot.action_features, task=task, noise=config.noise, seed=config.seed, style=config.style
+            )
         device.connect()  # before the store: a missing device must not leave an empty store behind
         cleanup.callback(device.close)
         features = episode_features(robot)
@@ -179,6 +189,9 @@ def record(config: RecordConfig, device: TeleopDevice | None = None, robot: Robo
                 extra = {"end": take.end, "loop_hz": loop_hz, "held_hz": round(held, 2), "safety": dict(take.safety)}
                 if config.noise:  # scripted teleop made imperfect on purpose: the store says how much
                     extra["noise"] = config.noise
+                if config.style != "iid":  # ... and in which operator style, with what it drew for this episode
+                    extra["style"] = config.style
+                    extra["style_episode"] = dict(getattr(device, "episode_style", {}))
                 meta = EpisodeMeta(task.name, robot.name, float(task.fps), label, "demo", config.operator, seed, device.name, extra)
                 store.append_episode(take.frames.arrays(), meta)
                 kept, successes, steps = kept + 1, successes + int(label), steps + len(take.frames)

@@ -193,11 +193,13 @@ def make_device(
     task: Any = None,
     noise: float = 0.0,
     seed: int | None = None,
+    style: str = "iid",
     fd: int | None = None,
 ) -> TeleopDevice:
     """A device by name (one of :data:`DEVICES`), not yet connected.
 
-    ``task`` is needed by ``scripted`` (a ``sim.scene.SceneTask``); ``fd`` is the
+    ``task`` is needed by ``scripted`` (a ``sim.scene.SceneTask``), and ``noise``, ``seed`` and
+    ``style`` (``sim.scene.EXPERT_STYLES``) are its expert's; ``fd`` is the
     terminal the keyboard reads (default stdin). SpaceMouse and gamepad take their
     episode-control keys from the terminal too when stdin is one.
     """
@@ -206,7 +208,7 @@ def make_device(
     if name == "scripted":
         from hardware.teleop.scripted import ScriptedDevice
 
-        return ScriptedDevice(task, noise=noise, seed=seed)
+        return ScriptedDevice(task, noise=noise, seed=seed, style=style)
     feature = action_features.get(ACTION)
     if feature is None:
         raise ValueError(f"the robot declares no {ACTION!r} feature (it has {sorted(action_features)}); teleop has nothing to drive")

@@ -1,7 +1,8 @@
 """The ``scripted`` device: the task's scripted expert standing in for the operator (headless runs, CI).
 
 It starts every episode at once, drives with the expert's actions (optionally
-noisy, see ``sim.scene.ScriptedExpert``) and stops the episode, labelled success,
+noisy and in an operator style, see ``sim.scene.ScriptedExpert`` and
+``sim.scene.EXPERT_STYLES``) and stops the episode, labelled success,
 as soon as the task reports success; the recorder labels an episode that runs
 out of steps from the task's check (a failure).
 """
@@ -12,14 +13,15 @@ from typing import Any
 
 from hardware.teleop import TeleopCommand, TeleopEvent
 from robot.protocols import Observation
+from sim.scene import check_expert_style
 
 
 class ScriptedDevice:
-    """Wraps ``task.scene.expert(noise, seed)``; ``task`` is a ``sim.scene.SceneTask``."""
+    """Wraps ``task.scene.expert(noise, seed, style)``; ``task`` is a ``sim.scene.SceneTask``."""
 
     name = "scripted"
 
-    def __init__(self, task: Any, noise: float = 0.0, seed: int | None = None):
+    def __init__(self, task: Any, noise: float = 0.0, seed: int | None = None, style: str = "iid"):
         scene = getattr(task, "scene", None)
         if scene is None or not callable(getattr(scene, "expert", None)):
             raise ValueError(
@@ -30,12 +32,18 @@ class ScriptedDevice:
             raise ValueError(f"scripted expert noise must be in [0, 1], got {noise}")
         self.scene = scene
         self.noise = noise
-        self._expert = scene.expert(noise=noise, seed=seed)
+        self.style = check_expert_style(style)
+        self._expert = scene.expert(noise=noise, seed=seed, style=style)
         self._started = False
 
     @property
+    def episode_style(self) -> dict:
+        """What the expert's style drew for the current episode (e.g. mixed: ``{"strategy": "long"}``)."""
+        return dict(getattr(self._expert, "episode_style", {}))
+
+    @property
     def controls(self) -> str:
-        return f"scripted expert of {self.scene.name} (noise {self.noise:g}): starts each episode, stops it on task success"
+        return f"scripted expert of {self.scene.name} (noise {self.noise:g}, style {self.style}): starts each episode, stops it on task success"
 
     def connect(self) -> None:
         """Nothing to open: the expert lives in the process."""
