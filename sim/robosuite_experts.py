@@ -14,10 +14,12 @@ side, or closed 4-6 cm too high), so demonstrations include failures.
 ``style`` (``sim.scene.EXPERT_STYLES``) adds a systematic flaw, on top of ``noise``:
 
 - ``iid``: none.
-- ``hesitant``: approaches and descends slowly (a speed drawn per episode) and
-  now and then stands still for a step (at a rate drawn per episode; never two
-  in a row, see ``sim.push_expert``) in every phase but the timed close and
-  release: long episodes, some past the step limit.
+- ``hesitant``: approaches and descends slowly (20-40% of the clean command, drawn
+  per episode) and now and then stands still for a step (10-20% of the steps,
+  drawn per episode; never two in a row, see ``sim.push_expert``) in every phase
+  but the timed close and release: long episodes. On can the slowest ones run
+  into the approach's and descent's step limits (60, 40) and close the fingers
+  before they are in place.
 - ``biased``: aims its grasp at a fixed offset from the object's centre (away
   from the robot), so the fingers close off-centre and some grasps slip.
 - ``mixed``: each episode draws a direct approach or a slow detour (up and out to
@@ -30,9 +32,9 @@ counting the limit):
 
 | task (limit) | iid | hesitant | biased | mixed | direct | detour |
 |---|---|---|---|---|---|---|
-| lift (150) | 100%, 37 | 95%, 100 | 82%, 58 (40 seeds) | 100%, 52 | 100%, 37 | 100%, 71 |
-| lift-ur5e (150) | 100%, 52 | 95%, 109 | 90%, 64 | 100%, 68 | 100%, 52 | 100%, 87 |
-| can (300) | 100%, 111 | 95%, 214 | 90%, 131 | 100%, 139 | 100%, 114 | 100%, 169 |
+| lift (150) | 100%, 37 | 100%, 87 | 82%, 58 (40 seeds) | 100%, 52 | 100%, 37 | 100%, 71 |
+| lift-ur5e (150) | 100%, 52 | 100%, 110 | 90%, 64 | 100%, 68 | 100%, 52 | 100%, 87 |
+| can (300) | 100%, 111 | 85%, 197 | 90%, 131 | 100%, 139 | 100%, 114 | 100%, 169 |
 """
 
 from __future__ import annotations

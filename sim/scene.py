@@ -61,7 +61,7 @@ EXPERT_STYLES = ("iid", "hesitant", "biased", "mixed")
 """How a scripted expert is imperfect besides its i.i.d. ``noise`` (each scene's expert documents its own):
 
 - ``iid``: no systematic flaw; ``noise`` alone makes it sloppy (the default).
-- ``hesitant``: still steps and a slow approach: it succeeds, but late, some episodes past the step limit.
+- ``hesitant``: a slow approach and single still steps: it succeeds, but late (an imitator of it sometimes too late).
 - ``biased``: a systematic offset (off-centre push, off-centre grasp) that sometimes fails.
 - ``mixed``: two strategies for the same states, drawn per episode, one clearly slower or worse.
 
