@@ -78,8 +78,9 @@ class Setting:
 
 # Demonstrations with a systematic flaw RL can learn away; how many and how noisy is calibrated on measured
 # runs (docs/RESULTS.md, session 13): too good and imitation leaves RL nothing, too poor and RL has no start.
-# push-mixed: imitation 38% over 200 paired episodes (in the 40-75% band on 30). push-hesitant: 3% at
-# 30 clean demos (a policy that pauses once pauses forever), being recalibrated. lift/can: not yet measured.
+# push-mixed: imitation 38% over 200 paired episodes (in the 40-75% band on 30). push-hesitant: the
+# recalibrated style imitated from 100 clean demos reached 63% (30 episodes); 20 demos not yet measured.
+# lift/can: not yet measured.
 SUITE: tuple[Setting, ...] = (
     Setting("push-hesitant", "push", demos=20, demo_style="hesitant"),
     Setting("push-mixed", "push", demos=30, demo_noise=0.1, demo_style="mixed", budget="quick"),
