@@ -179,7 +179,8 @@ def train_offline(
     actor_lr: float = typer.Option(1e-5),
     rollout_episodes: int = typer.Option(20, help="Sim episodes of the accepted policy per round."),
     rollout_std: Optional[float] = typer.Option(None, help="Roll out the stochastic chain with each step's std floored here (0.1: PPO's), so the critics see varied actions; default: deterministic."),
-    verify_rollouts: bool = typer.Option(True, help="Also roll the reference out on the same seeds; refuse an accepted policy that succeeds less often."),
+    verify_rollouts: bool = typer.Option(True, help="Also roll the reference out on the same seeds; keep an accepted or retrained policy only when it wins there beyond noise."),
+    verify_max_p: float = typer.Option(0.25, help="One-sided sign-test p a change's paired wins on the rollout seeds must reach (1.0: more wins than losses)."),
     log_prob_reduction: str = typer.Option("sum", help="Chain log-probs over chunk and action dims: sum (exact) or mean (DPPO's, less sharp ratios)."),
     chains_per_state: int = typer.Option(1, help="Chains per dataset state; above 1 each chain's advantage is centred on its state's chains."),
     anchor_coef: float = typer.Option(0.0, help="Penalty on each denoising step's KL to the round's starting policy (0: off)."),
@@ -200,7 +201,7 @@ def train_offline(
             policy=str(policy), data=str(data), out=str(out), task=task, rounds=rounds, critic=CriticConfig.for_horizon(ta),
             critic_steps=critic_steps, ppo_updates=ppo_updates, gate_every=gate_every,
             gate=GateConfig(horizon=ope_horizon, delta_relative=delta, z=gate_z), actor_lr=actor_lr, rollout_episodes=rollout_episodes,
-            rollout_std=rollout_std, verify_rollouts=verify_rollouts, log_prob_reduction=log_prob_reduction, chains_per_state=chains_per_state, anchor_coef=anchor_coef,
+            rollout_std=rollout_std, verify_rollouts=verify_rollouts, verify_max_p=verify_max_p, log_prob_reduction=log_prob_reduction, chains_per_state=chains_per_state, anchor_coef=anchor_coef,
             retrain_steps=retrain_steps, seed=seed, device=device,
         )  # fmt: skip
         return run(cfg)
@@ -210,6 +211,8 @@ def train_offline(
         rollouts = "no rollouts" if r.rollout_success is None else f"rollout success {r.rollout_success:.0%}"
         if r.reference_success is not None:
             rollouts += f" (reference {r.reference_success:.0%}{', refused' if r.refused else ''})"
+        if r.retrained_success is not None:
+            rollouts += f", retrained {r.retrained_success:.0%}{' (refused)' if r.retrain_refused else ''}"
         _say(f"round {r.round}: {r.accepted}/{r.gate_checks} gate checks accepted, {rollouts}, policy {r.policy}")
     _say(f"final policy: {report.policy}; gate record: {Path(report.run) / 'gate.jsonl'}")
 
@@ -291,7 +294,7 @@ def pipeline(
 def diagnose(
     run: Path = typer.Argument(..., help="Run directory of any stage (imitation, offline, online, distill) or a pipeline directory."),
     fqe: bool = typer.Option(False, "--fqe", help="Score candidate checkpoints by Fitted Q Evaluation on the episodes their stage never trained on."),
-    sim_eval: int = typer.Option(0, "--sim-eval", min=0, help="Sim episodes per candidate checkpoint (0 = none); with --fqe also FQE's rank correlation and regret@1."),
+    sim_eval: int = typer.Option(0, "--sim-eval", min=0, help="Sim episodes per candidate checkpoint (0 = none): says whether sim agrees with the chosen checkpoint; with --fqe also FQE's rank correlation and regret@1."),
     rrd: Optional[Path] = typer.Option(None, "--rrd", help="Also log every stage's curves and verdict to this .rrd file."),
 ) -> None:
     """Offline-workflow diagnostics: regime per stage, chosen checkpoint, advice, plots."""

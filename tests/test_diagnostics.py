@@ -161,6 +161,13 @@ def test_ppo_regimes_from_the_gate_record():
     assert healthy.regime == "healthy" and healthy.checkpoint_step == 20 and healthy.evidence["accepted"] == 1
     big_steps = diagnose_stage(stage("ppo", [curve("charts/approx_kl", np.full(60, 0.4), 1)], gate=[_gate(20, 0.1)]))
     assert big_steps.regime == "diverging" and "charts/approx_kl stayed at 0.4" in big_steps.reasons[0]
+    # steps too large from update 30 on: keep the last candidate accepted before then, not the one handed on
+    late = curve("charts/approx_kl", np.r_[np.full(30, 0.01), np.full(30, 0.4)], 1)
+    saved = {u: Path(f"/run/round-0/candidates/update-{u:05d}") for u in (0, 20, 40)}
+    data = StageData("ppo", "ppo", Path("/run"), {late.name: late}, saved, Path("/run/round-0/accepted"), [_gate(20, 0.1), _gate(40, 0.1)], {})
+    kept = diagnose_stage(data)
+    assert kept.regime == "diverging" and 20 < kept.turn_step <= 40 and kept.checkpoint_step == 20 and kept.checkpoint == str(saved[20]), kept
+    assert kept.advice[0].startswith("keep the candidate of update 20")
     assert diagnose_stage(stage("ppo", [kl])).regime == "unknown"
     # the gate accepted, the round's rollouts refused: the policy climbed the critics where they are wrong
     round_report = {"refused": True, "reference_success": 0.65, "rollout_success": 0.2, "policy": "/run/imitation/policy"}
@@ -464,15 +471,13 @@ def test_diagnose_scores_candidates_with_fqe(imitation_runs):
 
 
 @pytest.mark.slow
-def test_in_sim_the_default_signal_chooses_no_worse_than_the_denoising_loss(tmp_path):
-    """The brief asked for an overfitting run whose chosen checkpoint beats the last one in sim.
-    On push it went the other way in every run measured: the held-out denoising loss turned early
-    (tiny data, big net, long training) while sim success kept rising to the last checkpoint, and
-    the held-out action error, which the rules read by default, kept falling. This test pins that
-    down: the denoising-loss verdict is overfitting and picks an early checkpoint; the default
-    verdict keeps a later one, and in sim (the same 100 seeds) that one does at least as well."""
-    from workflow.evaluate import evaluate_policy
-
+def test_in_sim_a_checkpoint_chosen_from_held_out_curves_is_checked_and_a_disagreement_is_reported(tmp_path):
+    """The brief asked for an overfitting run whose chosen checkpoint beats the last one in sim. On push it went the
+    other way in every run measured: with 12 demonstrations and a big denoiser both held-out curves (the denoising
+    loss and, since ddpm-mean is the sampler, the deterministic action error too) turn near step 700 and the rules
+    call it overfitting, while sim success keeps rising (8-9% at step 700, 18% at 1000, 22-24% at 1500 on these
+    100 seeds; docs/RESULTS.md). So an overfitting verdict says to check in sim, and with sim episodes the diagnosis
+    reports that sim disagrees and names the later checkpoint that did better (paired sign test on the same seeds)."""
     demos = record_demos(tmp_path / "push12.zarr", 12)
     big = DiffusionPolicyConfig.single_action(n_obs_steps=2, denoiser=DenoiserConfig(kind="mlp", mlp_hidden_dim=256, mlp_num_blocks=3))
     cfg = ImitationConfig(data=str(demos), out=str(tmp_path / "run"), policy=big, steps=1500, batch_size=32, eval_every=100, checkpoint_every=100,
@@ -480,12 +485,14 @@ def test_in_sim_the_default_signal_chooses_no_worse_than_the_denoising_loss(tmp_
     train_imitation(cfg, show_progress=False)
     (data,) = load_stages(tmp_path / "run")
     by_denoise = diagnose_stage(data, RulesConfig(imitation_signal="denoise"))
-    by_default = diagnose_stage(data)
     assert by_denoise.regime == "overfitting" and by_denoise.checkpoint_step <= 1000, by_denoise.reasons
-    assert by_default.checkpoint_step > by_denoise.checkpoint_step, by_default.reasons
-    success = {}
-    for v in (by_denoise, by_default):
-        report = evaluate_policy(v.checkpoint, "push", episodes=100, seed=100_000, show_progress=False)
-        success[v.checkpoint_step] = report.success_rate
-    print(f"sim success over 100 episodes: {success}")  # measured: see the report of issue 8
-    assert success[by_default.checkpoint_step] >= success[by_denoise.checkpoint_step], success
+    report = diagnose_run(DiagnoseConfig(run=str(tmp_path / "run"), sim_eval=100, max_candidates=2, plots=False))
+    (d,) = report.stages
+    v = d.verdict
+    assert v.regime == "overfitting" and v.checkpoint_step <= 1000 and any("--sim-eval" in r for r in v.reasons), v.reasons
+    sim = {c.step: c.sim_success for c in d.candidates}
+    print(f"sim success over 100 episodes: {sim}")
+    assert set(sim) == {v.checkpoint_step, 1500}
+    assert d.sim_best_step == 1500 and sim[1500] > sim[v.checkpoint_step] and d.sim_confirms is False, sim
+    assert f"sim disagrees: step 1500 did better" in report.table()
+    assert "sim best" in report.candidates_table()

@@ -72,7 +72,9 @@ def test_rollouts_refuse_a_gate_accepted_policy_that_succeeds_less_often(imitati
 
     def rollout_into(store, policy, config, m, ddp=None):  # real rollouts, but the sim "says" the accepted policy is worse
         rolled.append(Path(policy))
-        return replace(real(store, policy, config, m, ddp), success_rate=0.9 if len(rolled) == 1 else 0.1)
+        report = real(store, policy, config, m, ddp)
+        won = len(rolled) == 1
+        return replace(report, success_rate=0.9 if won else 0.1, successes=(won,) * report.episodes)
 
     real_retrain, warm_starts = offline.train_imitation, []
 
@@ -243,3 +245,26 @@ def test_the_gate_threshold_is_the_noise_of_the_paired_gains_not_a_share_of_J():
     assert float((better - reference).mean()) > gain_threshold(reference, better, GateConfig())[0]
     relative_only = GateConfig(z=0.0, delta_relative=0.05)
     assert gain_threshold(reference, noise_only, relative_only)[0] < 1e-3  # what the old 5%-of-|J| bar asked here
+
+
+def _report(successes: tuple[bool, ...]):
+    from workflow.rollout import EvalReport
+
+    n = len(successes)
+    return EvalReport("push", n, sum(successes) / n, 0.0, 10.0, None, None, tuple(range(n)), successes)
+
+
+def test_a_round_keeps_a_change_only_when_its_paired_wins_are_beyond_noise():
+    """The quick preset once kept a retrained policy on a 13-13 tie of 20 rollouts that then lost 13 points on the
+    evaluation seeds. A tie, or a one-episode edge, keeps what the round had; a clear paired win replaces it."""
+    from workflow.offline import beats, paired_line
+
+    reference = _report((True,) * 13 + (False,) * 7)
+    assert not beats(reference, _report((True,) * 13 + (False,) * 7), 0.25)  # a tie
+    assert not beats(reference, _report((False,) + (True,) * 13 + (False,) * 6), 0.25)  # same rate, other seeds: 1 won, 1 lost
+    assert not beats(reference, _report((True,) * 14 + (False,) * 6), 0.25)  # one episode better: p = 0.5
+    assert beats(reference, _report((True,) * 17 + (False,) * 3), 0.25)  # 4 won, 0 lost: p = 0.06
+    assert beats(reference, _report((True,) * 14 + (False,) * 6), 1.0)  # max_p 1: any net win
+    assert paired_line(reference, _report((True,) * 17 + (False,) * 3)) == "won 4, lost 0, p = 0.06"
+    with pytest.raises(ValueError, match="verify_max_p"):
+        OfflineConfig(policy="p", data="d", out="o", verify_max_p=0.0)

@@ -4,15 +4,19 @@ offline round from its imitation policy pushed into overfitting, for the diagnos
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from workflow.paired import sign_test_p
 from workflow.pipeline import PipelineConfig, run_pipeline
 
-# Each RL stage hands on a policy only when its check says it is better: the offline
-# round keeps its input unless the AM-Q gate accepted a candidate, and online RL keeps
-# the best of its start and its snapshots on selection episodes (seeds apart from the
-# evaluation's). So no stage may lower success on the evaluation seeds here.
+# Each RL stage hands on a changed policy only when its paired wins on its own rollout seeds
+# are beyond noise: the offline round's accepted and retrained policies against what they
+# replace, online RL's snapshots against its start (on selection seeds apart from the
+# evaluation's). A stage that changes nothing scores exactly what its input scored on the
+# evaluation seeds; whether a change pays off there is the benchmark's question (bench.recipe,
+# 200+ paired episodes), not a 30-episode test's.
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +37,17 @@ def test_quick_pipeline_on_push(quick_run):
     # measured 80% on the 30 evaluation seeds (docs/RESULTS.md); the bar leaves room for a different float order elsewhere
     assert by_stage["imitation"].success >= 0.6, "the state policy should push the block home from 100 scripted demonstrations"
     assert all(0.0 <= r.success <= 1.0 and r.cpu_minutes > 0 for r in results)
-    online = by_stage["online"]
-    assert by_stage["offline"].success >= by_stage["imitation"].success, [r.decision for r in results]
-    assert online.success >= by_stage["offline"].success, online.decision
-    assert by_stage["offline"].decision.startswith("AM-Q gate accepted") and online.decision.startswith("kept ")
+    imitation, offline, online = by_stage["imitation"], by_stage["offline"], by_stage["online"]
+    assert offline.decision.startswith("AM-Q gate accepted") and online.decision.startswith("kept ")
+    round0 = json.loads((run / "offline" / "round-0" / "report.json").read_text())
+    for kept, wins_losses in ((round0["accepted"] and not round0["refused"], round0["accepted_wins_losses"]),
+                              (round0["retrained"] and not round0["retrain_refused"], round0["retrained_wins_losses"])):  # fmt: skip
+        if kept and wins_losses is not None:
+            assert wins_losses[0] > wins_losses[1] and sign_test_p(*wins_losses, "greater") <= 0.25, round0
+    if Path(round0["policy"]).resolve() == Path(imitation.policy).resolve():
+        assert offline.success == imitation.success, "the round handed on its input: the same policy on the same seeds"
+    if online.decision.startswith("kept start"):
+        assert online.success == offline.success, online.decision
     assert online.one_step_ms is not None and online.one_step_ms < online.ddim_ms, "the one-step head must be faster"
     table = lines[-1]
     for column in ("stage", "success", "episodes used", "CPU min", "DDIM ms", "1-step ms", "kept"):
@@ -54,7 +65,8 @@ def test_diagnose_keeps_a_ppo_candidate_from_before_it_left_the_demonstrations_a
     """Offline PPO run too long at too large a step on 100 demonstrations, with no rollouts to check it: the gate accepts
     candidates whose AM-Q gain comes from leaving the data. The diagnostics see it offline (ppo/demo_action_error) and
     keep the last accepted candidate before the turn; in sim it beats the last one the round accepted (measured from the
-    README run's policy: update 25 vs 125, 45% vs 34% of these 100 episodes; the round's start scored 74% of 50)."""
+    README run's imitation policy at actor lr 1e-4: the start kept, 67% against update 125's 22% of these 100 episodes;
+    at 3e-5 the updates no longer leave the data far enough to matter, 65% against 67%)."""
     from policies.critics import CriticConfig
     from workflow.diagnostics.curves import load_stages
     from workflow.diagnostics.rules import diagnose_stage
@@ -65,7 +77,7 @@ def test_diagnose_keeps_a_ppo_candidate_from_before_it_left_the_demonstrations_a
     run, _, _ = quick_run
     out = tmp_path / "offline"
     cfg = OfflineConfig(policy=str(run / "imitation"), data=str(run / "demos.zarr"), out=str(out), task="push", rounds=1, critic=CriticConfig.for_horizon(4),
-                        critic_steps=1000, ppo_updates=150, ppo_batch=64, gate_every=25, actor_lr=3e-5, log_prob_reduction="mean",
+                        critic_steps=1000, ppo_updates=150, ppo_batch=64, gate_every=25, actor_lr=1e-4, log_prob_reduction="mean",
                         gate=GateConfig(horizon=5, delta_relative=0.0), rollout_episodes=0, retrain_steps=0, verify_rollouts=False)  # fmt: skip
     train_offline(cfg, show_progress=False)
     (ppo,) = [s for s in load_stages(out) if s.kind == "ppo"]

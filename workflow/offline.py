@@ -48,6 +48,7 @@ from workflow.distributed import Distributed, init_distributed
 from workflow.envs import make_sim_for
 from workflow.imitation import ImitationConfig, train_imitation
 from workflow.latent import LatentTransitions, encode_store
+from workflow.paired import pick_beyond_noise, sign_test_p, wins_losses
 from workflow.ope import GateConfig, GateDecision, gate, horizon_warning
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
 from workflow.ppo import chain_ppo_loss, denoiser_parameters, fine_tuning_sampler, normalize_advantages, per_state_centred
@@ -113,9 +114,15 @@ class OfflineConfig:
     """Save every candidate the gate accepts (round-M/candidates/update-U): the checkpoints ``robot diagnose`` chooses
     among when the PPO stage overfits (the round itself hands on only its last accepted policy)."""
     verify_rollouts: bool = True
-    """Roll an accepted policy out on the seeds the reference ran on before PPO, and refuse it if it succeeds less
-    often. AM-Q can be climbed where the critics and the latent model are wrong: on lift
-    from five noisy demos, gate-accepted policies raised AM-Q by 7-9% while sim success fell from 56% to 4-6%."""
+    """Roll an accepted (then a retrained) policy out on the seeds the reference ran on before PPO; it replaces
+    the policy before it only when its paired wins there are beyond noise (``verify_max_p``). AM-Q can be climbed
+    where the critics and the latent model are wrong: on lift from five noisy demos, gate-accepted policies raised
+    AM-Q by 7-9% while sim success fell from 56% to 4-6%. A tie keeps the policy before it."""
+    verify_max_p: float = 0.25
+    """One-sided sign-test p-value a change's wins over the policy it would replace must reach on the round's
+    rollout seeds (``workflow.paired.pick_beyond_noise``, as online RL selects). 1.0 keeps any change that wins
+    more episodes than it loses. On push the quick preset's round kept a retrained policy on a 13-13 tie of 20
+    episodes that then scored 70% against imitation's 83% on the evaluation seeds."""
     retrain_when_rejected: bool = True
     """Retrain on the merged data (demonstrations + every round's successful rollouts) even in a round whose gate
     accepted nothing, warm-started from the reference: the data flywheel. False: such a round hands on the
@@ -132,6 +139,8 @@ class OfflineConfig:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
         if self.anchor_coef < 0 or (self.rollout_std is not None and self.rollout_std < 0):
             raise ValueError(f"anchor_coef and rollout_std must be >= 0, got {self.anchor_coef} and {self.rollout_std}")
+        if not 0 < self.verify_max_p <= 1:
+            raise ValueError(f"verify_max_p must be in (0, 1], got {self.verify_max_p}")
         if not 0 < self.actor_lr < 1 or not 0 < self.clip_eps < 1:
             raise ValueError(f"actor_lr and clip_eps must be in (0, 1), got {self.actor_lr}, {self.clip_eps}")
 
@@ -149,13 +158,17 @@ class RoundReport:
     reference_success: float | None = None
     """Success of the reference's rollouts on the same seeds (None: not verified)."""
     refused: bool = False
-    """The gate accepted a candidate but its rollouts succeeded less often than the reference's: the round kept the reference."""
+    """The gate accepted a candidate but its rollouts did not beat the reference's beyond noise: the round kept the reference."""
+    accepted_wins_losses: tuple[int, int] | None = None
+    """Episodes of the round's seeds only the accepted policy solved, and only the reference solved (None: not verified)."""
     retrained: bool = False
     """The round retrained a policy on the merged data (demonstrations + successful rollouts)."""
     retrained_success: float | None = None
     """Success of the retrained policy's rollouts on the round's seeds (None: not verified)."""
     retrain_refused: bool = False
-    """The retrained policy succeeded less often than the policy it would replace: the round kept that one."""
+    """The retrained policy did not beat the policy it would replace beyond noise: the round kept that one."""
+    retrained_wins_losses: tuple[int, int] | None = None
+    """Episodes only the retrained policy solved, and only the policy it would replace solved (None: not verified)."""
 
 
 @dataclass(frozen=True)
@@ -234,13 +247,13 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
         accepted = any(d.accepted for d in decisions)
         verify = accepted and before is not None and config.verify_rollouts
         rollout = rollout_into(merged, round_dir / "accepted", config, m, ddp) if verify else None
-        refused = verify and rollout.success_rate < before.success_rate
+        refused = verify and not beats(before, rollout, config.verify_max_p)
         if before is not None and ddp.is_main:
             run.metrics.log({"rollouts/reference_success": before.success_rate, **({"rollouts/accepted_success": rollout.success_rate} if rollout else {})}, m)
             verdict = "no candidate accepted" if not accepted else "not verified" if rollout is None else "refused: the round keeps the reference" if refused else "kept"
             print(f"round {m}: rollouts of the reference {before.success_rate:.0%}"
-                  + (f", of the accepted policy {rollout.success_rate:.0%}" if rollout else "")
-                  + f" ({config.rollout_episodes} episodes): {verdict}")  # fmt: skip
+                  + (f", of the accepted policy {rollout.success_rate:.0%} ({paired_line(before, rollout)})" if rollout else "")
+                  + f" over {config.rollout_episodes} episodes: {verdict}")  # fmt: skip
         keep_candidate = accepted and not refused
         warm_start = accepted_policy if keep_candidate else reference
         next_policy = round_dir / "accepted" if keep_candidate else Path(policy_path)
@@ -262,10 +275,10 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
             # the retrained policy is a change like any other: on the same seeds it must do at least as well as what it replaces
             bar = rollout if keep_candidate and rollout is not None else before
             check = rollout_into(merged, retrained_policy, config, m, ddp) if config.verify_rollouts and bar is not None else None
-            retrain_refused = check is not None and check.success_rate < bar.success_rate
+            retrain_refused = check is not None and not beats(bar, check, config.verify_max_p)
             if check is not None and ddp.is_main:
                 run.metrics.log({"rollouts/retrained_success": check.success_rate}, m)
-                print(f"round {m}: rollouts of the retrained policy {check.success_rate:.0%} vs {bar.success_rate:.0%}: "
+                print(f"round {m}: rollouts of the retrained policy {check.success_rate:.0%} vs {bar.success_rate:.0%} ({paired_line(bar, check)}): "
                       + ("refused, the round keeps " + ("the accepted policy" if keep_candidate else "the reference") if retrain_refused else "kept"))
             next_policy = next_policy if retrain_refused else retrained_policy
         report = RoundReport(
@@ -279,6 +292,8 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
             retrained=retrained,
             retrained_success=check.success_rate if check else None,
             retrain_refused=retrain_refused,
+            accepted_wins_losses=wins_losses(before.successes, rollout.successes) if rollout else None,
+            retrained_wins_losses=wins_losses(bar.successes, check.successes) if check else None,
             merged_episodes=ZarrEpisodeStore.open(merged).num_episodes,
             policy=str(next_policy),
         )
@@ -447,6 +462,16 @@ def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: 
         if store is not None:
             store.close()
         ddp.barrier()  # the merged store is complete before anyone reads it
+
+
+def beats(incumbent: EvalReport, challenger: EvalReport, max_p: float) -> bool:
+    """Whether ``challenger``'s paired wins over ``incumbent`` on the same seeds are beyond noise (a tie is not)."""
+    return pick_beyond_noise([incumbent.successes, challenger.successes], max_p) == 1
+
+
+def paired_line(incumbent: EvalReport, challenger: EvalReport) -> str:
+    wins, losses = wins_losses(incumbent.successes, challenger.successes)
+    return f"won {wins}, lost {losses}, p = {sign_test_p(wins, losses, 'greater'):.2f}"
 
 
 def _numbers(obj: object) -> dict[str, float]:

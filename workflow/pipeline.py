@@ -195,7 +195,7 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
         if refused:
             kept += "; refused by rollouts " + ", ".join(f"{r.rollout_success:.0%} vs reference {r.reference_success:.0%}" for r in refused)
         if any(r.retrained for r in report.rounds):
-            verdicts = ", ".join("refused" if r.retrain_refused else "kept" for r in report.rounds if r.retrained)
+            verdicts = ", ".join(("refused" if r.retrain_refused else "kept") + _won_lost(r.retrained_wins_losses) for r in report.rounds if r.retrained)
             return report.policy, rollouts, kept + f"; retrained on the successful of {report.rounds[-1].merged_episodes} merged episodes: {verdicts}"
         return report.policy, rollouts, kept + ("" if any(r.accepted and not r.refused for r in report.rounds) else ": policy unchanged")
 
@@ -229,6 +229,10 @@ BEFORE_IT_EXISTED = {"sampler": "ddim"}
 
 RERUN_MAY_CHANGE = ("out", "device", "view")
 """Settings a rerun may change: the rest decide what the finished stages it reads back mean."""
+
+
+def _won_lost(wins_losses) -> str:
+    return "" if wins_losses is None else f" (won {wins_losses[0]}, lost {wins_losses[1]} on the round's seeds)"
 
 
 def check_same_settings(config: PipelineConfig, path: Path) -> None:

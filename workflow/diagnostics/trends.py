@@ -57,7 +57,9 @@ class RulesConfig:
     imitation_signal: str = "action"
     """Held-out curve that decides imitation overfitting: ``action`` (the deterministic action error, when logged)
     or ``denoise`` (the denoising loss). On push the held-out denoising loss rose in runs whose sim success kept
-    improving (16% -> 24%, 6% -> 22% from the early to the last checkpoint), while the action error kept falling."""
+    improving (16% -> 24%, 6% -> 22% from the early to the last checkpoint), while the DDIM action error kept falling.
+    With the ddpm-mean sampler the action error turned there too (8% at the turn, 24% at the end): neither curve is
+    closed-loop success, so an overfitting verdict asks for a sim check (``robot diagnose --sim-eval``)."""
 
     def __post_init__(self) -> None:
         if self.min_points < 3:
