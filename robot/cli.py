@@ -336,7 +336,7 @@ def evaluate(
     task: str = typer.Option("push", help="Simulated task."),
     episodes: int = typer.Option(50),
     seed: int = typer.Option(1000, help="First evaluation seed (episodes use seed, seed+1, ...)."),
-    sampler: Optional[str] = typer.Option(None, help="ddim (K-step), ddpm-mean (K-step through the stochastic chain's means) or consistency (one step); default: the policy's own K-step sampler."),
+    sampler: Optional[str] = typer.Option(None, help="ddim (K-step), ddpm-mean (K-step through the stochastic chain's means), ddpm (the stochastic chain) or consistency (one step); default: the policy's own K-step sampler. Several, comma-separated (ddim,ddpm-mean,ddpm): each on the same seeds, compared episode by episode."),
     device: str = typer.Option("cpu"),
     save: Optional[Path] = typer.Option(None, help="Append the evaluation episodes to this store."),
     view: bool = typer.Option(False, "--view", help="Stream every step and each chunk's denoising chain to a Rerun viewer."),
@@ -346,6 +346,20 @@ def evaluate(
     """Success rate, return and latency of a policy in sim."""
     from workflow.evaluate import evaluate_policy
 
+    samplers = [s.strip() for s in sampler.split(",")] if sampler and "," in sampler else None
+    if samplers:
+        if save or view or rrd:
+            _fail("--save, --view and --rrd follow one sampler's episodes; give one --sampler with them")
+        from workflow.paired import paired_table
+        from workflow.policy import SAMPLERS
+
+        unknown = [s for s in samplers if s not in SAMPLERS]
+        if unknown:
+            _fail(f"unknown sampler {', '.join(map(repr, unknown))}; known: {', '.join(SAMPLERS)}")
+        reports = [_run_or_fail(evaluate_policy, policy, task, episodes=episodes, seed=seed, sampler=s, device=device) for s in samplers]
+        _say(paired_table(samplers, [r.successes for r in reports], [r.lengths for r in reports],
+                          title=f"{policy} on {task}: {episodes} episodes from seed {seed}, every sampler on the same seeds"))  # fmt: skip
+        return
     report = _run_or_fail(evaluate_policy, policy, task, episodes=episodes, seed=seed, sampler=sampler, device=device, save=save, view=view, rrd=rrd, critics=critics)
     from robot.report import format_table
 
@@ -363,7 +377,7 @@ def deploy(
     episodes: int = typer.Option(10),
     hz: Optional[float] = typer.Option(None, help="Control rate; default the rate the policy was trained at; 0 = unthrottled (sim only)."),
     max_steps: Optional[int] = typer.Option(None, help="Ticks per episode; default the task's limit (real arms 600)."),
-    sampler: Optional[str] = typer.Option(None, help="ddim (K-step), ddpm-mean (K-step through the stochastic chain's means) or consistency (one step); default: the policy's own K-step sampler."),
+    sampler: Optional[str] = typer.Option(None, help="ddim (K-step), ddpm-mean (K-step through the stochastic chain's means), ddpm (the stochastic chain) or consistency (one step); default: the policy's own K-step sampler."),
     chunks: str = typer.Option("receding", help="receding (execute n_action_steps, re-plan) or ensemble (temporal ensembling)."),
     inference: str = typer.Option("auto", help="inline, background (a thread plans while the loop runs), or auto (background when a plan takes over half a period)."),
     device: Optional[str] = typer.Option(None, help="Operator device: keyboard (e/esc e-stop, t takeover, y/n label, q quit), gamepad, spacemouse."),

@@ -113,6 +113,29 @@ def test_a_policy_deploys_with_its_own_deterministic_sampler(demos, tmp_path):
     assert DiffusionController.load(tmp_path / "run").sampler == "ddim"
 
 
+def test_the_stochastic_chain_deploys_and_samplers_compare_on_the_same_seeds(demos, tmp_path):
+    """``ddpm`` runs the stochastic chain: reproducible for one controller seed, different for another. Several
+    samplers in ``robot eval --sampler`` run on the same seeds and print one paired row each; an unknown name is
+    one line before anything runs."""
+    train_imitation(ImitationConfig(data=str(demos), out=str(tmp_path / "run"), policy=TINY, steps=5, batch_size=8), show_progress=False)
+    robot, task = make_sim("push")
+    actions = []
+    with robot:
+        for seed in (3, 3, 4):
+            controller = DiffusionController.load(tmp_path / "run", sampler="ddpm", seed=seed)
+            assert controller.sampler == "ddpm" and not controller.deterministic
+            actions.append(run_episode(robot, task, controller, seed=7, max_steps=6).frames["action"])
+    np.testing.assert_array_equal(actions[0], actions[1])
+    assert not np.array_equal(actions[0], actions[2])
+    result = CliRunner().invoke(app, ["eval", "--policy", str(tmp_path / "run"), "--task", "push", "--episodes", "2", "--sampler", "ddpm-mean,ddim,ddpm"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert "every sampler on the same seeds" in lines[-6] and "vs ddpm-mean (same seeds)" in lines[-5]
+    assert [line.split()[0] for line in lines[-3:]] == ["ddpm-mean", "ddim", "ddpm"] and "won" in lines[-1] and "lost" in lines[-1]
+    result = CliRunner().invoke(app, ["eval", "--policy", str(tmp_path / "run"), "--episodes", "2", "--sampler", "ddim,bogus"])
+    assert result.exit_code != 0 and result.output.strip().splitlines() == ["error: unknown sampler 'bogus'; known: ddim, ddpm-mean, ddpm, consistency"]
+
+
 def test_resumes_after_kill(demos, tmp_path):
     out = tmp_path / "run"
     script = (

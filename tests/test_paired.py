@@ -49,3 +49,16 @@ def test_mean_steps_to_success_counts_the_successful_episodes_only():
     assert mean_steps_to_success([False, False], [200, 200]) is None
     with pytest.raises(ValueError, match="one length per episode"):
         mean_steps_to_success([True], [1, 2])
+
+
+def test_the_paired_table_compares_every_row_with_the_first_on_the_same_seeds():
+    from workflow.paired import paired_table
+
+    first, second = [True, True, False, False], [True, False, True, True]
+    table = paired_table(["a", "b"], [first, second], [[10, 20, 100, 100], [30, 100, 40, 50]], title="t")
+    lines = table.splitlines()
+    assert lines[0] == "t" and "vs a (same seeds)" in lines[1]
+    assert lines[3].split()[:2] == ["a", "50.0%"] and lines[3].split()[-1] == "-"
+    assert lines[4].split()[:2] == ["b", "75.0%"] and "2 won, 1 lost, p = 1" in lines[4] and " 40 " in lines[4]  # mean of 30, 40, 50
+    with pytest.raises(ValueError, match="one name"):
+        paired_table(["a"], [first, second], [[1] * 4])

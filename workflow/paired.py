@@ -81,3 +81,21 @@ def pick_beyond_noise(results: Sequence[Sequence[bool]], max_p: float) -> int:
     best = max(range(1, len(results)), key=lambda i: (sum(map(bool, results[i])), -i))
     wins, losses = wins_losses(results[0], results[best])
     return best if wins > losses and sign_test_p(wins, losses, "greater") <= max_p else 0
+
+
+def paired_table(names: Sequence[str], results: Sequence[Sequence[bool]], lengths: Sequence[Sequence[int]], title: str | None = None) -> str:
+    """One row per policy (or sampler) run on the same seeds: success with its Wilson interval, mean steps to
+    success, and wins, losses and the two-sided sign-test p against the first row."""
+    from robot.report import format_table
+
+    if not (len(names) == len(results) == len(lengths)) or not names:
+        raise ValueError(f"one name, result list and length list per row, got {len(names)}, {len(results)}, {len(lengths)}")
+    rows = []
+    for i, (name, outcome, steps) in enumerate(zip(names, results, lengths)):
+        low, high = wilson_interval(sum(map(bool, outcome)), len(outcome))
+        versus = "-"
+        if i:
+            wins, losses = wins_losses(results[0], outcome)
+            versus = f"{wins} won, {losses} lost, p = {sign_test_p(wins, losses):.2g}"
+        rows.append([name, f"{sum(map(bool, outcome)) / len(outcome):.1%}", f"{low:.1%}-{high:.1%}", mean_steps_to_success(outcome, steps), versus])
+    return format_table(["", "success", "95% interval", "mean steps to success", f"vs {names[0]} (same seeds)"], rows, title=title)

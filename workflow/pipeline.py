@@ -193,7 +193,7 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
         refused = [r for r in report.rounds if r.refused]
         kept = f"AM-Q gate accepted {accepted}/{checks}"
         if refused:
-            kept += "; refused by rollouts " + ", ".join(f"{r.rollout_success:.0%} vs reference {r.reference_success:.0%}" for r in refused)
+            kept += "; refused by rollouts " + ", ".join(f"{r.rollout_success:.0%} vs reference {r.reference_success:.0%}" + _won_lost(r.accepted_wins_losses) for r in refused)
         if any(r.retrained for r in report.rounds):
             verdicts = ", ".join(("refused" if r.retrain_refused else "kept") + _won_lost(r.retrained_wins_losses) for r in report.rounds if r.retrained)
             return report.policy, rollouts, kept + f"; retrained on the successful of {report.rounds[-1].merged_episodes} merged episodes: {verdicts}"
