@@ -133,7 +133,7 @@ def pipeline_seeds(config: PipelineConfig) -> dict[str, range]:
 
     b, s = config.spend, config.seed
     seeds = {"demonstrations": range(s, s + b.demos), "online rollouts": range(s * 1_000_003, s * 1_000_003 + b.online_iterations * b.online_episodes),
-             "online selection": range(SELECTION_SEED + 1000 * s, SELECTION_SEED + 1000 * s + b.select_episodes),
+             "online selection": range(SELECTION_SEED + 1000 * s, SELECTION_SEED + 1000 * s + b.select_episodes + b.confirm_episodes),
              "pipeline evaluation": range(100_000 + s, 100_000 + s + b.eval_episodes)}  # fmt: skip
     for m in range(b.offline_rounds):
         seeds[f"offline round {m} rollouts"] = range(s + 10_000 * (m + 1), s + 10_000 * (m + 1) + b.rollout_episodes)

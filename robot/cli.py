@@ -230,6 +230,7 @@ def train_online(
     distill_data: Optional[Path] = typer.Option(None, help="Episode store (e.g. the demos) whose states the handed-on policy's head is distilled on."),
     distill_final_steps: Optional[int] = typer.Option(None, help="Distillation steps the handed-on head gets in all (default: distill steps x iterations)."),
     select_episodes: int = typer.Option(16, min=0, help="Deterministic episodes scoring the start and the snapshots (0: hand on the last)."),
+    confirm_episodes: int = typer.Option(0, min=0, help="Fresh episodes re-running the start and the best snapshot; the sign test reads these alone (0: the selection decides)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
 ) -> None:
@@ -242,7 +243,7 @@ def train_online(
         return run(OnlineConfig(
             policy=str(policy), out=str(out), task=task, iterations=iterations, episodes_per_iteration=episodes_per_iteration,
             actor_lr=actor_lr, value_from=str(value_from) if value_from else None, distill_steps=distill_steps,
-            distill_data=str(distill_data) if distill_data else None, distill_final_steps=distill_final_steps, select_episodes=select_episodes, seed=seed, device=device,
+            distill_data=str(distill_data) if distill_data else None, distill_final_steps=distill_final_steps, select_episodes=select_episodes, confirm_episodes=confirm_episodes, seed=seed, device=device,
         ))  # fmt: skip
 
     report = _run_or_fail(go)

@@ -158,3 +158,46 @@ def test_the_adaptive_learning_rate_follows_the_target_kl():
     assert adapt_lr(1e-4, 0.0, cfg) == pytest.approx(1e-4)  # never past 10x the configured rate
     with pytest.raises(ValueError, match="kl_stop"):
         OnlineConfig(policy="p", out="o", kl_stop=1.0)
+
+
+@pytest.mark.parametrize(
+    "confirm, kept",
+    [
+        ((10, 18), "iteration 0"),  # the fresh episodes confirm the screen's winner: 8 won, 0 lost
+        ((10, 11), "start"),  # one more success on fresh seeds is no evidence
+        (None, "start"),  # the screen's best lost more than it won: no fresh episodes run
+    ],
+)
+def test_a_screened_snapshot_replaces_the_start_only_when_fresh_episodes_confirm_it(monkeypatch, tmp_path, confirm, kept):
+    """Selection as screen then confirmation: the start and the snapshot that scored best on the selection
+    episodes run again on the seeds after them, and the sign test reads those alone."""
+    import workflow.online as online
+    from workflow.rollout import EvalReport
+
+    screen = [(4, 8), (6, 8), (5, 8)] if confirm else [(6, 8), (5, 8), (4, 8)]  # (successes, episodes): start, iteration 0, 1
+    script = screen + ([(confirm[0], 20), (confirm[1], 20)] if confirm else [])
+    calls = []
+
+    def scripted(robot, task, controller, *, episodes, seed, ddp=None):
+        wins, n = script[len(calls)]
+        calls.append((seed, episodes))
+        assert n == episodes
+        successes = tuple([True] * wins + [False] * (n - wins))
+        return EvalReport("push", n, wins / n, 0.0, 10.0, None, None, tuple(range(seed, seed + n)), successes)
+
+    class Run:
+        def snapshot_dir(self, it):
+            return tmp_path / f"step-{it}"
+
+    monkeypatch.setattr(online, "evaluate", scripted)
+    monkeypatch.setattr(online.DiffusionController, "load", staticmethod(lambda path, **kw: path))
+    cfg = OnlineConfig(policy=str(tmp_path / "start"), out=str(tmp_path / "on"), iterations=2, select_episodes=8, select_every=1, confirm_episodes=20, seed=1)
+    selected, scored, path = online.select_policy(None, None, cfg, Run())
+    assert selected == kept and [name for name, _, _ in scored][:3] == ["start", "iteration 0", "iteration 1"]
+    assert path == (tmp_path / "step-0" if kept == "iteration 0" else online.policy_dir(tmp_path / "start"))
+    screen_seed = online.SELECTION_SEED + 1000
+    assert calls[:3] == [(screen_seed, 8)] * 3 and calls[3:] == ([(screen_seed + 8, 20)] * 2 if confirm else [])
+    if confirm:
+        assert [name for name, _, _ in scored][3:] == ["start confirming", "iteration 0 confirming"]
+    with pytest.raises(ValueError, match="at most 1000"):
+        OnlineConfig(policy="p", out="o", select_episodes=500, confirm_episodes=501)

@@ -62,6 +62,8 @@ class Budget:
     eval_episodes: int
     select_episodes: int = 16
     """Deterministic episodes scoring online RL's start and snapshots."""
+    confirm_episodes: int = 0
+    """Fresh episodes on which online RL's start and best snapshot run again to decide (``OnlineConfig.confirm_episodes``)."""
     distill_steps: int = 50
     """One-step-head distillation steps per online iteration (the head tracks the policy)."""
     distill_final_steps: int = 1200
@@ -76,7 +78,7 @@ BUDGETS = {
                     rollout_episodes=20, retrain_steps=300, online_iterations=6, online_episodes=8, eval_episodes=30),
     "full": Budget(demos=200, demo_noise=0.0, imitation_steps=8000, offline_rounds=2, critic_steps=3000, ppo_updates=300, ppo_batch=128,
                    rollout_episodes=40, retrain_steps=1000, online_iterations=25, online_episodes=48, online_minibatch=192, eval_episodes=100,
-                   distill_final_steps=2500),  # 48 episodes an iteration: +5 points over the offline result on lift, 16: +3 (docs/RESULTS.md)
+                   distill_final_steps=2500, select_episodes=32, confirm_episodes=100),  # 48 episodes an iteration: +5 points over the offline result on lift, 16: +3 (docs/RESULTS.md)
     # every stage, gate and hand-over in about a minute: checks an installation or a cluster launch, learns nothing
     "smoke": Budget(demos=4, demo_noise=0.0, imitation_steps=20, offline_rounds=1, critic_steps=20, ppo_updates=4, ppo_batch=16,
                     rollout_episodes=2, retrain_steps=4, online_iterations=2, online_episodes=2, eval_episodes=4, select_episodes=2,
@@ -204,12 +206,13 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
     online_cfg = OnlineConfig(
         policy=offline, out=str(out / "online"), task=config.task, iterations=b.online_iterations, episodes_per_iteration=b.online_episodes, minibatch=b.online_minibatch,
         value_from=str(critics) if critics.is_dir() else None, critic=offline_cfg.critic, distill_data=str(demos), distill_steps=b.distill_steps, distill_final_steps=b.distill_final_steps,
-        select_episodes=b.select_episodes, seed=config.seed, device=config.device,
+        select_episodes=b.select_episodes, confirm_episodes=b.confirm_episodes, seed=config.seed, device=config.device,
     )  # fmt: skip
     def online_stage() -> tuple[str, int, str]:
         report = train_online(online_cfg, show_progress=show_progress)
         scores = ", ".join(f"{name} {success:.0%}" for name, success, _ in report.selection)
-        used = report.episodes + len(report.selection) * online_cfg.select_episodes
+        confirming = sum(name.endswith(" confirming") for name, _, _ in report.selection)
+        used = report.episodes + (len(report.selection) - confirming) * online_cfg.select_episodes + confirming * online_cfg.confirm_episodes
         return report.policy, used, f"kept {report.selected} ({scores})"
 
     stage("online", online_stage, latency=True)
