@@ -15,10 +15,17 @@ import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-# The longest slow modules go first, one to each test process (``-n 2 --dist loadfile`` hands files
-# out in collection order, two to a process at the start): with the quick pipeline last in the queue,
-# one process ran it after its other files and the slow suite took 33 minutes instead of about 25.
+# The slow suite runs as ``-n 2 --dist loadfile``: each module on one test process. pytest-xdist hands
+# modules out in its own order (most tests first) and gives a process a further module whenever two or
+# fewer of its tests are left, so in session 14 one process got the quick pipeline (about 22 minutes)
+# plus the learning tests (about 10) while the other sat idle, and the suite took 35 minutes. Here the
+# two longest modules go first, one to each process, in collection order (xdist's reordering is off).
 LONGEST_FIRST = ("test_pipeline.py", "test_learning.py")
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist >= 3.6
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items):
