@@ -42,7 +42,7 @@ from robot.types import EpisodeMeta
 from workflow.distill import distill, make_head_optimizer
 from workflow.distributed import Distributed, init_distributed
 from workflow.envs import make_sim_for
-from workflow.paired import pick_beyond_noise, wins_losses
+from workflow.paired import best_challenger, pick_beyond_noise, wins_losses
 from workflow.latent import encode_store
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, episode_noise_seed, policy_dir, save_policy
 from workflow.ppo import chain_ppo_loss, denoiser_parameters, fine_tuning_sampler, normalize_advantages
@@ -345,7 +345,7 @@ def select_policy(robot, task, config: OnlineConfig, run: RunDir, ddp: Distribut
     if not config.confirm_episodes:
         best = pick_beyond_noise(outcomes, config.select_max_p)
         return scored[best][0], tuple(scored), candidates[best][1]
-    top = max(range(1, len(outcomes)), key=lambda i: (sum(map(bool, outcomes[i])), -i))
+    top = best_challenger(outcomes)
     wins, losses = wins_losses(outcomes[0], outcomes[top])
     if wins <= losses:  # the screen already says no
         return "start", tuple(scored), candidates[0][1]

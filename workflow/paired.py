@@ -66,6 +66,13 @@ def sign_test_p(wins: int, losses: int, alternative: Literal["two-sided", "great
     return min(1.0, 2 * tail(max(wins, losses)))
 
 
+def best_challenger(results: Sequence[Sequence[bool]]) -> int:
+    """Index of the challenger (``results[1:]``) with the most successes, the earliest on ties."""
+    if len(results) < 2:
+        raise ValueError("need an incumbent and at least one challenger")
+    return max(range(1, len(results)), key=lambda i: (sum(map(bool, results[i])), -i))
+
+
 def pick_beyond_noise(results: Sequence[Sequence[bool]], max_p: float) -> int:
     """Index of the policy to keep among ``results[0]`` (the incumbent) and challengers, each a
     per-seed success list on the same seeds.
@@ -78,7 +85,7 @@ def pick_beyond_noise(results: Sequence[Sequence[bool]], max_p: float) -> int:
         raise ValueError("nothing to pick from")
     if len(results) == 1:
         return 0
-    best = max(range(1, len(results)), key=lambda i: (sum(map(bool, results[i])), -i))
+    best = best_challenger(results)
     wins, losses = wins_losses(results[0], results[best])
     return best if wins > losses and sign_test_p(wins, losses, "greater") <= max_p else 0
 

@@ -23,7 +23,7 @@ from workflow.diagnostics.curves import StageData, load_stages
 from workflow.diagnostics.fqe import FqeConfig, fqe_estimate, rank_agreement
 from workflow.diagnostics.rules import Verdict, diagnose_stage
 from workflow.diagnostics.trends import RulesConfig
-from workflow.paired import sign_test_p, wins_losses
+from workflow.paired import pick_beyond_noise
 
 
 @dataclass(frozen=True)
@@ -240,8 +240,7 @@ def sim_check(chosen: int | None, outcomes: dict[int, tuple[bool, ...]], max_p: 
     if not outcomes or chosen not in outcomes:
         return None, None
     best = max(outcomes, key=lambda s: (sum(outcomes[s]), s))
-    wins, losses = wins_losses(outcomes[chosen], outcomes[best])
-    return best, not (wins > losses and sign_test_p(wins, losses, "greater") <= max_p)
+    return best, pick_beyond_noise([outcomes[chosen], outcomes[best]], max_p) == 0
 
 
 def json_safe(obj: Any) -> Any:
