@@ -93,7 +93,7 @@ class DiagnosisReport:
             if d.fqe_confirms is not None:
                 checkpoint += " (FQE agrees)" if d.fqe_confirms else " (FQE disagrees)"
             if d.sim_confirms is not None:
-                checkpoint += " (sim agrees)" if d.sim_confirms else f" (sim disagrees: step {d.sim_best_step} did better)"
+                checkpoint += " (sim: none better beyond noise)" if d.sim_confirms else f" (sim disagrees: step {d.sim_best_step} did better)"
             evidence = v.reasons[0] if v.reasons else ", ".join(f"{k} {x:.3g}" for k, x in list(v.evidence.items())[:3]) or "-"
             rows.append([v.stage, v.regime, checkpoint, evidence, v.advice[0] if v.advice else "-"])
         return format_table(["stage", "regime", "checkpoint", "evidence", "advice"], rows, title=f"diagnostics: {self.run}")
