@@ -66,6 +66,9 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
         for key, value in arrays.items():
             tensors[f"normalizer/{key}"] = _contiguous(value)
     state_json = _flatten_state(ckpt.state, "state", tensors) if ckpt.state is not None else None
+    bad = _first_nonfinite(tensors)
+    if bad is not None:  # a diverged run must not leave a policy that holds every action
+        raise CheckpointError(f"{path}: refusing to write {bad}: it holds NaN or inf")
 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -106,6 +109,7 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None, device:
         manifest = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: {MANIFEST} is corrupt ({e})") from None
+    _check_manifest(path, manifest)
     if manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a kit checkpoint (format {manifest.get('format')!r})")
     if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
@@ -133,14 +137,23 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None, device:
             norm_arrays[rest] = value.cpu().numpy()
         elif head in modules:
             modules[head][rest] = value
-    normalizer = Normalizer.from_tensors(norm_arrays, manifest["normalizer"]) if manifest.get("normalizer") else None
-    state = _unflatten_state(manifest["state"], tensors) if manifest.get("state") is not None else None
+    bad = _first_nonfinite(tensors)
+    if bad is not None:
+        raise CheckpointError(f"{path}: {bad} holds NaN or inf; a policy from it could not act (was it written by a run that diverged?)")
+    try:
+        features = {g: features_from_dict(f) for g, f in manifest.get("features", {}).items()}
+        normalizer = Normalizer.from_tensors(norm_arrays, manifest["normalizer"]) if manifest.get("normalizer") else None
+        if normalizer is not None:
+            normalizer.check_shapes({k: f.shape for group in features.values() for k, f in group.items()})
+        state = _unflatten_state(manifest["state"], tensors) if manifest.get("state") is not None else None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: {_reason(e)}") from None
     return Checkpoint(
         kind=manifest["kind"],
         config=manifest["config"],
         modules=modules,
         normalizer=normalizer,
-        features={g: features_from_dict(f) for g, f in manifest.get("features", {}).items()},
+        features=features,
         extra=manifest.get("extra", {}),
         state=state,
         kit_version=manifest.get("kit_version", "unknown"),
@@ -166,6 +179,47 @@ def load_module_state(module: Any, state: Mapping[str, Any], *, what: str) -> No
 
 
 # ------------------------------------------------------------------ internals
+MANIFEST_FIELDS = {"kind": str, "config": dict, "modules": list, "features": dict, "extra": dict}
+"""Fields every manifest holds, with their JSON types (``normalizer``: an object or null)."""
+
+
+def _check_manifest(path: Path, manifest: Any) -> None:
+    """Refuse a manifest whose shape is not a checkpoint's, naming the field and what it should be."""
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path}: {MANIFEST} holds a JSON {type(manifest).__name__}, expected an object")
+    if manifest.get("format") != FORMAT:
+        return  # load_checkpoint names the format
+    for key, kind in MANIFEST_FIELDS.items():
+        if not isinstance(manifest.get(key), kind):
+            raise CheckpointError(f"{path}: {MANIFEST} field {key!r} is {_json_kind(manifest.get(key))}, expected a JSON {_json_kind(kind())}")
+    if not all(isinstance(m, str) for m in manifest["modules"]):
+        raise CheckpointError(f"{path}: {MANIFEST} field 'modules' must list module names (strings)")
+    norm = manifest.get("normalizer")
+    if norm is not None and not (isinstance(norm, dict) and all(isinstance(v, str) for v in norm.values())):
+        raise CheckpointError(f"{path}: {MANIFEST} field 'normalizer' must map each key to its mode, got {_json_kind(norm)}")
+    if not isinstance(manifest.get("format_version", 0), int):
+        raise CheckpointError(f"{path}: {MANIFEST} field 'format_version' is {_json_kind(manifest['format_version'])}, expected an integer")
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _reason(e: Exception) -> str:
+    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+
+
+def _first_nonfinite(tensors: Mapping[str, Any]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or inf, if any."""
+    import torch
+
+    for name, value in tensors.items():
+        t = torch.as_tensor(value)
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

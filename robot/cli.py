@@ -139,6 +139,7 @@ def train_imitation(
     steps: int = typer.Option(3000, help="Optimiser steps."),
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(3e-4),
+    drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Leave out episodes holding NaN or inf (named) instead of refusing the store."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
 ) -> None:
@@ -155,6 +156,7 @@ def train_imitation(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
+        drop_nonfinite=drop_nonfinite,
         seed=seed,
         device=device,
     )
@@ -185,6 +187,7 @@ def train_offline(
     chains_per_state: int = typer.Option(1, help="Chains per dataset state; above 1 each chain's advantage is centred on its state's chains."),
     anchor_coef: float = typer.Option(0.0, help="Penalty on each denoising step's KL to the round's starting policy (0: off)."),
     retrain_steps: int = typer.Option(1000, help="Imitation steps on the merged data after each round."),
+    drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Leave out episodes holding NaN or inf (named) instead of refusing the store."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
 ) -> None:
@@ -202,7 +205,7 @@ def train_offline(
             critic_steps=critic_steps, ppo_updates=ppo_updates, gate_every=gate_every,
             gate=GateConfig(horizon=ope_horizon, delta_relative=delta, z=gate_z), actor_lr=actor_lr, rollout_episodes=rollout_episodes,
             rollout_std=rollout_std, verify_rollouts=verify_rollouts, verify_max_p=verify_max_p, log_prob_reduction=log_prob_reduction, chains_per_state=chains_per_state, anchor_coef=anchor_coef,
-            retrain_steps=retrain_steps, seed=seed, device=device,
+            retrain_steps=retrain_steps, drop_nonfinite=drop_nonfinite, seed=seed, device=device,
         )  # fmt: skip
         return run(cfg)
 
@@ -258,13 +261,14 @@ def train_distill(
     steps: int = typer.Option(2000),
     lr: float = typer.Option(3e-4),
     target_reuse: int = typer.Option(4, help="Regression steps per batch of the teacher's DDIM targets (its chain is the expensive part)."),
+    drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Leave out episodes holding NaN or inf (named) instead of refusing the store."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
 ) -> None:
     """Consistency distillation into a one-step head."""
     from workflow.distill import DistillConfig, train_distill as run
 
-    report = _run_or_fail(lambda: run(DistillConfig(policy=str(policy), data=str(data), out=str(out), steps=steps, lr=lr, target_reuse=target_reuse, seed=seed, device=device)))
+    report = _run_or_fail(lambda: run(DistillConfig(policy=str(policy), data=str(data), out=str(out), steps=steps, lr=lr, target_reuse=target_reuse, drop_nonfinite=drop_nonfinite, seed=seed, device=device)))
     _say(f"one-step head distilled (loss {report.final_loss:.5f}); policy written to {report.policy}")
 
 

@@ -96,8 +96,26 @@ class Normalizer:
                 offset, scale = arrays[f"{key}.offset"], arrays[f"{key}.scale"]
             except KeyError:
                 raise KeyError(f"normaliser statistics for {key} are missing from the checkpoint") from None
-            stats[key] = KeyStats(mode, np.asarray(offset, np.float32), np.asarray(scale, np.float32))
+            if mode not in MODES:
+                raise ValueError(f"normaliser mode for {key} is {mode!r}; this kit knows {', '.join(MODES)}")
+            offset, scale = np.asarray(offset, np.float32), np.asarray(scale, np.float32)
+            if offset.shape != scale.shape:
+                raise ValueError(f"normaliser statistics for {key} disagree: offset {offset.shape}, scale {scale.shape}")
+            if not (np.all(np.isfinite(offset)) and np.all(np.isfinite(scale))) or np.any(scale == 0):
+                raise ValueError(f"normaliser statistics for {key} hold NaN, inf or a zero scale")
+            stats[key] = KeyStats(mode, offset, scale)
         return Normalizer(stats)
+
+    def check_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Refuse statistics that do not broadcast onto their feature's shape (``{key: shape}``; keys not given are skipped)."""
+        for key, s in self.stats.items():
+            if key in shapes:
+                try:
+                    fits = np.broadcast_shapes(s.offset.shape, tuple(shapes[key])) == tuple(shapes[key])
+                except ValueError:
+                    fits = False
+                if not fits:
+                    raise ValueError(f"normaliser statistics for {key} have shape {s.offset.shape}, the feature is {tuple(shapes[key])}")
 
 
 def _like(stat: np.ndarray, x):

@@ -291,6 +291,23 @@ class ZarrEpisodeStore:
             ends.resize((self.num_episodes,))
 
 
+def nonfinite_episodes(data: Mapping[str, np.ndarray], episode_ends: np.ndarray) -> dict[int, list[str]]:
+    """Episodes whose floating-point frames hold NaN or inf: ``{episode: [keys]}`` (``data`` as :meth:`ZarrEpisodeStore.load` returns it).
+
+    The store refuses such frames when they are written; a store written by other tools, edited by hand or
+    converted from elsewhere can still hold them, and one NaN frame trains a NaN policy."""
+    bad: dict[int, list[str]] = {}
+    for key, values in data.items():
+        if values.dtype.kind != "f":
+            continue
+        rows = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if rows.any():
+            for episode in np.unique(np.searchsorted(episode_ends, np.flatnonzero(rows), side="right")):
+                if episode < len(episode_ends):  # frames past the last commit belong to no episode
+                    bad.setdefault(int(episode), []).append(key)
+    return dict(sorted(bad.items()))
+
+
 def _check_is_store(path: Path) -> None:
     import json
 

@@ -206,6 +206,10 @@ def deploy(
     )  # fmt: skip
 
 
+NONFINITE_PATIENCE = 10
+"""Non-finite policy actions in a row (each held and counted as an intervention) that end an episode."""
+
+
 class _Session:
     """The per-tick loop of :func:`deploy`, holding what lives across episodes."""
 
@@ -231,7 +235,7 @@ class _Session:
         frames = EpisodeFrames(list(robot.observation_features))
         operator = False
         label, success, stop = "max-steps", False, None
-        ret, held, interventions = 0.0, 0, 0
+        ret, held, interventions, nonfinite = 0.0, 0, 0, 0  # nonfinite: the policy's NaN/inf actions in a row
         previous: tuple[Observation, np.ndarray, bool] | None = None
         self.loop.restart()
         for t in range(self.max_steps + 1):
@@ -273,10 +277,18 @@ class _Session:
                 if action is None:
                     applied = robot.hold() if hasattr(robot, "hold") else robot.send_action(np.zeros(robot.action_features["action"].shape, np.float32))
                     held += 1
+                elif not np.all(np.isfinite(action)):  # the safety layer holds it; the step is not the policy's
+                    applied, intervention = robot.send_action(action), True
+                    nonfinite += 1
                 else:
-                    applied = robot.send_action(action)
+                    applied, nonfinite = robot.send_action(action), 0
             interventions += intervention
             previous = (obs, np.asarray(applied, dtype=np.float32), intervention)
+            if nonfinite >= NONFINITE_PATIENCE:
+                print(f"episode ended: the policy's last {nonfinite} actions were NaN or inf (each held by the safety layer); "
+                      "check its checkpoint (robot info) and the observations it gets", file=sys.stderr)  # fmt: skip
+                label = "non-finite actions"
+                break
             self.loop.sleep()
         if frames.rows["done"]:
             frames.rows["done"][-1] = True

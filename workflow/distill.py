@@ -23,7 +23,7 @@ from robot.store import ZarrEpisodeStore
 from workflow.distributed import init_distributed
 from workflow.latent import encode_store
 from workflow.policy import KIND, build_from_checkpoint, policy_dir, save_policy
-from workflow.run import RunDir, progress, resolve_device, seed_everything
+from workflow.run import RunDir, check_finite_loss, progress, resolve_device, seed_everything
 
 
 Target = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (noise, cond, teacher's DDIM output), this rank's rows
@@ -119,6 +119,8 @@ class DistillConfig:
     """On push, 1,200 steps at 3e-4 brought the head within 2 points of its teacher; at 1e-4, 6 short."""
     target_reuse: int = 4
     """Regression steps per teacher target batch (the teacher's chain is the expensive part)."""
+    drop_nonfinite: bool = False
+    """Leave out episodes holding NaN or inf (named on stderr) instead of refusing the data."""
     seed: int = 0
     device: str = "cpu"
 
@@ -145,7 +147,7 @@ def train_distill(config: DistillConfig, *, show_progress: bool = True) -> Disti
     teacher, _ = build_from_checkpoint(ckpt, device=str(device))
     teacher.eval().requires_grad_(False)
     store = ZarrEpisodeStore.open(config.data)
-    states = encode_store(store, teacher, ckpt.normalizer, gamma=1.0, device=device).features  # (N, Dc)
+    states = encode_store(store, teacher, ckpt.normalizer, gamma=1.0, device=device, drop_nonfinite=config.drop_nonfinite).features  # (N, Dc)
     head = ConsistencyHead.from_policy(teacher)
     optimizer = make_head_optimizer(head, config.lr)
     trainable = ddp.wrap(head)
@@ -154,6 +156,7 @@ def train_distill(config: DistillConfig, *, show_progress: bool = True) -> Disti
     def logged(step: int, loss: float) -> None:
         loss = ddp.mean(loss)
         run.metrics.log({"losses/distill": loss}, step)
+        check_finite_loss(loss, "distillation", step)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.5f}")
 

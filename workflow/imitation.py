@@ -26,7 +26,7 @@ from robot.types import ACTION, POINTCLOUD, Feature, is_image_key
 from workflow.distributed import init_distributed
 from workflow.diagnostics.probes import imitation_metrics
 from workflow.policy import save_policy
-from workflow.run import RunDir, progress, resolve_device, restore_rng, rng_state, seed_everything
+from workflow.run import RunDir, check_finite_loss, finite_episodes, progress, resolve_device, restore_rng, rng_state, seed_everything
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class ImitationConfig:
     """Observation keys the policy sees; empty = every observation.* key of the store."""
     successful_only: bool = True
     """Train on episodes labelled successful only (failed demonstrations teach failure)."""
+    drop_nonfinite: bool = False
+    """Leave out episodes whose frames hold NaN or inf (named on stderr) instead of refusing the store."""
     steps: int = 3000
     """Optimiser steps."""
     batch_size: int = 64
@@ -109,14 +111,15 @@ def train_imitation(
     # --- data: whole episodes, split by episode, everything in RAM
     store = ZarrEpisodeStore.open(config.data)
     metas = store.metas
-    usable = [i for i, m in enumerate(metas) if m.success or not config.successful_only]
-    if len(usable) < 2:
-        raise ValueError(f"{config.data}: {len(usable)} usable episodes (successful_only={config.successful_only}); record at least 2")
     obs_keys = list(config.obs_keys) or [k for k in store.features if k.startswith("observation.")]
     missing = [k for k in obs_keys + [ACTION] if k not in store.features]
     if missing:
         raise ValueError(f"{config.data} has no {missing[0]}; it has {', '.join(store.features)}")
     data = store.load(obs_keys + [ACTION])
+    usable = [i for i, m in enumerate(metas) if m.success or not config.successful_only]
+    usable = finite_episodes(config.data, data, store.episode_ends, usable, drop=config.drop_nonfinite)
+    if len(usable) < 2:
+        raise ValueError(f"{config.data}: {len(usable)} usable episodes (successful_only={config.successful_only}); record at least 2")
     train_idx, val_idx = split_episodes(len(usable), config.val_fraction, config.seed)
     train_eps, val_eps = [usable[i] for i in train_idx], [usable[i] for i in val_idx]
     window = WindowConfig(n_obs_steps=config.policy.n_obs_steps, horizon=config.policy.horizon)
@@ -195,6 +198,7 @@ def train_imitation(
         ema.update(model)
         step += 1
         train_loss = ddp.mean(loss.item())
+        check_finite_loss(train_loss, "imitation", step)
         metrics = {"losses/denoise": train_loss, "charts/grad_norm": float(grad_norm), "charts/lr": scheduler.get_last_lr()[0]}
         if ddp.is_main and (step % config.eval_every == 0 or step == config.steps):
             metrics.update(imitation_metrics(ema.averaged, probe_batches, val_batches, normalizer, obs_keys, device))  # diagnostics

@@ -20,6 +20,7 @@ from robot.normalize import Normalizer
 from robot.sampler import WindowConfig, WindowSampler
 from robot.store import ZarrEpisodeStore
 from robot.types import ACTION, DONE, REWARD, SUCCESS
+from workflow.run import finite_episodes
 
 
 @dataclass
@@ -55,13 +56,17 @@ def encode_store(
     device: torch.device,
     episodes: list[int] | None = None,
     batch_size: int = 512,
+    drop_nonfinite: bool = False,
 ) -> LatentTransitions:
-    """Encode every step of ``episodes`` (all by default) with the policy's frozen encoder."""
+    """Encode every step of ``episodes`` (all by default) with the policy's frozen encoder.
+
+    An episode holding NaN or inf is refused (``workflow.run.finite_episodes``), or left out with ``drop_nonfinite``."""
     cfg = policy.config
     obs_keys = sorted(k for k in policy.input_features if k.startswith("observation."))
     data = store.load([*obs_keys, ACTION, REWARD, DONE, SUCCESS])
     ends = store.episode_ends
     chosen = list(range(store.num_episodes)) if episodes is None else list(episodes)
+    chosen = finite_episodes(store.path, data, ends, chosen, drop=drop_nonfinite)
     sampler = WindowSampler(data, ends, WindowConfig(cfg.n_obs_steps, cfg.n_action_steps), episodes=chosen, obs_keys=obs_keys)
     policy.eval()
     feats, acts = [], []

@@ -53,7 +53,7 @@ from workflow.ope import GateConfig, GateDecision, gate, horizon_warning
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
 from workflow.ppo import chain_ppo_loss, denoiser_parameters, fine_tuning_sampler, normalize_advantages, per_state_centred
 from workflow.rollout import EvalReport, evaluate
-from workflow.run import RunDir, progress, resolve_device, seed_everything
+from workflow.run import RunDir, check_finite_loss, progress, resolve_device, seed_everything
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,8 @@ class OfflineConfig:
     """Retrain on the merged data (demonstrations + every round's successful rollouts) even in a round whose gate
     accepted nothing, warm-started from the reference: the data flywheel. False: such a round hands on the
     reference exactly as it was."""
+    drop_nonfinite: bool = False
+    """Leave out episodes holding NaN or inf (named on stderr) instead of refusing the data."""
     flip_advantages: bool = False
     """Diagnostics only: negate advantages (a deliberately harmful update the gate must reject)."""
     seed: int = 0
@@ -208,7 +210,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
 
         # 1. frozen features of every dataset step
         store = ZarrEpisodeStore.open(merged)
-        data = encode_store(store, reference, normalizer, gamma=config.critic.gamma, device=device)
+        data = encode_store(store, reference, normalizer, gamma=config.critic.gamma, device=device, drop_nonfinite=config.drop_nonfinite)
         store.close()
         ta = reference.config.n_action_steps
         warning = horizon_warning(data.steps_to_go, data.success, config.gate.horizon, ta) or warning
@@ -270,6 +272,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
                 device=config.device,
                 warmup_steps=min(100, config.retrain_steps),
                 lr=1e-4,
+                drop_nonfinite=config.drop_nonfinite,
             )
             retrained_policy = Path(train_imitation(retrain, show_progress=show_progress, init=warm_start, normalizer=normalizer).policy)
             # the retrained policy is a change like any other: on the same seeds it must do at least as well as what it replaces
@@ -347,6 +350,9 @@ def fit_critics(
             "next_features": data.next_features[idx],
         }
         losses = critics.update(batch, optimizer, loss_scale=scale, sync=ddp.average_gradients)
+        for name, value in losses.items():
+            if name.startswith("losses/"):
+                check_finite_loss(value, f"offline round {m} critics ({name})", step)
         last = step == config.critic_steps - 1
         if probe is not None and ddp.is_main and (step % config.probe.every == 0 or last):
             losses.update(critic_metrics(critics, data, probe, config.probe))
@@ -414,6 +420,7 @@ def ppo_round(
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
         metrics = {"losses/ppo": ddp.mean(loss.item()), "charts/clip_fraction": ddp.mean(stats.clip_fraction), "charts/approx_kl": ddp.mean(stats.approx_kl)}
+        check_finite_loss(metrics["losses/ppo"], f"offline round {m} PPO", update)
         if stats.anchor_kl is not None:
             metrics["ppo/anchor_kl"] = ddp.mean(stats.anchor_kl)
         if probe is not None:

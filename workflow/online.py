@@ -47,7 +47,7 @@ from workflow.latent import encode_store
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, episode_noise_seed, policy_dir, save_policy
 from workflow.ppo import chain_ppo_loss, denoiser_parameters, fine_tuning_sampler, normalize_advantages
 from workflow.rollout import EpisodeFrames, episode_features, evaluate
-from workflow.run import RunDir, progress, resolve_device, seed_everything
+from workflow.run import RunDir, check_finite_loss, progress, resolve_device, seed_everything
 
 SELECTION_SEED = 500_000  # first sim seed of the selection episodes (apart from rollout and evaluation seeds)
 
@@ -255,7 +255,9 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
                     actor_opt.step()
                     stats = {"charts/clip_fraction": ddp.mean(s.clip_fraction * weight), "charts/approx_kl": kl, "losses/ppo": ddp.mean(loss.item() * weight),
                              "charts/ppo_epochs": epoch + k * config.minibatch / len(order)}  # fmt: skip
+                    check_finite_loss(stats["losses/ppo"], f"online RL iteration {it} PPO", epoch)
                 value_loss = _value_epoch(value, value_opt, cond, returns, config.minibatch, gen, ddp)
+                check_finite_loss(value_loss, f"online RL iteration {it} value function", epoch)
                 if stopped:
                     break
             if config.adaptive_lr and kls:

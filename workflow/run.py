@@ -13,8 +13,10 @@ A run directory::
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +116,28 @@ def progress(total: int, initial: int, desc: str, enabled: bool = True):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, mininterval=1.0)
+
+
+def finite_episodes(path: str | os.PathLike, data: dict[str, np.ndarray], episode_ends: np.ndarray, episodes: list[int], *, drop: bool) -> list[int]:
+    """``episodes`` of a store's loaded ``data`` whose frames are all finite.
+
+    One NaN frame trains a NaN policy, so an episode with NaN or inf is refused with a ValueError that
+    names it and its keys, or, with ``drop``, left out with a line on stderr saying which.
+    """
+    from robot.store import nonfinite_episodes
+
+    bad = {e: keys for e, keys in nonfinite_episodes(data, episode_ends).items() if e in set(episodes)}
+    if not bad:
+        return list(episodes)
+    named = ", ".join(f"{e} ({', '.join(keys)})" for e, keys in list(bad.items())[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    if not drop:
+        raise ValueError(f"{path}: {len(bad)} episode(s) hold NaN or inf: {named}; repair them, or pass --drop-nonfinite to train without them")
+    print(f"warning: {path}: left out {len(bad)} episode(s) holding NaN or inf: {named}", file=sys.stderr)
+    return [e for e in episodes if e not in bad]
+
+
+def check_finite_loss(loss: float, what: str, step: int) -> None:
+    """Stop a stage at its first non-finite loss, before the weights it would write are NaN too."""
+    if not math.isfinite(loss):
+        raise ValueError(f"{what}: the loss became {loss} at step {step}; stopped without writing a policy "
+                         "(the last finite snapshot stays in the run's checkpoints/): lower the learning rate or check the data")  # fmt: skip
