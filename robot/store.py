@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -68,21 +69,34 @@ class ZarrEpisodeStore:
         self.path = path
         self.mode = mode
         self._group = group
-        self._lock_fd = lock_fd
+        self._lock_fd: int | None = None  # owned only once the commit record reads: a failed open closes it once
         self._arrays: dict[str, Any] = {}
         self._load_commit()
+        self._lock_fd = lock_fd
 
     # ----------------------------------------------------------------- opening
     @classmethod
     def create(cls, path: str | os.PathLike, features: Features, *, overwrite: bool = False) -> "ZarrEpisodeStore":
-        """Create an empty store for ``features`` (every per-step key, actions and rewards included)."""
+        """Create an empty store for ``features`` (every per-step key, actions and rewards included).
+
+        The store is built in a hidden sibling directory and renamed into place, so a creation killed at any
+        moment leaves either no store or a whole one; the leftovers of a killed creation are removed here.
+        """
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"{path}: exists and is not a directory; pick another path")
         if path.exists() and any(path.iterdir()) and not overwrite:
+            if _interrupted_creation(path):
+                raise StoreError(f"{path}: a store whose creation was interrupted (it holds no episode); delete it, or record with --resume to start it again")
             raise StoreError(f"{path}: already exists; open it with --resume / ZarrEpisodeStore.open(mode='a') or pick another path")
         if not features:
             raise StoreError(f"{path}: a store needs at least one feature")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_creations(path)
+        building = path.with_name(f".{path.name}.creating-{os.getpid()}")
+        shutil.rmtree(building, ignore_errors=True)
         zarr = _zarr()
-        group = zarr.open_group(str(path), mode="w")
+        group = zarr.open_group(str(building), mode="w")
         for key, feat in features.items():
             group.create_array(
                 f"data/{key}",
@@ -102,6 +116,9 @@ class ZarrEpisodeStore:
                 "episodes": [],
             }
         )
+        if path.exists():  # an empty directory, or a store to overwrite: rename(2) replaces only an empty one
+            shutil.rmtree(path)
+        os.rename(building, path)
         return cls.open(path, mode="a")
 
     @classmethod
@@ -113,13 +130,16 @@ class ZarrEpisodeStore:
         _check_is_store(path)
         lock_fd = _acquire_write_lock(path) if mode == "a" else None
         zarr = _zarr()
+        store = None
         try:
             group = zarr.open_group(str(path), mode="r+" if mode == "a" else "r")
             store = cls(path, group, mode, lock_fd)
             if mode == "a":
                 store._discard_uncommitted()
         except Exception:
-            if lock_fd is not None:
+            if store is not None:
+                store.close()
+            elif lock_fd is not None:
                 os.close(lock_fd)
             raise
         return store
@@ -130,6 +150,8 @@ class ZarrEpisodeStore:
         path = Path(path)
         if not path.exists() or not any(path.iterdir()):
             return cls.create(path, features)
+        if _interrupted_creation(path):  # the leftover of a creation killed before this kit made it atomic: no episode lost
+            return cls.create(path, features, overwrite=True)
         store = cls.open(path, mode="a")
         mismatch = _feature_mismatch(store.features, features)
         if mismatch:
@@ -237,8 +259,12 @@ class ZarrEpisodeStore:
     # --------------------------------------------------------------- internals
     def _load_commit(self) -> None:
         attrs = dict(self._group.attrs)
-        self._features = features_from_dict(attrs["features"])
-        self._metas = [EpisodeMeta.from_dict(m) for m in attrs["episodes"]]
+        try:
+            self._features = features_from_dict(attrs["features"])
+            self._metas = [EpisodeMeta.from_dict(m) for m in attrs["episodes"]]
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            what = f"no {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+            raise StoreError(f"{self.path}: the commit record in zarr.json is damaged ({what}); `robot info --check {self.path}` says more") from None
         n = len(self._metas)
         ends = np.asarray(self._group["meta/episode_ends"][:n], dtype=np.int64) if n else np.zeros(0, np.int64)
         if len(ends) != n or (n and (np.any(np.diff(ends) <= 0) or ends[0] <= 0)):
@@ -308,12 +334,51 @@ def nonfinite_episodes(data: Mapping[str, np.ndarray], episode_ends: np.ndarray)
     return dict(sorted(bad.items()))
 
 
+def _interrupted_creation(path: Path) -> bool:
+    """The start of a store whose creation was killed: arrays or a group file, no commit record, and no frame
+    written anywhere (zarr's chunk files live under ``c/``), so nothing in it can be an episode."""
+    import json
+
+    if not path.is_dir() or any(f.is_file() for f in path.rglob("*") if "c" in f.relative_to(path).parts[:-1]):
+        return False
+    started = (path / "data").is_dir() or (path / "meta").is_dir()
+    try:
+        group = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return started  # arrays begun, the group file missing or half-written
+    if not isinstance(group, dict) or group.get("node_type") != "group":
+        return False
+    return not group.get("attributes")  # the group written, its commit record not yet
+
+
+def _remove_dead_creations(path: Path) -> None:
+    """Hidden ``.NAME.creating-PID`` siblings of ``path`` that no other live process is building."""
+    for leftover in path.parent.glob(f".{path.name}.creating-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _another_live_process(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _another_live_process(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _check_is_store(path: Path) -> None:
     import json
 
     root = path / "zarr.json"
     if not path.is_dir():
         raise StoreError(f"{path}: no such episode store (not a directory)")
+    if _interrupted_creation(path):
+        raise StoreError(f"{path}: a store whose creation was interrupted (it holds no episode); delete it, or record with --resume to start it again")
     try:
         attrs = json.loads(root.read_text()).get("attributes", {})
     except FileNotFoundError:
@@ -323,7 +388,9 @@ def _check_is_store(path: Path) -> None:
     if attrs.get("format") != FORMAT:
         raise StoreError(f"{path}: a zarr group but not an episode store (format {attrs.get('format')!r}, expected {FORMAT!r})")
     version = attrs.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int):
+        raise StoreError(f"{path}: the commit record in zarr.json has no valid format_version ({version!r}); the store is damaged")
+    if version > FORMAT_VERSION:
         raise StoreError(
             f"{path}: store format version {version} is newer than this kit reads ({FORMAT_VERSION}); upgrade the kit"
         )

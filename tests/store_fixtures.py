@@ -3,7 +3,8 @@
 Run as a script: ``python -m tests.store_fixtures STORE N [KILL_AT]`` appends N
 episodes, printing ``committed <i>`` after each commit; with KILL_AT it SIGKILLs
 itself on the KILL_AT-th zarr write call (array write, resize or attribute write),
-which lands the kill at an exact point inside the append protocol.
+which lands the kill at an exact point inside the append protocol. ``create:K``
+instead kills it at the K-th file write or rename while the store is created.
 """
 
 from __future__ import annotations
@@ -75,10 +76,37 @@ def _arm_kill(kill_at: int) -> None:
     Attributes.__setitem__ = counted(Attributes.__setitem__)
 
 
+def _arm_create_kill(kill_at: int) -> None:
+    """SIGKILL this process at the ``kill_at``-th file write (zarr's LocalStore.set) or rename of a store's creation."""
+    from zarr.storage import LocalStore
+
+    calls = {"n": 0}
+
+    def count() -> None:
+        calls["n"] += 1
+        if calls["n"] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    real_set, real_rename = LocalStore.set, os.rename
+
+    async def set_(self, key, value):
+        count()
+        return await real_set(self, key, value)
+
+    def rename(*args, **kwargs):
+        count()
+        return real_rename(*args, **kwargs)
+
+    LocalStore.set, os.rename = set_, rename
+
+
 def main(argv: list[str]) -> None:
     from robot.store import ZarrEpisodeStore
 
     path, n = argv[0], int(argv[1])
+    if len(argv) > 2 and argv[2].startswith("create:"):  # killed while the store is being created
+        _arm_create_kill(int(argv[2].split(":")[1]))
+        argv = argv[:2]
     store = ZarrEpisodeStore.open_or_create(path, FEATURES)
     if len(argv) > 2:
         _arm_kill(int(argv[2]))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,7 +20,7 @@ from tests.store_fixtures import FEATURES, check_episode, make_episode, make_met
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _writer(path: Path, n: int, kill_at: int | None = None) -> subprocess.Popen:
+def _writer(path: Path, n: int, kill_at: int | str | None = None) -> subprocess.Popen:
     args = [sys.executable, "-m", "tests.store_fixtures", str(path), str(n)]
     if kill_at is not None:
         args.append(str(kill_at))
@@ -133,6 +135,63 @@ def test_kill_at_every_point_of_an_append_loses_nothing_earlier(tmp_path, kill_a
     for i in range(store.num_episodes):
         check_episode(store.episode(i), i)
     assert not list(path.rglob("*.partial"))
+
+
+CREATE_WRITES = 15  # 14 here: group and array metadata files, the commit record, the rename into place; the 15th finishes
+
+
+@pytest.mark.parametrize("kill_at", range(1, CREATE_WRITES + 1))
+def test_a_creation_killed_at_any_write_leaves_no_store_or_a_whole_one_and_resume_starts_it(tmp_path, kill_at):
+    path = tmp_path / "s.zarr"
+    proc = _writer(path, 2, kill_at=f"create:{kill_at}")
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:  # fewer writes than kill_at: it finished
+        assert ZarrEpisodeStore.open(path).num_episodes == 2
+        return
+    assert proc.returncode == -9, err
+    if path.exists():
+        assert ZarrEpisodeStore.open(path).num_episodes == 0  # whole and empty, never half made
+    proc = _writer(path, 2)  # what `robot record --resume` does
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    store = ZarrEpisodeStore.open(path)
+    assert store.num_episodes == 2
+    for i in range(2):
+        check_episode(store.episode(i), i)
+    assert not list(tmp_path.glob(".s.zarr.creating-*"))  # the killed creation's leftovers are gone
+
+
+def test_a_half_created_store_from_before_atomic_creation_is_named_and_resumed(tmp_path):
+    """A killed creation by an older kit: arrays written, no commit record; it holds no episode."""
+    import zarr
+
+    path = tmp_path / "old.zarr"
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("data/action", shape=(0, 2), chunks=(16, 2), dtype="float32")
+    with pytest.raises(StoreError, match="creation was interrupted \\(it holds no episode\\); delete it, or record with --resume"):
+        ZarrEpisodeStore.open(path)
+    with pytest.raises(StoreError, match="creation was interrupted"):
+        ZarrEpisodeStore.create(path, FEATURES)
+    with ZarrEpisodeStore.open_or_create(path, FEATURES) as store:
+        store.append_episode(make_episode(0), make_meta(0))
+    check_episode(ZarrEpisodeStore.open(path).episode(0), 0)
+
+
+def test_a_failed_open_releases_the_write_lock_exactly_once(tmp_path):
+    _fill(tmp_path / "s.zarr", 1).close()
+    meta_path = tmp_path / "s.zarr" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["attributes"]["features"]
+    meta_path.write_text(json.dumps(meta))
+    for _ in range(3):
+        with pytest.raises(StoreError, match="commit record in zarr.json is damaged \\(no 'features'\\)"):
+            ZarrEpisodeStore.open(tmp_path / "s.zarr", mode="a")
+        keep = os.open(tmp_path / "other", os.O_RDWR | os.O_CREAT)  # takes the lock's freed descriptor number
+        try:
+            gc.collect()  # a half-built store closing the lock again would close this file
+            os.fstat(keep)
+        finally:
+            os.close(keep)
 
 
 @pytest.mark.parametrize("delay", [0.05, 0.3, 0.8])
