@@ -1,6 +1,11 @@
 """Episode store throughput: write, random-window reads from disk, and load-to-RAM sampling.
 
     python -m bench.store [--episodes 100] [--steps 200] [--size 84] [--path /tmp/bench_store.zarr]
+    python -m bench.store --commit-at 10 1000 10000
+
+The second form measures what one commit costs as the store grows: short state-only
+episodes are appended until the store holds each size, and the next 20 commits are timed
+there (their mean and the bytes of the commit record, which every commit rewrites).
 
 Episodes carry two uint8 cameras, a 9-D state, a 7-D action, reward and done, like a
 real arm recording. Frames are smooth random images (compress like camera frames,
@@ -93,13 +98,40 @@ def run(episodes: int, steps: int, size: int, path: str, batch: int = 64, horizo
     ]
 
 
+def commit_cost(sizes: list[int], path: str, timed: int = 20) -> list[list]:
+    """Mean time of ``timed`` commits once the store holds each of ``sizes`` episodes (5-step state-only episodes)."""
+    shutil.rmtree(path, ignore_errors=True)
+    feats = {"observation.state": Feature((9,)), "action": Feature((7,)), "reward": Feature(()), "done": Feature((), "bool")}
+    rng = np.random.default_rng(0)
+    episode = {"observation.state": rng.normal(size=(5, 9)).astype(np.float32), "action": rng.normal(size=(5, 7)).astype(np.float32),
+               "reward": np.zeros(5, np.float32), "done": np.arange(5) == 4}  # fmt: skip
+    rows = []
+    with ZarrEpisodeStore.create(path, feats) as store:
+        for size in sorted(sizes):
+            while store.num_episodes < size:
+                store.append_episode(episode, EpisodeMeta(task="bench", robot="none", fps=10, success=True, seed=store.num_episodes))
+            t0 = time.perf_counter()
+            for _ in range(timed):
+                store.append_episode(episode, EpisodeMeta(task="bench", robot="none", fps=10, success=True, seed=store.num_episodes))
+            ms = (time.perf_counter() - t0) / timed * 1e3
+            record = (store.path / "zarr.json").stat().st_size
+            rows.append([f"{size:,}", f"{ms:.1f}", f"{record:,}"])
+    shutil.rmtree(path, ignore_errors=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--size", type=int, default=84)
     p.add_argument("--path", default="/tmp/bench_store.zarr")
+    p.add_argument("--commit-at", type=int, nargs="+", default=None, metavar="N", help="time commits into a store of N episodes instead")
     a = p.parse_args(argv)
+    if a.commit_at:
+        rows = commit_cost(a.commit_at, a.path)
+        print(format_table(["episodes in the store", "ms per commit (mean of 20)", "commit record bytes"], rows, title="Episode store: the cost of one commit as the store grows"))
+        return
     rows = run(a.episodes, a.steps, a.size, a.path)
     print(format_table(["operation", "unit", "throughput", "rate", "note"], rows, title=f"Episode store: {a.episodes} episodes x {a.steps} steps, two {a.size}x{a.size} cameras"))
     shutil.rmtree(a.path, ignore_errors=True)

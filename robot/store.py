@@ -3,18 +3,24 @@
 Layout::
 
     STORE/zarr.json          root group; its attributes are the commit record:
-                             format, format_version, kit_version, features and one
-                             metadata dict per committed episode
+                             format, format_version, kit_version, features and
+                             num_episodes (the committed episodes)
     STORE/data/<key>         one array per key, time on axis 0, episodes concatenated
     STORE/meta/episode_ends  int64, end index (exclusive) of each episode
+    STORE/episodes/NNNNNN.json  metadata of episodes 256 N ... 256 N + 255, one dict each
     STORE/write.lock         held (flock) by the one writer
 
-Appending is a three-step protocol: (1) grow every data array and write the new
-frames, (2) grow ``meta/episode_ends``, (3) rewrite the root attributes with the
-new episode's metadata. Only step 3 makes the episode visible, and zarr writes
-each file through a temporary file and an atomic rename, so a writer killed at any
-moment leaves the previous commit intact. Arrays may then hold frames past the last
-commit; readers never look there and the next writer truncates them.
+Appending is a four-step protocol: (1) grow every data array and write the new
+frames, (2) grow ``meta/episode_ends``, (3) rewrite the episode's metadata block,
+(4) rewrite the root attributes with the new ``num_episodes``. Only step 4 makes the
+episode visible, and every file is written through a temporary file and an atomic
+rename, so a writer killed at any moment leaves the previous commit intact. Arrays
+and the last block may then hold more than the commit says; readers never look
+there and the next writer overwrites it. Each step writes a bounded amount, so a
+commit costs the same into an empty store and into one of 10^5 episodes.
+
+Format 1 kept every episode's metadata in the root attributes (a commit rewrote all
+of them); such a store is read as it is and moved to format 2 when opened to append.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from robot.protocols import Episode
 from robot.types import EpisodeMeta, Feature, Features, features_from_dict, features_to_dict
 
 FORMAT = "robot-episode-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+META_BLOCK = 256
+"""Episodes per metadata file (``STORE/episodes/NNNNNN.json``): what one commit rewrites at most."""
 CHUNK_BYTES = 1 << 20  # aim for ~1 MiB of raw data per chunk along time
 MAX_CHUNK_FRAMES = 4096
 
@@ -113,7 +121,7 @@ class ZarrEpisodeStore:
                 "format_version": FORMAT_VERSION,
                 "kit_version": __version__,
                 "features": features_to_dict(features),
-                "episodes": [],
+                "num_episodes": 0,
             }
         )
         if path.exists():  # an empty directory, or a store to overwrite: rename(2) replaces only an empty one
@@ -136,6 +144,7 @@ class ZarrEpisodeStore:
             store = cls(path, group, mode, lock_fd)
             if mode == "a":
                 store._discard_uncommitted()
+                store._upgrade_format()
         except Exception:
             if store is not None:
                 store.close()
@@ -250,8 +259,9 @@ class ZarrEpisodeStore:
         n = self.num_episodes
         ends.resize((n + 1,))
         ends[n] = end
-        metas = [m.to_dict() for m in self._metas] + [meta.to_dict()]
-        self._group.attrs["episodes"] = metas  # step 3: the commit (one atomic file rename)
+        first = n - n % META_BLOCK
+        _write_json(self._block_path(n // META_BLOCK), [m.to_dict() for m in self._metas[first:]] + [meta.to_dict()])  # step 3
+        self._group.attrs["num_episodes"] = n + 1  # step 4: the commit (one atomic file rename)
         self._metas.append(meta)
         self._ends = np.append(self._ends, np.int64(end))
         return n
@@ -261,7 +271,10 @@ class ZarrEpisodeStore:
         attrs = dict(self._group.attrs)
         try:
             self._features = features_from_dict(attrs["features"])
-            self._metas = [EpisodeMeta.from_dict(m) for m in attrs["episodes"]]
+            if "num_episodes" in attrs:  # format 2 (an upgrade killed half way may hold both)
+                self._metas = self._read_metas(int(attrs["num_episodes"]), getattr(self, "_metas", []))
+            else:  # format 1: every episode's metadata in the commit record
+                self._metas = [EpisodeMeta.from_dict(m) for m in attrs["episodes"]]
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             what = f"no {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
             raise StoreError(f"{self.path}: the commit record in zarr.json is damaged ({what}); `robot info --check {self.path}` says more") from None
@@ -270,6 +283,39 @@ class ZarrEpisodeStore:
         if len(ends) != n or (n and (np.any(np.diff(ends) <= 0) or ends[0] <= 0)):
             raise StoreError(f"{self.path}: meta/episode_ends disagrees with the {n} committed episodes; the store is damaged")
         self._ends = ends
+
+    def _block_path(self, block: int) -> Path:
+        return self.path / "episodes" / f"{block:06d}.json"
+
+    def _read_metas(self, n: int, known: list[EpisodeMeta]) -> list[EpisodeMeta]:
+        """The first ``n`` episodes' metadata; blocks wholly covered by ``known`` (read before) are not read again."""
+        import json
+
+        metas = list(known[: min(len(known), n) // META_BLOCK * META_BLOCK])
+        while len(metas) < n:
+            block = len(metas) // META_BLOCK
+            try:
+                rows = json.loads(self._block_path(block).read_text())
+            except FileNotFoundError:
+                raise StoreError(f"{self.path}: episodes/{block:06d}.json is missing; the metadata of episodes {len(metas)}-{n - 1} is lost") from None
+            except ValueError:
+                raise StoreError(f"{self.path}: episodes/{block:06d}.json is not valid JSON; the store is damaged") from None
+            want = min(META_BLOCK, n - len(metas))
+            if not isinstance(rows, list) or len(rows) < want:
+                raise StoreError(f"{self.path}: episodes/{block:06d}.json holds {len(rows) if isinstance(rows, list) else 'no list of'} "
+                                 f"episodes, the commit record needs {want}; the store is damaged")  # fmt: skip
+            metas += [EpisodeMeta.from_dict(m) for m in rows[:want]]
+        return metas
+
+    def _upgrade_format(self) -> None:
+        """Move a format-1 store's metadata into blocks, so its commits stop rewriting every episode's."""
+        attrs = dict(self._group.attrs)
+        if "num_episodes" in attrs and "episodes" not in attrs:
+            return
+        for first in range(0, len(self._metas), META_BLOCK):
+            _write_json(self._block_path(first // META_BLOCK), [m.to_dict() for m in self._metas[first : first + META_BLOCK]])
+        self._group.attrs.update({"num_episodes": len(self._metas), "format_version": FORMAT_VERSION})  # format 2 from here
+        del self._group.attrs["episodes"]
 
     def _array(self, key: str) -> Any:
         if key not in self._arrays:
@@ -332,6 +378,16 @@ def nonfinite_episodes(data: Mapping[str, np.ndarray], episode_ends: np.ndarray)
                 if episode < len(episode_ends):  # frames past the last commit belong to no episode
                     bad.setdefault(int(episode), []).append(key)
     return dict(sorted(bad.items()))
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as JSON through a temporary file and an atomic rename."""
+    import json
+
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
 
 
 def _interrupted_creation(path: Path) -> bool:

@@ -2,7 +2,7 @@
 
 Run as a script: ``python -m tests.store_fixtures STORE N [KILL_AT]`` appends N
 episodes, printing ``committed <i>`` after each commit; with KILL_AT it SIGKILLs
-itself on the KILL_AT-th zarr write call (array write, resize or attribute write),
+itself on the KILL_AT-th write call (array write, resize, attribute write or metadata block),
 which lands the kill at an exact point inside the append protocol. ``create:K``
 instead kills it at the K-th file write or rename while the store is created.
 """
@@ -60,6 +60,8 @@ def _arm_kill(kill_at: int) -> None:
     import zarr
     from zarr.core.attributes import Attributes
 
+    import robot.store as store_module
+
     calls = {"n": 0}
 
     def counted(fn):
@@ -74,6 +76,7 @@ def _arm_kill(kill_at: int) -> None:
     zarr.Array.__setitem__ = counted(zarr.Array.__setitem__)
     zarr.Array.resize = counted(zarr.Array.resize)
     Attributes.__setitem__ = counted(Attributes.__setitem__)
+    store_module._write_json = counted(store_module._write_json)  # the episode's metadata block
 
 
 def _arm_create_kill(kill_at: int) -> None:

@@ -131,3 +131,15 @@ def test_recipe_runs_the_pipeline_and_pairs_every_stage_on_the_same_seeds(tmp_pa
     main(argv)  # a rerun: every stage and every evaluation read back
     again = capsys.readouterr()
     assert again.out.endswith(recipe) and again.err.count("episodes read back") == 4 and "running" not in again.err
+
+
+def test_store_bench_times_commits_at_each_size(tmp_path: Path, capsys) -> None:
+    from bench.store import main
+
+    main(["--commit-at", "3", "12", "--path", str(tmp_path / "s.zarr")])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "Episode store: the cost of one commit as the store grows"
+    rows = [line.split() for line in lines[3:]]
+    assert [r[0] for r in rows] == ["3", "12"] and all(float(r[1]) > 0 for r in rows)
+    assert rows[0][2] == rows[1][2] or abs(int(rows[0][2].replace(",", "")) - int(rows[1][2].replace(",", ""))) < 16
+    assert not (tmp_path / "s.zarr").exists()

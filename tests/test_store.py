@@ -111,7 +111,7 @@ def test_open_or_create_refuses_other_features(tmp_path):
 
 
 # ---------------------------------------------------------------- kill -9
-APPEND_CALLS = 2 * len(FEATURES) + 3  # per append: resize + write per key, resize + write ends, commit
+APPEND_CALLS = 2 * len(FEATURES) + 4  # per append: resize + write per key, resize + write ends, metadata block, commit
 
 
 @pytest.mark.parametrize("kill_at", range(1, APPEND_CALLS + 1))
@@ -135,6 +135,63 @@ def test_kill_at_every_point_of_an_append_loses_nothing_earlier(tmp_path, kill_a
     for i in range(store.num_episodes):
         check_episode(store.episode(i), i)
     assert not list(path.rglob("*.partial"))
+
+
+def test_a_commit_rewrites_a_bounded_record_however_many_episodes_the_store_holds(tmp_path):
+    from robot.store import META_BLOCK
+
+    path = tmp_path / "s.zarr"
+    small = {"observation.state": Feature((2,)), "action": Feature((1,)), "reward": Feature(()), "done": Feature((), "bool")}
+    episode = {"observation.state": np.zeros((2, 2), np.float32), "action": np.zeros((2, 1), np.float32), "reward": np.zeros(2, np.float32),
+               "done": np.array([False, True])}  # fmt: skip
+    reader_early = None
+    with ZarrEpisodeStore.create(path, small) as store:
+        sizes = []
+        for i in range(META_BLOCK + 44):
+            store.append_episode(episode, EpisodeMeta(task="t", robot="r", fps=10.0, success=i % 2 == 0, seed=i))
+            sizes.append((path / "zarr.json").stat().st_size)
+            if i == 10:
+                reader_early = ZarrEpisodeStore.open(path)
+    assert max(sizes) - min(sizes) < 16  # the commit record does not grow with the episodes (format 1's held them all)
+    assert [len(json.loads(f.read_text())) for f in sorted((path / "episodes").iterdir())] == [META_BLOCK, 44]
+    reader = ZarrEpisodeStore.open(path)
+    assert [m.seed for m in reader.metas] == list(range(META_BLOCK + 44)) and reader.metas[3].success is False
+    assert reader_early.num_episodes == 11
+    reader_early.refresh()
+    assert reader_early.metas == reader.metas
+
+
+def test_a_format_1_store_is_read_as_it_is_and_moved_to_blocks_when_appended_to(tmp_path):
+    path = tmp_path / "s.zarr"
+    _fill(path, 3).close()
+    root = json.loads((path / "zarr.json").read_text())  # rewrite it as format 1 wrote it
+    metas = [json.loads(f.read_text()) for f in sorted((path / "episodes").iterdir())][0]
+    attrs = root["attributes"]
+    attrs.update(format_version=1, episodes=metas)
+    del attrs["num_episodes"]
+    (path / "zarr.json").write_text(json.dumps(root))
+    import shutil
+
+    shutil.rmtree(path / "episodes")
+    store = ZarrEpisodeStore.open(path)
+    assert store.num_episodes == 3
+    for i in range(3):
+        check_episode(store.episode(i), i)
+    with ZarrEpisodeStore.open(path, mode="a") as writer:
+        writer.append_episode(make_episode(3), make_meta(3))
+    attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+    assert attrs["format_version"] == 2 and attrs["num_episodes"] == 4 and "episodes" not in attrs
+    store = ZarrEpisodeStore.open(path)
+    for i in range(4):
+        check_episode(store.episode(i), i)
+
+
+def test_a_missing_metadata_block_is_one_line(tmp_path):
+    path = tmp_path / "s.zarr"
+    _fill(path, 2).close()
+    (path / "episodes" / "000000.json").unlink()
+    with pytest.raises(StoreError, match=r"episodes/000000.json is missing; the metadata of episodes 0-1 is lost"):
+        ZarrEpisodeStore.open(path)
 
 
 CREATE_WRITES = 15  # 14 here: group and array metadata files, the commit record, the rename into place; the 15th finishes
