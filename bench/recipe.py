@@ -82,6 +82,7 @@ class Setting:
 # recalibrated style imitated from 100 clean demos reached 63% (30 episodes); 20 demos not yet measured.
 # lift/can: not yet measured.
 SUITE: tuple[Setting, ...] = (
+    Setting("push-biased", "push", demos=100, demo_style="biased", budget="quick"),  # the README's main job
     Setting("push-hesitant", "push", demos=20, demo_style="hesitant"),
     Setting("push-mixed", "push", demos=30, demo_noise=0.1, demo_style="mixed", budget="quick"),
     Setting("lift-biased", "lift", demos=5, demo_style="biased"),
@@ -126,9 +127,10 @@ def policy_digest(path: str | Path) -> str:
 def pipeline_seeds(config: PipelineConfig) -> dict[str, range]:
     """Sim seeds a pipeline run trains, selects or evaluates on (online RL's: as a run from scratch draws them).
 
-    Mirrors the stages' own choices: ``record_demos`` (seed + i), ``rollout_into`` (seed + 10 000 (m + 1)),
+    Mirrors the stages' own choices: ``record_demos`` (seed + i), ``rollout_into`` (seed + 10 000 (m + 1)), ``verify_seed``,
     ``train_online`` (seed * 1 000 003 + episode; selection from ``SELECTION_SEED``), ``run_pipeline`` (100 000 + seed).
     """
+    from workflow.offline import VERIFY_SEED_OFFSET
     from workflow.online import SELECTION_SEED
 
     b, s = config.spend, config.seed
@@ -137,6 +139,8 @@ def pipeline_seeds(config: PipelineConfig) -> dict[str, range]:
              "pipeline evaluation": range(100_000 + s, 100_000 + s + b.eval_episodes)}  # fmt: skip
     for m in range(b.offline_rounds):
         seeds[f"offline round {m} rollouts"] = range(s + 10_000 * (m + 1), s + 10_000 * (m + 1) + b.rollout_episodes)
+        first = s + 10_000 * (m + 1) + VERIFY_SEED_OFFSET
+        seeds[f"offline round {m} verification"] = range(first, first + b.verify_episodes)
     return seeds
 
 
@@ -175,7 +179,7 @@ def paired_episodes(run: Path, task: str, result: StageResult, seeds: range, *, 
 
 
 def env_steps(run: Path) -> dict[str, int]:
-    """Sim steps each stage stored: the demonstrations, the offline rounds' rollouts, online RL's rollouts."""
+    """Sim steps each stage ran: the demonstrations, the offline rounds' rollouts and verification episodes, online RL's rollouts."""
     from robot.store import ZarrEpisodeStore
 
     def frames(path: Path, source: str | None = None) -> int:
@@ -186,7 +190,8 @@ def env_steps(run: Path) -> dict[str, int]:
                 return store.num_steps
             return sum(end - start for i, meta in enumerate(store.metas) if meta.source == source for start, end in [store.episode_bounds(i)])
 
-    return {"imitation": frames(run / "demos.zarr"), "offline": frames(run / "offline" / "data.zarr", "offline-rollout"),
+    verification = sum(json.loads(f.read_text()).get("verify_steps", 0) for f in (run / "offline").glob("round-*/report.json"))
+    return {"imitation": frames(run / "demos.zarr"), "offline": frames(run / "offline" / "data.zarr", "offline-rollout") + verification,
             "online": frames(run / "online" / "rollouts.zarr"), "one-step": 0}  # fmt: skip
 
 
@@ -228,7 +233,7 @@ def recipe_table(setting: Setting, config: PipelineConfig, rows: list[dict], see
         "wins/losses: seeds only this stage / only the `vs` stage solved; p: exact two-sided sign test, ties dropped. "
         "The one-step head is compared with its teacher, online.",
         "steps to success: mean length of the successful episodes.",
-        "env steps: sim steps the stage stored: imitation the demonstrations, offline its rounds' rollouts (offline/data.zarr), "
+        "env steps: sim steps the stage ran: imitation the demonstrations, offline its rounds' rollouts (offline/data.zarr) and verification episodes, "
         "online its training rollouts (online/rollouts.zarr); not counted: online RL's selection episodes and the evaluation "
         "episodes (not stored). The one-step head is distilled inside online RL: its steps and CPU are online's.",
         "CPU min: the pipeline's process time for the stage, its own evaluation episodes included, this benchmark's not.",

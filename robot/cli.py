@@ -276,7 +276,7 @@ def train_distill(
 def pipeline(
     task: str = typer.Option("push", help="Simulated task."),
     out: Path = typer.Option(Path("runs/pipeline"), help="Pipeline directory (a rerun resumes finished stages)."),
-    budget: str = typer.Option("quick", help="quick (about 11 min on 2 CPU cores for push, measured), full, or smoke (every stage in about a minute; learns nothing)."),
+    budget: str = typer.Option("quick", help="quick (the main job: about 30 min on one CPU core for push), ci (the slow tests': quick with a token online stage), full, or smoke (every stage in about a minute; learns nothing)."),
     policy: str = typer.Option("chunk", help="Policy preset: chunk or single."),
     sampler: str = typer.Option("ddpm-mean", help="The policy's deterministic K-step sampler, evaluated and distilled at every stage: ddim or ddpm-mean."),
     cameras: str = typer.Option("", help="Comma-separated sim cameras the policy sees (e.g. top); none = state."),

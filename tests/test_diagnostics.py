@@ -174,6 +174,10 @@ def test_ppo_regimes_from_the_gate_record():
     refused = diagnose_stage(StageData("ppo", "ppo", Path("/run"), {kl.name: kl}, {}, Path("/run/round-0/accepted"), [_gate(20, 0.1), _gate(40, 0.1)], {}, round_report))
     assert refused.regime == "overfitting" and refused.turn_step == 20 and refused.checkpoint_step == 0 and refused.checkpoint == "/run/imitation/policy"
     assert "succeeded 20% against the reference's 65%" in refused.reasons[0] and refused.advice[0].startswith("the round kept its reference")
+    # refused for want of evidence (it did better, not beyond noise): no sign the updates left the data
+    undecided = {**round_report, "rollout_success": 0.8}
+    assert diagnose_stage(StageData("ppo", "ppo", Path("/run"), {kl.name: kl}, {}, Path("/run/round-0/accepted"), [_gate(20, 0.1), _gate(40, 0.1)], {},
+                                    undecided)).regime != "overfitting"  # fmt: skip
 
 
 def test_ppo_candidates_that_leave_the_demonstrations_are_overfitting_and_an_earlier_one_is_kept():

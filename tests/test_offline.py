@@ -65,15 +65,15 @@ def test_gate_rejects_a_harmful_update_and_keeps_the_reference(imitation, tmp_pa
 
 
 @pytest.mark.slow
-def test_rollouts_refuse_a_gate_accepted_policy_that_succeeds_less_often(imitation, tmp_path, monkeypatch):
+def test_verification_refuses_a_gate_accepted_policy_that_succeeds_less_often(imitation, tmp_path, monkeypatch):
     import workflow.offline as offline
 
-    real, rolled = offline.rollout_into, []
+    real, verified = offline.run_verification, []
 
-    def rollout_into(store, policy, config, m, ddp=None):  # real rollouts, but the sim "says" the accepted policy is worse
-        rolled.append(Path(policy))
-        report = real(store, policy, config, m, ddp)
-        won = len(rolled) == 1
+    def run_verification(policy, config, m):  # real deterministic episodes, but the sim "says" the accepted policy is worse
+        verified.append(Path(policy))
+        report = real(policy, config, m)
+        won = len(verified) == 1
         return replace(report, success_rate=0.9 if won else 0.1, successes=(won,) * report.episodes)
 
     real_retrain, warm_starts = offline.train_imitation, []
@@ -82,23 +82,41 @@ def test_rollouts_refuse_a_gate_accepted_policy_that_succeeds_less_often(imitati
         warm_starts.append({k: v.clone() for k, v in init.state_dict().items()})
         return real_retrain(config, show_progress=show_progress, init=init, normalizer=normalizer)
 
-    monkeypatch.setattr(offline, "rollout_into", rollout_into)
+    monkeypatch.setattr(offline, "run_verification", run_verification)
     monkeypatch.setattr(offline, "train_imitation", train_imitation)
     out = tmp_path / "refused"
-    decisions = _offline(imitation, out, flip=False, rollout_episodes=2, retrain_steps=5)
+    decisions = _offline(imitation, out, flip=False, rollout_episodes=2, retrain_steps=5, verify_episodes=3)
     assert decisions[0]["accepted"], decisions  # the same update the helpful case accepts
-    assert rolled[:2] == [imitation[1] / "policy", out / "round-0" / "accepted"]  # the reference, then the accepted policy
-    assert rolled[2:] == [out / "round-0" / "imitation" / "policy"]  # then the retrained one, on the same seeds
+    assert verified == [imitation[1] / "policy", out / "round-0" / "accepted", out / "round-0" / "imitation" / "policy"]  # each once
     report = json.loads((out / "round-0" / "report.json").read_text())
     assert report["refused"] and report["retrained"] and report["reference_success"] == 0.9 and report["rollout_success"] == 0.1
     assert report["retrained_success"] == 0.1 and report["retrain_refused"]  # it lost to the reference's 0.9 too: the reference stays
+    assert report["verify_episodes"] == 9 and report["verify_steps"] > 9 and report["rollouts_success"] is not None
     # the round still retrains on the merged data (the flywheel), warm-started from the reference, not the refused policy
     before = load_checkpoint(imitation[1] / "policy").modules["policy"]
     assert len(warm_starts) == 1 and all(torch.equal(before[k], warm_starts[0][k]) for k in before), "retrained from the refused policy"
     assert (out / "round-0" / "imitation" / "policy").is_dir()
     after = load_checkpoint(out / "policy").modules["policy"]
     assert all(torch.equal(before[k], after[k]) for k in before), "a refused policy became the policy"
-    assert ZarrEpisodeStore.open(out / "data.zarr").num_episodes == ZarrEpisodeStore.open(imitation[0]).num_episodes + 6
+    # only the reference's rollouts joined the data: verification episodes judge, they are not stored
+    assert ZarrEpisodeStore.open(out / "data.zarr").num_episodes == ZarrEpisodeStore.open(imitation[0]).num_episodes + 2
+
+
+def test_verification_runs_the_deployed_sampler_on_seeds_of_its_own(tmp_path, monkeypatch):
+    import workflow.evaluate as evaluate_module
+    from workflow.offline import run_verification, verify_seed
+
+    calls = []
+    monkeypatch.setattr(evaluate_module, "evaluate_policy", lambda policy, task, **kw: calls.append((policy, task, kw)) or "report")
+    config = OfflineConfig(policy="p", data="d", out=str(tmp_path), task="lift", seed=3, rollout_episodes=40, verify_episodes=7)
+    assert run_verification("/pol", config, 1) == "report"
+    (policy, task, kw), = calls
+    assert (policy, task, kw["episodes"], kw["seed"]) == ("/pol", "lift", 7, verify_seed(config, 1))
+    assert kw.get("sampler") is None  # the policy's own deterministic sampler, whatever the rollouts used
+    rollouts = range(3 + 10_000 * 2, 3 + 10_000 * 2 + 40)
+    assert verify_seed(config, 1) >= rollouts.stop and verify_seed(config, 0) + 7 <= rollouts.start
+    with pytest.raises(ValueError, match="verify_episodes must be >= 1"):
+        OfflineConfig(policy="p", data="d", out=str(tmp_path), verify_episodes=0)
 
 
 @pytest.mark.slow

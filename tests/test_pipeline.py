@@ -1,15 +1,19 @@
-"""The quick pipeline preset end to end on the fast push task (slow: about 12 minutes on 2 cores), and an
-offline round from its imitation policy pushed into overfitting, for the diagnostics (about 3 minutes)."""
+"""The main job's recipe end to end on the fast push task from biased demonstrations (the ci budget: quick with a
+token online stage; slow: about 20 minutes on one core), and an offline round from its imitation policy pushed into
+overfitting, for the diagnostics (about 3 minutes)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from workflow.paired import sign_test_p
 from workflow.pipeline import PipelineConfig, run_pipeline
+
+PIPELINE = PipelineConfig(task="push", budget="ci", demo_style="biased", seed=0)
 
 # Each RL stage hands on a changed policy only when its paired wins on its own rollout seeds
 # are beyond noise: the offline round's accepted and retrained policies against what they
@@ -21,31 +25,33 @@ from workflow.pipeline import PipelineConfig, run_pipeline
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """The quick preset on push, run once for the tests of this module: (run directory, results, log lines)."""
+    """The main job's recipe on push from biased demonstrations, with the slow suite's budget (quick with a token
+    online stage), run once for the tests of this module: (run directory, results, log lines)."""
     lines: list[str] = []
     out = tmp_path_factory.mktemp("pipeline") / "run"
-    results = run_pipeline(PipelineConfig(task="push", out=str(out), budget="quick", seed=0), show_progress=False, log=lines.append)
+    results = run_pipeline(replace(PIPELINE, out=str(out)), show_progress=False, log=lines.append)
     return out, results, lines
 
 
 @pytest.mark.slow
-def test_quick_pipeline_on_push(quick_run):
+def test_the_pipeline_on_push_from_biased_demonstrations_gains_in_its_offline_round(quick_run):
     run, results, lines = quick_run
     lines = list(lines)
     by_stage = {r.stage: r for r in results}
     assert list(by_stage) == ["imitation", "offline", "online", "one-step"]
-    # measured 80% on the 30 evaluation seeds (docs/RESULTS.md); the bar leaves room for a different float order elsewhere
-    assert by_stage["imitation"].success >= 0.6, "the state policy should push the block home from 100 scripted demonstrations"
     assert all(0.0 <= r.success <= 1.0 and r.cpu_minutes > 0 for r in results)
     imitation, offline, online = by_stage["imitation"], by_stage["offline"], by_stage["online"]
-    assert offline.decision.startswith("AM-Q gate accepted") and online.decision.startswith("kept ")
+    assert imitation.success >= 0.4, "the state policy should push the block home from 100 biased demonstrations (63-72% measured)"
+    # the learning claim: gated PPO on critics fitted to the stochastic chain's rollouts finds what the biased operator
+    # missed, and the deterministic policy wins on the verification seeds beyond noise (71.5% -> 90.5% over 200 paired
+    # episodes at update 100, docs/RESULTS.md session 15)
     round0 = json.loads((run / "offline" / "round-0" / "report.json").read_text())
-    for kept, wins_losses in ((round0["accepted"] and not round0["refused"], round0["accepted_wins_losses"]),
-                              (round0["retrained"] and not round0["retrain_refused"], round0["retrained_wins_losses"])):  # fmt: skip
-        if kept and wins_losses is not None:
-            assert wins_losses[0] > wins_losses[1] and sign_test_p(*wins_losses, "greater") <= 0.25, round0
-    if Path(round0["policy"]).resolve() == Path(imitation.policy).resolve():
-        assert offline.success == imitation.success, "the round handed on its input: the same policy on the same seeds"
+    assert round0["accepted"] and not round0["refused"], round0
+    wins, losses = round0["accepted_wins_losses"]
+    assert wins > losses and sign_test_p(wins, losses, "greater") <= 0.25, round0
+    assert round0["rollout_success"] > round0["reference_success"] and Path(round0["policy"]).resolve() != Path(imitation.policy).resolve()
+    assert round0["verify_episodes"] == 100 and round0["rollouts_success"] is not None
+    assert offline.decision.startswith("AM-Q gate accepted") and ": kept" in offline.decision and online.decision.startswith("kept ")
     if online.decision.startswith("kept start"):
         assert online.success == offline.success, online.decision
     assert online.one_step_ms is not None and online.one_step_ms < online.ddim_ms, "the one-step head must be faster"
@@ -55,7 +61,7 @@ def test_quick_pipeline_on_push(quick_run):
     gates = [json.loads(line) for line in (run / "offline" / "gate.jsonl").read_text().splitlines()]
     assert gates and all({"j_reference", "j_candidate", "accepted"} <= set(g) for g in gates)
     # a rerun resumes: every stage is read back, nothing retrains
-    again = run_pipeline(PipelineConfig(task="push", out=str(run), budget="quick", seed=0), show_progress=False, log=lines.append)
+    again = run_pipeline(replace(PIPELINE, out=str(run)), show_progress=False, log=lines.append)
     assert [r.success for r in again] == [r.success for r in results]
     assert sum("done before" in line for line in lines) == 3
 

@@ -3,8 +3,7 @@
 Each round reads top to bottom:
 
 0. roll the reference out in sim (``offline-rollout``; the stochastic chain with ``rollout_std``):
-   its episodes join the data the critics learn from and the round retrains on, and its success
-   on those seeds is what an accepted policy must not lose;
+   its episodes join the data the critics learn from and the round may retrain on;
 1. encode every dataset step with the reference policy's frozen encoder;
 2. fit IQL critics (twin Q with min, expectile V) and the latent dynamics ensemble;
 3. PPO on the denoising chain: chains sampled from the reference on dataset states,
@@ -12,16 +11,14 @@ Each round reads top to bottom:
    per state, centred on the state's chains instead of V); every
    ``gate_every`` updates the AM-Q gate compares candidate and reference and only
    a clear gain makes the candidate the new reference (a rejected one is reset);
-4. roll an accepted policy out on the same seeds and store its episodes; one that succeeds less
-   often than the reference did is refused (the OPE was fooled);
-5. retrain imitation on demonstrations + successful rollouts, warm-started from the accepted
-   policy (the reference when the gate accepted nothing or the rollouts refused it), and roll it
-   out on the same seeds: it becomes the next round's reference unless it succeeds less often
-   than the policy it replaces. Every round does this, accepted candidate or not: the rounds are
-   a data flywheel (RL-100 collected about five times more round rollouts than demonstrations),
-   the gate keeps unapproved PPO weights out of it, and the rollouts keep out a retrained policy
-   that lost (on push from 100 clean demonstrations, retraining on them plus a 62% policy's
-   successes lowered success to 56% over 200 paired episodes, p = 0.11).
+4. verify an accepted policy in sim: it and the reference run with their deterministic sampler on
+   ``verify_episodes`` seeds of the round's own, and it is kept only when its paired wins there are
+   beyond noise (the OPE can be fooled);
+5. optionally retrain imitation on demonstrations + successful rollouts, warm-started from the kept
+   policy, verified the same way against it (``retrain_steps``; the rounds as RL-100's data
+   flywheel). Measured here it has only lost: on push from 100 clean demonstrations it lowered
+   success from 62% to 56% (200 paired episodes, p = 0.11), from biased ones 75% to 40% on the
+   round's 20 episodes, so the pipeline's budgets leave it off.
 """
 
 from __future__ import annotations
@@ -99,13 +96,13 @@ class OfflineConfig:
     """PPO updates between AM-Q gate checks."""
     gate: GateConfig = field(default_factory=GateConfig)
     rollout_episodes: int = 20
-    """Sim episodes of the accepted policy added to the data after each round."""
+    """Sim episodes of the round's reference added to the data before the critics are fitted."""
     rollout_std: float | None = None
     """None: rollouts with the deterministic sampler the policy deploys with. A float: the stochastic chain with
     each step's std floored there (``min_std`` is the chain PPO samples), so the critics see varied actions at the
     states the policy visits. Deterministic rollouts show one action per state, and ``robot critic-ranking`` found
-    critics trained on them ranking a state's candidate chunks at chance on lift. Verification then compares
-    stochastic success, on the same seeds and noise, for the reference and the accepted policy."""
+    critics trained on them ranking a state's candidate chunks at chance on lift; on push from biased
+    demonstrations, critics fitted on 50 rollouts at 0.1 led the gated PPO step from 71.5% to 90.5% (docs/RESULTS.md)."""
     retrain_steps: int = 1000
     """Imitation steps on the merged data after each round (0 keeps the accepted policy as is)."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -114,15 +111,19 @@ class OfflineConfig:
     """Save every candidate the gate accepts (round-M/candidates/update-U): the checkpoints ``robot diagnose`` chooses
     among when the PPO stage overfits (the round itself hands on only its last accepted policy)."""
     verify_rollouts: bool = True
-    """Roll an accepted (then a retrained) policy out on the seeds the reference ran on before PPO; it replaces
-    the policy before it only when its paired wins there are beyond noise (``verify_max_p``). AM-Q can be climbed
-    where the critics and the latent model are wrong: on lift from five noisy demos, gate-accepted policies raised
-    AM-Q by 7-9% while sim success fell from 56% to 4-6%. A tie keeps the policy before it."""
+    """Run an accepted (then a retrained) policy and the policy it would replace on the same ``verify_episodes``
+    seeds with the deterministic sampler they deploy with; the change is kept only when its paired wins there are
+    beyond noise (``verify_max_p``). AM-Q can be climbed where the critics and the latent model are wrong: on lift
+    from five noisy demos, gate-accepted policies raised AM-Q by 7-9% while sim success fell from 56% to 4-6%.
+    A tie keeps the policy before it. The episodes are not stored: they judge, the rollouts teach."""
+    verify_episodes: int = 50
+    """Deterministic episodes per verified policy, on seeds of their own (``verify_seed``). Fewer cannot tell
+    a real gain from noise: 20 scored a candidate 85% against 75% (3 won, 1 lost, p = 0.31) and refused it."""
     verify_max_p: float = 0.25
-    """One-sided sign-test p-value a change's wins over the policy it would replace must reach on the round's
-    rollout seeds (``workflow.paired.pick_beyond_noise``, as online RL selects). 1.0 keeps any change that wins
-    more episodes than it loses. On push the quick preset's round kept a retrained policy on a 13-13 tie of 20
-    episodes that then scored 70% against imitation's 83% on the evaluation seeds."""
+    """One-sided sign-test p-value a change's wins over the policy it would replace must reach on the
+    verification seeds (``workflow.paired.pick_beyond_noise``, as online RL selects). 1.0 keeps any change that
+    wins more episodes than it loses. On push the quick preset's round kept a retrained policy on a 13-13 tie of
+    20 episodes that then scored 70% against imitation's 83% on the evaluation seeds."""
     retrain_when_rejected: bool = True
     """Retrain on the merged data (demonstrations + every round's successful rollouts) even in a round whose gate
     accepted nothing, warm-started from the reference: the data flywheel. False: such a round hands on the
@@ -141,6 +142,8 @@ class OfflineConfig:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
         if self.anchor_coef < 0 or (self.rollout_std is not None and self.rollout_std < 0):
             raise ValueError(f"anchor_coef and rollout_std must be >= 0, got {self.anchor_coef} and {self.rollout_std}")
+        if self.verify_episodes < 1:
+            raise ValueError(f"verify_episodes must be >= 1, got {self.verify_episodes}")
         if not 0 < self.verify_max_p <= 1:
             raise ValueError(f"verify_max_p must be in (0, 1], got {self.verify_max_p}")
         if not 0 < self.actor_lr < 1 or not 0 < self.clip_eps < 1:
@@ -154,23 +157,29 @@ class RoundReport:
     accepted: int
     last_j_reference: float | None
     rollout_success: float | None
-    """Success of the accepted policy's rollouts (None: none ran)."""
+    """Success of the accepted policy on the verification episodes (None: not verified)."""
     merged_episodes: int
     policy: str
     reference_success: float | None = None
-    """Success of the reference's rollouts on the same seeds (None: not verified)."""
+    """Success of the reference on the verification episodes (None: nothing to verify)."""
     refused: bool = False
-    """The gate accepted a candidate but its rollouts did not beat the reference's beyond noise: the round kept the reference."""
+    """The gate accepted a candidate but it did not beat the reference beyond noise on the verification episodes: the round kept the reference."""
     accepted_wins_losses: tuple[int, int] | None = None
-    """Episodes of the round's seeds only the accepted policy solved, and only the reference solved (None: not verified)."""
+    """Verification episodes only the accepted policy solved, and only the reference solved (None: not verified)."""
     retrained: bool = False
     """The round retrained a policy on the merged data (demonstrations + successful rollouts)."""
     retrained_success: float | None = None
-    """Success of the retrained policy's rollouts on the round's seeds (None: not verified)."""
+    """Success of the retrained policy on the verification episodes (None: not verified)."""
     retrain_refused: bool = False
     """The retrained policy did not beat the policy it would replace beyond noise: the round kept that one."""
     retrained_wins_losses: tuple[int, int] | None = None
-    """Episodes only the retrained policy solved, and only the policy it would replace solved (None: not verified)."""
+    """Verification episodes only the retrained policy solved, and only the policy it would replace solved (None: not verified)."""
+    rollouts_success: float | None = None
+    """Success of the reference's rollouts that joined the data (with ``rollout_std``: the stochastic chain's)."""
+    verify_episodes: int = 0
+    """Verification episodes run in this round, every policy's together."""
+    verify_steps: int = 0
+    """Sim steps of those episodes (not stored: they judge, the rollouts teach)."""
 
 
 @dataclass(frozen=True)
@@ -205,8 +214,15 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
         normalizer = ckpt.normalizer
         reference.requires_grad_(False).eval()
 
-        # 0. the reference's own rollouts: the flywheel's data, and the bar an accepted policy must clear
-        before = rollout_into(merged, policy_dir(policy_path), config, m, ddp) if config.rollout_episodes > 0 else None
+        # 0. the reference's own rollouts: the flywheel's data
+        rolled = rollout_into(merged, policy_dir(policy_path), config, m, ddp) if config.rollout_episodes > 0 else None
+        verified: dict[str, EvalReport] = {}
+
+        def verify(name: str, path: str | Path) -> EvalReport:
+            """``path``'s deterministic episodes on the round's verification seeds (once per policy)."""
+            if name not in verified:
+                verified[name] = run_verification(path, config, m)
+            return verified[name]
 
         # 1. frozen features of every dataset step
         store = ZarrEpisodeStore.open(merged)
@@ -247,15 +263,18 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
             save_policy(round_dir / "accepted", accepted_policy, normalizer, extra={**ckpt.extra, "stage": "offline", "round": m})
         ddp.barrier()
         accepted = any(d.accepted for d in decisions)
-        verify = accepted and before is not None and config.verify_rollouts
-        rollout = rollout_into(merged, round_dir / "accepted", config, m, ddp) if verify else None
-        refused = verify and not beats(before, rollout, config.verify_max_p)
-        if before is not None and ddp.is_main:
-            run.metrics.log({"rollouts/reference_success": before.success_rate, **({"rollouts/accepted_success": rollout.success_rate} if rollout else {})}, m)
-            verdict = "no candidate accepted" if not accepted else "not verified" if rollout is None else "refused: the round keeps the reference" if refused else "kept"
-            print(f"round {m}: rollouts of the reference {before.success_rate:.0%}"
-                  + (f", of the accepted policy {rollout.success_rate:.0%} ({paired_line(before, rollout)})" if rollout else "")
-                  + f" over {config.rollout_episodes} episodes: {verdict}")  # fmt: skip
+        before = verify("reference", policy_dir(policy_path)) if accepted and config.verify_rollouts else None
+        rollout = verify("accepted", round_dir / "accepted") if before is not None else None
+        refused = rollout is not None and not beats(before, rollout, config.verify_max_p)
+        if ddp.is_main:
+            run.metrics.log({**({"rollouts/success": rolled.success_rate} if rolled else {}), **({"rollouts/reference_success": before.success_rate} if before else {}),
+                             **({"rollouts/accepted_success": rollout.success_rate} if rollout else {})}, m)  # fmt: skip
+            if rolled is not None:
+                print(f"round {m}: rollouts of the reference {rolled.success_rate:.0%} over {config.rollout_episodes} episodes"
+                      + ("" if config.rollout_std is None else f" (stochastic chain, std floored at {config.rollout_std:g})"))  # fmt: skip
+            if accepted:
+                print(f"round {m}: accepted policy " + ("not verified" if rollout is None else f"{rollout.success_rate:.0%} vs reference {before.success_rate:.0%} "
+                      f"over {config.verify_episodes} verification episodes ({paired_line(before, rollout)}): " + ("refused: the round keeps the reference" if refused else "kept")))  # fmt: skip
         keep_candidate = accepted and not refused
         warm_start = accepted_policy if keep_candidate else reference
         next_policy = round_dir / "accepted" if keep_candidate else Path(policy_path)
@@ -276,8 +295,10 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
             )
             retrained_policy = Path(train_imitation(retrain, show_progress=show_progress, init=warm_start, normalizer=normalizer).policy)
             # the retrained policy is a change like any other: on the same seeds it must do at least as well as what it replaces
-            bar = rollout if keep_candidate and rollout is not None else before
-            check = rollout_into(merged, retrained_policy, config, m, ddp) if config.verify_rollouts and bar is not None else None
+            bar = None
+            if config.verify_rollouts:
+                bar = verify("accepted", round_dir / "accepted") if keep_candidate else verify("reference", policy_dir(policy_path))
+            check = verify("retrained", retrained_policy) if bar is not None else None
             retrain_refused = check is not None and not beats(bar, check, config.verify_max_p)
             if check is not None and ddp.is_main:
                 run.metrics.log({"rollouts/retrained_success": check.success_rate}, m)
@@ -290,7 +311,10 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
             accepted=sum(d.accepted for d in decisions),
             last_j_reference=decisions[-1].j_reference if decisions else None,
             rollout_success=rollout.success_rate if rollout else None,
-            reference_success=before.success_rate if before else None,
+            reference_success=verified["reference"].success_rate if "reference" in verified else None,
+            rollouts_success=rolled.success_rate if rolled else None,
+            verify_episodes=sum(r.episodes for r in verified.values()),
+            verify_steps=sum(sum(r.lengths) for r in verified.values()),
             refused=refused,
             retrained=retrained,
             retrained_success=check.success_rate if check else None,
@@ -469,6 +493,23 @@ def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: 
         if store is not None:
             store.close()
         ddp.barrier()  # the merged store is complete before anyone reads it
+
+
+VERIFY_SEED_OFFSET = 5_000
+"""A round's verification seeds start this far past its rollout seeds."""
+
+
+def verify_seed(config: OfflineConfig, m: int) -> int:
+    """First sim seed of round ``m``'s verification episodes (its rollouts start at ``seed + 10 000 (m + 1)``)."""
+    return config.seed + 10_000 * (m + 1) + VERIFY_SEED_OFFSET
+
+
+def run_verification(policy_path: str | Path, config: OfflineConfig, m: int) -> EvalReport:
+    """``policy_path`` with the deterministic sampler it deploys with on round ``m``'s verification seeds
+    (not stored; under torchrun each rank runs its share)."""
+    from workflow.evaluate import evaluate_policy
+
+    return evaluate_policy(policy_path, config.task, episodes=config.verify_episodes, seed=verify_seed(config, m), device=config.device, show_progress=False)
 
 
 def beats(incumbent: EvalReport, challenger: EvalReport, max_p: float) -> bool:

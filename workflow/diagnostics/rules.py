@@ -294,8 +294,10 @@ def _refused_by_rollouts(report: dict, accepted: list[dict]) -> Finding | None:
     if not report.get("refused") or not accepted:
         return None
     ref, got = float(report["reference_success"]), float(report["rollout_success"])
-    return Finding("overfitting", int(accepted[0]["update"]), f"the gate accepted update {int(accepted[-1]['update'])} but its rollouts succeeded "
-                   f"{got:.0%} against the reference's {ref:.0%} on the same seeds: the round kept the reference",
+    if got >= ref:  # refused for want of evidence, not for losing: no sign that the updates left the data
+        return None
+    return Finding("overfitting", int(accepted[0]["update"]), f"the gate accepted update {int(accepted[-1]['update'])} but in sim it succeeded "
+                   f"{got:.0%} against the reference's {ref:.0%} on the same verification seeds: the round kept the reference",
                    {"rollouts/reference_success": ref, "rollouts/accepted_success": got})  # fmt: skip
 
 
