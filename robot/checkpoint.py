@@ -49,6 +49,7 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)  # step, stage, robot, task ...
     state: Any = None  # nested training state (optimiser, schedulers, RNG), tensors inside
     kit_version: str = __version__
+    source: str | None = None  # the directory it was loaded from (for messages)
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
@@ -157,6 +158,7 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None, device:
         extra=manifest.get("extra", {}),
         state=state,
         kit_version=manifest.get("kit_version", "unknown"),
+        source=str(path),
     )
 
 

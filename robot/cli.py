@@ -53,7 +53,10 @@ def _not_in_this_build(command: str, issue: int, what: str) -> None:
 
 
 @app.command()
-def info(store: Path = typer.Argument(..., help="Episode store directory (zarr).")) -> None:
+def info(
+    store: Path = typer.Argument(..., help="Episode store directory (zarr)."),
+    check: bool = typer.Option(False, "--check", help="Also read every frame: name lost or damaged chunk files and episodes holding NaN or inf (exit 2 if any)."),
+) -> None:
     """Summarise an episode store: episodes, steps, keys and shapes, success rate, size on disk."""
     from robot.store import StoreError, ZarrEpisodeStore
 
@@ -64,6 +67,13 @@ def info(store: Path = typer.Argument(..., help="Episode store directory (zarr).
     from robot.report import store_summary
 
     typer.echo(store_summary(s))
+    if check:
+        problems = s.check()
+        for line in problems:
+            typer.echo(f"error: {line}", err=True)
+        if problems:
+            raise typer.Exit(2)
+        typer.echo(f"check: every frame of the {s.num_episodes} episodes reads back, and all of it is finite")
 
 
 @app.command()
@@ -196,10 +206,10 @@ def train_offline(
     from robot.checkpoint import load_checkpoint
     from workflow.offline import OfflineConfig, train_offline as run
     from workflow.ope import GateConfig
-    from workflow.policy import policy_dir
+    from workflow.policy import KIND, build_from_checkpoint, policy_dir
 
     def go():
-        ta = load_checkpoint(policy_dir(policy)).config["policy"]["n_action_steps"]
+        ta = build_from_checkpoint(load_checkpoint(policy_dir(policy), kind=KIND))[0].config.n_action_steps  # a policy, whole
         cfg = OfflineConfig(
             policy=str(policy), data=str(data), out=str(out), task=task, rounds=rounds, critic=CriticConfig.for_horizon(ta),
             critic_steps=critic_steps, ppo_updates=ppo_updates, gate_every=gate_every,

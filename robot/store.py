@@ -122,6 +122,7 @@ class ZarrEpisodeStore:
                 "kit_version": __version__,
                 "features": features_to_dict(features),
                 "num_episodes": 0,
+                "every_chunk_written": True,  # zarr skips all-fill chunks unless told: here a missing chunk is a lost one
             }
         )
         if path.exists():  # an empty directory, or a store to overwrite: rename(2) replaces only an empty one
@@ -214,7 +215,7 @@ class ZarrEpisodeStore:
     def episode(self, index: int, keys: Sequence[str] | None = None) -> Episode:
         start, end = self.episode_bounds(index)
         keys = self._check_keys(keys)
-        data = {k: np.asarray(self._array(k)[start:end]) for k in keys}
+        data = {k: self._read(k, start, end) for k in keys}
         return Episode(index=index % self.num_episodes, data=data, meta=self._metas[index])
 
     def episodes(self, keys: Sequence[str] | None = None) -> Iterator[Episode]:
@@ -224,7 +225,7 @@ class ZarrEpisodeStore:
     def load(self, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Every committed frame of ``keys`` in memory: ``{key: (T, ...)}`` (one read per key)."""
         keys = self._check_keys(keys)
-        return {k: np.asarray(self._array(k)[: self.num_steps]) for k in keys}
+        return {k: self._read(k, 0, self.num_steps) for k in keys}
 
     def refresh(self) -> None:
         """See episodes committed since this store was opened (readers)."""
@@ -269,6 +270,7 @@ class ZarrEpisodeStore:
     # --------------------------------------------------------------- internals
     def _load_commit(self) -> None:
         attrs = dict(self._group.attrs)
+        self._every_chunk_written = attrs.get("every_chunk_written") is True  # older stores may leave all-zero chunks out
         try:
             self._features = features_from_dict(attrs["features"])
             if "num_episodes" in attrs:  # format 2 (an upgrade killed half way may hold both)
@@ -277,11 +279,15 @@ class ZarrEpisodeStore:
                 self._metas = [EpisodeMeta.from_dict(m) for m in attrs["episodes"]]
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             what = f"no {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
-            raise StoreError(f"{self.path}: the commit record in zarr.json is damaged ({what}); `robot info --check {self.path}` says more") from None
+            raise StoreError(f"{self.path}: the commit record in zarr.json is damaged ({what}); restore the store from a copy") from None
         n = len(self._metas)
         ends = np.asarray(self._group["meta/episode_ends"][:n], dtype=np.int64) if n else np.zeros(0, np.int64)
         if len(ends) != n or (n and (np.any(np.diff(ends) <= 0) or ends[0] <= 0)):
             raise StoreError(f"{self.path}: meta/episode_ends disagrees with the {n} committed episodes; the store is damaged")
+        short = [k for k in self._features if n and self._group[f"data/{k}"].shape[0] < ends[-1]]
+        if short:
+            raise StoreError(f"{self.path}: data/{short[0]} holds {self._group[f'data/{short[0]}'].shape[0]} frames but the committed "
+                             f"episodes end at frame {int(ends[-1])}; the store is damaged")  # fmt: skip
         self._ends = ends
 
     def _block_path(self, block: int) -> Path:
@@ -304,7 +310,12 @@ class ZarrEpisodeStore:
             if not isinstance(rows, list) or len(rows) < want:
                 raise StoreError(f"{self.path}: episodes/{block:06d}.json holds {len(rows) if isinstance(rows, list) else 'no list of'} "
                                  f"episodes, the commit record needs {want}; the store is damaged")  # fmt: skip
-            metas += [EpisodeMeta.from_dict(m) for m in rows[:want]]
+            for i, row in enumerate(rows[:want], start=len(metas)):
+                try:
+                    metas.append(EpisodeMeta.from_dict(row))
+                except (KeyError, TypeError, ValueError, AttributeError) as e:
+                    what = f"no {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+                    raise StoreError(f"{self.path}: episodes/{block:06d}.json: the metadata of episode {i} is malformed ({what}); the store is damaged") from None
         return metas
 
     def _upgrade_format(self) -> None:
@@ -319,8 +330,49 @@ class ZarrEpisodeStore:
 
     def _array(self, key: str) -> Any:
         if key not in self._arrays:
-            self._arrays[key] = self._group[f"data/{key}"]
+            arr = self._group[f"data/{key}"]
+            # every chunk on disk, all-zero ones too (zarr leaves those out by default): a missing chunk then means a lost one
+            self._arrays[key] = arr.with_config({"write_empty_chunks": True}) if self.mode == "a" else arr
         return self._arrays[key]
+
+    def check(self) -> list[str]:
+        """Every problem a reader of the whole store would meet, one line each: lost or damaged chunk files (the
+        first per key) and episodes holding NaN or inf. Empty for a sound store."""
+        problems, data = [], {}
+        for key in self._features:
+            try:
+                data[key] = self._read(key, 0, self.num_steps)
+            except StoreError as e:
+                problems.append(str(e))
+        for episode, keys in nonfinite_episodes(data, self._ends).items():
+            problems.append(f"{self.path}: episode {episode} holds NaN or inf in {', '.join(keys)}")
+        return problems
+
+    def _read(self, key: str, start: int, end: int) -> np.ndarray:
+        """Frames ``start:end`` of ``key``, refusing what would read wrong: a chunk file that is gone (zarr would
+        return zeros for it) or one that does not decode. The StoreError names the key, frames and episodes."""
+        arr = self._array(key)
+        if end <= start:
+            return np.asarray(arr[start:end])
+        length = arr.chunks[0]
+        encoding = getattr(arr.metadata, "chunk_key_encoding", None)
+        checkable = (self._every_chunk_written and getattr(encoding, "name", None) == "default"
+                     and getattr(encoding, "separator", None) == "/")  # chunk i: data/KEY/c/i...  # fmt: skip
+        gone = [i for i in range(start // length, (end - 1) // length + 1) if checkable and not (self.path / "data" / key / "c" / str(i)).exists()]
+        if gone:
+            first, last = gone[0] * length, min((gone[-1] + 1) * length, self.num_steps)
+            raise StoreError(f"{self.path}: data/{key} has lost {len(gone)} chunk file(s) (frames {first}-{last - 1}, {self._episodes_in(first, last)}); "
+                             "restore the store from a copy or leave those episodes out")  # fmt: skip
+        try:
+            return np.asarray(arr[start:end])
+        except Exception as e:  # a damaged chunk: blosc, zstd or a short file, whatever the codec raises
+            raise StoreError(f"{self.path}: data/{key} frames {start}-{end - 1} ({self._episodes_in(start, end)}) do not decode ({e}); "
+                             "a chunk file is damaged: restore the store from a copy") from None  # fmt: skip
+
+    def _episodes_in(self, start: int, end: int) -> str:
+        first = int(np.searchsorted(self._ends, start, side="right"))
+        last = min(int(np.searchsorted(self._ends, end - 1, side="right")), self.num_episodes - 1)
+        return f"episode {first}" if first == last else f"episodes {first}-{last}"
 
     def _check_keys(self, keys: Sequence[str] | None) -> list[str]:
         if keys is None:

@@ -296,3 +296,22 @@ def test_meta_validation():
         EpisodeMeta(task="t", robot="r", fps=10, success=True, source="youtube")
     meta = EpisodeMeta(task="t", robot="r", fps=10, success=True, seed=3, extra={"noise": 0.5})
     assert EpisodeMeta.from_dict(meta.to_dict()) == meta
+
+
+def test_a_lost_or_damaged_chunk_is_one_line_naming_the_key_and_episodes_never_zeros(tmp_path):
+    path = tmp_path / "s.zarr"
+    _fill(path, 3).close()
+    (path / "data" / "action" / "c" / "0").rename(tmp_path / "kept")  # the whole first chunk of actions: every episode here
+    store = ZarrEpisodeStore.open(path)
+    with pytest.raises(StoreError, match=r"data/action has lost 1 chunk file\(s\) \(frames 0-\d+, episodes 0-2\); restore"):
+        store.load(["action"])
+    with pytest.raises(StoreError, match="data/action has lost"):
+        store.episode(1)
+    assert store.episode(2, ["observation.state"]).data["observation.state"].shape[0] == len(make_episode(2)["reward"])
+    (tmp_path / "kept").rename(path / "data" / "action" / "c" / "0")
+    chunk = path / "data" / "observation.state" / "c" / "0" / "0"
+    damaged = bytearray(chunk.read_bytes())
+    damaged[20:40] = b"\xff" * 20
+    chunk.write_bytes(bytes(damaged))
+    with pytest.raises(StoreError, match=r"data/observation.state frames 0-\d+ \(episodes 0-2\) do not decode \(.*\); a chunk file is damaged"):
+        ZarrEpisodeStore.open(path).load(["observation.state"])

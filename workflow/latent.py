@@ -63,6 +63,11 @@ def encode_store(
     An episode holding NaN or inf is refused (``workflow.run.finite_episodes``), or left out with ``drop_nonfinite``."""
     cfg = policy.config
     obs_keys = sorted(k for k in policy.input_features if k.startswith("observation."))
+    wanted = {**policy.input_features, **policy.action_features}
+    wrong = [f"{k} is {store.features[k].describe()} there, the policy takes {f.describe()}" for k, f in wanted.items()
+             if k in store.features and tuple(store.features[k].shape) != tuple(f.shape)]  # fmt: skip
+    if wrong:
+        raise ValueError(f"{store.path} was not recorded for this policy: {wrong[0]}")
     data = store.load([*obs_keys, ACTION, REWARD, DONE, SUCCESS])
     ends = store.episode_ends
     chosen = list(range(store.num_episodes)) if episodes is None else list(episodes)

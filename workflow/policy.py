@@ -194,14 +194,19 @@ def episode_noise_seed(seed: int, episode_seed: int) -> int:
 
 
 def build_from_checkpoint(ckpt: Checkpoint, device: str = "cpu") -> tuple[DiffusionPolicy, ConsistencyHead | None]:
-    """Rebuild the networks a policy checkpoint describes and load their weights."""
-    config = DiffusionPolicyConfig.from_dict({"deterministic_sampler": "ddim", **ckpt.config["policy"]})  # saved before the option: DDIM, its sampler then
-    model = DiffusionPolicy(config, ckpt.features["input"], ckpt.features["action"])
-    load_module_state(model, ckpt.modules["policy"], what="policy")
+    """Rebuild the networks a policy checkpoint describes and load their weights (a CheckpointError naming the
+    checkpoint when its config, features or weights do not describe a policy)."""
+    where = ckpt.source or "checkpoint"
+    try:
+        config = DiffusionPolicyConfig.from_dict({"deterministic_sampler": "ddim", **ckpt.config["policy"]})  # saved before the option: DDIM, its sampler then
+        model = DiffusionPolicy(config, ckpt.features["input"], ckpt.features["action"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{where}: its config and features do not describe a policy ({e.args[0] if isinstance(e, KeyError) else e})") from None
+    load_module_state(model, ckpt.modules.get("policy", {}), what=f"{where}: policy")
     head = None
     if "consistency" in ckpt.modules:
         head = ConsistencyHead(model.config, model.action_dim, model.cond_dim)
-        load_module_state(head, head.upgrade_state(ckpt.modules["consistency"]), what="consistency head")
+        load_module_state(head, head.upgrade_state(ckpt.modules["consistency"]), what=f"{where}: consistency head")
     return model.to(device), head
 
 
