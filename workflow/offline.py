@@ -103,8 +103,9 @@ class OfflineConfig:
     states the policy visits. Deterministic rollouts show one action per state, and ``robot critic-ranking`` found
     critics trained on them ranking a state's candidate chunks at chance on lift; on push from biased
     demonstrations, critics fitted on 50 rollouts at 0.1 led the gated PPO step from 71.5% to 90.5% (docs/RESULTS.md)."""
-    retrain_steps: int = 1000
-    """Imitation steps on the merged data after each round (0 keeps the accepted policy as is)."""
+    retrain_steps: int = 0
+    """Imitation steps on demonstrations + successful rollouts after each round, warm-started from the kept policy
+    (RL-100's data flywheel); 0 keeps the round's policy as is. Off by default: measured here it has only lost."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     """Diagnostics: critic episodes held out for validation, probe rows, critic snapshots (``workflow.diagnostics.probes``)."""
     save_candidates: bool = True
