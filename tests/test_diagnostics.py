@@ -157,6 +157,13 @@ def test_ppo_regimes_from_the_gate_record():
     gap = curve("ppo/q_gap", [0.1, 0.2, 0.35], 20)
     widening = diagnose_stage(stage("ppo", [kl, gap], gate=[_gate(20, 0.1), _gate(40, 0.1), _gate(60, 0.1)]))
     assert widening.regime == "overfitting" and widening.checkpoint_step == 60
+    # the same curves from a round whose verification kept the candidate in sim: the offline sign is outweighed
+    verified = {"refused": False, "rollout_success": 0.94, "reference_success": 0.64, "accepted_wins_losses": [15, 0], "policy": "/run/round-0/accepted"}
+    data = StageData("ppo", "ppo", Path("/run"), {kl.name: kl, gap.name: gap}, {}, Path("/run/round-0/accepted"),
+                     [_gate(20, 0.1), _gate(40, 0.1), _gate(60, 0.1)], {}, verified)  # fmt: skip
+    confirmed = diagnose_stage(data)
+    assert confirmed.regime == "healthy" and confirmed.checkpoint_step == 60 and not confirmed.advice, confirmed
+    assert "ppo/q_gap widened" in confirmed.reasons[0] and "outweighed in sim: the accepted policy succeeded 94% against the reference's 64%" in confirmed.reasons[0]
     healthy = diagnose_stage(stage("ppo", [kl], gate=[_gate(20, 0.1), _gate(40, 0.01)]))
     assert healthy.regime == "healthy" and healthy.checkpoint_step == 20 and healthy.evidence["accepted"] == 1
     big_steps = diagnose_stage(stage("ppo", [curve("charts/approx_kl", np.full(60, 0.4), 1)], gate=[_gate(20, 0.1)]))

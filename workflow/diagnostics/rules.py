@@ -248,6 +248,7 @@ def diagnose_ppo(data: StageData, config: RulesConfig) -> Verdict:
     gains = ", ".join(f"{g['gain']:+.3g}" for g in gate)
     drift = _leaves_demonstrations(c.get("ppo/demo_action_error"), gate, config)
     too_large = above_for_long(kl, config.kl_max, config, "policy steps too large")
+    gap = _gap_widens(c.get("ppo/q_gap"), gate, config)
     finding = first(
         nonfinite(c.get("losses/ppo")),
         nonfinite(kl),
@@ -255,9 +256,15 @@ def diagnose_ppo(data: StageData, config: RulesConfig) -> Verdict:
         _refused_by_rollouts(data.report, accepted),
         drift,
         Finding("diverging", int(gate[0]["update"]), f"every candidate scored below the reference by more than the gate's threshold (gains {gains})", {}) if harmful else None,
-        _gap_widens(c.get("ppo/q_gap"), gate, config),
+        gap,
         Finding("underfitting", None, f"no candidate moved AM-Q past the gate's threshold (gains {gains}, threshold {gate[-1]['threshold']:.3g})", {}) if stalled else None,
     )  # fmt: skip
+    confirmed = _verified_gain(data.report)
+    if finding is not None and confirmed is not None and finding in (too_large, drift, gap):  # sim outranks the offline proxies
+        notes = [f"offline signs ({finding.reason}) were outweighed in sim: {confirmed}"]
+        finding = None
+    else:
+        notes = [confirmed] if confirmed else []
     regime = finding.regime if finding else None
     refused = bool(data.report.get("refused"))
     advice = {
@@ -275,7 +282,7 @@ def diagnose_ppo(data: StageData, config: RulesConfig) -> Verdict:
         keep = "the round's starting policy" if step == 0 else f"the candidate of update {step}"
         where = f" ({checkpoint})" if checkpoint else " (not saved: run with save_candidates on)"
         advice.insert(0, f"keep {keep}{where}, not the later one the round handed on")
-    reasons = ([finding.reason] if finding else []) + [f"gate: {len(accepted)}/{len(gate)} candidates accepted"] * bool(gate)
+    reasons = ([finding.reason] if finding else []) + notes + [f"gate: {len(accepted)}/{len(gate)} candidates accepted"] * bool(gate)
     if regime == "unknown":
         reasons.append("no gate decisions recorded")
     evidence = {**(finding.evidence if finding else {}), "gate_checks": float(len(gate)), "accepted": float(len(accepted))}
@@ -286,6 +293,15 @@ def diagnose_ppo(data: StageData, config: RulesConfig) -> Verdict:
     if gate:
         evidence["last_gain"] = float(gate[-1]["gain"])
     return Verdict(data.stage, data.kind, regime, step, checkpoint, finding.turn_step if finding else None, tuple(reasons), tuple(advice), evidence)
+
+
+def _verified_gain(report: dict) -> str | None:
+    """The round's verification kept its accepted policy: it beat the reference in sim beyond noise."""
+    wins_losses = report.get("accepted_wins_losses")
+    if report.get("refused") or not wins_losses or report.get("rollout_success") is None:
+        return None
+    return (f"the accepted policy succeeded {float(report['rollout_success']):.0%} against the reference's {float(report['reference_success']):.0%} "
+            f"on the round's verification episodes (won {wins_losses[0]}, lost {wins_losses[1]})")  # fmt: skip
 
 
 def _refused_by_rollouts(report: dict, accepted: list[dict]) -> Finding | None:
