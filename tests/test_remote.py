@@ -4,6 +4,7 @@ command), the watchdog when a client dies or goes silent, and the command line e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -644,3 +646,46 @@ def test_arrays_round_trip_and_bad_specs_are_refused() -> None:
         raw = RawFrame(b"", memoryview(b""), memoryview(bytes(8)), b"")
         with pytest.raises(ProtocolError, match=match):
             decode_arrays(header, raw, FrameLimits())
+
+
+def test_a_stranger_mid_frame_does_not_stall_the_token_holder() -> None:
+    """The server reads as bytes arrive: a half-sent frame waits for its deadline while the token holder is served."""
+    events: list[str] = []
+    arm, robot, _ = make_served()
+    server = RobotServer(robot, TOKEN, ServerConfig(port=0, watchdog_timeout_s=WATCHDOG_S, frame_timeout_s=3.0, auth_timeout_s=6.0), on_event=events.append)
+    with server:
+        stranger = RawClient(server, key=b"not-the-token-at-all")
+        stranger.sock.sendall(stranger.frame("reset")[:20])  # and never the rest
+        for _ in range(3):
+            assert_a_good_client_still_works(arm, server)
+        assert not any("did not arrive whole" in e for e in events), events  # served while the stranger's frame was pending
+        assert stranger.closed_by_server()
+        assert any("did not arrive whole within 3 s" in e for e in events), events
+    robot.close()
+
+
+def test_strangers_that_reconnect_or_crowd_the_queue_never_keep_the_token_holder_out() -> None:
+    arm, robot, server = make_served(auth_timeout_s=5.0, max_pending=4)
+    with server:
+        stop = threading.Event()
+
+        def reconnect_forever() -> None:  # connect, say nothing, drop, again: the probe that held the slot 80 of 80 times
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    socket.create_connection(server.address, timeout=1).close()
+
+        crowd = [socket.create_connection(server.address, timeout=5) for _ in range(6)]  # silent, more than max_pending
+        threads = [threading.Thread(target=reconnect_forever, daemon=True) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            for _ in range(10):
+                assert_a_good_client_still_works(arm, server)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+            for sock in crowd:
+                sock.close()
+        assert len(server._pending) <= 4
+    robot.close()

@@ -198,6 +198,43 @@ def read_frame(sock: socket.socket, limits: FrameLimits, timeout: float) -> RawF
     return RawFrame(bytes(prefix), rest[:hlen], rest[hlen : hlen + plen], bytes(rest[hlen + plen :]))
 
 
+class FrameReader:
+    """Frames out of a byte stream fed as it arrives, so a server reading many sockets never waits on one.
+
+    ``feed`` raises :class:`ProtocolError` as soon as a prefix is bad (magic, lengths over ``limits``: nothing
+    is buffered for them). ``started`` is when the frame still incomplete in the buffer began (None: none is)."""
+
+    def __init__(self, limits: FrameLimits):
+        self.limits = limits
+        self._buf = bytearray()
+        self.started: float | None = None
+
+    def feed(self, data: bytes) -> list[RawFrame]:
+        now = time.monotonic()
+        if data and not self._buf:
+            self.started = now
+        self._buf += data
+        frames: list[RawFrame] = []
+        while len(self._buf) >= _PREFIX.size:
+            magic, hlen, plen = _PREFIX.unpack_from(self._buf)
+            if magic != MAGIC:
+                raise ProtocolError(f"bad magic {bytes(magic)!r} (expected {MAGIC!r}): not a robot-remote frame")
+            if hlen > self.limits.max_header_bytes or plen > self.limits.max_payload_bytes:
+                raise ProtocolError(
+                    f"frame announces {hlen} header + {plen} payload bytes, over the limits "
+                    f"{self.limits.max_header_bytes} + {self.limits.max_payload_bytes}"
+                )
+            end = _PREFIX.size + hlen + plen + MAC_BYTES
+            if len(self._buf) < end:
+                break
+            raw = bytes(self._buf[:end])
+            del self._buf[:end]
+            body = memoryview(raw)[_PREFIX.size :]
+            frames.append(RawFrame(raw[: _PREFIX.size], body[:hlen], body[hlen : hlen + plen], bytes(body[hlen + plen :])))
+            self.started = now if self._buf else None  # what is left began with this read
+        return frames
+
+
 def decode_header(frame: RawFrame) -> dict[str, Any]:
     """The header as a dict; :class:`ProtocolError` for anything but a UTF-8 JSON object without NaN/inf."""
     try:

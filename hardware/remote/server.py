@@ -4,8 +4,15 @@ What runs next to the arm for ``robot serve``. The server is a single thread
 (requests are handled one by one, in order); the arm's own watchdog thread
 (``SafeRobot``) holds it whenever commands stop, whatever the network does.
 
-- It binds to loopback unless told otherwise and serves one client at a time;
-  a second connection gets a ``busy`` error and is closed.
+- It binds to loopback unless told otherwise and serves one client at a time. Every
+  connection is greeted, but only one whose first request is signed with the token
+  takes the slot; until then it waits among at most ``max_pending`` others (the
+  oldest is dropped for a new one) for ``auth_timeout_s``, so strangers that connect,
+  stay silent or reconnect in a loop never keep the token holder out. A signed first
+  request while the slot is taken gets a ``busy`` error and the connection is closed.
+- Sockets are read as bytes arrive, never waiting on one: a frame that has begun must
+  be whole within ``frame_timeout_s`` or its connection ends, and meanwhile every
+  other connection is served.
 - Every request must carry the session's next sequence number and a valid MAC
   (:mod:`hardware.remote.protocol`). A frame that is oversized, malformed,
   unsigned, signed with another token, replayed or out of order gets an
@@ -28,7 +35,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from hardware.remote.protocol import (
@@ -36,13 +43,13 @@ from hardware.remote.protocol import (
     TO_CLIENT,
     TO_SERVER,
     FrameLimits,
+    FrameReader,
     ProtocolError,
     check_token,
     decode_arrays,
     decode_header,
     encode_frame,
     new_nonce,
-    read_frame,
     verify,
 )
 from hardware.remote.handlers import RequestHandler, Session
@@ -69,12 +76,16 @@ class ServerConfig:
     """A session without a request for this long ends, freeing the one client slot; None: never."""
     max_request_bytes: int = 1 << 20
     """Largest request payload accepted (an action is a few bytes)."""
+    max_pending: int = 8
+    """Connections greeted but not yet authenticated, at most; a new one drops the oldest."""
     max_watchdog_overrides: int = 4
     """Most nested ``override_watchdog`` blocks one client may hold open."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"ServerConfig.port must be in 0..65535 (0 picks a free port), got {self.port}")
+        if self.max_pending < 1:
+            raise ValueError(f"ServerConfig.max_pending must be >= 1, got {self.max_pending}")
         for name in ("watchdog_timeout_s", "frame_timeout_s", "auth_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ServerConfig.{name} must be positive, got {getattr(self, name)}")
@@ -121,6 +132,8 @@ class RobotServer:
         self._listener: socket.socket | None = None
         self._selector: selectors.BaseSelector | None = None
         self._session: Session | None = None
+        self._reader: FrameReader | None = None  # the session's
+        self._pending: dict[socket.socket, _Pending] = {}  # greeted, not yet authenticated
         self._watchdog = contextlib.ExitStack()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -159,20 +172,31 @@ class RobotServer:
             self.poll(poll_s)
 
     def poll(self, timeout: float) -> None:
-        """Wait up to ``timeout`` for a connection or a request and handle it."""
+        """Wait up to ``timeout`` for connections and bytes, handle what arrived, then enforce the deadlines."""
         assert self._selector is not None, "call start() first"
         for key, _ in self._selector.select(timeout):
             try:
                 if key.fileobj is self._listener:
                     self._accept()
-                elif self._session is not None:
-                    self._handle(self._session)
+                elif key.fileobj in self._pending:
+                    self._read_pending(key.fileobj)
+                elif self._session is not None and key.fileobj is self._session.sock:
+                    self._read_session(self._session)
             except Exception as e:  # a bug must not take the server down; the arm's watchdog still runs
                 self._on_event(f"internal error ({type(e).__name__}: {e})")
-                self._end_session("internal error")
-        s, now, idle = self._session, time.monotonic(), self.config.idle_timeout_s
-        if s is not None and s.requests == 0 and now - s.opened > self.config.auth_timeout_s:
-            self._end_session(f"no request within {self.config.auth_timeout_s:g} s of connecting")
+                if self._session is not None and key.fileobj is self._session.sock:
+                    self._end_session("internal error")
+                else:
+                    self._drop_pending(key.fileobj, "internal error")
+        now, frame_s, auth_s = time.monotonic(), self.config.frame_timeout_s, self.config.auth_timeout_s
+        for sock, pending in list(self._pending.items()):
+            if now - pending.opened > auth_s:
+                self._drop_pending(sock, f"no signed request within {auth_s:g} s of connecting")
+            elif pending.reader.started is not None and now - pending.reader.started > frame_s:
+                self._drop_pending(sock, f"a frame did not arrive whole within {frame_s:g} s")
+        s, idle = self._session, self.config.idle_timeout_s
+        if s is not None and self._reader is not None and self._reader.started is not None and now - self._reader.started > frame_s:
+            self._end_session(f"a frame did not arrive whole within {frame_s:g} s")
         elif s is not None and idle is not None and now - s.last_request > idle:
             self._end_session(f"idle for more than {idle:g} s")
 
@@ -187,6 +211,8 @@ class RobotServer:
         """Stop serving, end the session, disconnect the robot, stop listening."""
         self.stop()
         try:
+            for sock in list(self._pending):
+                self._drop_pending(sock, "server stopped")
             self._end_session("server stopped")
             self.robot.disconnect()
             self._watchdog.close()
@@ -210,18 +236,17 @@ class RobotServer:
     # -- connections ----------------------------------------------------------------------
 
     def _accept(self) -> None:
+        """Greet a new connection; it waits among the pending ones until its first request is signed."""
         assert self._listener is not None and self._selector is not None
         try:
             sock, addr = self._listener.accept()
         except OSError:  # the client gave up between select and accept
             return
         peer = f"{addr[0]}:{addr[1]}"
-        sock.settimeout(self.config.frame_timeout_s)
-        if self._session is not None:
-            self._refuse_socket(sock, "busy", f"robot server is serving {self._session.peer}; one client at a time")
-            sock.close()
-            self._on_event(f"refused {peer}: busy with {self._session.peer}")
-            return
+        sock.settimeout(self.config.frame_timeout_s)  # for sends; reads happen only when bytes are there
+        if len(self._pending) >= self.config.max_pending:
+            oldest = min(self._pending, key=lambda k: self._pending[k].opened)
+            self._drop_pending(oldest, f"{self.config.max_pending} connections waiting to authenticate: the oldest goes")
         nonce = new_nonce()
         hello = {"hello": "robot-remote", "protocol": PROTOCOL, "nonce": nonce.hex()}
         try:
@@ -231,21 +256,53 @@ class RobotServer:
         except OSError:
             sock.close()
             return
-        self._session = Session(sock, peer, nonce)
+        self._pending[sock] = _Pending(peer, nonce, FrameReader(self._limits))
         self._selector.register(sock, selectors.EVENT_READ)
-        self.sessions += 1
-        self._on_event(f"client {peer} connected")
 
-    def _handle(self, s: Session) -> None:
-        """Read one request and answer it; refuse and close on anything not from the token holder."""
+    def _read_pending(self, sock: socket.socket) -> None:
+        """Bytes from a connection not yet authenticated: its first whole frame decides whether it takes the slot."""
+        pending = self._pending[sock]
         try:
-            frame = read_frame(s.sock, self._limits, self.config.frame_timeout_s)
+            data = sock.recv(1 << 16)
+            frames = pending.reader.feed(data)
+        except ProtocolError as e:
+            return self._refuse_pending(sock, "protocol", str(e))
+        except OSError as e:
+            return self._drop_pending(sock, f"connection lost ({e})")
+        if not data:
+            return self._drop_pending(sock, "closed before a request")
+        if not frames:
+            return
+        if not verify(frames[0], self._key, TO_SERVER, pending.nonce):
+            return self._refuse_pending(sock, "auth", "authentication failed: request not signed with this server's token")
+        if self._session is not None:
+            return self._refuse_pending(sock, "busy", f"robot server is serving {self._session.peer}; one client at a time")
+        del self._pending[sock]
+        self._session, self._reader = Session(sock, pending.peer, pending.nonce, opened=pending.opened), pending.reader
+        self.sessions += 1
+        self._on_event(f"client {pending.peer} connected")
+        self._handle_frames(self._session, frames)
+
+    def _read_session(self, s: Session) -> None:
+        try:
+            data = s.sock.recv(1 << 16)
+            frames = self._reader.feed(data) if self._reader is not None else []
         except ProtocolError as e:
             return self._refuse(s, "protocol", str(e))
-        except OSError as e:  # PeerClosed, TimeoutError, reset
-            return self._end_session(f"connection lost mid-frame ({e})")
-        if frame is None:
-            return self._end_session("client closed the connection")
+        except OSError as e:  # reset
+            return self._end_session(f"connection lost ({e})")
+        if not data:
+            return self._end_session("client closed the connection" + (" mid-frame" if self._reader and self._reader.started else ""))
+        self._handle_frames(s, frames)
+
+    def _handle_frames(self, s: Session, frames: list) -> None:
+        for frame in frames:
+            if self._session is not s:  # a refusal ended it
+                return
+            self._handle(s, frame)
+
+    def _handle(self, s: Session, frame) -> None:
+        """Answer one whole frame; refuse and close on anything not from the token holder."""
         if not verify(frame, self._key, TO_SERVER, s.nonce):
             return self._refuse(s, "auth", "authentication failed: request not signed with this server's token")
         try:
@@ -265,10 +322,23 @@ class RobotServer:
             error = {"kind": kind, "message": str(e)[:2000] or type(e).__name__}
             reply = encode_frame({"seq": seq, "ok": False, "error": error}, **self._signing(s))
         try:
-            s.sock.settimeout(self.config.frame_timeout_s)
             s.sock.sendall(reply)
         except OSError as e:
             self._end_session(f"could not reply ({e})")
+
+    def _refuse_pending(self, sock: socket.socket, reason: str, message: str) -> None:
+        self._refuse_socket(sock, reason, message)
+        self._drop_pending(sock, f"refused ({reason}): {message[:200]}")
+
+    def _drop_pending(self, sock: Any, reason: str) -> None:
+        pending = self._pending.pop(sock, None)
+        if self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(sock)
+        with contextlib.suppress(OSError):
+            sock.close()
+        if pending is not None:
+            self._on_event(f"connection from {pending.peer} closed before it authenticated: {reason}")
 
     def _signing(self, s: Session) -> dict[str, Any]:
         return {"key": self._key, "direction": TO_CLIENT, "nonce": s.nonce}
@@ -285,7 +355,7 @@ class RobotServer:
             sock.sendall(encode_frame(error, key=None, direction=TO_CLIENT, nonce=b""))
 
     def _end_session(self, reason: str) -> None:
-        s, self._session = self._session, None
+        s, self._session, self._reader = self._session, None, None
         if s is None:
             return
         if self._selector is not None:
@@ -309,3 +379,13 @@ def _keepalive(sock: socket.socket) -> None:
     for name, value in (("TCP_KEEPIDLE", 5), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3)):
         if hasattr(socket, name):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+@dataclass
+class _Pending:
+    """A greeted connection whose first request has not arrived whole yet."""
+
+    peer: str
+    nonce: bytes
+    reader: FrameReader
+    opened: float = field(default_factory=time.monotonic)
