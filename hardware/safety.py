@@ -313,7 +313,7 @@ class SafeRobot:
             low, high = self._workspace_bounds(state, step_low, step_high)
             stages = (
                 ("step_clipped", lambda a: np.clip(a, step_low, step_high)),
-                ("workspace_clipped", lambda a: np.clip(a, low, high)),
+                ("workspace_clipped", lambda a: self._still_rotation_near_walls(np.clip(a, low, high), state, step_high)),
                 ("joint_limited", lambda a: self._cancel_joint_pushing(a, state, low, high)),
                 ("velocity_limited", lambda a: self._cancel_when_too_fast(a, state)),
             )
@@ -349,6 +349,28 @@ class SafeRobot:
         low, high = low.copy(), high.copy()
         low[idx], high[idx] = np.clip(to_low, low[idx], high[idx]), np.clip(to_high, low[idx], high[idx])
         return low, high
+
+    def _still_rotation_near_walls(self, action: np.ndarray, state: ArmState, step_high: np.ndarray) -> np.ndarray:
+        """No rotation while the predicted end effector is within one translation step of a wall or past it.
+
+        Turning the hand moves the point the box guards (and an arm near its limits drifts while it turns):
+        on lift a rotation-only stream inside the action bounds carried the end effector 0.22 m out of the box
+        while the translation clamp, which only shapes translation, kept asking for motion back in."""
+        rotation = list(self._layout.rotation)
+        if not rotation:
+            return action
+        idx = list(self._layout.translation)
+        ee = np.asarray(state.ee_position, dtype=np.float64)
+        if self._previous is not None:
+            ee = ee + (ee - self._previous.ee)
+        ee = ee[: len(idx)]
+        margin = np.asarray(step_high, dtype=np.float64)[idx]
+        low, high = np.asarray(self.limits.workspace_low)[: len(idx)], np.asarray(self.limits.workspace_high)[: len(idx)]
+        if np.all(ee >= low + margin) and np.all(ee <= high - margin):
+            return action
+        action = action.copy()
+        action[rotation] = 0.0
+        return action
 
     def _joints_near_limit(self, state: ArmState) -> tuple[np.ndarray, np.ndarray]:
         """Boolean masks: joints within the margin of their (high, low) limit."""
