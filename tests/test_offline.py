@@ -61,7 +61,8 @@ def test_gate_rejects_a_harmful_update_and_keeps_the_reference(imitation, tmp_pa
     assert [m.source for m in merged.metas[-2:]] == ["offline-rollout"] * 2
     assert not (tmp_path / "flipped" / "round-0" / "imitation").exists()
     report = json.loads((tmp_path / "flipped" / "round-0" / "report.json").read_text())
-    assert report["rollout_success"] is None and report["reference_success"] is not None and not report["refused"] and not report["retrained"]
+    assert report["rollout_success"] is None and report["reference_success"] is None and not report["refused"] and not report["retrained"]
+    assert report["rollouts_success"] is not None and report["verify_episodes"] == 0  # nothing accepted: nothing to verify
 
 
 @pytest.mark.slow
@@ -121,7 +122,7 @@ def test_verification_runs_the_deployed_sampler_on_seeds_of_its_own(tmp_path, mo
 
 @pytest.mark.slow
 def test_gate_accepts_a_helpful_update(imitation, tmp_path):
-    decisions = _offline(imitation, tmp_path / "helpful", flip=False)
+    decisions = _offline(imitation, tmp_path / "helpful", flip=False, verify_rollouts=False)  # the gate's decision alone
     assert decisions[0]["accepted"] and decisions[0]["j_candidate"] > decisions[0]["j_reference"], decisions
     before = load_checkpoint(imitation[1] / "policy").modules["policy"]
     after = load_checkpoint(tmp_path / "helpful" / "policy").modules["policy"]

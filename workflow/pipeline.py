@@ -89,7 +89,7 @@ BUDGETS = {
     # gain), so the whole run fits beside the other slow tests.
     "ci": Budget(demos=100, demo_noise=0.0, imitation_steps=4000, offline_rounds=1, critic_steps=2000, ppo_updates=100, ppo_batch=128,
                  rollout_episodes=50, rollout_std=0.1, chains_per_state=4, verify_episodes=50, retrain_steps=0,
-                 online_iterations=2, online_episodes=8, select_episodes=8, eval_episodes=30),
+                 online_iterations=2, online_episodes=8, select_episodes=8, distill_steps=20, distill_final_steps=300, eval_episodes=30),
     "full": Budget(demos=200, demo_noise=0.0, imitation_steps=8000, offline_rounds=2, critic_steps=3000, ppo_updates=300, ppo_batch=128,
                    rollout_episodes=50, rollout_std=0.1, chains_per_state=4, verify_episodes=100, retrain_steps=0, online_iterations=25,
                    online_episodes=48, online_minibatch=192, eval_episodes=100, distill_final_steps=2500, select_episodes=32,
