@@ -252,23 +252,29 @@ def _streams(size: int, high: np.ndarray, rng: np.random.Generator) -> dict:
     }
 
 
-@pytest.mark.parametrize("task", ["push", "lift", "lift-ur5e"])
+@pytest.mark.parametrize("task", ["push", "lift", "lift-ur5e", "ur5e:standin:lift", "franka:standin:lift", "xarm:standin:push"])
 def test_the_workspace_box_holds_for_any_command_stream(task: str) -> None:
-    """Random and adversarial streams inside the action bounds: translation, rotation, gripper, mixtures. On lift a
-    rotation-only stream once carried the end effector 0.22 m out (turning the hand moves the guarded point)."""
-    from hardware.registry import make_sim
+    """Random and adversarial streams inside the action bounds: translation, rotation, gripper, mixtures, on sim
+    tasks and the drivers' vendor stand-ins. On lift a rotation-only stream once carried the end effector 0.22 m
+    out (turning the hand moves the guarded point)."""
+    from hardware.registry import open_robot
 
-    robot, _ = make_sim(task)
+    robot, _ = open_robot(task)
     rng = np.random.default_rng(0)
     with robot:
         size = robot.action_features[ACTION].shape[0]
         high = np.asarray(robot.action_features[ACTION].high, np.float32)
         low_box, high_box = np.array(robot.limits.workspace_low), np.array(robot.limits.workspace_high)
         for name, stream in _streams(size, high, rng).items():
+            travelled = 0.0
             for seed in range(2):
                 robot.reset(seed)
+                start = np.array(robot.arm_state().ee_position)
                 for t in range(150):
                     robot.send_action(stream(t))
                     ee = np.array(robot.arm_state().ee_position)
                     out = float(max(np.max(low_box - ee), np.max(ee - high_box), 0.0))
                     assert out <= WORKSPACE_TOLERANCE_M, f"{task}, {name}, seed {seed}, step {t}: {out * 100:.1f} cm outside the box"
+                    travelled = max(travelled, float(np.linalg.norm(ee - start)))
+            if name == "translation out":
+                assert travelled > 0.05, f"{task}: the arm hardly moved ({travelled * 100:.1f} cm): the stream tested nothing"
