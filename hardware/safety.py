@@ -339,16 +339,18 @@ class SafeRobot:
         a wall instead of hitting it at full speed. Past a wall (momentum, controller drift, a
         disturbance) the same rule asks for motion back in, within the max step."""
         idx = list(self._layout.translation)
-        ee = np.asarray(state.ee_position, dtype=np.float64)
-        if self._previous is not None:
-            ee = ee + (ee - self._previous.ee)
-        ee = ee[: len(idx)]
+        ee = self._predicted_ee(state)[: len(idx)]
         k = self.config.workspace_approach
         to_low = k * (np.asarray(self.limits.workspace_low)[: len(idx)] - ee)
         to_high = k * (np.asarray(self.limits.workspace_high)[: len(idx)] - ee)
         low, high = low.copy(), high.copy()
         low[idx], high[idx] = np.clip(to_low, low[idx], high[idx]), np.clip(to_high, low[idx], high[idx])
         return low, high
+
+    def _predicted_ee(self, state: ArmState) -> np.ndarray:
+        """Where the end effector is plus the motion it still carries (its displacement since the last command)."""
+        ee = np.asarray(state.ee_position, dtype=np.float64)
+        return ee + (ee - self._previous.ee) if self._previous is not None else ee
 
     def _still_rotation_near_walls(self, action: np.ndarray, state: ArmState, step_high: np.ndarray) -> np.ndarray:
         """No rotation while the predicted end effector is within one translation step of a wall or past it.
@@ -360,10 +362,7 @@ class SafeRobot:
         if not rotation:
             return action
         idx = list(self._layout.translation)
-        ee = np.asarray(state.ee_position, dtype=np.float64)
-        if self._previous is not None:
-            ee = ee + (ee - self._previous.ee)
-        ee = ee[: len(idx)]
+        ee = self._predicted_ee(state)[: len(idx)]
         margin = np.asarray(step_high, dtype=np.float64)[idx]
         low, high = np.asarray(self.limits.workspace_low)[: len(idx)], np.asarray(self.limits.workspace_high)[: len(idx)]
         if np.all(ee >= low + margin) and np.all(ee <= high - margin):

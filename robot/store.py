@@ -95,7 +95,7 @@ class ZarrEpisodeStore:
             raise StoreError(f"{path}: exists and is not a directory; pick another path")
         if path.exists() and any(path.iterdir()) and not overwrite:
             if _interrupted_creation(path):
-                raise StoreError(f"{path}: a store whose creation was interrupted (it holds no episode); delete it, or record with --resume to start it again")
+                raise StoreError(_interrupted_message(path))
             raise StoreError(f"{path}: already exists; open it with --resume / ZarrEpisodeStore.open(mode='a') or pick another path")
         if not features:
             raise StoreError(f"{path}: a store needs at least one feature")
@@ -442,6 +442,10 @@ def _write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
+def _interrupted_message(path: Path) -> str:
+    return f"{path}: a store whose creation was interrupted (it holds no episode); delete it, or record with --resume to start it again"
+
+
 def _interrupted_creation(path: Path) -> bool:
     """The start of a store whose creation was killed: arrays or a group file, no commit record, and no frame
     written anywhere (zarr's chunk files live under ``c/``), so nothing in it can be an episode."""
@@ -486,7 +490,7 @@ def _check_is_store(path: Path) -> None:
     if not path.is_dir():
         raise StoreError(f"{path}: no such episode store (not a directory)")
     if _interrupted_creation(path):
-        raise StoreError(f"{path}: a store whose creation was interrupted (it holds no episode); delete it, or record with --resume to start it again")
+        raise StoreError(_interrupted_message(path))
     try:
         attrs = json.loads(root.read_text()).get("attributes", {})
     except FileNotFoundError:
