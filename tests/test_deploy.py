@@ -128,7 +128,8 @@ def test_unthrottled_deploy_reproduces_eval_exactly(policy: Path, tmp_path: Path
 def test_fixed_rate_deploy_with_background_inference_holds_the_rate(policy: Path, tmp_path: Path) -> None:
     report = deploy(DeployConfig(policy=policy, episodes=1, hz=40, max_steps=30, inference="background", out=tmp_path / "d.zarr"))
     assert report.rate.ticks >= 29 and abs(report.rate.mean_hz - 40) < 8
-    assert report.episodes[0].length == 30 and len(report.action_age_ticks) >= 30 // 2 - 1
+    episode, horizon = report.episodes[0], 4  # TINY's window; a plan serves at most that many ticks
+    assert episode.length == 30 and len(report.action_age_ticks) * horizon >= episode.length - episode.held  # every acted tick came from a plan
     assert max(report.action_age_ticks) >= 1 and report.rate.overruns <= 3  # plans land a tick or more after their observation
 
 
