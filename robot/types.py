@@ -72,14 +72,25 @@ class Feature:
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> "Feature":
-        tup = lambda v: None if v is None else tuple(v)  # noqa: E731
-        return Feature(
-            shape=tuple(int(s) for s in d["shape"]),
-            dtype=str(d.get("dtype", "float32")),
-            names=tup(d.get("names")),
-            low=tup(d.get("low")),
-            high=tup(d.get("high")),
-        )
+        """Inverse of :meth:`to_dict`; a malformed field is a ``ValueError`` naming it."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+
+        def numbers(name: str, kind: type, required: bool = False) -> tuple | None:
+            value = d.get(name)
+            if value is None and not required:
+                return None
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"{name}: expected a JSON array of {'numbers' if kind is float else 'integers'}, got {value!r}"[:160])
+            return tuple(kind(v) for v in value)
+
+        names = d.get("names")
+        if names is not None and (not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names)):
+            raise ValueError(f"names: expected a JSON array of strings, got {names!r}"[:160])
+        if not isinstance(d.get("dtype", "float32"), str):
+            raise ValueError(f"dtype: expected a string, got {d['dtype']!r}")
+        return Feature(shape=numbers("shape", int, required=True), dtype=d.get("dtype", "float32"), names=None if names is None else tuple(names),
+                       low=numbers("low", float), high=numbers("high", float))  # fmt: skip
 
 
 Features = Mapping[str, Feature]
@@ -90,7 +101,16 @@ def features_to_dict(features: Features) -> dict[str, dict[str, Any]]:
 
 
 def features_from_dict(d: Mapping[str, Mapping[str, Any]]) -> dict[str, Feature]:
-    return {k: Feature.from_dict(v) for k, v in d.items()}
+    """Features from their JSON; a malformed one is a ``ValueError`` naming the key and field."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"features: expected a JSON object, got {type(d).__name__}")
+    out = {}
+    for k, v in d.items():
+        try:
+            out[k] = Feature.from_dict(v)
+        except (TypeError, ValueError) as e:  # TypeError: numpy's unknown dtype
+            raise ValueError(f"feature {k!r}: {e}") from None
+    return out
 
 
 def check_features(needed: Features, provided: Features, *, who_needs: str, who_provides: str) -> None:

@@ -87,7 +87,14 @@ CHECKPOINTS = {
     "unknown normaliser mode": (lambda c: _edit_manifest(c, lambda m: {**m, "normalizer": {**m["normalizer"], "action": "minmax"}}), "normaliser mode for action"),
     "truncated tensors": (lambda c: (c / "tensors.safetensors").write_bytes((c / "tensors.safetensors").read_bytes()[:100]), "does not match its checksum"),
     "another kind": (lambda c: _edit_manifest(c, lambda m: {**m, "kind": "iql-critics"}), "expected a 'diffusion-policy'"),
-    "config of another shape": (lambda c: _edit_manifest(c, lambda m: {**m, "config": {"policy": []}}), ""),
+    "config of another shape": (lambda c: _edit_manifest(c, lambda m: {**m, "config": {"policy": []}}), "policy: expected a JSON object, got list"),
+    "config without its policy": (lambda c: _edit_manifest(c, lambda m: {**m, "config": {}}), "no 'policy' entry"),
+    "config field of the wrong type": (lambda c: _edit_manifest(c, lambda m: {**m, "config": {"policy": {**m["config"]["policy"], "horizon": "e"}}}),
+                                       "horizon: expected an integer, got \"e\""),
+    "nested config of the wrong type": (lambda c: _edit_manifest(c, lambda m: {**m, "config": {"policy": {**m["config"]["policy"], "encoder": 3}}}),
+                                        "encoder: expected a JSON object, got 3"),
+    "feature shape not integers": (lambda c: _edit_manifest(c, lambda m: {**m, "features": {**m["features"], "input": {
+        k: {**f, "shape": ["e"]} for k, f in m["features"]["input"].items()}}}), "shape: expected a JSON array of integers"),
 }
 
 
@@ -168,3 +175,14 @@ def test_distilling_a_policy_on_a_store_recorded_for_another_robot_is_one_line(s
         store.close()
     _one_line_exit_2(["train", "distill", "--policy", str(policy), "--data", str(tmp_path / "lift.zarr"), "--out", str(tmp_path / "d")],
                      "lift.zarr was not recorded for this policy: observation.state is", tmp_path / "d")  # fmt: skip
+
+
+@pytest.mark.parametrize("content, expected", [("[]", "holds a JSON list, expected an object"), ('"e"', "holds a JSON str"), ("{ half", "is not valid JSON")])
+def test_a_run_directory_with_a_malformed_config_is_one_line(content, expected, sound, tmp_path) -> None:
+    demos, _ = sound
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(content)
+    _one_line_exit_2(["train", "imitation", "--data", str(demos), "--out", str(run), "--steps", "2"], expected, run)
+    _one_line_exit_2(["diagnose", str(run)], expected)
+    assert (run / "config.json").read_text() == content  # the user's file is left as it was

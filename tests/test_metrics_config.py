@@ -40,3 +40,19 @@ def test_config_round_trip(tmp_path):
     assert load_json(Outer, tmp_path / "config.json") == cfg
     with pytest.raises(ValueError, match="has no field 'nmae'"):
         from_dict(Outer, {"nmae": "typo"})
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"name": 3}, "name: expected a string, got 3"),
+    ({"inner": "e"}, "inner: expected a JSON object, got \"e\""),
+    ({"inner": {"widths": [8, "e"]}}, "inner.widths[1]: expected an integer, got \"e\""),
+    ({"inner": {"widths": [8, True]}}, "inner.widths[1]: expected an integer, got true"),
+    ({"inner": {"dropout": "0.1"}}, "inner.dropout: expected a number, got \"0.1\""),
+    ({"pair": [0.1]}, "pair: expected 2 items, got 1"),
+    ({"pair": 0.1}, "pair: expected a JSON array, got 0.1"),
+])  # fmt: skip
+def test_a_config_value_of_the_wrong_type_is_an_error_naming_its_path(data, message):
+    with pytest.raises(ValueError) as e:
+        from_dict(Outer, data)
+    assert str(e.value) == message
+    assert from_dict(Outer, {"inner": {"dropout": 1}}).inner.dropout == 1.0  # a JSON integer is a number

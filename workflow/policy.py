@@ -198,10 +198,13 @@ def build_from_checkpoint(ckpt: Checkpoint, device: str = "cpu") -> tuple[Diffus
     checkpoint when its config, features or weights do not describe a policy)."""
     where = ckpt.source or "checkpoint"
     try:
-        config = DiffusionPolicyConfig.from_dict({"deterministic_sampler": "ddim", **ckpt.config["policy"]})  # saved before the option: DDIM, its sampler then
+        saved = ckpt.config["policy"]
+        if not isinstance(saved, Mapping):
+            raise ValueError(f"policy: expected a JSON object, got {type(saved).__name__}")
+        config = DiffusionPolicyConfig.from_dict({"deterministic_sampler": "ddim", **saved})  # saved before the option: DDIM, its sampler then
         model = DiffusionPolicy(config, ckpt.features["input"], ckpt.features["action"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{where}: its config and features do not describe a policy ({e.args[0] if isinstance(e, KeyError) else e})") from None
+        raise CheckpointError(f"{where}: its config and features do not describe a policy ({f'no {e.args[0]!r} entry' if isinstance(e, KeyError) else e})") from None
     load_module_state(model, ckpt.modules.get("policy", {}), what=f"{where}: policy")
     head = None
     if "consistency" in ckpt.modules:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robot.config import from_dict, save_json, to_dict
+from robot.config import from_dict, read_json_object, save_json, to_dict
 from robot.metrics import JsonlMetrics, MultiSink
 
 
@@ -49,7 +49,7 @@ class RunDir:
         (self.path / "checkpoints").mkdir(exist_ok=True)
         config_path = self.path / "config.json"
         if config_path.exists():
-            previous = _with_defaults(type(config), json.loads(config_path.read_text()))
+            previous = _with_defaults(type(config), read_json_object(config_path))
             if previous != to_dict(config):
                 changed = sorted(k for k in set(previous) | set(to_dict(config)) if previous.get(k) != to_dict(config).get(k))
                 raise ValueError(

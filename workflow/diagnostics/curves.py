@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from robot.config import read_json_object
 from robot.metrics import read_metrics
 
 ROUND_SUFFIX = re.compile(r"^(.*)_r(\d+)$")
@@ -102,7 +103,7 @@ def _snapshots(folder: Path) -> dict[int, Path]:
 
 def _json(f: Path) -> dict[str, Any]:
     """A run's config.json or report.json; {} when it has none (yet)."""
-    return json.loads(f.read_text()) if f.is_file() else {}
+    return read_json_object(f) if f.is_file() else {}
 
 
 def run_kind(path: Path) -> str:
