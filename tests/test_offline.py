@@ -11,6 +11,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import math
+
 import pytest
 import torch
 
@@ -197,6 +199,37 @@ def test_the_anchor_keeps_chain_ppo_near_the_policy_it_started_from():
     assert drift[3.0] < 0.5 * drift[0.0], drift
     with pytest.raises(ValueError, match="anchor_coef"):
         OfflineConfig(policy="p", data="d", out="o", anchor_coef=-1.0)
+
+
+def test_dppo_step_schedule_clips_the_early_denoising_steps_tighter_and_discounts_them():
+    """DPPO's schedule: clip ranges rise from ``clip_first`` (noisiest step) to ``clip_eps`` (last); advantages are
+    discounted towards the first step. A ratio of 1.005 sits inside the last step's clip and outside the first's,
+    so only the late steps carry gradient; the default schedule is the plain clipped surrogate."""
+    from tests.test_policies_diffusion import STATE_ONLY, batch, tiny_policy
+    from workflow.online import OnlineConfig
+    from workflow.ppo import StepSchedule, chain_ppo_loss
+
+    schedule = StepSchedule(clip_first=0.001, denoising_gamma=0.99)
+    clips = schedule.clips(10, 0.01)
+    assert clips[0] == pytest.approx(0.001) and clips[-1] == pytest.approx(0.01) and bool((clips.diff() > 0).all())
+    torch.testing.assert_close(schedule.discounts(3), torch.tensor([0.99**2, 0.99, 1.0]))
+    torch.testing.assert_close(StepSchedule().clips(4, 0.2), torch.full((4,), 0.2))
+
+    torch.manual_seed(0)
+    policy = tiny_policy(STATE_ONLY, "unet", 8, action_dim=3, sigma_min=0.05, log_prob_reduction="mean").eval()
+    with torch.no_grad():
+        cond = policy.encode(batch(STATE_ONLY, 16))
+        chain = policy.sample_chain(cond, generator=torch.Generator().manual_seed(0))
+    k = chain.log_probs.shape[1]
+    shifted = type(chain)(**{**chain.__dict__, "log_probs": chain.log_probs - math.log(1.005)})  # every ratio 1.005
+    advantages = torch.ones(16)
+    plain, _ = chain_ppo_loss(policy, cond, shifted, advantages, 0.01)
+    assert float(plain) == pytest.approx(-1.005, abs=1e-4)  # inside every clip: the unclipped surrogate
+    scheduled, stats = chain_ppo_loss(policy, cond, shifted, advantages, 0.01, steps=StepSchedule(clip_first=0.001))
+    expected = float(torch.minimum(torch.tensor(1.005), 1 + StepSchedule(clip_first=0.001).clips(k, 0.01)).mean())
+    assert float(scheduled) == pytest.approx(-expected, abs=1e-4) and 0 < stats.clip_fraction < 1
+    with pytest.raises(ValueError, match="denoising_gamma"):
+        OnlineConfig(policy="p", out="o", denoising_gamma=1.5)
 
 
 def test_train_offline_on_the_command_line_with_centred_and_anchored_chains(tmp_path):

@@ -48,7 +48,7 @@ from workflow.latent import LatentTransitions, encode_store
 from workflow.paired import pick_beyond_noise, sign_test_p, wins_losses
 from workflow.ope import GateConfig, GateDecision, gate, horizon_warning
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
-from workflow.ppo import chain_ppo_loss, denoiser_parameters, fine_tuning_sampler, normalize_advantages, per_state_centred
+from workflow.ppo import StepSchedule, chain_ppo_loss, denoiser_parameters, fine_tuning_sampler, normalize_advantages, per_state_centred
 from workflow.rollout import EvalReport, evaluate
 from workflow.run import RunDir, check_finite_loss, progress, resolve_device, seed_everything
 
@@ -86,7 +86,12 @@ class OfflineConfig:
     The PPO step climbs the critics wherever they rank actions, including where they are wrong off the data; the
     anchor keeps every candidate near the policy imitated from the data (``ppo/anchor_kl`` logs the drift)."""
     clip_eps: float = 0.25
-    """PPO ratio clip per denoising step."""
+    """The PPO clip range (of the last denoising step when ``clip_first`` is set)."""
+    clip_first: float | None = None
+    """Clip range of the first denoising step, rising exponentially to ``clip_eps`` at the last (DPPO: 0.001 to
+    0.01); None: every step clips at ``clip_eps`` (``workflow.ppo.StepSchedule``)."""
+    denoising_gamma: float = 1.0
+    """Discount of the advantage over the denoising chain, towards its first step (DPPO: 0.99; 1: none)."""
     grad_clip: float = 0.5
     min_std: float = 0.1
     """Floor on each denoising step's std for the chains PPO samples and scores (``workflow.ppo.fine_tuning_sampler``)."""
@@ -136,7 +141,13 @@ class OfflineConfig:
     seed: int = 0
     device: str = "cpu"
 
+    @property
+    def step_schedule(self) -> StepSchedule:
+        """PPO's treatment of the denoising steps (validated when the config is made)."""
+        return StepSchedule(clip_first=self.clip_first, denoising_gamma=self.denoising_gamma)
+
     def __post_init__(self) -> None:
+        self.step_schedule  # noqa: B018 (refuses a bad clip_first or denoising_gamma)
         if self.rounds < 1 or self.ppo_updates < 0 or self.gate_every < 1 or self.critic_steps < 0 or self.chains_per_state < 1:
             raise ValueError(f"rounds, gate_every and chains_per_state must be >= 1, ppo_updates and critic_steps >= 0, got {self}")
         if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
@@ -438,7 +449,7 @@ def ppo_round(
         rows, scale = ddp.rows(torch.arange(len(idx)))  # every rank sampled the whole batch; each trains on its rows
         with torch.no_grad():
             anchor_means = anchor.chain_moments(cond[rows], chain[rows])[0] if config.anchor_coef > 0 else None
-        loss, stats = chain_ppo_loss(candidate, cond[rows], chain[rows], advantages[rows], config.clip_eps, anchor_means, config.anchor_coef)
+        loss, stats = chain_ppo_loss(candidate, cond[rows], chain[rows], advantages[rows], config.clip_eps, anchor_means, config.anchor_coef, config.step_schedule)
         optimizer.zero_grad(set_to_none=True)
         (loss * scale).backward()
         ddp.average_gradients(params)

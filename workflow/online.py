@@ -45,7 +45,7 @@ from workflow.envs import make_sim_for
 from workflow.paired import best_challenger, pick_beyond_noise, wins_losses
 from workflow.latent import encode_store
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, episode_noise_seed, policy_dir, save_policy
-from workflow.ppo import chain_ppo_loss, denoiser_parameters, fine_tuning_sampler, normalize_advantages
+from workflow.ppo import StepSchedule, chain_ppo_loss, denoiser_parameters, fine_tuning_sampler, normalize_advantages
 from workflow.rollout import EpisodeFrames, episode_features, evaluate
 from workflow.run import RunDir, check_finite_loss, progress, resolve_device, seed_everything
 
@@ -69,6 +69,12 @@ class OnlineConfig:
     """Denoiser learning rate (small: the policy starts good)."""
     value_lr: float = 1e-3
     clip_eps: float = 0.2
+    """The PPO clip range (of the last denoising step when ``clip_first`` is set)."""
+    clip_first: float | None = None
+    """Clip range of the first denoising step, rising exponentially to ``clip_eps`` at the last (DPPO: 0.001 to
+    0.01); None: every step clips at ``clip_eps`` (``workflow.ppo.StepSchedule``)."""
+    denoising_gamma: float = 1.0
+    """Discount of the advantage over the denoising chain, towards its first step (DPPO: 0.99; 1: none)."""
     grad_clip: float = 0.5
     gamma: float = 0.99
     """Per environment step; a chunk of n steps discounts by gamma^n."""
@@ -127,7 +133,13 @@ class OnlineConfig:
     seed: int = 0
     device: str = "cpu"
 
+    @property
+    def step_schedule(self) -> StepSchedule:
+        """PPO's treatment of the denoising steps (validated when the config is made)."""
+        return StepSchedule(clip_first=self.clip_first, denoising_gamma=self.denoising_gamma)
+
     def __post_init__(self) -> None:
+        self.step_schedule  # noqa: B018 (refuses a bad clip_first or denoising_gamma)
         if self.iterations < 1 or self.episodes_per_iteration < 1 or self.epochs < 1 or self.minibatch < 1 or self.select_every < 1 or self.distill_reuse < 1:
             raise ValueError(f"iterations, episodes_per_iteration, epochs, minibatch, select_every and distill_reuse must be >= 1, got {self}")
         if self.distill_steps < 0 or (self.distill_final_steps is not None and self.distill_final_steps < 0):
@@ -242,7 +254,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
                 for k, (minibatch, rows, weight) in enumerate(_minibatches(order, config.minibatch, ddp)):
                     normalized = normalize_advantages(adv[minibatch])  # over the whole minibatch, as one process would
                     idx = minibatch[rows].to(device)
-                    loss, s = chain_ppo_loss(model, cond[idx], chains[idx], normalized[rows], config.clip_eps)
+                    loss, s = chain_ppo_loss(model, cond[idx], chains[idx], normalized[rows], config.clip_eps, steps=config.step_schedule)
                     kl = ddp.mean(s.approx_kl * weight)  # the minibatch's KL, the same on every rank: all stop at the same minibatch
                     kls.append(kl)
                     if kl > config.kl_stop * config.target_kl:  # the policy moved far enough from the one that sampled the chains

@@ -8,6 +8,7 @@ current weights and the weights that sampled the chain (DPPO, RL-100).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -48,6 +49,37 @@ def step_kl(means: torch.Tensor, anchor_means: torch.Tensor, stds: torch.Tensor,
     return half_z2.mean(dim=(-2, -1)) if reduction == "mean" else half_z2.sum(dim=(-2, -1))
 
 
+@dataclass(frozen=True)
+class StepSchedule:
+    """How PPO treats the K denoising steps of a chain (DPPO's ``diffusion_ppo.py``; the defaults treat every
+    step alike, as RL-100's code does)."""
+
+    clip_first: float | None = None
+    """Clip range of the first (noisiest) denoising step, rising exponentially to the last step's ``clip_eps``
+    (DPPO: 0.001 up to 0.01 at rate 3): the early steps, which set the action's mode, move least. None: one clip."""
+    clip_rate: float = 3.0
+    """Steepness of that rise (DPPO's ``clip_ploss_coef_rate``)."""
+    denoising_gamma: float = 1.0
+    """Discount over the chain: step k of K gets the advantage times ``denoising_gamma ** (K - 1 - k)`` (DPPO: 0.99)."""
+
+    def __post_init__(self) -> None:
+        if self.clip_first is not None and not 0 < self.clip_first < 1:
+            raise ValueError(f"clip_first must be in (0, 1), got {self.clip_first}")
+        if self.clip_rate <= 0 or not 0 < self.denoising_gamma <= 1:
+            raise ValueError(f"clip_rate must be > 0 and denoising_gamma in (0, 1], got {self.clip_rate}, {self.denoising_gamma}")
+
+    def clips(self, k: int, clip_eps: float) -> torch.Tensor:
+        """``(K,)`` clip range per denoising step, first (noisiest) to last."""
+        if self.clip_first is None or k == 1:
+            return torch.full((k,), clip_eps)
+        t = torch.linspace(0.0, 1.0, k)
+        return self.clip_first + (clip_eps - self.clip_first) * torch.expm1(self.clip_rate * t) / math.expm1(self.clip_rate)
+
+    def discounts(self, k: int) -> torch.Tensor:
+        """``(K,)`` advantage weight per denoising step: the last step 1."""
+        return self.denoising_gamma ** torch.arange(k - 1, -1, -1, dtype=torch.float32)
+
+
 def chain_ppo_loss(
     policy: DiffusionPolicy,
     cond: torch.Tensor,
@@ -56,11 +88,13 @@ def chain_ppo_loss(
     clip_eps: float,
     anchor_means: torch.Tensor | None = None,
     anchor_coef: float = 0.0,
+    steps: StepSchedule = StepSchedule(),
 ) -> tuple[torch.Tensor, ChainLossStats]:
     """Clipped surrogate over all K denoising steps.
 
     ``cond (B, Dc)`` conditioning the chain was sampled with; ``chain`` with its
     sampling-time log-probs ``(B, K)``; ``advantages (B,)`` already normalised.
+    ``clip_eps`` is the last denoising step's clip range (every step's unless ``steps`` schedules it).
     ``anchor_means (B, K, T, Da)``: each step's mean under a fixed anchor policy (the
     round's start); ``anchor_coef`` times the per-step KL to it is added to the loss,
     which keeps the update near the policy the data was imitated into.
@@ -69,8 +103,10 @@ def chain_ppo_loss(
     new_log_probs = policy.chain_log_prob(cond, chain, moments=moments)  # (B, K)
     log_ratio = (new_log_probs - chain.log_probs).clamp(-20.0, 20.0)
     ratio = log_ratio.exp()
-    adv = advantages[:, None]  # (B, 1): one advantage shared by every denoising step
-    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    k = ratio.shape[1]
+    clip = steps.clips(k, clip_eps).to(ratio)[None, :]  # (1, K)
+    adv = advantages[:, None] * steps.discounts(k).to(ratio)[None, :]  # (B, K): one advantage per chain, discounted over it
+    surrogate = torch.minimum(ratio * adv, torch.minimum(torch.maximum(ratio, 1 - clip), 1 + clip) * adv)
     loss = -surrogate.mean()
     anchor_kl = None
     if anchor_means is not None:
@@ -79,7 +115,7 @@ def chain_ppo_loss(
         anchor_kl = float(kl.detach())
     with torch.no_grad():
         stats = ChainLossStats(
-            clip_fraction=float(((ratio - 1).abs() > clip_eps).float().mean()),
+            clip_fraction=float(((ratio - 1).abs() > clip).float().mean()),
             approx_kl=float(((ratio - 1) - log_ratio).mean()),
             ratio_mean=float(ratio.mean()),
             anchor_kl=anchor_kl,
