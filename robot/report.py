@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from typing import Any, Sequence
 
@@ -53,3 +54,14 @@ def store_summary(store: Any) -> str:
     lines.append("")
     lines.append(format_table(["key", "dtype", "shape"], [[k, f.dtype, "x".join(map(str, f.shape)) or "scalar"] for k, f in store.features.items()]))
     return "\n".join(lines)
+
+
+LOG_FILE_BAR_INTERVAL_S = 60.0
+"""Seconds between a progress bar's redraws when stderr is a file or a pipe, not a terminal: a bar redrawn each
+second turns an hour's log into thousands of lines."""
+
+
+def bar_interval(on_terminal: float) -> float:
+    """A progress bar's redraw interval: ``on_terminal`` seconds on a terminal, a minute in a log file."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    return on_terminal if isatty is not None and isatty() else LOG_FILE_BAR_INTERVAL_S

@@ -56,3 +56,25 @@ def test_a_config_value_of_the_wrong_type_is_an_error_naming_its_path(data, mess
         from_dict(Outer, data)
     assert str(e.value) == message
     assert from_dict(Outer, {"inner": {"dropout": 1}}).inner.dropout == 1.0  # a JSON integer is a number
+
+
+def test_progress_bars_redraw_once_a_minute_into_a_log_file(monkeypatch):
+    import io
+
+    from robot.report import LOG_FILE_BAR_INTERVAL_S, bar_interval
+    from workflow.run import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stderr", Terminal())
+    assert bar_interval(1.0) == 1.0
+    log = io.StringIO()
+    monkeypatch.setattr("sys.stderr", log)
+    assert bar_interval(1.0) == LOG_FILE_BAR_INTERVAL_S == 60.0
+    bar = progress(total=1000, initial=0, desc="train")
+    for _ in range(1000):
+        bar.update(1)
+    bar.close()
+    assert bar.mininterval == 60.0 and log.getvalue().count("\r") <= 3  # opened, closed: no redraw per step

@@ -25,6 +25,7 @@ import torch
 
 from robot.config import from_dict, read_json_object, save_json, to_dict
 from robot.metrics import JsonlMetrics, MultiSink
+from robot.report import bar_interval
 
 
 def _with_defaults(cls: type, saved: dict) -> dict:
@@ -115,7 +116,7 @@ def restore_rng(rng: np.random.Generator, saved: dict[str, Any]) -> None:
 def progress(total: int, initial: int, desc: str, enabled: bool = True):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, mininterval=1.0)
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, mininterval=bar_interval(1.0))
 
 
 def finite_episodes(path: str | os.PathLike, data: dict[str, np.ndarray], episode_ends: np.ndarray, episodes: list[int], *, drop: bool) -> list[int]:

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from robot import __version__
+from robot.report import bar_interval
 from robot.store import ZarrEpisodeStore
 from robot.types import Feature, features_to_dict, is_image_key
 from workflow.convert.lerobot_layout import (
@@ -75,7 +76,7 @@ def export_lerobot(
         writer = _DatasetWriter(partial, columns, rate, vcodec, crf, data_file_mb, video_file_mb)
         from tqdm.auto import tqdm
 
-        for i in tqdm(range(store.num_episodes), desc="export lerobot", unit="ep", disable=not progress, dynamic_ncols=True, mininterval=0.5):
+        for i in tqdm(range(store.num_episodes), desc="export lerobot", unit="ep", disable=not progress, dynamic_ncols=True, mininterval=bar_interval(0.5)):
             episode = store.episode(i, keys=[c.ours for c in columns])
             writer.add_episode(episode.data, episode.meta)
         writer.finish(robot_type=Counter(m.robot for m in store.metas).most_common(1)[0][0], features=store.features)

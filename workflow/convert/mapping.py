@@ -19,7 +19,7 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
-from robot.report import format_table
+from robot.report import bar_interval, format_table
 from robot.store import StoreError, ZarrEpisodeStore
 from robot.types import EpisodeMeta, Feature
 
@@ -121,7 +121,7 @@ def import_into_store(source: EpisodeSource, dst: Path, *, resume: bool, dst_for
     try:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(source), initial=first, desc=f"import {source.format}", unit="ep", disable=not progress, dynamic_ncols=True, mininterval=0.5)
+        bar = tqdm(total=len(source), initial=first, desc=f"import {source.format}", unit="ep", disable=not progress, dynamic_ncols=True, mininterval=bar_interval(0.5))
         with bar:
             for i in range(first, len(source)):
                 frames, meta = source.read(i)  # the whole episode, validated, before anything is written
