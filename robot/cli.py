@@ -7,11 +7,15 @@ importing the kit has no side effects.
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
+from typer.core import TyperGroup
+
+from robot.cli_config import build, config_flags, generated_command
 
 app = typer.Typer(
     name="robot",
@@ -20,7 +24,25 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-train_app = typer.Typer(help="Run one training stage (resumable; writes a run directory).", no_args_is_help=True)
+GENERATED: dict[str, Callable[[], Callable[..., None]]] = {}
+"""Commands whose options are generated from a config dataclass (``robot.cli_config``), built only when run or
+listed: their configs import torch, which ``robot --help`` and the light commands should not wait for."""
+
+
+class _GeneratedCommands(TyperGroup):
+    def list_commands(self, ctx) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in GENERATED if n not in self.commands)]
+
+    def get_command(self, ctx, cmd_name: str):
+        if cmd_name in GENERATED and cmd_name not in self.commands:
+            one = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+            one.command(cmd_name)(GENERATED[cmd_name]())
+            self.commands[cmd_name] = typer.main.get_command(one)
+            self.commands[cmd_name].name = cmd_name
+        return super().get_command(ctx, cmd_name)
+
+
+train_app = typer.Typer(help="Run one training stage (resumable; writes a run directory).", no_args_is_help=True, cls=_GeneratedCommands)
 app.add_typer(train_app, name="train")
 
 
@@ -136,89 +158,63 @@ def view(
             pass
 
 
-@train_app.command("imitation")
-def train_imitation(
-    data: Path = typer.Option(..., help="Episode store of demonstrations."),
-    out: Path = typer.Option(..., help="Run directory (an existing one with the same options is resumed)."),
-    policy: str = typer.Option("chunk", help="Preset: 'chunk' (1-D U-Net over an action chunk) or 'single' (MLP, one action)."),
-    horizon: int = typer.Option(8, help="Chunk length (chunk preset)."),
-    n_action_steps: int = typer.Option(4, help="Actions executed per chunk before re-planning (chunk preset)."),
-    n_obs_steps: int = typer.Option(2, help="Observation frames the policy conditions on."),
-    sampler: str = typer.Option("ddpm-mean", help="The policy's deterministic K-step sampler (deployment, OPE, its one-step head's target): ddim or ddpm-mean."),
-    obs_keys: str = typer.Option("", help="Comma-separated observation keys; empty = every observation key in the store."),
-    steps: int = typer.Option(3000, help="Optimiser steps."),
-    batch_size: int = typer.Option(64),
-    lr: float = typer.Option(3e-4),
-    drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Leave out episodes holding NaN or inf (named) instead of refusing the store."),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
-) -> None:
-    """Imitation: fit the diffusion policy to demonstrations (denoising MSE, EMA, validation on held-out episodes)."""
+def _imitation_flags():
+    from workflow.imitation import ImitationConfig
+
+    aliases = {"policy.horizon": ("--horizon",), "policy.n_action_steps": ("--n-action-steps",), "policy.n_obs_steps": ("--n-obs-steps",),
+               "policy.deterministic_sampler": ("--sampler",)}  # fmt: skip
+    return config_flags(ImitationConfig, aliases=aliases)
+
+
+PRESET_OPTION = inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=typer.Option(
+    "chunk", help="Policy preset the --policy-* flags start from: 'chunk' (1-D U-Net over an action chunk) or 'single' (MLP, one action)."))
+
+
+def _train_imitation(values: dict) -> None:
     from workflow.imitation import ImitationConfig, train_imitation as run
     from workflow.presets import policy_preset
 
-    preset = _run_or_fail(policy_preset, policy, horizon=horizon, n_action_steps=n_action_steps, n_obs_steps=n_obs_steps, deterministic_sampler=sampler)
-    cfg = ImitationConfig(
-        data=str(data),
-        out=str(out),
-        policy=preset,
-        obs_keys=tuple(k for k in obs_keys.split(",") if k),
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        drop_nonfinite=drop_nonfinite,
-        seed=seed,
-        device=device,
-    )
-    report = _run_or_fail(run, cfg)
+    report = _run_or_fail(lambda: run(build(ImitationConfig, _imitation_flags(), values, derived={"policy": policy_preset(values["preset"])})))
     _say(f"policy written to {report.policy} (train loss {report.final_train_loss:.4f}, "
-               f"val loss {report.final_val_loss if report.final_val_loss is None else round(report.final_val_loss, 4)}, {report.minutes:.1f} min)")
+         f"val loss {report.final_val_loss if report.final_val_loss is None else round(report.final_val_loss, 4)}, {report.minutes:.1f} min)")
 
 
-@train_app.command("offline")
-def train_offline(
-    policy: Path = typer.Option(..., help="Imitation run directory or policy checkpoint to improve."),
-    data: Path = typer.Option(..., help="Episode store the policy was trained on."),
-    out: Path = typer.Option(..., help="Run directory (finished rounds are skipped on a rerun)."),
-    task: str = typer.Option("push", help="Simulated task for the rollouts between rounds."),
-    rounds: int = typer.Option(2, min=1, help="Offline rounds M."),
-    critic_steps: int = typer.Option(2000, help="IQL critic steps per round."),
-    ppo_updates: int = typer.Option(200, help="PPO updates on the denoising chain per round."),
-    gate_every: int = typer.Option(50, help="PPO updates between AM-Q gate checks."),
-    ope_horizon: int = typer.Option(5, help="AM-Q imagined chunk-steps H."),
-    delta: float = typer.Option(0.0, help="Relative AM-Q gain the candidate must also beat (RL-100's paper: 0.05 = 5% of |J|)."),
-    gate_z: float = typer.Option(1.645, help="Standard errors of the per-state AM-Q gains the gain must exceed (1.645: one-sided 95%; 0: deltas only)."),
-    actor_lr: float = typer.Option(1e-5),
-    rollout_episodes: int = typer.Option(20, help="Sim episodes of the accepted policy per round."),
-    rollout_std: Optional[float] = typer.Option(None, help="Roll out the stochastic chain with each step's std floored here (0.1: PPO's), so the critics see varied actions; default: deterministic."),
-    verify_rollouts: bool = typer.Option(True, help="Run an accepted or retrained policy and the one it would replace on the same verification seeds (deployed sampler); keep it only when it wins there beyond noise."),
-    verify_episodes: int = typer.Option(50, min=1, help="Deterministic episodes per verified policy, on seeds of the round's own."),
-    verify_max_p: float = typer.Option(0.25, help="One-sided sign-test p a change's paired wins on the verification episodes must reach (1.0: more wins than losses)."),
-    log_prob_reduction: str = typer.Option("sum", help="Chain log-probs over chunk and action dims: sum (exact) or mean (DPPO's, less sharp ratios)."),
-    chains_per_state: int = typer.Option(1, help="Chains per dataset state; above 1 each chain's advantage is centred on its state's chains."),
-    anchor_coef: float = typer.Option(0.0, help="Penalty on each denoising step's KL to the round's starting policy (0: off)."),
-    retrain_steps: int = typer.Option(0, help="Imitation steps on demonstrations + successful rollouts after each round (RL-100's flywheel; 0: off, measured to lose here)."),
-    drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Leave out episodes holding NaN or inf (named) instead of refusing the store."),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("cpu"),
-) -> None:
-    """Offline RL rounds: IQL critics, PPO on the denoising chain, AM-Q gate."""
-    from policies.critics import CriticConfig
+GENERATED["imitation"] = lambda: generated_command(_imitation_flags(), _train_imitation, extra=[PRESET_OPTION], doc=(
+    "Imitation: fit the diffusion policy to demonstrations (denoising MSE, EMA, validation on held-out episodes).\n\n"
+    "Every ImitationConfig field is a flag; the policy's start from --preset."))
+
+
+def _distill_flags():
+    from workflow.distill import DistillConfig
+
+    return config_flags(DistillConfig)
+
+
+def _train_distill(values: dict) -> None:
+    from workflow.distill import DistillConfig, train_distill as run
+
+    report = _run_or_fail(lambda: run(build(DistillConfig, _distill_flags(), values)))
+    _say(f"one-step head distilled (loss {report.final_loss:.5f}); policy written to {report.policy}")
+
+
+GENERATED["distill"] = lambda: generated_command(_distill_flags(), _train_distill, doc="Consistency distillation into a one-step head.")
+
+
+def _offline_flags():
+    from workflow.offline import OfflineConfig
+
+    return config_flags(OfflineConfig, aliases={"gate.horizon": ("--ope-horizon",), "gate.delta_relative": ("--delta",)})
+
+
+def _train_offline(values: dict) -> None:
     from robot.checkpoint import load_checkpoint
+    from policies.critics import CriticConfig
     from workflow.offline import OfflineConfig, train_offline as run
-    from workflow.ope import GateConfig
     from workflow.policy import KIND, build_from_checkpoint, policy_dir
 
     def go():
-        ta = build_from_checkpoint(load_checkpoint(policy_dir(policy), kind=KIND))[0].config.n_action_steps  # a policy, whole
-        cfg = OfflineConfig(
-            policy=str(policy), data=str(data), out=str(out), task=task, rounds=rounds, critic=CriticConfig.for_horizon(ta),
-            critic_steps=critic_steps, ppo_updates=ppo_updates, gate_every=gate_every,
-            gate=GateConfig(horizon=ope_horizon, delta_relative=delta, z=gate_z), actor_lr=actor_lr, rollout_episodes=rollout_episodes,
-            rollout_std=rollout_std, verify_rollouts=verify_rollouts, verify_episodes=verify_episodes, verify_max_p=verify_max_p, log_prob_reduction=log_prob_reduction, chains_per_state=chains_per_state, anchor_coef=anchor_coef,
-            retrain_steps=retrain_steps, drop_nonfinite=drop_nonfinite, seed=seed, device=device,
-        )  # fmt: skip
-        return run(cfg)
+        ta = build_from_checkpoint(load_checkpoint(policy_dir(values["policy"]), kind=KIND))[0].config.n_action_steps  # a policy, whole
+        return run(build(OfflineConfig, _offline_flags(), values, derived={"critic": CriticConfig.for_horizon(ta)}))
 
     report = _run_or_fail(go)
     for r in report.rounds:
@@ -231,56 +227,27 @@ def train_offline(
     _say(f"final policy: {report.policy}; gate record: {Path(report.run) / 'gate.jsonl'}")
 
 
-@train_app.command("online")
-def train_online(
-    policy: Path = typer.Option(..., help="Run directory or policy checkpoint to fine-tune."),
-    out: Path = typer.Option(..., help="Run directory."),
-    task: str = typer.Option("push"),
-    iterations: int = typer.Option(10, min=1),
-    episodes_per_iteration: int = typer.Option(8, min=1),
-    actor_lr: float = typer.Option(1e-5),
-    value_from: Optional[Path] = typer.Option(None, help="Offline critics checkpoint (runs/x/round-M/critics) to warm-start V."),
-    distill_steps: int = typer.Option(50, help="Consistency-distillation steps per iteration (0 = none)."),
-    distill_data: Optional[Path] = typer.Option(None, help="Episode store (e.g. the demos) whose states the handed-on policy's head is distilled on."),
-    distill_final_steps: Optional[int] = typer.Option(None, help="Distillation steps the handed-on head gets in all (default: distill steps x iterations)."),
-    select_episodes: int = typer.Option(16, min=0, help="Deterministic episodes scoring the start and the snapshots (0: hand on the last)."),
-    confirm_episodes: int = typer.Option(0, min=0, help="Fresh episodes re-running the start and the best snapshot; the sign test reads these alone (0: the selection decides)."),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("cpu"),
-) -> None:
-    """Online RL: PPO over denoising chains on live rollouts, one-step head distilled alongside.
+GENERATED["offline"] = lambda: generated_command(_offline_flags(), _train_offline, doc=(
+    "Offline RL rounds: IQL critics, PPO on the denoising chain, AM-Q gate, verification in sim.\n\n"
+    "Every OfflineConfig field is a flag; the critics' discount horizon follows the policy's chunk unless --critic-* says otherwise."))
 
-    Under `torchrun --nproc_per_node N` each process rolls out its share of the episodes in its own sim."""
+
+def _online_flags():
+    from workflow.online import OnlineConfig
+
+    return config_flags(OnlineConfig)
+
+
+def _train_online(values: dict) -> None:
     from workflow.online import OnlineConfig, train_online as run
 
-    def go():  # a bad setting is a clear error too, not a traceback
-        return run(OnlineConfig(
-            policy=str(policy), out=str(out), task=task, iterations=iterations, episodes_per_iteration=episodes_per_iteration,
-            actor_lr=actor_lr, value_from=str(value_from) if value_from else None, distill_steps=distill_steps,
-            distill_data=str(distill_data) if distill_data else None, distill_final_steps=distill_final_steps, select_episodes=select_episodes, confirm_episodes=confirm_episodes, seed=seed, device=device,
-        ))  # fmt: skip
-
-    report = _run_or_fail(go)
+    report = _run_or_fail(lambda: run(build(OnlineConfig, _online_flags(), values)))  # a bad setting is one line too
     _say(f"rollout success {report.success_first:.1%} -> {report.success_last:.1%}; kept {report.selected}; policy written to {report.policy}")
 
 
-@train_app.command("distill")
-def train_distill(
-    policy: Path = typer.Option(..., help="Teacher: run directory or policy checkpoint."),
-    data: Path = typer.Option(..., help="Episode store whose states the head is distilled on."),
-    out: Path = typer.Option(..., help="Run directory."),
-    steps: int = typer.Option(2000),
-    lr: float = typer.Option(3e-4),
-    target_reuse: int = typer.Option(4, help="Regression steps per batch of the teacher's DDIM targets (its chain is the expensive part)."),
-    drop_nonfinite: bool = typer.Option(False, "--drop-nonfinite", help="Leave out episodes holding NaN or inf (named) instead of refusing the store."),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("cpu"),
-) -> None:
-    """Consistency distillation into a one-step head."""
-    from workflow.distill import DistillConfig, train_distill as run
-
-    report = _run_or_fail(lambda: run(DistillConfig(policy=str(policy), data=str(data), out=str(out), steps=steps, lr=lr, target_reuse=target_reuse, drop_nonfinite=drop_nonfinite, seed=seed, device=device)))
-    _say(f"one-step head distilled (loss {report.final_loss:.5f}); policy written to {report.policy}")
+GENERATED["online"] = lambda: generated_command(_online_flags(), _train_online, doc=(
+    "Online RL: PPO over denoising chains on live rollouts, one-step head distilled alongside.\n\n"
+    "Every OnlineConfig field is a flag. Under `torchrun --nproc_per_node N` each process rolls out its share of the episodes in its own sim."))
 
 
 @app.command()

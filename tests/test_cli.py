@@ -44,7 +44,7 @@ def test_a_bad_training_setting_is_one_clear_line_and_writes_nothing(tmp_path):
         "distill": (["train", "distill", "--policy", "p", "--data", "d", "--out", str(tmp_path / "d"), "--target-reuse", "0"], "target_reuse must be >= 1"),
         "online": (["train", "online", "--policy", "p", "--out", str(tmp_path / "o"), "--distill-final-steps", "-1"], "distill_final_steps must be >= 0"),
         "imitation": (["train", "imitation", "--data", "d", "--out", str(tmp_path / "i"), "--sampler", "ddpm"], "deterministic_sampler must be one of"),
-        "preset": (["train", "imitation", "--data", "d", "--out", str(tmp_path / "i"), "--policy", "chonk"], "unknown policy preset 'chonk'"),
+        "preset": (["train", "imitation", "--data", "d", "--out", str(tmp_path / "i"), "--preset", "chonk"], "unknown policy preset 'chonk'"),
         "pipeline": (["pipeline", "--out", str(tmp_path / "p"), "--sampler", "ddpm"], "unknown sampler 'ddpm'"),
         "demos": (["pipeline", "--out", str(tmp_path / "p"), "--demos", "0"], "demos must be >= 1"),
         "demo style": (["pipeline", "--out", str(tmp_path / "p"), "--demo-style", "lazy"], "unknown expert style 'lazy'; choose one of iid"),

@@ -114,7 +114,9 @@ class DistillConfig:
     out: str
     """Run directory; its policy/ holds the teacher plus the one-step head."""
     steps: int = 2000
+    """Distillation steps."""
     batch_size: int = 256
+    """States per step."""
     lr: float = 3e-4
     """On push, 1,200 steps at 3e-4 brought the head within 2 points of its teacher; at 1e-4, 6 short."""
     target_reuse: int = 4
@@ -122,7 +124,9 @@ class DistillConfig:
     drop_nonfinite: bool = False
     """Leave out episodes holding NaN or inf (named on stderr) instead of refusing the data."""
     seed: int = 0
+    """Seed of the batches and the teacher chains."""
     device: str = "cpu"
+    """Torch device: cpu, cuda or cuda:N."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.target_reuse < 1 or not 0 < self.lr < 1:

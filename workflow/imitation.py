@@ -46,11 +46,15 @@ class ImitationConfig:
     steps: int = 3000
     """Optimiser steps."""
     batch_size: int = 64
+    """Windows per optimiser step."""
     lr: float = 3e-4
+    """Peak learning rate (AdamW)."""
     weight_decay: float = 1e-6
+    """AdamW weight decay."""
     warmup_steps: int = 100
     """Linear learning-rate warmup, then cosine decay to 0 at ``steps``."""
     grad_clip: float = 1.0
+    """Gradient-norm clip."""
     val_fraction: float = 0.1
     """Fraction of episodes held out for the validation denoising loss."""
     eval_every: int = 250
@@ -59,7 +63,9 @@ class ImitationConfig:
     """Steps between resumable states and policy snapshots."""
     ema: EmaConfig = field(default_factory=EmaConfig)
     seed: int = 0
+    """Seed of the split, the batches and the weights."""
     device: str = "cpu"
+    """Torch device: cpu, cuda or cuda:N."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1:

@@ -93,6 +93,7 @@ class OfflineConfig:
     denoising_gamma: float = 1.0
     """Discount of the advantage over the denoising chain, towards its first step (DPPO: 0.99; 1: none)."""
     grad_clip: float = 0.5
+    """Gradient-norm clip of the PPO updates."""
     min_std: float = 0.1
     """Floor on each denoising step's std for the chains PPO samples and scores (``workflow.ppo.fine_tuning_sampler``)."""
     log_prob_reduction: Literal["sum", "mean"] = "sum"
@@ -139,7 +140,9 @@ class OfflineConfig:
     flip_advantages: bool = False
     """Diagnostics only: negate advantages (a deliberately harmful update the gate must reject)."""
     seed: int = 0
+    """Seed of the critics, the chains, the rollouts and the verification episodes."""
     device: str = "cpu"
+    """Torch device: cpu, cuda or cuda:N."""
 
     @property
     def step_schedule(self) -> StepSchedule:

@@ -59,15 +59,19 @@ class OnlineConfig:
     out: str
     """Run directory: policy snapshots, metrics, rollouts.zarr."""
     task: str = "push"
+    """Simulated task the episodes run on."""
     iterations: int = 10
     """Collect-then-update iterations."""
     episodes_per_iteration: int = 8
+    """Episodes collected with the stochastic chain per iteration."""
     epochs: int = 4
     """Passes over each iteration's decisions."""
     minibatch: int = 64
+    """Chunk decisions per PPO minibatch."""
     actor_lr: float = 1e-5
     """Denoiser learning rate (small: the policy starts good)."""
     value_lr: float = 1e-3
+    """Learning rate of the value function."""
     clip_eps: float = 0.2
     """The PPO clip range (of the last denoising step when ``clip_first`` is set)."""
     clip_first: float | None = None
@@ -76,9 +80,11 @@ class OnlineConfig:
     denoising_gamma: float = 1.0
     """Discount of the advantage over the denoising chain, towards its first step (DPPO: 0.99; 1: none)."""
     grad_clip: float = 0.5
+    """Gradient-norm clip of the denoiser and the value function."""
     gamma: float = 0.99
     """Per environment step; a chunk of n steps discounts by gamma^n."""
     gae_lambda: float = 0.95
+    """GAE lambda."""
     target_kl: float = 0.05
     """Approximate KL to the sampling policy an iteration aims for. With ``adaptive_lr`` the actor's learning
     rate follows it (RL-100's code, rsl_rl): divided by 1.5 after an iteration whose mean minibatch KL exceeded
@@ -102,6 +108,7 @@ class OnlineConfig:
     distill_steps: int = 50
     """Consistency-distillation steps per iteration (0: no one-step head)."""
     distill_lr: float = 3e-4
+    """Learning rate of the one-step head's distillation."""
     distill_final_steps: int | None = None
     """Distillation budget of the handed-on policy's head; None: ``distill_steps x iterations``. Its in-loop
     steps count toward it, except with ``distill_data``, whose states it then gets all of it on. On push a head's success came within 2 points of its
@@ -131,7 +138,9 @@ class OnlineConfig:
     biased demonstrations 32 selection episodes kept the start (69%) over iteration 5 (75%), which over 200
     paired episodes was 11 points better (82.5% vs 71.5%, p = 0.002; docs/RESULTS.md)."""
     seed: int = 0
+    """Seed of the rollouts, the chains and every update."""
     device: str = "cpu"
+    """Torch device: cpu, cuda or cuda:N."""
 
     @property
     def step_schedule(self) -> StepSchedule:

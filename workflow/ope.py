@@ -43,6 +43,7 @@ class GateConfig:
     delta_relative: float = 0.0
     """Also required: a gain above ``delta_relative * |J(reference)|`` (RL-100's paper: 0.05)."""
     delta_absolute: float = 0.0
+    """Absolute AM-Q gain the candidate must also beat (in return units)."""
 
     def __post_init__(self) -> None:
         if self.horizon < 1 or self.start_states < 1 or self.delta_relative < 0 or self.delta_absolute < 0 or self.z < 0:
