@@ -70,10 +70,6 @@ def _run_or_fail(fn, *args, **kwargs):
         _fail(str(e))
 
 
-def _not_in_this_build(command: str, issue: int, what: str) -> None:
-    _fail(f"`robot {command}` ({what}) is not part of this build yet; it is tracked in issue {issue}.")
-
-
 @app.command()
 def info(
     store: Path = typer.Argument(..., help="Episode store directory (zarr)."),

@@ -93,7 +93,8 @@ def normalizer_modes(features: dict[str, Feature]) -> dict[str, str]:
 
 
 def to_tensors(batch: dict[str, np.ndarray], normalizer: Normalizer, keys: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: normalizer.normalize(k, torch.as_tensor(batch[k]).to(device)) if k in normalizer else torch.as_tensor(batch[k]).to(device) for k in keys}
+    """``keys`` of a numpy batch as tensors on ``device``, normalised where the normaliser has statistics."""
+    return normalizer.normalize_batch({k: torch.as_tensor(batch[k]).to(device) for k in keys})
 
 
 def train_imitation(

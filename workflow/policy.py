@@ -122,11 +122,7 @@ class DiffusionController:
     def observation_batch(self, frames: list[dict[str, np.ndarray]] | None = None) -> dict[str, torch.Tensor]:
         """The observation history (or ``frames``) as a normalised batch of one ``{key: (1, To, ...)}``."""
         frames = list(self._obs) if frames is None else frames
-        batch = {}
-        for key in self.input_features:
-            x = torch.as_tensor(np.stack([f[key] for f in frames]))[None].to(self.device)
-            batch[key] = self.normalizer.normalize(key, x) if key in self.normalizer else x
-        return batch
+        return self.normalizer.normalize_batch({key: torch.as_tensor(np.stack([f[key] for f in frames]))[None].to(self.device) for key in self.input_features})
 
     @torch.no_grad()
     def condition(self, frames: list[dict[str, np.ndarray]] | None = None) -> torch.Tensor:

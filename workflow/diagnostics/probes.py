@@ -69,11 +69,7 @@ class ProbeConfig:
 
 
 def _tensors(batch: Mapping[str, np.ndarray], normalizer: Normalizer, keys: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
-    out = {}
-    for k in keys:
-        t = torch.as_tensor(batch[k]).to(device)
-        out[k] = normalizer.normalize(k, t) if k in normalizer else t
-    return out
+    return normalizer.normalize_batch({k: torch.as_tensor(batch[k]).to(device) for k in keys})
 
 
 @torch.no_grad()

@@ -271,14 +271,6 @@ def first(*findings: Finding | None) -> Finding | None:
     return next((f for f in findings if f is not None), None)
 
 
-def merge_evidence(*findings: Finding | None) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for f in findings:
-        if f is not None:
-            out.update(f.evidence)
-    return out
-
-
 def end_value(curve: Curve | None) -> float | None:
     if curve is None or not np.isfinite(curve.values).any():
         return None
