@@ -98,7 +98,7 @@ def info(
 def record(
     task: str = typer.Option("push", help="Task in sim.registry (push, lift, lift-ur5e, can): reward, success check, scripted expert."),
     robot: Optional[str] = typer.Option(None, help="Robot spec (hardware.registry); default sim:<task>."),
-    device: str = typer.Option("keyboard", help="keyboard (terminal, works over SSH) | spacemouse | gamepad | scripted (the task's expert, headless)."),
+    device: str = typer.Option("keyboard", "--teleop", "--device", help="Teleop device: keyboard (terminal, works over SSH) | spacemouse | gamepad | scripted (the task's expert, headless)."),
     episodes: int = typer.Option(20, min=1, help="Episodes to keep; discarded ones are redone and do not count."),
     out: Optional[Path] = typer.Option(None, help="Episode store directory; default data/<task>.zarr."),
     fps: Optional[float] = typer.Option(None, min=0, help="Loop rate in Hz; default the task's rate for human devices, 0 (as fast as the sim steps) for scripted."),
@@ -258,7 +258,7 @@ def pipeline(
     demo_noise: Optional[float] = typer.Option(None, help="Action noise of the scripted demonstrations (default: the budget's, 0)."),
     demo_style: str = typer.Option("iid", help="Operator style of the scripted demonstrations: iid | hesitant | biased | mixed (see robot record --style); --demo-noise adds on top."),
     seed: int = typer.Option(0),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", "--torch-device", "--device", help="Torch device: cpu, cuda or cuda:N."),
     view: bool = typer.Option(False, "--view", help="Also write OUT/pipeline.rrd: every stage's curves and evaluation episodes."),
 ) -> None:
     """The whole recipe end to end in sim, with gates, a per-stage table and a report."""
@@ -296,7 +296,7 @@ def critic_ranking(
     chunks: int = typer.Option(6, help="Candidate chunks per state."),
     min_std: float = typer.Option(0.1, help="Std floor of the stochastic chain the candidates come from (offline PPO's)."),
     seed: int = typer.Option(0),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", "--torch-device", "--device", help="Torch device: cpu, cuda or cuda:N."),
     out: Optional[Path] = typer.Option(None, help="Write every state's Q values and returns as JSON here."),
 ) -> None:
     """Do the critics order a state's candidate chunks like their Monte Carlo returns in sim? What offline PPO relies on."""
@@ -316,7 +316,7 @@ def evaluate(
     episodes: int = typer.Option(50),
     seed: int = typer.Option(1000, help="First evaluation seed (episodes use seed, seed+1, ...)."),
     sampler: Optional[str] = typer.Option(None, help="ddim (K-step), ddpm-mean (K-step through the stochastic chain's means), ddpm (the stochastic chain) or consistency (one step); default: the policy's own K-step sampler. Several, comma-separated (ddim,ddpm-mean,ddpm): each on the same seeds, compared episode by episode."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", "--torch-device", "--device", help="Torch device: cpu, cuda or cuda:N."),
     save: Optional[Path] = typer.Option(None, help="Append the evaluation episodes to this store."),
     view: bool = typer.Option(False, "--view", help="Stream every step and each chunk's denoising chain to a Rerun viewer."),
     rrd: Optional[Path] = typer.Option(None, help="Write the same live view to this .rrd file (headless)."),
@@ -359,7 +359,7 @@ def deploy(
     sampler: Optional[str] = typer.Option(None, help="ddim (K-step), ddpm-mean (K-step through the stochastic chain's means), ddpm (the stochastic chain) or consistency (one step); default: the policy's own K-step sampler."),
     chunks: str = typer.Option("receding", help="receding (execute n_action_steps, re-plan) or ensemble (temporal ensembling)."),
     inference: str = typer.Option("auto", help="inline, background (a thread plans while the loop runs), or auto (background when a plan takes over half a period)."),
-    device: Optional[str] = typer.Option(None, help="Operator device: keyboard (e/esc e-stop, t takeover, y/n label, q quit), gamepad, spacemouse."),
+    device: Optional[str] = typer.Option(None, "--teleop", "--device", help="Operator device: keyboard (e/esc e-stop, t takeover, y/n label, q quit), gamepad, spacemouse."),
     out: Optional[Path] = typer.Option(None, help="Store for the deployed episodes; default data/deploy-<task>.zarr."),
     seed: int = typer.Option(0, help="Episode i resets the sim from seed + i."),
     torch_device: str = typer.Option("cpu", help="Where the policy runs: cpu, cuda, mps."),

@@ -24,6 +24,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import typer
 
+RENAMED = {("device",): "--torch-device"}
+"""Fields whose flag name says more than the field's: ``--device`` alone could be a teleop device."""
 NONE_WORDS = ("none", "null")
 """What a user types for None on an optional field (``--rollout-std none``)."""
 
@@ -45,7 +47,7 @@ class Flag:
 
     @property
     def name(self) -> str:
-        return "--" + "-".join(self.path).replace("_", "-")
+        return RENAMED.get(self.path, "--" + "-".join(self.path).replace("_", "-"))
 
     @property
     def param(self) -> str:
@@ -95,7 +97,8 @@ def config_flags(cls: type, *, skip: frozenset[str] = frozenset(), aliases: Mapp
         default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
         if _leaf(hint) is None:
             raise TypeError(f"{cls.__name__}.{f.name}: no command-line form for {hint}; skip it or give it one")
-        flags.append(Flag(path, hint, default, docs.get(f.name, ""), panel or cls.__name__, tuple(aliases.get(dotted, ()))))
+        old_name = ("--" + dotted.replace("_", "-"),) if path in RENAMED else ()  # the name scripts used before
+        flags.append(Flag(path, hint, default, docs.get(f.name, ""), panel or cls.__name__, (*aliases.get(dotted, ()), *old_name)))
     return flags
 
 
