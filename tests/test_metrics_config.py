@@ -74,7 +74,8 @@ def test_progress_bars_redraw_once_a_minute_into_a_log_file(monkeypatch):
     monkeypatch.setattr("sys.stderr", log)
     assert bar_interval(1.0) == LOG_FILE_BAR_INTERVAL_S == 60.0
     bar = progress(total=1000, initial=0, desc="train")
-    for _ in range(1000):
+    for i in range(1000):
         bar.update(1)
+        bar.set_postfix(loss=f"{1 / (i + 1):.4f}")  # a stage's per-step postfix must not redraw either
     bar.close()
     assert bar.mininterval == 60.0 and log.getvalue().count("\r") <= 3  # opened, closed: no redraw per step

@@ -114,9 +114,19 @@ def restore_rng(rng: np.random.Generator, saved: dict[str, Any]) -> None:
 
 
 def progress(total: int, initial: int, desc: str, enabled: bool = True):
+    """A progress bar on stderr: redrawn each second on a terminal; in a log file once a minute, its postfix
+    (loss, success) included, which tqdm would otherwise redraw at every ``set_postfix``."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, mininterval=bar_interval(1.0))
+    interval = bar_interval(1.0)
+    if interval == 1.0:
+        return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, mininterval=interval)
+
+    class LogFileBar(tqdm):
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):  # noqa: ARG002 (the timed redraw shows it)
+            super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    return LogFileBar(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, mininterval=interval)
 
 
 def finite_episodes(path: str | os.PathLike, data: dict[str, np.ndarray], episode_ends: np.ndarray, episodes: list[int], *, drop: bool) -> list[int]:
