@@ -7,6 +7,7 @@ importing the kit has no side effects.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from pathlib import Path
@@ -68,6 +69,17 @@ def _run_or_fail(fn, *args, **kwargs):
         _fail(str(e.args[0]) if e.args else "missing key")
     except (StoreError, CheckpointError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
+
+
+def _checkpoint_task(policy: str | Path) -> str:
+    """The simulated task a policy checkpoint was trained for (what a command runs unless told otherwise)."""
+    from robot.checkpoint import load_checkpoint
+    from workflow.policy import KIND, policy_dir
+
+    task = load_checkpoint(policy_dir(policy), kind=KIND).extra.get("task")
+    if not isinstance(task, str) or not task:
+        raise ValueError(f"{policy}: the checkpoint names no task; pass --task")
+    return task
 
 
 @app.command()
@@ -210,7 +222,8 @@ def _train_offline(values: dict) -> None:
 
     def go():
         ta = build_from_checkpoint(load_checkpoint(policy_dir(values["policy"]), kind=KIND))[0].config.n_action_steps  # a policy, whole
-        return run(build(OfflineConfig, _offline_flags(), values, derived={"critic": CriticConfig.for_horizon(ta)}))
+        derived = {"critic": CriticConfig.for_horizon(ta), "task": _checkpoint_task(values["policy"]) if values.get("task") is None else values["task"]}
+        return run(build(OfflineConfig, _offline_flags(), values, derived=derived))
 
     report = _run_or_fail(go)
     for r in report.rounds:
@@ -237,7 +250,11 @@ def _online_flags():
 def _train_online(values: dict) -> None:
     from workflow.online import OnlineConfig, train_online as run
 
-    report = _run_or_fail(lambda: run(build(OnlineConfig, _online_flags(), values)))  # a bad setting is one line too
+    def go():  # a bad setting or checkpoint is one line too; the settings are checked before the checkpoint is read
+        config = build(OnlineConfig, _online_flags(), values)
+        return run(config if values.get("task") else dataclasses.replace(config, task=_checkpoint_task(config.policy)))
+
+    report = _run_or_fail(go)
     _say(f"rollout success {report.success_first:.1%} -> {report.success_last:.1%}; kept {report.selected}; policy written to {report.policy}")
 
 
@@ -312,7 +329,7 @@ def critic_ranking(
 @app.command("eval")
 def evaluate(
     policy: Path = typer.Option(..., help="Run directory or policy checkpoint."),
-    task: str = typer.Option("push", help="Simulated task."),
+    task: Optional[str] = typer.Option(None, help="Simulated task; default: the one the policy's checkpoint names."),
     episodes: int = typer.Option(50),
     seed: int = typer.Option(1000, help="First evaluation seed (episodes use seed, seed+1, ...)."),
     sampler: Optional[str] = typer.Option(None, help="ddim (K-step), ddpm-mean (K-step through the stochastic chain's means), ddpm (the stochastic chain) or consistency (one step); default: the policy's own K-step sampler. Several, comma-separated (ddim,ddpm-mean,ddpm): each on the same seeds, compared episode by episode."),
@@ -325,6 +342,7 @@ def evaluate(
     """Success rate, return and latency of a policy in sim."""
     from workflow.evaluate import evaluate_policy
 
+    task = task or _run_or_fail(_checkpoint_task, policy)
     samplers = [s.strip() for s in sampler.split(",")] if sampler and "," in sampler else None
     if samplers:
         if save or view or rrd:

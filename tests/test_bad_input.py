@@ -186,3 +186,14 @@ def test_a_run_directory_with_a_malformed_config_is_one_line(content, expected, 
     _one_line_exit_2(["train", "imitation", "--data", str(demos), "--out", str(run), "--steps", "2"], expected, run)
     _one_line_exit_2(["diagnose", str(run)], expected)
     assert (run / "config.json").read_text() == content  # the user's file is left as it was
+
+
+def test_eval_runs_the_task_the_checkpoint_names_and_says_so_when_it_names_none(sound, tmp_path) -> None:
+    _, policy = sound
+    result = CliRunner().invoke(app, ["eval", "--policy", str(policy), "--episodes", "1"])
+    assert result.exit_code == 0 and result.output.strip().splitlines()[-1].split()[0] == "push", result.output
+    nameless = tmp_path / "policy"
+    shutil.copytree(policy, nameless)
+    _edit_manifest(nameless, lambda m: {**m, "extra": {k: v for k, v in m["extra"].items() if k != "task"}})
+    _one_line_exit_2(["eval", "--policy", str(nameless), "--episodes", "1"], "the checkpoint names no task; pass --task")
+    assert CliRunner().invoke(app, ["eval", "--policy", str(nameless), "--episodes", "1", "--task", "push"]).exit_code == 0

@@ -62,7 +62,7 @@ class OfflineConfig:
     out: str
     """Run directory; its data.zarr holds the demonstrations plus every round's rollouts."""
     task: str = "push"
-    """Simulated task the rollouts between rounds run on."""
+    """Simulated task the rollouts between rounds run on (`robot train offline`: the one the policy's checkpoint names)."""
     rounds: int = 2
     """Offline rounds M."""
     critic: CriticConfig = field(default_factory=CriticConfig)

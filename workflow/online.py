@@ -59,7 +59,7 @@ class OnlineConfig:
     out: str
     """Run directory: policy snapshots, metrics, rollouts.zarr."""
     task: str = "push"
-    """Simulated task the episodes run on."""
+    """Simulated task the episodes run on (`robot train online`: the one the policy's checkpoint names)."""
     iterations: int = 10
     """Collect-then-update iterations."""
     episodes_per_iteration: int = 8
