@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
+from robot.metrics import AXES, display_name
 from robot.protocols import Episode
 from robot.types import ACTION, DONE, IMAGES_PREFIX, INTERVENTION, POINTCLOUD, REWARD, SUCCESS, TIMESTAMP, EpisodeMeta, Feature, Features, is_image_key
 
@@ -289,8 +290,8 @@ def metrics_blueprint(keys: Iterable[str], *, prefix: str = "train") -> Blueprin
 
 
 def metric_keys(rows: Iterable[Mapping[str, Any]]) -> list[str]:
-    """The numeric metric names in ``read_metrics`` rows (``step`` and ``time`` are the axes)."""
-    return sorted({k for row in rows for k, v in row.items() if k not in ("step", "time") and isinstance(v, (int, float))})
+    """The numeric metrics of ``read_metrics`` rows by display name (an offline round's as ``round-M/<name>``)."""
+    return sorted({display_name(row, k) for row in rows for k, v in row.items() if k not in AXES and isinstance(v, (int, float))})
 
 
 def log_metrics(rec: RecordingStream, rows: Iterable[Mapping[str, Any]], *, prefix: str = "train") -> list[str]:
@@ -300,7 +301,7 @@ def log_metrics(rec: RecordingStream, rows: Iterable[Mapping[str, Any]], *, pref
     gives a ``wall_time`` timeline. Returns the metric names logged.
     """
     rr = _rr()
-    rows = list(rows)
+    rows = [{**{a: row[a] for a in ("step", "time") if a in row}, **{display_name(row, k): v for k, v in row.items() if k not in AXES}} for row in rows]
     keys = metric_keys(rows)
     for key in keys:
         have = [row for row in rows if isinstance(row.get(key), (int, float))]

@@ -79,3 +79,17 @@ def test_progress_bars_redraw_once_a_minute_into_a_log_file(monkeypatch):
         bar.set_postfix(loss=f"{1 / (i + 1):.4f}")  # a stage's per-step postfix must not redraw either
     bar.close()
     assert bar.mininterval == 60.0 and log.getvalue().count("\r") <= 3  # opened, closed: no redraw per step
+
+
+def test_an_offline_round_is_a_field_of_its_rows_and_old_suffixed_rows_read_the_same(tmp_path):
+    from robot.metrics import display_name
+
+    with JsonlMetrics(tmp_path / "new.jsonl") as m:
+        m.log({"losses/ppo": 0.5}, 3, round=1)
+        m.log({"rollouts/success": 0.7}, 1)
+    (tmp_path / "old.jsonl").write_text('{"step": 3, "time": 1.0, "losses/ppo_r1": 0.5, "critic/td_r0": 0.1}\n')
+    new = read_metrics(tmp_path / "new.jsonl")
+    assert new[0]["round"] == 1 and new[0]["losses/ppo"] == 0.5 and "round" not in new[1]
+    old = read_metrics(tmp_path / "old.jsonl")
+    assert [(r["round"], r["step"]) for r in old] == [(0, 3), (1, 3)] and old[0]["critic/td"] == 0.1 and old[1]["losses/ppo"] == 0.5
+    assert display_name(new[0], "losses/ppo") == "round-1/losses/ppo" and display_name(new[1], "rollouts/success") == "rollouts/success"

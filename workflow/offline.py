@@ -399,7 +399,7 @@ def fit_critics(
             save_critic_snapshot(run.path / f"round-{m}" / "critic-checkpoints" / f"step-{step:07d}", critics, config.critic, data.features.shape[1], data.actions.shape[1])
         if step % 50 == 0 or last or step % config.probe.every == 0:
             losses = {k: ddp.mean(v) if k.startswith(("losses/", "values/")) else v for k, v in losses.items()}  # over the whole batch
-            run.metrics.log({f"{k}_r{m}": v for k, v in losses.items()}, step)
+            run.metrics.log(losses, step, round=m)
         bar.update(1)
     bar.close()
     return critics.eval().requires_grad_(False)
@@ -436,7 +436,7 @@ def ppo_round(
     ta = reference.config.n_action_steps
     decisions: list[GateDecision] = []
     if probe is not None and ddp.is_main:  # where the round starts: what the gate-time probes are read against
-        run.metrics.log({f"{k}_r{m}": v for k, v in policy_gap_metrics(reference, critics, data, probe, config.probe, n_action_steps=ta).items()}, 0)
+        run.metrics.log(policy_gap_metrics(reference, critics, data, probe, config.probe, n_action_steps=ta), 0, round=m)
     bar = progress(config.ppo_updates, 0, f"ppo r{m}", show_progress and ddp.is_main)
     for update in range(1, config.ppo_updates + 1):
         idx = torch.randint(0, len(data), (min(config.ppo_batch, len(data)),), generator=gen).to(device)
@@ -480,7 +480,7 @@ def ppo_round(
             else:  # never keep a rejected update: restart from the reference
                 candidate.load_state_dict(reference.state_dict())
                 optimizer = torch.optim.Adam(params, lr=config.actor_lr)
-        run.metrics.log({f"{k}_r{m}": v for k, v in metrics.items()}, update)
+        run.metrics.log(metrics, update, round=m)
         bar.update(1)
     bar.close()
     reference.config = own_config  # the accepted policy keeps its own sampler settings

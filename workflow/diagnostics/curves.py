@@ -16,7 +16,6 @@ A pipeline directory (``pipeline.json``) holds the stages of its ``imitation``,
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,7 @@ from typing import Any
 import numpy as np
 
 from robot.config import read_json_object
-from robot.metrics import read_metrics
-
-ROUND_SUFFIX = re.compile(r"^(.*)_r(\d+)$")
-
+from robot.metrics import AXES, read_metrics
 
 @dataclass(frozen=True)
 class Curve:
@@ -65,21 +61,17 @@ class StageData:
 
 
 def curves_from_rows(rows: list[dict[str, Any]], *, round_index: int | None = None) -> dict[str, Curve]:
-    """Curves of every numeric metric in ``read_metrics`` rows; with ``round_index``, only ``*_rM`` names, suffix removed."""
+    """Curves of every numeric metric in ``read_metrics`` rows; with ``round_index``, only that offline round's rows."""
     steps: dict[str, list[int]] = {}
     values: dict[str, list[float]] = {}
     for row in rows:
+        if round_index is not None and row.get("round") != round_index:
+            continue
         for key, value in row.items():
-            if key in ("step", "time") or not isinstance(value, (int, float)):
+            if key in AXES or not isinstance(value, (int, float)):
                 continue
-            name = key
-            if round_index is not None:
-                match = ROUND_SUFFIX.match(key)
-                if not match or int(match.group(2)) != round_index:
-                    continue
-                name = match.group(1)
-            steps.setdefault(name, []).append(int(row["step"]))
-            values.setdefault(name, []).append(float(value))
+            steps.setdefault(key, []).append(int(row["step"]))
+            values.setdefault(key, []).append(float(value))
     return {k: Curve(k, np.asarray(steps[k], dtype=np.int64), np.asarray(values[k], dtype=np.float64)) for k in steps}
 
 
@@ -144,7 +136,7 @@ def load_stages(path: str | Path, *, prefix: str = "") -> list[StageData]:
 
 
 def _offline_stages(path: Path, rows: list[dict[str, Any]], name: str, config: dict[str, Any]) -> list[StageData]:
-    rounds = sorted({int(m.group(2)) for row in rows for k in row if (m := ROUND_SUFFIX.match(k))} | {int(p.name.split("-")[1]) for p in path.glob("round-*")})
+    rounds = sorted({int(row["round"]) for row in rows if "round" in row} | {int(p.name.split("-")[1]) for p in path.glob("round-*")})
     gate = read_gate(path / "gate.jsonl")
     stages = []
     for m in rounds:

@@ -19,7 +19,7 @@ metrics row (CleanRL-style names):
 - offline PPO (:func:`advantage_metrics` per update, :func:`policy_gap_metrics` per
   gate check): ``ppo/adv_std``, ``ppo/adv_saturation``, ``ppo/q_gap``.
 
-The offline stage suffixes every name with its round (``critic/td_val_r0``).
+The offline stage logs its round as a field of each row (``{"round": 0, "critic/td_val": ...}``).
 """
 
 from __future__ import annotations
