@@ -168,14 +168,15 @@ def view(
 
 def _imitation_flags():
     from workflow.imitation import ImitationConfig
+    from workflow.presets import policy_preset
 
     aliases = {"policy.horizon": ("--horizon",), "policy.n_action_steps": ("--n-action-steps",), "policy.n_obs_steps": ("--n-obs-steps",),
                "policy.deterministic_sampler": ("--sampler",)}  # fmt: skip
-    return config_flags(ImitationConfig, aliases=aliases)
+    return config_flags(ImitationConfig, aliases=aliases, start={"policy": policy_preset("chunk")})  # help shows the default preset's values
 
 
 PRESET_OPTION = inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=typer.Option(
-    "chunk", help="Policy preset the --policy-* flags start from: 'chunk' (1-D U-Net over an action chunk) or 'single' (MLP, one action)."))
+    "chunk", help="Policy preset the --policy-* flags start from: 'chunk' (1-D U-Net over an action chunk; the defaults shown) or 'single' (MLP, one action)."))
 
 
 def _train_imitation(values: dict) -> None:

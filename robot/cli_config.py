@@ -79,9 +79,10 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def config_flags(cls: type, *, skip: frozenset[str] = frozenset(), aliases: Mapping[str, tuple[str, ...]] | None = None,
-                 prefix: tuple[str, ...] = (), panel: str | None = None) -> list[Flag]:  # fmt: skip
-    """One :class:`Flag` per leaf field of ``cls``; ``skip`` and ``aliases`` are keyed by dotted path."""
-    aliases = aliases or {}
+                 start: Mapping[str, Any] | None = None, prefix: tuple[str, ...] = (), panel: str | None = None) -> list[Flag]:  # fmt: skip
+    """One :class:`Flag` per leaf field of ``cls``; ``skip``, ``aliases`` and ``start`` are keyed by dotted path.
+    ``start`` names a nested config the command starts from (a preset), whose values help shows as defaults."""
+    aliases, start = aliases or {}, start or {}
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     flags: list[Flag] = []
@@ -92,9 +93,13 @@ def config_flags(cls: type, *, skip: frozenset[str] = frozenset(), aliases: Mapp
             continue
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
-            flags += config_flags(hint, skip=skip, aliases=aliases, prefix=path, panel=f"{hint.__name__} ({dotted})")
+            nested_start = {k[len(f.name) + 1 :]: v for k, v in start.items() if k.startswith(f.name + ".")}
+            if f.name in start:  # the command starts from this config: its fields are the defaults shown
+                nested_start |= {g.name: getattr(start[f.name], g.name) for g in dataclasses.fields(hint)}
+            flags += config_flags(hint, skip=skip, aliases=aliases, start=nested_start, prefix=path, panel=f"{hint.__name__} ({dotted})")
             continue
         default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        default = start.get(f.name, default)
         if _leaf(hint) is None:
             raise TypeError(f"{cls.__name__}.{f.name}: no command-line form for {hint}; skip it or give it one")
         old_name = ("--" + dotted.replace("_", "-"),) if path in RENAMED else ()  # the name scripts used before

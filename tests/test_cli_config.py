@@ -45,6 +45,11 @@ def test_flags_name_every_leaf_field_with_its_docstring():
     assert flags[0].required and not flags[1].required and flags[-1].aliases == ("--kind",)
 
 
+def test_help_shows_the_values_of_the_config_a_command_starts_from():
+    flags = {f.name: f for f in config_flags(Outer, start={"inner": Inner(widths=(8,), kind="b")})}
+    assert flags["--inner-widths"].default == (8,) and flags["--inner-kind"].default == "b" and flags["--rate"].default == 0.1
+
+
 def test_build_keeps_what_the_user_left_out_and_applies_what_they_gave():
     flags = config_flags(Outer)
     assert build(Outer, flags, _values(flags, out="o")) == Outer(out="o")
