@@ -71,12 +71,13 @@ def _run_or_fail(fn, *args, **kwargs):
         _fail(str(e))
 
 
-def _checkpoint_task(policy: str | Path) -> str:
-    """The simulated task a policy checkpoint was trained for (what a command runs unless told otherwise)."""
+def _checkpoint_task(policy: str | Path, ckpt=None) -> str:
+    """The simulated task a policy checkpoint (``ckpt`` when already loaded) was trained for: what a command runs
+    unless told otherwise."""
     from robot.checkpoint import load_checkpoint
     from workflow.policy import KIND, policy_dir
 
-    task = load_checkpoint(policy_dir(policy), kind=KIND).extra.get("task")
+    task = (ckpt or load_checkpoint(policy_dir(policy), kind=KIND)).extra.get("task")
     if not isinstance(task, str) or not task:
         raise ValueError(f"{policy}: the checkpoint names no task; pass --task")
     return task
@@ -222,8 +223,9 @@ def _train_offline(values: dict) -> None:
     from workflow.policy import KIND, build_from_checkpoint, policy_dir
 
     def go():
-        ta = build_from_checkpoint(load_checkpoint(policy_dir(values["policy"]), kind=KIND))[0].config.n_action_steps  # a policy, whole
-        derived = {"critic": CriticConfig.for_horizon(ta), "task": _checkpoint_task(values["policy"]) if values.get("task") is None else values["task"]}
+        ckpt = load_checkpoint(policy_dir(values["policy"]), kind=KIND)
+        ta = build_from_checkpoint(ckpt)[0].config.n_action_steps  # a policy, whole
+        derived = {"critic": CriticConfig.for_horizon(ta), "task": values.get("task") or _checkpoint_task(values["policy"], ckpt)}
         return run(build(OfflineConfig, _offline_flags(), values, derived=derived))
 
     report = _run_or_fail(go)

@@ -72,25 +72,10 @@ class Feature:
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> "Feature":
-        """Inverse of :meth:`to_dict`; a malformed field is a ``ValueError`` naming it."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+        """Inverse of :meth:`to_dict`; a malformed field is a ``ValueError`` naming it (``shape[0]: expected an integer``)."""
+        from robot.config import from_dict
 
-        def numbers(name: str, kind: type, required: bool = False) -> tuple | None:
-            value = d.get(name)
-            if value is None and not required:
-                return None
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float) if kind is float else int) and not isinstance(v, bool) for v in value):
-                raise ValueError(f"{name}: expected a JSON array of {'numbers' if kind is float else 'integers'}, got {value!r}"[:160])
-            return tuple(kind(v) for v in value)
-
-        names = d.get("names")
-        if names is not None and (not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names)):
-            raise ValueError(f"names: expected a JSON array of strings, got {names!r}"[:160])
-        if not isinstance(d.get("dtype", "float32"), str):
-            raise ValueError(f"dtype: expected a string, got {d['dtype']!r}")
-        return Feature(shape=numbers("shape", int, required=True), dtype=d.get("dtype", "float32"), names=None if names is None else tuple(names),
-                       low=numbers("low", float), high=numbers("high", float))  # fmt: skip
+        return from_dict(Feature, d)
 
 
 Features = Mapping[str, Feature]

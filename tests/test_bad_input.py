@@ -94,7 +94,7 @@ CHECKPOINTS = {
     "nested config of the wrong type": (lambda c: _edit_manifest(c, lambda m: {**m, "config": {"policy": {**m["config"]["policy"], "encoder": 3}}}),
                                         "encoder: expected a JSON object, got 3"),
     "feature shape not integers": (lambda c: _edit_manifest(c, lambda m: {**m, "features": {**m["features"], "input": {
-        k: {**f, "shape": ["e"]} for k, f in m["features"]["input"].items()}}}), "shape: expected a JSON array of integers"),
+        k: {**f, "shape": ["e"]} for k, f in m["features"]["input"].items()}}}), "shape[0]: expected an integer, got \"e\""),
 }
 
 
