@@ -332,13 +332,13 @@ class RobotServer:
 
     def _drop_pending(self, sock: Any, reason: str) -> None:
         pending = self._pending.pop(sock, None)
+        if pending is not None:  # said before the close, so whoever sees the connection end can read why
+            self._on_event(f"connection from {pending.peer} closed before it authenticated: {reason}")
         if self._selector is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(sock)
         with contextlib.suppress(OSError):
             sock.close()
-        if pending is not None:
-            self._on_event(f"connection from {pending.peer} closed before it authenticated: {reason}")
 
     def _signing(self, s: Session) -> dict[str, Any]:
         return {"key": self._key, "direction": TO_CLIENT, "nonce": s.nonce}
