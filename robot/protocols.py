@@ -2,7 +2,7 @@
 
 - :class:`Robot`: one contract for the MuJoCo backend and every real arm.
 - :class:`Task`: what a robot is asked to do: reward terms and success.
-- :class:`Policy`: observations in, actions out, with its own action queue.
+- :class:`Policy`: observations in, a :class:`PolicyStep` out (the action and how it was made), with its own action queue.
 - :class:`EpisodeStore`: where episodes live (``robot.store.ZarrEpisodeStore``).
 
 Observations are ``dict[str, np.ndarray]`` keyed as in :mod:`robot.types`, plus
@@ -13,7 +13,7 @@ observation was taken.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Protocol, runtime_checkable
+from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -91,9 +91,36 @@ class Task(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class PolicyStep:
+    """What a policy did at one control step: the action, and how it came about.
+
+    A chunking policy plans at some steps and pops queued actions at the others; ``chunk_started``
+    marks the steps that planned, and only those carry ``inference_s`` and a chain.
+    """
+
+    action: np.ndarray
+    chunk_started: bool = False
+    """This step's action is the first of a chunk planned at this step."""
+    inference_s: float = 0.0
+    """Seconds the plan took (chunk starts only)."""
+    chain: np.ndarray | None = None
+    """The denoising chain behind the chunk, normalised ``(K+1, horizon, Da)`` from noise to action, when the
+    policy was asked to keep it (a viewer's request)."""
+    decision: Any = None
+    """What a learner needs of the chunk when the policy was asked for it (online RL: the condition and the
+    stochastic chain with its log-probs, ``workflow.policy.ChainDecision``)."""
+
+    @staticmethod
+    def of(result: "PolicyStep | np.ndarray") -> "PolicyStep":
+        """A policy's answer as a step: a policy that returns a bare action (a user's own) gets a plain step."""
+        return result if isinstance(result, PolicyStep) else PolicyStep(np.asarray(result))
+
+
 @runtime_checkable
 class Policy(Protocol):
-    """A closed-loop controller. Queues action chunks internally."""
+    """A closed-loop controller. Queues action chunks internally. ``select_action`` may also return a bare
+    action array; the episode engine (``workflow.episode``) reads it as a plain :class:`PolicyStep`."""
 
     @property
     def input_features(self) -> Mapping[str, Feature]: ...
@@ -103,7 +130,7 @@ class Policy(Protocol):
 
     def reset(self) -> None: ...
 
-    def select_action(self, observation: Observation) -> np.ndarray: ...
+    def select_action(self, observation: Observation) -> PolicyStep: ...
 
 
 @runtime_checkable

@@ -1,5 +1,5 @@
 """`robot record` end to end in sim: keyboard keys through a pseudo-terminal, the scripted expert
-in-process and through the CLI, a recorder killed mid-episode, takeover, and the rate loop."""
+in-process and through the CLI, a recorder killed mid-episode, and the rate loop."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from robot.types import ACTION, DONE, INTERVENTION, REWARD, STATE, SUCCESS
 from tests.store_fixtures import FEATURES
 from workflow.rate import RateLoop
 from workflow.record import LiveView, RecordConfig, record
-from workflow.takeover import Takeover
 
 
 # ------------------------------------------------------------------------------ rate loop
@@ -288,55 +287,7 @@ def test_recorder_killed_mid_episode_keeps_every_committed_episode(tmp_path):
     assert report.store_episodes == kept + 1
 
 
-# ------------------------------------------------------------------------------ takeover and the live view
-
-
-class ConstantPolicy:
-    def __init__(self):
-        self.resets = 0
-
-    def reset(self):
-        self.resets += 1
-
-    def select_action(self, observation):
-        return np.array([0.01, 0.0], np.float32)
-
-
-class ScriptDevice:
-    """A device replaying commands (the keyboard's key handling is tested on its own)."""
-
-    name = "script"
-    controls = ""
-
-    def __init__(self, commands):
-        self.commands = list(commands)
-
-    def connect(self):
-        pass
-
-    def close(self):
-        pass
-
-    def reset(self):
-        pass
-
-    def poll(self, observation):
-        return self.commands.pop(0)
-
-
-def test_takeover_swaps_in_the_operator_and_flags_interventions():
-    T, op = frozenset({TeleopEvent.TAKEOVER}), np.array([0.0, -0.02], np.float32)
-    device = ScriptDevice([
-        TeleopCommand(op), TeleopCommand(op, T), TeleopCommand(op), TeleopCommand(None),
-        TeleopCommand(op, T | {TeleopEvent.QUIT}),
-    ])  # fmt: skip
-    policy = ConstantPolicy()
-    takeover = Takeover(policy, device)
-    takeover.reset()
-    steps = [takeover.act({}) for _ in range(5)]
-    assert [s.intervention for s in steps] == [False, True, True, False, False]
-    assert np.allclose(steps[1].action, op) and np.allclose(steps[0].action, [0.01, 0])
-    assert steps[4].events == {TeleopEvent.QUIT} and policy.resets == 2  # reset() and the hand-back
+# ------------------------------------------------------------------------------ the live view
 
 
 def test_live_view_logs_steps_to_a_rerun_recording():

@@ -1,19 +1,18 @@
 """``robot deploy``: run a trained policy on a robot at a fixed rate, safely, and record what it does.
 
-One episode: the robot resets (sim: from the episode's seed; real arm: moves
-home, then the operator starts the episode), then every control tick:
+Each episode runs on the episode engine (:mod:`workflow.episode`): the robot resets (sim: from the
+episode's seed; real arm: moves home, then the operator starts the episode), then every control tick:
 
-1. observe (tick 0 uses the reset observation) and score the previous step
-   with the task when there is one (sim and vendor stand-ins);
-2. read the operator's device: e-stop (latches the robot's e-stop and ends the
-   session), takeover toggle, success / failure labels, quit;
-3. collect a finished plan and queue its chunk against the tick it was planned
-   from (stale actions are dropped, :mod:`workflow.chunks`); ask for the next
-   plan early enough that it lands before the queue drains (inference runs on
-   a background thread at a fixed rate, :mod:`workflow.planner`);
-4. send the due action through the safety layer (the operator's while they
-   drive, flagged ``intervention``); with nothing due the arm holds;
-5. sleep to the next tick (:class:`workflow.rate.RateLoop` measures rate and jitter).
+1. the operator's device, when there is one (:class:`workflow.takeover.Takeover`): e-stop (latches the
+   robot's e-stop and ends the session), takeover toggle, success / failure labels, quit;
+2. the policy (:class:`_DeployActor`): collect a finished plan and queue its chunk against the tick it was
+   planned from (stale actions are dropped, :mod:`workflow.chunks`); ask for the next plan early enough
+   that it lands before the queue drains (inference runs on a background thread at a fixed rate,
+   :mod:`workflow.planner`);
+3. send the due action through the safety layer (the operator's while they drive, flagged
+   ``intervention``); with nothing due the arm holds;
+4. sleep to the next tick (:class:`workflow.rate.RateLoop` measures rate and jitter), observe, and score
+   the step with the task when there is one (sim and vendor stand-ins).
 
 Every episode goes to the store with ``source = deployment``.
 """
@@ -28,16 +27,18 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from hardware.teleop import TeleopDevice, TeleopEvent
-from robot.protocols import Observation, Robot, StepOutcome, Task
+from hardware.teleop import TeleopDevice
+from robot.protocols import Observation, PolicyStep, Robot, Task
 from robot.report import format_table
 from robot.store import ZarrEpisodeStore
 from robot.types import EpisodeMeta
 from workflow.chunks import ChunkQueue, ChunkQueueConfig
+from workflow.episode import Act, Ending, Episode
 from workflow.planner import Planner
 from workflow.policy import DiffusionController
 from workflow.rate import RateLoop, RateStats
-from workflow.rollout import EpisodeFrames, episode_features
+from workflow.rollout import episode_features
+from workflow.takeover import NOT_STARTED, Takeover
 
 REAL_ROBOT_MAX_STEPS = 600  # episode cap when the robot comes without a task (real arms)
 INFERENCE_MODES = ("auto", "inline", "background")
@@ -167,8 +168,9 @@ def deploy(
     out = Path(config.out) if config.out else Path("data") / f"deploy-{trained_task or 'robot'}.zarr"
     view = _open_view(config, controller, robot, hz)
     loop = RateLoop(hz)
-    session = _Session(robot, task, device, controller, queue, planner, loop, view, max_steps)
-    session.choose_inference = config.inference == "auto" and hz > 0
+    policy = _DeployActor(robot, controller, queue, planner, loop)
+    policy.choose_inference = config.inference == "auto" and hz > 0
+    actor = Takeover(policy, device, robot, wait_for_start=task is None) if device is not None else policy
     episodes: list[DeployedEpisode] = []
     stopped_by = None
     with robot:
@@ -180,11 +182,18 @@ def deploy(
             store = ZarrEpisodeStore.open_or_create(out, episode_features(robot))
             for i in range(config.episodes):
                 seed = config.seed + i
-                episode, frames, stopped_by = session.run_episode(seed, wait_for_operator=task is None)
-                if episode is None:
+                run = Episode(robot, task, actor, seed=seed, max_steps=max_steps, pace=loop.sleep)
+                interventions = 0
+                for step in run:
+                    interventions += step.intervention
+                    if view is not None:
+                        view(step)
+                stopped_by = run.ending.stop
+                if run.ending.label == NOT_STARTED:
                     break
+                episode = DeployedEpisode(seed, run.success, run.ending.label, run.length, run.ret, interventions, policy.held)
                 episodes.append(episode)
-                store.append_episode(frames, EpisodeMeta(task=trained_task or robot.name, robot=robot.name, fps=hz or controller.meta.get("fps", 0.0),
+                store.append_episode(run.frames.arrays(), EpisodeMeta(task=trained_task or robot.name, robot=robot.name, fps=hz or controller.meta.get("fps", 0.0),
                                                          success=episode.success, source="deployment", seed=seed))  # fmt: skip
                 print(f"episode {i + 1}/{config.episodes}: {'success' if episode.success else 'failure'} ({episode.label}), "
                       f"{episode.length} steps, {loop.stats(last=episode.length).describe()}", file=stream)  # fmt: skip
@@ -200,8 +209,8 @@ def deploy(
                 device.close()
         counters = robot.counters.as_dict() if hasattr(robot, "counters") else {}
     return DeployReport(
-        robot=robot.name, hz=hz, episodes=episodes, rate=loop.stats(), inference_ms=session.inference_ms,
-        action_age_ticks=session.plan_ages, stale_dropped=queue.stale_dropped, chunks_dropped=queue.chunks_dropped,
+        robot=robot.name, hz=hz, episodes=episodes, rate=loop.stats(), inference_ms=policy.inference_ms,
+        action_age_ticks=policy.plan_ages, stale_dropped=queue.stale_dropped, chunks_dropped=queue.chunks_dropped,
         safety=counters, store=str(out), stopped_by=stopped_by,
     )  # fmt: skip
 
@@ -210,95 +219,58 @@ NONFINITE_PATIENCE = 10
 """Non-finite policy actions in a row (each held and counted as an intervention) that end an episode."""
 
 
-class _Session:
-    """The per-tick loop of :func:`deploy`, holding what lives across episodes."""
+class _DeployActor:
+    """The policy through the planner and the chunk queue (``workflow.takeover.Interruptible``), across a
+    session's episodes; the operator's device, when there is one, is a :class:`Takeover` over it."""
 
-    def __init__(self, robot, task, device, controller, queue, planner, loop, view, max_steps):
-        self.robot, self.task, self.device = robot, task, device
-        self.controller, self.queue, self.planner = controller, queue, planner
-        self.loop, self.view, self.max_steps = loop, view, max_steps
+    def __init__(self, robot, controller, queue, planner, loop):
+        self.robot, self.controller, self.queue, self.planner, self.loop = robot, controller, queue, planner, loop
         self.inference_ms: list[float] = []
         self.plan_ages: list[int] = []
         self.latency_ticks = 1.0  # running estimate of how many ticks a plan takes to arrive
         self.choose_inference = False  # auto mode: decide inline vs background from the first plan
+        self.held = self.nonfinite = 0  # this episode's; nonfinite: the policy's NaN/inf actions in a row
+        self._adopted = None  # the plan adopted at this tick
 
-    def run_episode(self, seed: int, *, wait_for_operator: bool):
-        """One episode -> (summary or None when the operator quit first, frames, stop reason)."""
-        robot, task = self.robot, self.task
-        obs = robot.reset(seed)
-        if wait_for_operator and not self._wait_for_start(obs):
-            return None, None, "quit"
+    def begin(self, seed: int, obs: Observation) -> None:
         self.controller.reset()
         self.controller.seed_episode(seed)  # the noise `robot eval` draws for this seed
+        self.interrupt()
+        self.held = self.nonfinite = 0
+        self.loop.restart()
+        return None
+
+    def observe(self, t: int, obs: Observation) -> None:
+        self.controller.push_observation(obs)  # the history stays current while the operator drives
+
+    def interrupt(self) -> None:
         self.queue.clear()
         self.planner.discard()
-        frames = EpisodeFrames(list(robot.observation_features))
-        operator = False
-        label, success, stop = "max-steps", False, None
-        ret, held, interventions, nonfinite = 0.0, 0, 0, 0  # nonfinite: the policy's NaN/inf actions in a row
-        previous: tuple[Observation, np.ndarray, bool] | None = None
-        self.loop.restart()
-        for t in range(self.max_steps + 1):
-            if t > 0:
-                obs = robot.get_observation()
-            if previous is not None:  # score the step that led here
-                outcome = task.evaluate(obs, previous[1]) if task is not None else StepOutcome(terms={}, success=False)
-                ret += outcome.reward
-                frames.add(previous[0], previous[1], outcome.reward, outcome.success, outcome.success or t == self.max_steps, previous[2])
-                if self.view is not None:  # step t-1, now that its reward is known (its plan is still the latest)
-                    self.view(t - 1, previous[0], previous[1], outcome.reward)
-                if outcome.success:
-                    label, success = "task", True
-                    break
-            if t == self.max_steps:
-                break
-            command = self.device.poll(obs) if self.device is not None else None
-            events = command.events if command is not None else frozenset()
-            if TeleopEvent.ESTOP in events or _estopped(robot):
-                if hasattr(robot, "estop"):
-                    robot.estop()
-                label, success, stop = "e-stop", False, "estop"
-                break
-            if events & {TeleopEvent.SUCCESS, TeleopEvent.FAILURE, TeleopEvent.QUIT}:
-                success = TeleopEvent.SUCCESS in events
-                label = "operator"
-                stop = "quit" if TeleopEvent.QUIT in events else None
-                break
-            if TeleopEvent.TAKEOVER in events:
-                operator = not operator
-                self.queue.clear()
-                self.planner.discard()
-            self.controller.push_observation(obs)
-            if operator and command is not None and command.action is not None:
-                applied, intervention = robot.send_action(np.asarray(command.action, dtype=np.float32)), True
-            else:
-                action = self._policy_action(t)
-                intervention = False
-                if action is None:
-                    applied = robot.hold() if hasattr(robot, "hold") else robot.send_action(np.zeros(robot.action_features["action"].shape, np.float32))
-                    held += 1
-                elif not np.all(np.isfinite(action)):  # the safety layer holds it; the step is not the policy's
-                    applied, intervention = robot.send_action(action), True
-                    nonfinite += 1
-                else:
-                    applied, nonfinite = robot.send_action(action), 0
-            interventions += intervention
-            previous = (obs, np.asarray(applied, dtype=np.float32), intervention)
-            if nonfinite >= NONFINITE_PATIENCE:
-                print(f"episode ended: the policy's last {nonfinite} actions were NaN or inf (each held by the safety layer); "
-                      "check its checkpoint (robot info) and the observations it gets", file=sys.stderr)  # fmt: skip
-                label = "non-finite actions"
-                break
-            self.loop.sleep()
-        if frames.rows["done"]:
-            frames.rows["done"][-1] = True
-            frames.rows["success"][-1] = success
-        episode = DeployedEpisode(seed, success, label, len(frames), ret, interventions, held)
-        return episode, frames.arrays(), stop
+
+    def act(self, t: int, obs: Observation) -> Act | Ending:
+        if _estopped(self.robot):
+            return Ending("e-stop", False, "estop")
+        if self.nonfinite >= NONFINITE_PATIENCE:
+            print(f"episode ended: the policy's last {self.nonfinite} actions were NaN or inf (each held by the safety layer); "
+                  "check its checkpoint (robot info) and the observations it gets", file=sys.stderr)  # fmt: skip
+            return Ending("non-finite actions", False)
+        self.controller.push_observation(obs)
+        action = self._policy_action(t)
+        if action is None:
+            self.held += 1
+            return Act(None)
+        if not np.all(np.isfinite(action)):  # the safety layer holds it; the step is not the policy's
+            self.nonfinite += 1
+            return Act(action, intervention=True)
+        self.nonfinite = 0
+        plan = self._adopted
+        return Act(action, policy=PolicyStep(action, chunk_started=plan is not None, inference_s=plan.inference_s if plan else 0.0,
+                                             chain=plan.chain if plan else None))  # fmt: skip
 
     def _policy_action(self, t: int) -> np.ndarray | None:
         """The action due at tick ``t``: collect a finished plan, request the next one in time, pop."""
         planner, queue = self.planner, self.queue
+        self._adopted = None
         if t == 0:  # nothing to execute meanwhile: wait for the first plan, then start the clock
             self._request(t)
             self._adopt(planner.wait(), t)
@@ -320,11 +292,10 @@ class _Session:
         return self.queue.queued(t) <= lead
 
     def _request(self, t: int) -> None:
-        self.controller.last_chunk_started = False
         self.planner.request(self.controller.history(), t)
 
     def _adopt(self, plan, t: int) -> None:
-        self.controller.last_chunk_started = plan is not None
+        self._adopted = plan
         if plan is None:
             return
         if self.choose_inference:  # the first plan of the session was timed inline
@@ -335,20 +306,6 @@ class _Session:
         self.plan_ages.append(t - plan.planned_at)
         if self.loop.period > 0:
             self.latency_ticks = 0.8 * self.latency_ticks + 0.2 * (plan.inference_s / self.loop.period)
-        self.controller.last_inference_s = plan.inference_s
-        if plan.chain is not None:
-            self.controller.last_chain = plan.chain
-
-    def _wait_for_start(self, obs: Observation) -> bool:
-        idle = RateLoop(20.0)
-        print("robot is home: set the scene up, then press enter to start the episode (q quits)", file=sys.stderr)
-        while True:
-            events = self.device.poll(obs).events
-            if TeleopEvent.QUIT in events:
-                return False
-            if events & {TeleopEvent.START, TeleopEvent.KEEP}:
-                return True
-            idle.sleep()
 
 
 def _estopped(robot: Robot) -> bool:

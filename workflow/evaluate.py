@@ -11,6 +11,7 @@ import torch
 from robot.store import ZarrEpisodeStore
 from workflow.distributed import init_distributed
 from workflow.envs import make_sim_for
+from workflow.episode import Step
 from workflow.policy import DiffusionController
 from workflow.rollout import EvalReport, episode_features, evaluate
 from workflow.run import resolve_device
@@ -80,11 +81,11 @@ class LiveEvalView:
         self.critics = load_critics(critics) if critics else None
         self.step = 0
 
-    def __call__(self, t: int, observation, applied, reward: float) -> None:
-        if t == 0:
+    def __call__(self, step: Step) -> None:
+        if step.t == 0:
             self.logger.log_event(self.step, "episode starts")
-        chunk_start = self.controller.last_chunk_started
-        chain = self.controller.last_chain if chunk_start and self.controller.sampler != "consistency" else None
+        chunk_start = step.policy is not None and step.policy.chunk_started
+        chain = step.policy.chain if chunk_start else None
         q = v = None
         if chain is not None and self.critics is not None:
             with torch.no_grad():
@@ -93,7 +94,7 @@ class LiveEvalView:
                 q = np.array([float(x) for x in self.critics.q(cond, executed)])
                 v = float(self.critics.value(cond))
         self.logger.log_policy_internals(self.step, chain, chunk_start=chunk_start, q=q, v=v)
-        self.logger.log_step(self.step, observation, applied, reward)
+        self.logger.log_step(self.step, step.observation, step.action, step.reward)
         self.step += 1
 
     def close(self) -> None:

@@ -42,11 +42,12 @@ from robot.types import EpisodeMeta
 from workflow.distill import distill, make_head_optimizer
 from workflow.distributed import Distributed, init_distributed
 from workflow.envs import make_sim_for
+from workflow.episode import Episode, PolicyActor
 from workflow.paired import best_challenger, pick_beyond_noise, wins_losses
 from workflow.latent import encode_store
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, episode_noise_seed, policy_dir, save_policy
 from workflow.ppo import StepSchedule, chain_ppo_loss, denoiser_parameters, fine_tuning_sampler, normalize_advantages
-from workflow.rollout import EpisodeFrames, episode_features, evaluate
+from workflow.rollout import episode_features, evaluate
 from workflow.run import RunDir, check_finite_loss, progress, resolve_device, seed_everything
 
 SELECTION_SEED = 500_000  # first sim seed of the selection episodes (apart from rollout and evaluation seeds)
@@ -221,7 +222,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     value_opt = torch.optim.Adam(value.parameters(), lr=config.value_lr)
     head = head if head is not None else (ConsistencyHead.from_policy(model) if config.distill_steps else None)
     head_opt = make_head_optimizer(head, config.distill_lr) if head is not None else None
-    controller = DiffusionController(model, ckpt.normalizer, deterministic=False, seed=config.seed, device=str(device))
+    controller = DiffusionController(model, ckpt.normalizer, deterministic=False, learning=True, seed=config.seed, device=str(device))
 
     robot, task = make_sim_for(config.task, controller.input_features)
     store = ZarrEpisodeStore.open_or_create(run.path / "rollouts.zarr", episode_features(robot)) if ddp.is_main else None
@@ -389,9 +390,8 @@ def collect_episodes(
     Frames travel to rank 0 only (the one that stores them)."""
     mine = []
     for seed in seeds:
-        decisions = Decisions()
-        gen = torch.Generator(device="cpu").manual_seed(episode_noise_seed(config.seed, seed))  # this episode's noise
-        frames, success = collect_episode(robot, task, controller, decisions, config.gamma, gen, seed=seed)
+        decisions = Decisions()  # the controller draws this episode's noise from (config.seed, seed) alone
+        frames, success = collect_episode(robot, task, controller, decisions, config.gamma, seed=seed)
         mine.append((seed, frames, success, decisions))
     if not ddp.enabled:
         return mine
@@ -406,41 +406,34 @@ def collect_episodes(
 
 @torch.no_grad()
 def collect_episode(
-    robot: Robot, task: Task, controller: DiffusionController, out: Decisions, gamma: float, gen: torch.Generator, *, seed: int
+    robot: Robot, task: Task, controller: DiffusionController, out: Decisions, gamma: float, *, seed: int
 ) -> tuple[dict[str, np.ndarray], bool]:
-    """One stochastic episode; chunk decisions go to ``out``, the frames are returned for the store."""
-    model, ta = controller.model, controller.n_action_steps
-    frames = EpisodeFrames(list(robot.observation_features))
-    controller.reset()
-    obs = robot.reset(seed)
-    steps, success = 0, False
-    while steps < task.max_steps and not success:
-        controller.push_observation(obs)
-        cond = controller.condition()
-        chain = model.sample_chain(cond, generator=gen)
-        reward, n = 0.0, 0
-        for action in controller.unnormalize_actions(chain.actions[0, :ta]):
-            applied = robot.send_action(action)
-            next_obs = robot.get_observation()
-            outcome = task.evaluate(next_obs, applied)
-            success = outcome.success
-            n, steps = n + 1, steps + 1
-            ended = success or steps >= task.max_steps
-            frames.add(obs, applied, outcome.reward, success, ended)
-            reward += gamma ** (n - 1) * outcome.reward
-            obs = next_obs
-            if ended:
-                break
-            if n < ta:  # frames inside the chunk enter the history like in closed-loop control
-                controller.push_observation(obs)
-        out.cond.append(cond)
-        out.chains.append(chain)
-        out.rewards.append(reward)
-        out.discounts.append(gamma**n)
-        out.terminal.append(success)
-        out.last.append(ended)
-        out.next_cond.append(controller.peek_condition(obs))
-    return frames.arrays(), success
+    """One stochastic episode on the episode engine; its chunk decisions go to ``out``, its frames are returned for the store.
+
+    A decision's reward is its chunk's discounted reward; its next features are those the next decision was
+    planned from (the last decision's: the history with the final observation added)."""
+    episode = Episode(robot, task, PolicyActor(controller), seed=seed)
+    reward, n = 0.0, 0
+    for step in episode:
+        if step.policy.chunk_started:
+            decision = step.policy.decision
+            if n:  # the previous chunk ends where this one was planned
+                _add_outcome(out, reward, gamma**n, terminal=False, last=False, next_cond=decision.cond)
+            out.cond.append(decision.cond)
+            out.chains.append(decision.chain)
+            reward, n = 0.0, 0
+        reward += gamma**n * step.reward
+        n += 1
+    _add_outcome(out, reward, gamma**n, terminal=episode.success, last=True, next_cond=controller.peek_condition(episode.last.next_observation))
+    return episode.frames.arrays(), episode.success
+
+
+def _add_outcome(out: Decisions, reward: float, discount: float, *, terminal: bool, last: bool, next_cond: torch.Tensor) -> None:
+    out.rewards.append(reward)
+    out.discounts.append(discount)
+    out.terminal.append(terminal)
+    out.last.append(last)
+    out.next_cond.append(next_cond)
 
 
 def adapt_lr(lr: float, kl: float, config: OnlineConfig) -> float:

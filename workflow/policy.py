@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,13 +19,24 @@ import numpy as np
 import torch
 
 from policies.consistency import ConsistencyHead
-from policies.diffusion import MEAN_ETA, DiffusionPolicy, DiffusionPolicyConfig
+from policies.diffusion import MEAN_ETA, Chain, DiffusionPolicy, DiffusionPolicyConfig
 from robot.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_module_state, save_checkpoint
 from robot.normalize import Normalizer
+from robot.protocols import PolicyStep
 from robot.types import ACTION, Feature, check_features
 
 KIND = "diffusion-policy"
 SAMPLERS = (*MEAN_ETA, "ddpm", "consistency")
+
+
+@dataclass(frozen=True)
+class ChainDecision:
+    """One chunk decision as online RL learns from it: the frozen encoder's features and the chain sampled there."""
+
+    cond: torch.Tensor
+    """(1, Dc) features of the observation history the chunk was planned from."""
+    chain: Chain
+    """The stochastic denoising chain (batch 1) with each step's log-prob."""
 
 
 class DiffusionController:
@@ -39,7 +51,8 @@ class DiffusionController:
     stood still, the pusher under 3 cm in its last 30 steps, where the noise keeps it moving; docs/RESULTS.md); ``"consistency"`` the one-step head (when the checkpoint has
     one); None, the policy's own deterministic sampler (``DiffusionPolicyConfig.deterministic_sampler``).
     ``deterministic=False`` samples the stochastic chain with any K-step sampler (data collection
-    with exploration). Which sampler deploys a policy best differs from policy to policy: compare
+    with exploration); ``learning=True`` with it hands each chunk's chain and log-probs to the caller
+    (``PolicyStep.decision``, for online RL). Which sampler deploys a policy best differs from policy to policy: compare
     them on the same seeds with ``robot eval --sampler ddim,ddpm-mean,ddpm``.
     """
 
@@ -54,6 +67,7 @@ class DiffusionController:
         seed: int = 0,
         device: str = "cpu",
         meta: Mapping[str, Any] | None = None,
+        learning: bool = False,
     ):
         sampler = model.config.deterministic_sampler if sampler is None else sampler
         if sampler not in SAMPLERS:
@@ -73,10 +87,10 @@ class DiffusionController:
         self.n_obs_steps, self.n_action_steps = cfg.n_obs_steps, cfg.n_action_steps
         self._obs: collections.deque[dict[str, np.ndarray]] = collections.deque(maxlen=cfg.n_obs_steps)
         self._actions: collections.deque[np.ndarray] = collections.deque()
-        self.last_inference_s = 0.0
-        self.last_chunk_started = False
-        self.keep_chain = False  # set to keep the last denoising chain (x_K .. x_0, normalised) for visualisation
-        self.last_chain: np.ndarray | None = None  # (K+1, horizon, Da)
+        self.keep_chain = False
+        """Set to have chunk starts' steps carry their denoising chain (x_K .. x_0, normalised; DDIM-family samplers)."""
+        self.learning = learning and not self.deterministic
+        """Stochastic chains with log-probs, handed out as each chunk start's ``PolicyStep.decision`` (online RL)."""
 
     # ------------------------------------------------------------- contract
     @property
@@ -96,15 +110,27 @@ class DiffusionController:
         episode's actions do not depend on which episodes ran before it or in which process."""
         self.generator.manual_seed(episode_noise_seed(self.seed, episode_seed))
 
-    def select_action(self, observation: Mapping[str, np.ndarray]) -> np.ndarray:
+    def select_action(self, observation: Mapping[str, np.ndarray]) -> PolicyStep:
+        """This step's action: the next one queued, or the first of a chunk planned now from the history."""
         self.push_observation(observation)
-        self.last_chunk_started = not self._actions
-        if not self._actions:
-            start = time.perf_counter()
-            chunk = self.predict_chunk()
-            self.last_inference_s = time.perf_counter() - start
-            self._actions.extend(chunk[: self.n_action_steps])
-        return self._actions.popleft()
+        if self._actions:
+            return PolicyStep(self._actions.popleft())
+        start = time.perf_counter()
+        if self.learning:
+            decision = self.sample_decision()
+            chunk, chain = self.unnormalize_actions(decision.chain.actions[0]), None
+        else:
+            decision = None
+            chunk, chain = self.plan(self.history())
+        inference_s = time.perf_counter() - start
+        self._actions.extend(chunk[: self.n_action_steps])
+        return PolicyStep(self._actions.popleft(), chunk_started=True, inference_s=inference_s, chain=chain, decision=decision)
+
+    @torch.no_grad()
+    def sample_decision(self) -> "ChainDecision":
+        """The stochastic chain for the current history, with each denoising step's log-prob (online RL)."""
+        cond = self.condition()
+        return ChainDecision(cond, self.model.sample_chain(cond, generator=self.generator))
 
     # -------------------------------------------------------------- helpers
     def push_observation(self, observation: Mapping[str, np.ndarray]) -> None:
@@ -145,10 +171,7 @@ class DiffusionController:
     @torch.no_grad()
     def predict_chunk(self) -> np.ndarray:
         """Unnormalised actions ``(horizon, Da)`` for the current observation history."""
-        chunk, chain = self.plan(self.history())
-        if chain is not None:
-            self.last_chain = chain
-        return chunk
+        return self.plan(self.history())[0]
 
     @torch.no_grad()
     def plan(self, frames: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,4 +1,5 @@
-"""Run any policy on any ``Robot`` + ``Task``: one episode, or an evaluation over seeds.
+"""Run any policy on any ``Robot`` + ``Task`` (on the episode engine, :mod:`workflow.episode`): one
+episode, or an evaluation over seeds.
 
 Frames collected here are what the store keeps: the observation each action was
 chosen from, the *applied* action (after the safety layer), the reward, done,
@@ -9,13 +10,14 @@ success and intervention flags, so rollouts can be appended to a store as
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from robot.protocols import EpisodeSeeded, Policy, Robot, Task
+from robot.protocols import Policy, Robot, Task
 from robot.store import ZarrEpisodeStore
 from robot.types import ACTION, DONE, INTERVENTION, REWARD, SUCCESS, EpisodeMeta, Feature
+from workflow.episode import Episode, PolicyActor, Step
 
 if TYPE_CHECKING:
     from workflow.distributed import Distributed
@@ -63,30 +65,6 @@ def episode_features(robot: Robot) -> dict[str, Feature]:
     }
 
 
-class EpisodeFrames:
-    """Accumulates one episode's per-step frames in the layout the store keeps."""
-
-    def __init__(self, observation_keys: list[str]):
-        self.keys = list(observation_keys)
-        self.rows: dict[str, list] = {k: [] for k in [*self.keys, ACTION, REWARD, DONE, SUCCESS, INTERVENTION]}
-
-    def add(self, observation: Mapping[str, np.ndarray], applied: np.ndarray, reward: float, success: bool, done: bool, intervention: bool = False) -> None:
-        """One step: the observation the action was chosen from, the applied action and what followed."""
-        for k in self.keys:
-            self.rows[k].append(observation[k])
-        self.rows[ACTION].append(applied)
-        self.rows[REWARD].append(reward)
-        self.rows[SUCCESS].append(success)
-        self.rows[DONE].append(done)
-        self.rows[INTERVENTION].append(intervention)
-
-    def __len__(self) -> int:
-        return len(self.rows[ACTION])
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {k: np.asarray(v) for k, v in self.rows.items()}
-
-
 def run_episode(
     robot: Robot,
     task: Task,
@@ -94,35 +72,18 @@ def run_episode(
     *,
     seed: int,
     max_steps: int | None = None,
-    on_step: Callable[[int, Mapping[str, np.ndarray], np.ndarray, float], None] | None = None,
+    on_step: Callable[[Step], None] | None = None,
 ) -> EpisodeResult:
-    """One episode from ``robot.reset(seed)`` until success or ``max_steps`` (the task's by default)."""
-    frames = EpisodeFrames(list(robot.observation_features))
-    terms: dict[str, float] = {}
+    """One episode of ``policy`` alone from ``robot.reset(seed)`` until success or ``max_steps`` (the task's by default)."""
+    episode = Episode(robot, task, PolicyActor(policy), seed=seed, max_steps=max_steps)
     latencies = []
-    policy.reset()
-    if isinstance(policy, EpisodeSeeded):  # its noise depends on this episode's seed only
-        policy.seed_episode(seed)
-    obs = robot.reset(seed)
-    success, ret, steps = False, 0.0, max_steps or task.max_steps
-    for t in range(steps):
-        action = policy.select_action(obs)
-        if getattr(policy, "last_chunk_started", False):
-            latencies.append(1e3 * getattr(policy, "last_inference_s", 0.0))
-        applied = robot.send_action(action)
-        next_obs = robot.get_observation()
-        outcome = task.evaluate(next_obs, applied)
-        success = outcome.success
-        frames.add(obs, applied, outcome.reward, success, success or t == steps - 1, bool(getattr(policy, "last_was_intervention", False)))
-        for name, value in outcome.terms.items():
-            terms[name] = terms.get(name, 0.0) + value
-        ret += outcome.reward
+    for step in episode:
+        if step.policy is not None and step.policy.chunk_started:
+            latencies.append(1e3 * step.policy.inference_s)
         if on_step is not None:
-            on_step(t, obs, applied, outcome.reward)
-        obs = next_obs
-        if success:
-            break
-    return EpisodeResult(seed=seed, success=success, ret=ret, length=len(frames), frames=frames.arrays(), terms=terms, inference_ms=latencies)
+            on_step(step)
+    return EpisodeResult(seed=seed, success=episode.success, ret=episode.ret, length=episode.length, frames=episode.frames.arrays(),
+                         terms=episode.terms, inference_ms=latencies)  # fmt: skip
 
 
 def evaluate(
@@ -135,7 +96,7 @@ def evaluate(
     store: ZarrEpisodeStore | None = None,
     source: str = "offline-rollout",
     show_progress: bool = False,
-    on_step: Callable[[int, Mapping[str, np.ndarray], np.ndarray, float], None] | None = None,
+    on_step: Callable[[Step], None] | None = None,
     ddp: "Distributed | None" = None,
 ) -> EvalReport:
     """Success rate, return and inference latency over ``episodes`` seeds ``seed, seed + 1, ...``.

@@ -1,53 +1,98 @@
-"""Operator takeover during a policy rollout (evaluation, deployment, online RL with a human in the loop).
+"""The operator over whoever drives: e-stop, success and failure labels, quit, and takeover.
 
-:class:`Takeover` composes a policy and a teleop device. Each tick it polls the
-device; the TAKEOVER event (keyboard ``t``, gamepad LB) toggles who drives.
-While the operator drives, the device's action replaces the policy's and the
-step is flagged ``intervention=True``; handing back resets the policy so it
-replans from the current observation instead of playing a stale action chunk.
-A tick where the device has no action leaves the policy in charge of that tick.
+:class:`Takeover` is an episode-engine actor (``workflow.episode.Actor``) wrapping another one and a teleop
+device. Each tick it polls the device first: e-stop latches the robot's e-stop and ends the session; a
+success or failure key ends the episode with that label (quit also ends the session); the TAKEOVER event
+(keyboard ``t``, gamepad LB) toggles who drives. While the operator drives, the device's action is sent
+and the step is flagged ``intervention``, and the inner actor only watches (``observe``); handing back
+interrupts it (``interrupt``: a queued chunk was planned before the operator moved the robot). A tick
+where the device has no action leaves the inner actor in charge of that tick.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import sys
+from typing import Protocol
 
 import numpy as np
 
 from hardware.teleop import TeleopDevice, TeleopEvent
 from robot.protocols import Observation, Policy
+from workflow.episode import Act, Actor, Ending, PolicyActor
+from workflow.rate import RateLoop
+
+NOT_STARTED = "not started"
+"""The label of an episode the operator quit before starting it: nothing ran, nothing is stored."""
 
 
-@dataclass(frozen=True)
-class TakeoverStep:
-    """The action to send, whether it is the operator's, and the device's other events (quit, keep...)."""
+class Interruptible(Actor, Protocol):
+    """An actor an operator can take over from."""
 
-    action: np.ndarray
-    intervention: bool
-    events: frozenset[TeleopEvent] = field(default_factory=frozenset)
+    def observe(self, t: int, observation: Observation) -> None:
+        """A tick the operator drove: keep up with the scene without acting."""
+        ...
+
+    def interrupt(self) -> None:
+        """The operator hands back: drop what was planned before they moved the robot."""
+        ...
+
+
+class PolicyDriver(PolicyActor):
+    """A policy an operator can take over from: handing back resets it, so it replans from what it sees."""
+
+    def observe(self, t: int, observation: Observation) -> None:
+        pass
+
+    def interrupt(self) -> None:
+        self.policy.reset()
 
 
 class Takeover:
-    """A policy that an operator can take over from, with a connected device."""
+    """An operator with ``device`` over ``inner`` (``robot``'s e-stop is latched on the e-stop key).
 
-    def __init__(self, policy: Policy, device: TeleopDevice):
-        self.policy = policy
-        self.device = device
+    ``wait_for_start``: before each episode the robot is home and nothing moves until the operator
+    presses start (a real arm, whose scene a person resets); quit there ends the session.
+    """
+
+    def __init__(self, inner: Interruptible | Policy, device: TeleopDevice, robot=None, *, wait_for_start: bool = False):
+        self.inner = inner if hasattr(inner, "interrupt") else PolicyDriver(inner)
+        self.device, self.robot = device, robot
+        self.wait_for_start = wait_for_start
         self.active = False  # True while the operator drives
 
-    def reset(self) -> None:
-        """New episode: the policy drives again, both forget per-episode state."""
+    def begin(self, seed: int, observation: Observation) -> Ending | None:
         self.active = False
-        self.policy.reset()
         self.device.reset()
+        if self.wait_for_start and not _wait_for_start(self.device, observation):
+            return Ending(NOT_STARTED, False, "quit")
+        return self.inner.begin(seed, observation)
 
-    def act(self, observation: Observation) -> TakeoverStep:
+    def act(self, t: int, observation: Observation) -> Act | Ending:
         command = self.device.poll(observation)
-        if TeleopEvent.TAKEOVER in command.events:
+        events = command.events
+        if TeleopEvent.ESTOP in events:
+            if self.robot is not None and hasattr(self.robot, "estop"):
+                self.robot.estop()
+            return Ending("e-stop", False, "estop")
+        if events & {TeleopEvent.SUCCESS, TeleopEvent.FAILURE, TeleopEvent.QUIT}:
+            return Ending("operator", TeleopEvent.SUCCESS in events, "quit" if TeleopEvent.QUIT in events else None)
+        if TeleopEvent.TAKEOVER in events:
             self.active = not self.active
             if not self.active:
-                self.policy.reset()  # its queued chunk was planned before the operator moved the robot
-        others = command.events - {TeleopEvent.TAKEOVER}
+                self.inner.interrupt()
         if self.active and command.action is not None:
-            return TakeoverStep(np.asarray(command.action), True, others)
-        return TakeoverStep(np.asarray(self.policy.select_action(observation)), False, others)
+            self.inner.observe(t, observation)
+            return Act(np.asarray(command.action, dtype=np.float32), intervention=True)
+        return self.inner.act(t, observation)
+
+
+def _wait_for_start(device: TeleopDevice, observation: Observation) -> bool:
+    idle = RateLoop(20.0)
+    print("robot is home: set the scene up, then press enter to start the episode (q quits)", file=sys.stderr)
+    while True:
+        events = device.poll(observation).events
+        if TeleopEvent.QUIT in events:
+            return False
+        if events & {TeleopEvent.START, TeleopEvent.KEEP}:
+            return True
+        idle.sleep()

@@ -35,6 +35,7 @@ from robot.protocols import Robot, Task
 from workflow.diagnostics.diagnose import json_safe
 from workflow.diagnostics.fqe import rank_agreement
 from workflow.envs import make_sim_for
+from workflow.episode import Episode, PolicyActor
 from workflow.policy import DiffusionController
 from workflow.ppo import fine_tuning_sampler
 
@@ -187,17 +188,10 @@ def check_critic_ranking(config: RankingConfig, *, log: Callable[[str], None] = 
 def _deterministic_episode(robot: Robot, task: Task, controller: DiffusionController, seed: int) -> tuple[list[np.ndarray], list[dict]]:
     """The commanded actions and the observations before each of them, until success or the step limit.
     Replays send the commands, not what the safety layer made of them: the layer acts again on the replay."""
-    controller.reset()
-    controller.seed_episode(seed)
-    obs = robot.reset(seed)
     actions, observations = [], []
-    for _ in range(task.max_steps):
-        observations.append(obs)
-        actions.append(controller.select_action(obs))
-        applied = robot.send_action(actions[-1])
-        obs = robot.get_observation()
-        if task.evaluate(obs, applied).success:
-            break
+    for step in Episode(robot, task, PolicyActor(controller), seed=seed, keep_frames=False):
+        observations.append(step.observation)
+        actions.append(step.policy.action)
     return actions, observations
 
 
@@ -227,7 +221,7 @@ def _finish(robot: Robot, task: Task, controller: DiffusionController, chunk: np
     ret, k, success = 0.0, 0, False
     queued = list(chunk)
     while step < task.max_steps and not success:
-        action = queued.pop(0) if queued else controller.select_action(obs)
+        action = queued.pop(0) if queued else controller.select_action(obs).action
         applied = robot.send_action(action)
         obs = robot.get_observation()
         outcome = task.evaluate(obs, applied)
