@@ -139,6 +139,27 @@ class DiffusionPolicyConfig:
         return config_from_dict(DiffusionPolicyConfig, d)
 
 
+@dataclass(frozen=True)
+class ChainSampler:
+    """How the stochastic denoising chain is drawn and scored, passed to the sampling and scoring calls
+    (the policy's config is never changed to switch it): each step's eta, its std clipped to
+    ``[sigma_min, sigma_max]``, and the reduction of a step's log-prob over the executed actions' numbers.
+    :meth:`DiffusionPolicy.chain_sampler` gives the policy's own, or RL's with the std floored."""
+
+    eta: float
+    sigma_min: float
+    sigma_max: float
+    log_prob_reduction: str = "sum"
+
+    def floored(self, min_std: float, log_prob_reduction: str | None = None) -> "ChainSampler":
+        """Every step's std at least ``min_std`` (DPPO fine-tunes with 0.1); optionally another reduction.
+
+        At the policy's own floor (~0.007) the last steps' log-probs are so sharp that a tiny change of the mean
+        sends a per-step PPO ratio out of its clip range; ``mean`` gives DPPO's far less sharp ratios."""
+        return replace(self, sigma_min=max(self.sigma_min, min_std), sigma_max=max(self.sigma_max, min_std),
+                       log_prob_reduction=log_prob_reduction or self.log_prob_reduction)  # fmt: skip
+
+
 @dataclass(frozen=True, eq=False)
 class Chain:
     """One batch of stochastic denoising chains, stored for PPO on the denoising MDP."""
@@ -150,6 +171,8 @@ class Chain:
     actions (the first ``n_action_steps`` of T) and Da, one per denoising step."""
     timesteps: Tensor
     """(K,): diffusion timestep of each denoising step, in sampling order."""
+    sampler: ChainSampler | None = None
+    """The sampler that drew the chain, which re-scoring it uses too; None: the policy's own."""
 
     @property
     def actions(self) -> Tensor:
@@ -158,10 +181,10 @@ class Chain:
 
     def __getitem__(self, index: Tensor | slice) -> "Chain":
         """A sub-batch (PPO minibatches); timesteps are shared."""
-        return Chain(self.samples[index], self.log_probs[index], self.timesteps)
+        return Chain(self.samples[index], self.log_probs[index], self.timesteps, self.sampler)
 
     def to(self, device: torch.device | str) -> "Chain":
-        return Chain(self.samples.to(device), self.log_probs.to(device), self.timesteps.to(device))
+        return Chain(self.samples.to(device), self.log_probs.to(device), self.timesteps.to(device), self.sampler)
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduction: str = "sum") -> Tensor:
@@ -252,11 +275,18 @@ class DiffusionPolicy(nn.Module):
         ts = [int(t) for t in timesteps]
         return zip(ts, ts[1:] + [-1])
 
-    def denoising_stds(self, num_steps: int | None = None, eta: float | None = None) -> Tensor:
-        """(K,) std of each stochastic denoising step, after clipping to [sigma_min, sigma_max]."""
-        eta = self.config.eta if eta is None else eta
+    def chain_sampler(self, min_std: float | None = None, log_prob_reduction: str | None = None) -> ChainSampler:
+        """The policy's own stochastic chain, or RL's: every step's std floored at ``min_std``, log-probs reduced by ``log_prob_reduction``."""
+        cfg = self.config
+        own = ChainSampler(cfg.eta, cfg.sigma_min, cfg.sigma_max, cfg.log_prob_reduction)
+        return own if min_std is None and log_prob_reduction is None else own.floored(min_std or 0.0, log_prob_reduction)
+
+    def denoising_stds(self, num_steps: int | None = None, eta: float | None = None, sampler: ChainSampler | None = None) -> Tensor:
+        """(K,) std of each stochastic denoising step, after clipping to the sampler's [sigma_min, sigma_max]."""
+        sampler = sampler or self.chain_sampler()
+        eta = sampler.eta if eta is None else eta
         sigmas = [self._ddim_sigma(t, p, eta) for t, p in self._pairs(self.timesteps(num_steps))]
-        return torch.stack(sigmas).clamp(self.config.sigma_min, self.config.sigma_max)
+        return torch.stack(sigmas).clamp(sampler.sigma_min, sampler.sigma_max)
 
     def _alpha(self, t: int) -> Tensor:
         return self.alphas_cumprod[t] if t >= 0 else torch.ones((), device=self.alphas_cumprod.device)
@@ -266,8 +296,9 @@ class DiffusionPolicy(nn.Module):
         a_t, a_prev = self._alpha(t), self._alpha(t_prev)
         return eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
 
-    def step_moments(self, x: Tensor, t: int, t_prev: int, cond: Tensor, eta: float) -> tuple[Tensor, Tensor]:
-        """Mean ``(B, T, Da)`` and clipped std ``()`` of p(x_{t_prev} | x_t, cond), as in diffusers' DDIM step."""
+    def step_moments(self, x: Tensor, t: int, t_prev: int, cond: Tensor, eta: float, sampler: ChainSampler | None = None) -> tuple[Tensor, Tensor]:
+        """Mean ``(B, T, Da)`` and std ``()`` clipped as ``sampler`` says (the policy's own by default) of
+        p(x_{t_prev} | x_t, cond), as in diffusers' DDIM step."""
         cfg = self.config
         out = self.denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), cond)
         a_t, a_prev = self._alpha(t), self._alpha(t_prev)
@@ -279,7 +310,8 @@ class DiffusionPolicy(nn.Module):
             x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
         sigma = self._ddim_sigma(t, t_prev, eta)
         mean = a_prev.sqrt() * x0 + (1 - a_prev - sigma.square()).clamp(min=0).sqrt() * eps
-        return mean, sigma.clamp(cfg.sigma_min, cfg.sigma_max)
+        clip = sampler or cfg
+        return mean, sigma.clamp(clip.sigma_min, clip.sigma_max)
 
     def initial_noise(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """x_K ~ N(0, I) of shape ``(B, horizon, Da)`` on ``cond``'s device."""
@@ -296,6 +328,7 @@ class DiffusionPolicy(nn.Module):
         noise: Tensor | None = None,
         trajectory: list[Tensor] | None = None,
         mean_eta: float | None = None,
+        sampler: ChainSampler | None = None,
     ) -> Tensor:
         """Normalised actions ``(B, horizon, Da)`` from ``cond (B, Dc)``.
 
@@ -303,17 +336,18 @@ class DiffusionPolicy(nn.Module):
         noise, from ``noise`` (or a draw from ``generator``): same noise, same action. ``mean_eta``
         0 is DDIM; 1 follows the stochastic chain's means (the DDPM posterior), which leans on the
         predicted clean action at every step; None is the config's ``deterministic_sampler``.
-        Otherwise each step adds clipped-std Gaussian noise.
+        Otherwise each step adds Gaussian noise with the std ``sampler`` clips (the policy's own by default).
         A ``trajectory`` list receives x_K .. x_0 (for visualising the chain).
         """
         x = self.initial_noise(cond, generator) if noise is None else noise
         if mean_eta is None:
             mean_eta = MEAN_ETA[self.config.deterministic_sampler]
-        eta = mean_eta if deterministic else self.config.eta
+        sampler = sampler or self.chain_sampler()
+        eta = mean_eta if deterministic else sampler.eta
         if trajectory is not None:
             trajectory.append(x)
         for t, t_prev in self._pairs(self.timesteps(num_steps)):
-            mean, std = self.step_moments(x, t, t_prev, cond, eta)
+            mean, std = self.step_moments(x, t, t_prev, cond, eta, sampler)
             x = mean if deterministic else mean + std * _randn_like(x, generator)
             if trajectory is not None:
                 trajectory.append(x)
@@ -321,33 +355,38 @@ class DiffusionPolicy(nn.Module):
 
     @torch.no_grad()
     def sample_chain(
-        self, cond: Tensor, generator: torch.Generator | None = None, num_steps: int | None = None
+        self, cond: Tensor, generator: torch.Generator | None = None, num_steps: int | None = None, sampler: ChainSampler | None = None
     ) -> Chain:
-        """Stochastic sampling that keeps the whole chain and each step's log-prob (no gradients)."""
+        """Stochastic sampling with ``sampler`` (the policy's own by default) that keeps the whole chain and
+        each step's log-prob (no gradients)."""
+        sampler = sampler or self.chain_sampler()
         timesteps = self.timesteps(num_steps)
         x = self.initial_noise(cond, generator)
         samples, log_probs = [x], []
         for t, t_prev in self._pairs(timesteps):
-            mean, std = self.step_moments(x, t, t_prev, cond, self.config.eta)
+            mean, std = self.step_moments(x, t, t_prev, cond, sampler.eta, sampler)
             x = mean + std * _randn_like(x, generator)
             samples.append(x)
-            log_probs.append(gaussian_log_prob(self.executed(x), self.executed(mean), std, self.config.log_prob_reduction))
-        return Chain(torch.stack(samples, dim=1), torch.stack(log_probs, dim=1), timesteps)
+            log_probs.append(gaussian_log_prob(self.executed(x), self.executed(mean), std, sampler.log_prob_reduction))
+        return Chain(torch.stack(samples, dim=1), torch.stack(log_probs, dim=1), timesteps, sampler)
 
     def chain_moments(self, cond: Tensor, chain: Chain) -> tuple[Tensor, Tensor]:
-        """Mean ``(B, K, T, Da)`` and clipped std ``(K,)`` of every step of a stored chain under the current weights (differentiable)."""
-        moments = [self.step_moments(chain.samples[:, k], t, t_prev, cond, self.config.eta) for k, (t, t_prev) in enumerate(self._pairs(chain.timesteps))]
+        """Mean ``(B, K, T, Da)`` and clipped std ``(K,)`` of every step of a stored chain under the current
+        weights and the chain's own sampler (differentiable)."""
+        sampler = chain.sampler or self.chain_sampler()
+        moments = [self.step_moments(chain.samples[:, k], t, t_prev, cond, sampler.eta, sampler) for k, (t, t_prev) in enumerate(self._pairs(chain.timesteps))]
         return torch.stack([m for m, _ in moments], dim=1), torch.stack([s for _, s in moments])
 
     def chain_log_prob(self, cond: Tensor, chain: Chain, moments: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """(B, K) log-probs of a stored chain's steps under the current weights (differentiable);
-        ``moments`` from ``chain_moments`` saves computing them twice.
+        """(B, K) log-probs of a stored chain's steps under the current weights and the chain's sampler
+        (differentiable); ``moments`` from ``chain_moments`` saves computing them twice.
 
         With unchanged weights, the same ``cond`` and the model in eval mode this
         reproduces ``chain.log_probs`` exactly, so PPO ratios start at 1.
         """
         means, stds = self.chain_moments(cond, chain) if moments is None else moments
-        samples, means, reduction = self.executed(chain.samples), self.executed(means), self.config.log_prob_reduction
+        reduction = (chain.sampler or self.chain_sampler()).log_prob_reduction
+        samples, means = self.executed(chain.samples), self.executed(means)
         return torch.stack([gaussian_log_prob(samples[:, k + 1], means[:, k], stds[k], reduction) for k in range(len(stds))], dim=1)
 
     def executed(self, x: Tensor) -> Tensor:

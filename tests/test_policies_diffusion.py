@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -193,21 +194,18 @@ def test_unexecuted_actions_do_not_enter_the_chain_log_prob() -> None:
 
 
 def test_mean_log_prob_reduction_averages_the_same_densities_and_damps_ratios() -> None:
-    from dataclasses import replace
-
     torch.manual_seed(0)
     policy = tiny_policy(RGB, "unet", 8, action_dim=3, n_action_steps=4).eval()
     cond = policy.encode(batch(RGB, 4))
     chain = policy.sample_chain(cond, generator=torch.Generator().manual_seed(0))
-    policy.config = replace(policy.config, log_prob_reduction="mean")
-    mean_lp = policy.chain_log_prob(cond, chain)
+    averaged = policy.chain_sampler(log_prob_reduction="mean")
+    mean_lp = policy.chain_log_prob(cond, replace(chain, sampler=averaged))
     torch.testing.assert_close(mean_lp, chain.log_probs / (4 * 3))  # same densities, averaged over 4 executed x 3 dims
-    again = policy.sample_chain(cond, generator=torch.Generator().manual_seed(0))
+    again = policy.sample_chain(cond, generator=torch.Generator().manual_seed(0), sampler=averaged)
     torch.testing.assert_close(again.log_probs, mean_lp)  # sampling and re-scoring agree
     with torch.no_grad():
         next(policy.denoiser.parameters()).add_(0.05)
-    moved_mean = (policy.chain_log_prob(cond, chain) - mean_lp).abs()
-    policy.config = replace(policy.config, log_prob_reduction="sum")
+    moved_mean = (policy.chain_log_prob(cond, again) - mean_lp).abs()
     moved_sum = (policy.chain_log_prob(cond, chain) - chain.log_probs).abs()
     torch.testing.assert_close(moved_mean, moved_sum / 12)  # the log-ratio shrinks by the number of dims
     with pytest.raises(ValueError, match="log_prob_reduction"):
@@ -229,6 +227,25 @@ def test_step_stds_are_clipped_and_used_for_the_noise() -> None:
         assert std == stds[k]
         empirical = (chain.samples[:, k + 1] - mean).std()
         assert abs(empirical / stds[k] - 1) < 0.1  # 2000 draws: ~1.6% standard error
+
+
+def test_rl_s_floored_sampler_is_an_argument_that_leaves_the_policy_alone() -> None:
+    """RL draws chains with every step's std floored at 0.1 and mean log-probs; the policy's config (what a
+    checkpoint saves and deployment samples with) never changes, and a chain is re-scored under its own sampler."""
+    torch.manual_seed(0)
+    policy = tiny_policy(STATE_ONLY, "unet", 8, n_action_steps=4).eval()
+    before = policy.config
+    floored = policy.chain_sampler(0.1, "mean")
+    assert (floored.sigma_min, floored.log_prob_reduction) == (0.1, "mean") and policy.chain_sampler().sigma_min == before.sigma_min
+    assert (policy.denoising_stds(sampler=floored) >= 0.1).all() and policy.denoising_stds().min() < 0.1
+    cond = policy.encode(batch(STATE_ONLY, 500))
+    chain = policy.sample_chain(cond, generator=torch.Generator().manual_seed(0), sampler=floored)
+    assert policy.config is before and chain.sampler == floored
+    assert torch.equal(policy.chain_log_prob(cond, chain), chain.log_probs)  # scored under the sampler that drew it
+    own = policy.chain_log_prob(cond, replace(chain, sampler=None))  # the same samples under the policy's own, sharper steps
+    assert not torch.allclose(own, chain.log_probs)
+    last = policy.executed(chain.samples[:, -1] - policy.chain_moments(cond, chain)[0][:, -1])
+    assert abs(float(last.std()) / 0.1 - 1) < 0.1  # the last step's noise is the floor's, not the policy's 0.007
 
 
 def test_compute_loss_gradients_reach_every_encoder() -> None:

@@ -48,7 +48,7 @@ from workflow.latent import LatentTransitions, encode_store
 from workflow.paired import pick_beyond_noise, sign_test_p, wins_losses
 from workflow.ope import GateConfig, GateDecision, gate, horizon_warning
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
-from workflow.ppo import StepSchedule, chain_ppo_loss, denoiser_parameters, fine_tuning_sampler, normalize_advantages, per_state_centred
+from workflow.ppo import StepSchedule, chain_ppo_loss, denoiser_parameters, normalize_advantages, per_state_centred
 from workflow.rollout import EvalReport, evaluate
 from workflow.run import RunDir, check_finite_loss, progress, resolve_device, seed_everything
 
@@ -95,7 +95,7 @@ class OfflineConfig:
     grad_clip: float = 0.5
     """Gradient-norm clip of the PPO updates."""
     min_std: float = 0.1
-    """Floor on each denoising step's std for the chains PPO samples and scores (``workflow.ppo.fine_tuning_sampler``)."""
+    """Floor on each denoising step's std for the chains PPO samples and scores (``DiffusionPolicy.chain_sampler``)."""
     log_prob_reduction: Literal["sum", "mean"] = "sum"
     """Chain log-probs over chunk and action dims while fine-tuning: ``sum`` (exact) or ``mean`` (DPPO's, a far less sharp ratio)."""
     gate_every: int = 50
@@ -420,10 +420,10 @@ def ppo_round(
     on_accept: Callable[[int, DiffusionPolicy], None] | None = None,
 ) -> tuple[DiffusionPolicy, list[GateDecision]]:
     """PPO updates of a candidate copy; the gate decides which weights become the reference.
-    ``on_accept(update, policy)`` sees each accepted candidate (with its own sampler settings).
+    ``on_accept(update, policy)`` sees each accepted candidate.
     Under torchrun each rank takes its rows of every batch and rank 0's gate decision holds for all."""
     ddp = ddp or Distributed()
-    own_config = fine_tuning_sampler(reference, config.min_std, config.log_prob_reduction)
+    sampler = reference.chain_sampler(config.min_std, config.log_prob_reduction)  # the chains PPO samples and scores
     anchor = reference  # the round's start: accepting a candidate rebinds ``reference``, never changes this one
     candidate = copy.deepcopy(reference).requires_grad_(False)
     params = denoiser_parameters(candidate)
@@ -442,7 +442,7 @@ def ppo_round(
         idx = torch.randint(0, len(data), (min(config.ppo_batch, len(data)),), generator=gen).to(device)
         idx = idx.repeat_interleave(config.chains_per_state)  # (B * n,): each state's chains side by side
         cond = data.features[idx]
-        chain = reference.sample_chain(cond, generator=gen)
+        chain = reference.sample_chain(cond, generator=gen, sampler=sampler)
         with torch.no_grad():
             executed = chain.actions[:, :ta].flatten(1)
             raw_advantages = critics.advantage(cond, executed)  # (B * n,)
@@ -474,16 +474,13 @@ def ppo_round(
             if decision.accepted:  # the candidate becomes the reference chains are sampled from
                 reference = copy.deepcopy(candidate).requires_grad_(False)
                 if on_accept is not None:
-                    reference.config = own_config
                     on_accept(update, reference)
-                    reference.config = candidate.config
             else:  # never keep a rejected update: restart from the reference
                 candidate.load_state_dict(reference.state_dict())
                 optimizer = torch.optim.Adam(params, lr=config.actor_lr)
         run.metrics.log(metrics, update, round=m)
         bar.update(1)
     bar.close()
-    reference.config = own_config  # the accepted policy keeps its own sampler settings
     return reference.eval(), decisions
 
 
@@ -491,9 +488,7 @@ def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: 
     """Run the accepted policy in sim and append its episodes to the merged store (under
     torchrun each rank runs its share of the episodes; rank 0 appends them all)."""
     ddp = ddp or Distributed()
-    controller = DiffusionController.load(policy_path, device=config.device, seed=config.seed + m, deterministic=config.rollout_std is None)
-    if config.rollout_std is not None:
-        fine_tuning_sampler(controller.model, config.rollout_std, controller.model.config.log_prob_reduction)
+    controller = DiffusionController.load(policy_path, device=config.device, seed=config.seed + m, deterministic=config.rollout_std is None, min_std=config.rollout_std)
     store = ZarrEpisodeStore.open(store_path, mode="a" if ddp.is_main else "r")
     features = {k: f for k, f in store.features.items() if k.startswith("observation.")}
     if not ddp.is_main:

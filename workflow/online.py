@@ -22,7 +22,6 @@ summation order). Rank 0 writes the run directory and distils the one-step head.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ from workflow.episode import Episode, PolicyActor
 from workflow.paired import best_challenger, pick_beyond_noise, wins_losses
 from workflow.latent import encode_store
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, episode_noise_seed, policy_dir, save_policy
-from workflow.ppo import StepSchedule, chain_ppo_loss, denoiser_parameters, fine_tuning_sampler, normalize_advantages
+from workflow.ppo import StepSchedule, chain_ppo_loss, denoiser_parameters, normalize_advantages
 from workflow.rollout import episode_features, evaluate
 from workflow.run import RunDir, check_finite_loss, progress, resolve_device, seed_everything
 
@@ -103,7 +102,7 @@ class OnlineConfig:
     """Checkpoint of offline critics (``round-M/critics``) whose V warm-starts the value function."""
     critic: CriticConfig = field(default_factory=CriticConfig)
     min_std: float = 0.1
-    """Floor on each denoising step's std while fine-tuning (``workflow.ppo.fine_tuning_sampler``)."""
+    """Floor on each denoising step's std while fine-tuning (``DiffusionPolicy.chain_sampler``)."""
     log_prob_reduction: Literal["sum", "mean"] = "sum"
     """Chain log-probs over chunk and action dims while fine-tuning: ``sum`` (exact) or ``mean`` (DPPO's, a far less sharp ratio)."""
     distill_steps: int = 50
@@ -209,7 +208,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     seed_everything(config.seed)
     ckpt = load_checkpoint(policy_dir(config.policy), kind=KIND)
     model, head = build_from_checkpoint(ckpt, device=str(device))
-    own_config = fine_tuning_sampler(model, config.min_std, config.log_prob_reduction)
+    sampler = model.chain_sampler(config.min_std, config.log_prob_reduction)  # the chain RL explores with and scores
     model.requires_grad_(False)
     actor_params = denoiser_parameters(model)
     for p in actor_params:
@@ -222,7 +221,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     value_opt = torch.optim.Adam(value.parameters(), lr=config.value_lr)
     head = head if head is not None else (ConsistencyHead.from_policy(model) if config.distill_steps else None)
     head_opt = make_head_optimizer(head, config.distill_lr) if head is not None else None
-    controller = DiffusionController(model, ckpt.normalizer, deterministic=False, learning=True, seed=config.seed, device=str(device))
+    controller = DiffusionController(model, ckpt.normalizer, deterministic=False, learning=True, chain_sampler=sampler, seed=config.seed, device=str(device))
 
     robot, task = make_sim_for(config.task, controller.input_features)
     store = ZarrEpisodeStore.open_or_create(run.path / "rollouts.zarr", episode_features(robot)) if ddp.is_main else None
@@ -301,7 +300,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
                 it,
             )  # fmt: skip
             if ddp.is_main:
-                save_policy(run.snapshot_dir(it), _with_config(model, own_config), ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "iteration": it})
+                save_policy(run.snapshot_dir(it), model, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "iteration": it})
             bar.update(1)
             bar.set_postfix(success=f"{successes[-1]:.2f}")
         bar.close()
@@ -311,12 +310,12 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
 
         # 5. hand on the best of the start and the scored snapshots (deterministic, as deployed)
         selected, selection = "last", ()
-        final = _with_config(model, own_config)
+        final = model
         done = config.distill_steps * config.iterations  # distillation steps the handed-on head has had
         if config.select_episodes:
             selected, selection, path = select_policy(robot, task, config, run, ddp)
             if selected == "start":
-                final = _with_config(build_from_checkpoint(ckpt, device=str(device))[0], own_config)
+                final = build_from_checkpoint(ckpt, device=str(device))[0]
                 head, done = (ConsistencyHead.from_policy(final), 0) if head is not None else (None, 0)
             else:
                 final, head = build_from_checkpoint(load_checkpoint(path, kind=KIND), device=str(device))
@@ -486,14 +485,7 @@ def _features(path: str | Path, model, normalizer, device) -> torch.Tensor:
         return encode_store(store, model, normalizer, gamma=1.0, device=device).features
 
 
-def _with_config(model, config):
-    """The model as saved: its own sampler settings, not the fine-tuning std floor."""
-    saved = copy.copy(model)
-    saved.config = config
-    return saved
-
-
 def _stack_chains(chains: list):
     from policies.diffusion import Chain
 
-    return Chain(torch.cat([c.samples for c in chains]), torch.cat([c.log_probs for c in chains]), chains[0].timesteps)
+    return Chain(torch.cat([c.samples for c in chains]), torch.cat([c.log_probs for c in chains]), chains[0].timesteps, chains[0].sampler)

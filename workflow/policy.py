@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from policies.consistency import ConsistencyHead
-from policies.diffusion import MEAN_ETA, Chain, DiffusionPolicy, DiffusionPolicyConfig
+from policies.diffusion import MEAN_ETA, Chain, ChainSampler, DiffusionPolicy, DiffusionPolicyConfig
 from robot.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_module_state, save_checkpoint
 from robot.normalize import Normalizer
 from robot.protocols import PolicyStep
@@ -50,8 +50,8 @@ class DiffusionController:
     ``ddim``'s 83.0% and ``ddpm-mean``'s 71.5% on the same 200 seeds; 4 of 7 ``ddpm-mean`` failures in 30 episodes
     stood still, the pusher under 3 cm in its last 30 steps, where the noise keeps it moving; docs/RESULTS.md); ``"consistency"`` the one-step head (when the checkpoint has
     one); None, the policy's own deterministic sampler (``DiffusionPolicyConfig.deterministic_sampler``).
-    ``deterministic=False`` samples the stochastic chain with any K-step sampler (data collection
-    with exploration); ``learning=True`` with it hands each chunk's chain and log-probs to the caller
+    ``deterministic=False`` samples the stochastic chain (``chain_sampler``, the policy's own by default) with
+    any K-step sampler (data collection with exploration); ``learning=True`` with it hands each chunk's chain and log-probs to the caller
     (``PolicyStep.decision``, for online RL). Which sampler deploys a policy best differs from policy to policy: compare
     them on the same seeds with ``robot eval --sampler ddim,ddpm-mean,ddpm``.
     """
@@ -68,6 +68,7 @@ class DiffusionController:
         device: str = "cpu",
         meta: Mapping[str, Any] | None = None,
         learning: bool = False,
+        chain_sampler: ChainSampler | None = None,
     ):
         sampler = model.config.deterministic_sampler if sampler is None else sampler
         if sampler not in SAMPLERS:
@@ -91,6 +92,8 @@ class DiffusionController:
         """Set to have chunk starts' steps carry their denoising chain (x_K .. x_0, normalised; DDIM-family samplers)."""
         self.learning = learning and not self.deterministic
         """Stochastic chains with log-probs, handed out as each chunk start's ``PolicyStep.decision`` (online RL)."""
+        self.chain_sampler = chain_sampler or model.chain_sampler()
+        """How the stochastic chain is drawn (RL floors its std, ``DiffusionPolicy.chain_sampler``)."""
 
     # ------------------------------------------------------------- contract
     @property
@@ -130,7 +133,7 @@ class DiffusionController:
     def sample_decision(self) -> "ChainDecision":
         """The stochastic chain for the current history, with each denoising step's log-prob (online RL)."""
         cond = self.condition()
-        return ChainDecision(cond, self.model.sample_chain(cond, generator=self.generator))
+        return ChainDecision(cond, self.model.sample_chain(cond, generator=self.generator, sampler=self.chain_sampler))
 
     # -------------------------------------------------------------- helpers
     def push_observation(self, observation: Mapping[str, np.ndarray]) -> None:
@@ -187,7 +190,7 @@ class DiffusionController:
         else:
             trajectory: list[torch.Tensor] | None = [] if self.keep_chain else None
             normalized = self.model.sample(cond, deterministic=self.deterministic, generator=self.generator, trajectory=trajectory,
-                                           mean_eta=MEAN_ETA.get(self.sampler))  # fmt: skip
+                                           mean_eta=MEAN_ETA.get(self.sampler), sampler=self.chain_sampler)  # fmt: skip
             if trajectory:
                 chain = torch.stack([x[0] for x in trajectory]).cpu().numpy()
         return self.unnormalize_actions(normalized[0]), chain
@@ -199,12 +202,15 @@ class DiffusionController:
 
     # ---------------------------------------------------------- persistence
     @staticmethod
-    def load(path: str | Path, *, sampler: str | None = None, device: str = "cpu", deterministic: bool = True, seed: int = 0) -> "DiffusionController":
+    def load(path: str | Path, *, sampler: str | None = None, device: str = "cpu", deterministic: bool = True, seed: int = 0,
+             min_std: float | None = None) -> "DiffusionController":
+        """The policy at ``path``; ``min_std`` floors its stochastic chain's std (exploring rollouts)."""
         ckpt = load_checkpoint(policy_dir(path), kind=KIND)
         model, head = build_from_checkpoint(ckpt, device=device)
         if ckpt.normalizer is None:
             raise CheckpointError(f"{path}: the checkpoint has no normaliser statistics")
-        return DiffusionController(model, ckpt.normalizer, consistency=head, sampler=sampler, deterministic=deterministic, seed=seed, device=device, meta=ckpt.extra)
+        return DiffusionController(model, ckpt.normalizer, consistency=head, sampler=sampler, deterministic=deterministic, seed=seed, device=device, meta=ckpt.extra,
+                                   chain_sampler=model.chain_sampler(min_std) if min_std is not None else None)  # fmt: skip
 
 
 def episode_noise_seed(seed: int, episode_seed: int) -> int:

@@ -9,11 +9,11 @@ current weights and the weights that sampled the chain (DPPO, RL-100).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
-from policies.diffusion import Chain, DiffusionPolicy, DiffusionPolicyConfig
+from policies.diffusion import Chain, DiffusionPolicy
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def chain_ppo_loss(
     loss = -surrogate.mean()
     anchor_kl = None
     if anchor_means is not None:
-        kl = step_kl(policy.executed(moments[0]), policy.executed(anchor_means), moments[1], policy.config.log_prob_reduction).mean()
+        kl = step_kl(policy.executed(moments[0]), policy.executed(anchor_means), moments[1], (chain.sampler or policy.chain_sampler()).log_prob_reduction).mean()
         loss = loss + anchor_coef * kl
         anchor_kl = float(kl.detach())
     with torch.no_grad():
@@ -126,18 +126,3 @@ def chain_ppo_loss(
 def denoiser_parameters(policy: DiffusionPolicy) -> list[torch.nn.Parameter]:
     """The parameters RL updates: the denoiser's; the observation encoder stays frozen."""
     return list(policy.denoiser.parameters())
-
-
-def fine_tuning_sampler(policy: DiffusionPolicy, min_std: float, log_prob_reduction: str) -> DiffusionPolicyConfig:
-    """Set the stochastic sampler RL fine-tunes with: every denoising step's std floored at
-    ``min_std`` (DPPO uses 0.1), chain log-probs reduced over dimensions by ``log_prob_reduction``
-    (``"sum"``, exact; ``"mean"``, DPPO's far less sharp ratios).
-
-    At the policy's own floor (~0.007) the last steps' log-probs are so sharp that a tiny
-    change of the mean sends the per-step PPO ratio out of the clip range. Only stochastic
-    sampling and log-probs change; deterministic (deployment) sampling does not use the std.
-    Returns the config before the change, to restore before the policy is saved.
-    """
-    cfg = policy.config
-    policy.config = replace(cfg, sigma_min=max(cfg.sigma_min, min_std), sigma_max=max(cfg.sigma_max, min_std), log_prob_reduction=log_prob_reduction)
-    return cfg

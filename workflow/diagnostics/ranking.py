@@ -37,7 +37,6 @@ from workflow.diagnostics.fqe import rank_agreement
 from workflow.envs import make_sim_for
 from workflow.episode import Episode, PolicyActor
 from workflow.policy import DiffusionController
-from workflow.ppo import fine_tuning_sampler
 
 RANKING_SEED = 700_000  # first sim seed of the checked episodes (apart from evaluation, rollout and selection seeds)
 TIED = 1e-6  # returns closer than this are the same outcome
@@ -156,7 +155,7 @@ def check_critic_ranking(config: RankingConfig, *, log: Callable[[str], None] = 
             f"{config.policy} has features of width {model.cond_dim} and executes {ta} x {model.action_dim}: "
             "use the critics of the offline round this policy comes from"
         )
-    fine_tuning_sampler(model, config.min_std, model.config.log_prob_reduction)  # candidates: the chain offline PPO samples
+    sampler = model.chain_sampler(config.min_std)  # candidates: the chain offline PPO samples
     gamma = critics.config.gamma
     robot, task = make_sim_for(config.task, controller.input_features)
     controller.check_robot(robot.name, robot.observation_features, robot.action_features)
@@ -170,7 +169,7 @@ def check_critic_ranking(config: RankingConfig, *, log: Callable[[str], None] = 
             decision = int(rng.integers(0, (len(actions) + ta - 1) // ta))
             cond = _replay(robot, task, controller, seed, actions[: decision * ta], observations[decision * ta])
             conds = cond.repeat(config.chunks, 1)
-            candidates = model.sample_chain(conds, generator=gen).actions  # (M, H, Da) normalised
+            candidates = model.sample_chain(conds, generator=gen, sampler=sampler).actions  # (M, H, Da) normalised
             with torch.no_grad():
                 q = critics.target_q.min_q(conds, candidates[:, :ta].flatten(1))
             returns, successes = [], []
