@@ -109,6 +109,12 @@ class _Checker:
 
     def features(self) -> None:
         robot = self.robot
+        missing = [attr for attr in SAFETY_API if not hasattr(robot, attr)]
+        self.expect(
+            "features",
+            not missing,
+            f"no safety layer ({', '.join(missing)} missing); wrap the arm in hardware.safety.SafeRobot",
+        )
         self.expect(
             "features",
             isinstance(robot, Robot),
@@ -131,12 +137,6 @@ class _Checker:
             "features",
             action is not None and len(action.shape) == 1,
             f"needs a vector {ACTION!r} feature, got {act_features!r}",
-        )
-        missing = [attr for attr in SAFETY_API if not hasattr(robot, attr)]
-        self.expect(
-            "features",
-            not missing,
-            f"no safety layer ({', '.join(missing)} missing); wrap the arm in hardware.safety.SafeRobot",
         )
         self.act_features, self.action = act_features, action
         step = np.asarray(self.safe.limits.max_step, dtype=np.float64)

@@ -33,7 +33,7 @@ import numpy as np
 
 from hardware.arm import ActionLayout, Arm, ArmLimits, ArmState, action_feature
 from robot.protocols import Observation
-from robot.types import TIMESTAMP, Feature
+from robot.types import TIMESTAMP, Feature, SafetyCounters  # noqa: F401  (SafetyCounters: re-exported, its old home)
 
 _MAX_DIRECTIONS = 3  # remembered pushing directions per joint
 
@@ -87,30 +87,6 @@ class SafetyConfig:
             raise ValueError(
                 f"SafetyConfig: watchdog_timeout_s must be positive or None, got {self.watchdog_timeout_s}",
             )
-
-
-@dataclass
-class SafetyCounters:
-    """How often each intervention fired since construction or the last :meth:`reset`."""
-
-    nonfinite: int = 0
-    step_clipped: int = 0
-    workspace_clipped: int = 0
-    joint_limited: int = 0
-    velocity_limited: int = 0
-    watchdog_holds: int = 0
-    estop_holds: int = 0
-
-    def reset(self) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, 0)
-
-    def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-    @property
-    def total(self) -> int:
-        return sum(self.as_dict().values())
 
 
 class SafeRobot:

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
-from robot.types import EpisodeMeta, Feature
+from robot.types import EpisodeMeta, Feature, SafetyCounters
 
 Observation = dict[str, np.ndarray]
 
@@ -28,7 +28,10 @@ class Robot(Protocol):
 
     ``observation_features`` and ``action_features`` are readable before
     :meth:`connect`. :meth:`send_action` returns the action really applied
-    (after clamping by the safety layer), never the one asked for.
+    (after clamping by the safety layer), never the one asked for. The safety
+    layer's controls are part of the contract: :meth:`hold`, the latched e-stop
+    and the per-guard :attr:`counters` (``hardware.safety.SafeRobot`` provides
+    them for every backend, ``hardware.remote.RemoteRobot`` over the network).
     """
 
     name: str
@@ -53,6 +56,24 @@ class Robot(Protocol):
     def get_observation(self) -> Observation: ...
 
     def send_action(self, action: np.ndarray) -> np.ndarray: ...
+
+    def hold(self) -> np.ndarray:
+        """Keep the current pose for one control period; returns the hold action (what a step records)."""
+        ...
+
+    def estop(self) -> None:
+        """Latch the e-stop: hold now, and every later command holds until :meth:`clear_estop`."""
+        ...
+
+    def clear_estop(self) -> None: ...
+
+    @property
+    def is_estopped(self) -> bool: ...
+
+    @property
+    def counters(self) -> SafetyCounters:
+        """How often each guard of the safety layer fired."""
+        ...
 
     def __enter__(self) -> "Robot": ...
 

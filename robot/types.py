@@ -8,7 +8,7 @@ describe what they produce or need, so a mismatch can be named precisely.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 import numpy as np
@@ -152,3 +152,27 @@ class EpisodeMeta:
             device=str(d.get("device", "")),
             extra=dict(d.get("extra", {})),
         )
+
+
+@dataclass
+class SafetyCounters:
+    """How often each intervention fired since construction or the last :meth:`reset`."""
+
+    nonfinite: int = 0
+    step_clipped: int = 0
+    workspace_clipped: int = 0
+    joint_limited: int = 0
+    velocity_limited: int = 0
+    watchdog_holds: int = 0
+    estop_holds: int = 0
+
+    def reset(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @property
+    def total(self) -> int:
+        return sum(self.as_dict().values())

@@ -207,7 +207,7 @@ def deploy(
                 view.close()
             if device is not None:
                 device.close()
-        counters = robot.counters.as_dict() if hasattr(robot, "counters") else {}
+        counters = robot.counters.as_dict()
     return DeployReport(
         robot=robot.name, hz=hz, episodes=episodes, rate=loop.stats(), inference_ms=policy.inference_ms,
         action_age_ticks=policy.plan_ages, stale_dropped=queue.stale_dropped, chunks_dropped=queue.chunks_dropped,
@@ -248,7 +248,7 @@ class _DeployActor:
         self.planner.discard()
 
     def act(self, t: int, obs: Observation) -> Act | Ending:
-        if _estopped(self.robot):
+        if self.robot.is_estopped:
             return Ending("e-stop", False, "estop")
         if self.nonfinite >= NONFINITE_PATIENCE:
             print(f"episode ended: the policy's last {self.nonfinite} actions were NaN or inf (each held by the safety layer); "
@@ -306,10 +306,6 @@ class _DeployActor:
         self.plan_ages.append(t - plan.planned_at)
         if self.loop.period > 0:
             self.latency_ticks = 0.8 * self.latency_ticks + 0.2 * (plan.inference_s / self.loop.period)
-
-
-def _estopped(robot: Robot) -> bool:
-    return bool(getattr(robot, "is_estopped", False))
 
 
 def _open_robot(spec: str, controller: DiffusionController) -> tuple[Any, Task | None]:

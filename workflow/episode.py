@@ -34,7 +34,7 @@ class Act:
     """One tick's decision by whoever drives."""
 
     action: np.ndarray | None
-    """The action to send; None holds the robot where it is."""
+    """The action to send; None holds the robot where it is (``Robot.hold``)."""
     intervention: bool = False
     """The operator (or the safety layer, for a non-finite action) decided this step, not the policy."""
     policy: PolicyStep | None = None
@@ -181,7 +181,7 @@ class Episode:
             if isinstance(act, Ending):
                 self.ending = act
                 break
-            applied = robot.send_action(act.action) if act.action is not None else _hold(robot)
+            applied = robot.send_action(act.action) if act.action is not None else robot.hold()
             if self.pace is not None:
                 self.pace()
             next_obs = robot.get_observation()
@@ -212,12 +212,3 @@ class Episode:
         if self.frames is not None:
             self.frames.add(step)
         self.last = step
-
-
-def _hold(robot: Robot) -> np.ndarray:
-    """Keep the arm where it is: the safety layer's hold, or a zero action (a delta controller's stillness)."""
-    hold = getattr(robot, "hold", None)
-    if hold is not None:
-        return hold()
-    return robot.send_action(np.zeros(robot.action_features[ACTION].shape, np.float32))
-

@@ -299,8 +299,8 @@ def _record_episode(
 ) -> _Take:
     """The fixed-rate loop of one episode: poll, send, sleep to the period, observe, score."""
     frames = _Frames(list(robot.observation_features))
-    counters = getattr(robot, "counters", None)
-    before = Counter(counters.as_dict()) if counters is not None else Counter()
+    counters = robot.counters
+    before = Counter(counters.as_dict())
     start, ticks_before = time.monotonic(), rate.ticks
     if view is not None:
         view.episode_start(progress)
@@ -323,9 +323,9 @@ def _record_episode(
                 end = "limit"
                 break
         if status.due():
-            interventions = sum((Counter(counters.as_dict()) - before).values()) if counters is not None else 0
+            interventions = sum((Counter(counters.as_dict()) - before).values())
             status.update(f"episode {progress}  {time.monotonic() - start:5.1f} s  step {len(frames)}/{max_steps}  {_rate_text(rate)}  safety {interventions}")
-    after = Counter(counters.as_dict()) if counters is not None else Counter()
+    after = Counter(counters.as_dict())
     return _Take(frames, end, rate.stats(last=rate.ticks - ticks_before), after - before)
 
 

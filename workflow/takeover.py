@@ -71,7 +71,7 @@ class Takeover:
         command = self.device.poll(observation)
         events = command.events
         if TeleopEvent.ESTOP in events:
-            if self.robot is not None and hasattr(self.robot, "estop"):
+            if self.robot is not None:
                 self.robot.estop()
             return Ending("e-stop", False, "estop")
         if events & {TeleopEvent.SUCCESS, TeleopEvent.FAILURE, TeleopEvent.QUIT}:

@@ -47,7 +47,8 @@ from hardware.remote.connection import (
     RemoteUnavailable,
 )
 from hardware.remote.protocol import ProtocolError, from_wire, untag_nonfinite
-from hardware.safety import SafetyCounters, SafetyConfig
+from hardware.safety import SafetyConfig
+from robot.types import SafetyCounters
 from robot.protocols import Observation
 from robot.types import TIMESTAMP, Feature, features_from_dict
 
