@@ -13,7 +13,7 @@ from hardware.teleop import TeleopCommand, TeleopEvent
 from robot.types import ACTION, DONE, INTERVENTION, SUCCESS
 from workflow.episode import Act, Ending, Episode, PolicyActor
 from workflow.imitation import ImitationConfig, train_imitation
-from workflow.online import Decisions, collect_episode
+from workflow.online_collect import Decisions, collect_episode
 from workflow.policy import DiffusionController
 from workflow.takeover import NOT_STARTED, Takeover
 

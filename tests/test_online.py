@@ -14,7 +14,8 @@ from robot.metrics import read_metrics
 from robot.store import ZarrEpisodeStore
 from workflow.distill import DistillConfig, distill, distill_targets, make_head_optimizer, train_distill
 from workflow.imitation import ImitationConfig, train_imitation
-from workflow.online import OnlineConfig, gae, train_online
+from workflow.online import OnlineConfig, train_online
+from workflow.online_update import gae
 from workflow.policy import DiffusionController
 from tests.test_imitation import TINY, record_demos
 from tests.test_policies_diffusion import STATE_ONLY, batch, tiny_policy
@@ -149,7 +150,7 @@ def test_distill_refuses_bad_settings():
 
 
 def test_the_adaptive_learning_rate_follows_the_target_kl():
-    from workflow.online import adapt_lr
+    from workflow.online_update import adapt_lr
 
     cfg = OnlineConfig(policy="p", out="o", actor_lr=1e-5, target_kl=0.01, adaptive_lr=True)
     assert adapt_lr(1e-5, 0.05, cfg) == pytest.approx(1e-5 / 1.5)  # far over: slower

@@ -1,16 +1,19 @@
 """Stage 3: online RL. PPO over denoising chains on live rollouts, with the one-step head tracking it.
 
-Each iteration reads top to bottom:
+Each iteration reads top to bottom (``train_online``):
 
-1. roll out the stochastic policy: at each chunk decision store the frozen-encoder
-   features, the sampled denoising chain and its per-step log-probs, then execute
-   ``Ta`` actions and sum their discounted reward;
+1. roll out the stochastic policy on the episode engine (:mod:`workflow.online_collect`): at each chunk
+   decision the frozen-encoder features, the sampled denoising chain and its per-step log-probs, then
+   the chunk's ``Ta`` actions and their discounted reward; every episode is appended to the run's store
+   as ``online-rollout``;
 2. GAE over chunk decisions (discount gamma^n for an n-step chunk, lambda 0.95),
-   bootstrapping time-limit ends from V and not success ends;
+   bootstrapping time-limit ends from V and not success ends (:mod:`workflow.online_update`);
 3. a few epochs of the clipped objective over the denoising steps (one normalised
    advantage per decision shared by its K steps) and of the value regression;
-4. a few consistency-distillation steps on this iteration's states;
-5. every episode is appended to the run's store as ``online-rollout``.
+4. a few consistency-distillation steps on this iteration's states.
+
+At the end the stage hands on the start or a snapshot, whichever the paired selection episodes
+say (``hand_on``), and distils its one-step head.
 
 Under ``torchrun`` every rank rolls out its share of each iteration's episodes in its
 own sim (parallel rollout workers), the decisions are gathered on every rank, and the
@@ -29,25 +32,24 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from policies.consistency import ConsistencyHead
-from policies.critics import CriticConfig, ValueNet
+from policies.critics import CriticConfig
 from policies.diffusion import LOG_PROB_REDUCTIONS
-from robot.checkpoint import load_checkpoint, load_module_state
-from robot.protocols import Robot, Task
+from robot.checkpoint import load_checkpoint
 from robot.store import ZarrEpisodeStore
 from robot.types import EpisodeMeta
 from workflow.distill import distill, make_head_optimizer
 from workflow.distributed import Distributed, init_distributed
 from workflow.envs import make_sim_for
-from workflow.episode import Episode, PolicyActor
-from workflow.paired import best_challenger, pick_beyond_noise, wins_losses
 from workflow.latent import encode_store
-from workflow.policy import KIND, DiffusionController, build_from_checkpoint, episode_noise_seed, policy_dir, save_policy
-from workflow.ppo import StepSchedule, chain_ppo_loss, denoiser_parameters, normalize_advantages
+from workflow.online_collect import Decisions, collect_episodes
+from workflow.online_update import OnlineLearner
+from workflow.paired import best_challenger, pick_beyond_noise, wins_losses
+from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
+from workflow.ppo import StepSchedule
 from workflow.rollout import episode_features, evaluate
-from workflow.run import RunDir, check_finite_loss, progress, resolve_device, seed_everything
+from workflow.run import RunDir, progress, resolve_device, seed_everything
 
 SELECTION_SEED = 500_000  # first sim seed of the selection episodes (apart from rollout and evaluation seeds)
 
@@ -179,28 +181,6 @@ class OnlineReport:
     selection: tuple[tuple[str, float, float], ...] = ()  # (candidate, deterministic success, return) on the selection seeds
 
 
-@dataclass
-class Decisions:
-    """One iteration's chunk decisions, in time order, episodes concatenated."""
-
-    cond: list[torch.Tensor] = field(default_factory=list)  # (1, Dc) each
-    chains: list = field(default_factory=list)  # policies.diffusion.Chain of batch 1
-    rewards: list[float] = field(default_factory=list)  # discounted chunk reward
-    discounts: list[float] = field(default_factory=list)  # gamma^n
-    terminal: list[bool] = field(default_factory=list)  # success inside the chunk
-    last: list[bool] = field(default_factory=list)  # last decision of its episode
-    next_cond: list[torch.Tensor] = field(default_factory=list)  # (1, Dc) after the chunk
-
-    @staticmethod
-    def concat(parts: list["Decisions"]) -> "Decisions":
-        """Episodes' decisions one after the other."""
-        out = Decisions()
-        for part in parts:
-            for name in out.__dataclass_fields__:
-                getattr(out, name).extend(getattr(part, name))
-        return out
-
-
 def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineReport:
     started = time.perf_counter()
     ddp, device = init_distributed(resolve_device(config.device))  # torchrun: one rollout worker and learner per rank
@@ -208,24 +188,13 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     seed_everything(config.seed)
     ckpt = load_checkpoint(policy_dir(config.policy), kind=KIND)
     model, head = build_from_checkpoint(ckpt, device=str(device))
-    sampler = model.chain_sampler(config.min_std, config.log_prob_reduction)  # the chain RL explores with and scores
-    model.requires_grad_(False)
-    actor_params = denoiser_parameters(model)
-    for p in actor_params:
-        p.requires_grad_(True)
-    actor_opt = torch.optim.Adam(actor_params, lr=config.actor_lr)
-    value = ValueNet(model.cond_dim, config.critic).to(device)
-    if config.value_from:
-        critics = load_checkpoint(config.value_from, kind="iql-critics")
-        load_module_state(value, {k[2:]: v for k, v in critics.modules["critics"].items() if k.startswith("v.")}, what=config.value_from)
-    value_opt = torch.optim.Adam(value.parameters(), lr=config.value_lr)
+    learner = OnlineLearner(model, config, ddp, device)
     head = head if head is not None else (ConsistencyHead.from_policy(model) if config.distill_steps else None)
     head_opt = make_head_optimizer(head, config.distill_lr) if head is not None else None
-    controller = DiffusionController(model, ckpt.normalizer, deterministic=False, learning=True, chain_sampler=sampler, seed=config.seed, device=str(device))
+    controller = DiffusionController(model, ckpt.normalizer, deterministic=False, learning=True, chain_sampler=learner.sampler, seed=config.seed, device=str(device))
 
     robot, task = make_sim_for(config.task, controller.input_features)
     store = ZarrEpisodeStore.open_or_create(run.path / "rollouts.zarr", episode_features(robot)) if ddp.is_main else None
-    gen = torch.Generator(device="cpu").manual_seed(config.seed)  # minibatch order: the same on every rank
     distill_gen = torch.Generator(device="cpu").manual_seed(config.seed + 1)  # rank 0 only
     successes: list[float] = []
     first_seed = ddp.broadcast(config.seed * 1_000_003 + (store.num_episodes if store is not None else 0))
@@ -235,70 +204,22 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
             # 1. collect: each rank its share of the episodes, then everyone has all decisions in episode order
             model.eval()
             seeds = [first_seed + it * config.episodes_per_iteration + i for i in range(config.episodes_per_iteration)]
-            episodes = collect_episodes(robot, task, controller, [seeds[i] for i in ddp.shard(len(seeds))], config, ddp)
-            decisions = Decisions.concat([d for _, _, _, d in episodes])
+            episodes = collect_episodes(robot, task, controller, [seeds[i] for i in ddp.shard(len(seeds))], config.gamma, ddp)
             if store is not None:
                 for seed, frames, success, _ in episodes:
                     store.append_episode(frames, EpisodeMeta(task=task.name, robot=robot.name, fps=task.fps, success=success, source="online-rollout", seed=seed))
             successes.append(float(np.mean([success for _, _, success, _ in episodes])))
+            batch = Decisions.concat([d for _, _, _, d in episodes]).batch(device)
 
-            # 2. advantages, 3. PPO + value epochs
-            cond = torch.cat(decisions.cond)
-            next_cond = torch.cat(decisions.next_cond)
-            chains = _stack_chains(decisions.chains)
-            rewards = torch.tensor(decisions.rewards, device=device)
-            discounts = torch.tensor(decisions.discounts, device=device)
-            terminal = torch.tensor(decisions.terminal, device=device, dtype=torch.float32)
-            last = torch.tensor(decisions.last, device=device)
-            if it == 0:
-                for _ in range(config.value_warmup_epochs):
-                    with torch.no_grad():
-                        adv, returns = gae(value, cond, next_cond, rewards, discounts, terminal, last, config.gae_lambda)
-                    _value_epoch(value, value_opt, cond, returns, config.minibatch, gen, ddp)
-            with torch.no_grad():
-                adv, returns = gae(value, cond, next_cond, rewards, discounts, terminal, last, config.gae_lambda)
-            stats, stopped, kls = {}, False, []
-            for epoch in range(config.epochs):
-                order = torch.randperm(len(cond), generator=gen)
-                for k, (minibatch, rows, weight) in enumerate(_minibatches(order, config.minibatch, ddp)):
-                    normalized = normalize_advantages(adv[minibatch])  # over the whole minibatch, as one process would
-                    idx = minibatch[rows].to(device)
-                    loss, s = chain_ppo_loss(model, cond[idx], chains[idx], normalized[rows], config.clip_eps, steps=config.step_schedule)
-                    kl = ddp.mean(s.approx_kl * weight)  # the minibatch's KL, the same on every rank: all stop at the same minibatch
-                    kls.append(kl)
-                    if kl > config.kl_stop * config.target_kl:  # the policy moved far enough from the one that sampled the chains
-                        stopped = True
-                        break
-                    actor_opt.zero_grad(set_to_none=True)
-                    (loss * weight).backward()
-                    ddp.average_gradients(actor_params)
-                    torch.nn.utils.clip_grad_norm_(actor_params, config.grad_clip)
-                    actor_opt.step()
-                    stats = {"charts/clip_fraction": ddp.mean(s.clip_fraction * weight), "charts/approx_kl": kl, "losses/ppo": ddp.mean(loss.item() * weight),
-                             "charts/ppo_epochs": epoch + k * config.minibatch / len(order)}  # fmt: skip
-                    check_finite_loss(stats["losses/ppo"], f"online RL iteration {it} PPO", epoch)
-                value_loss = _value_epoch(value, value_opt, cond, returns, config.minibatch, gen, ddp)
-                check_finite_loss(value_loss, f"online RL iteration {it} value function", epoch)
-                if stopped:
-                    break
-            if config.adaptive_lr and kls:
-                lr = adapt_lr(actor_opt.param_groups[0]["lr"], float(np.mean(kls)), config)
-                for group in actor_opt.param_groups:
-                    group["lr"] = lr
-                stats["charts/actor_lr"] = lr
+            # 2. advantages, 3. PPO and value epochs
+            stats = learner.update(batch, it)
 
             # 4. the one-step head follows the updated policy (only rank 0 saves it, so only rank 0 trains it)
             distill_loss = float("nan")
             if head is not None and ddp.is_main:
                 model.eval()
-                distill_loss = distill(model, head, head_opt, cond, config.distill_steps, distill_gen, reuse=config.distill_reuse)
-            with torch.no_grad():
-                explained = 1 - float(torch.var(returns - value(cond)) / (torch.var(returns) + 1e-8))
-            run.metrics.log(
-                {**stats, "charts/success": successes[-1], "losses/value": value_loss, "charts/value_explained_variance": explained,
-                 "losses/distill": distill_loss, "charts/decisions": len(cond)},
-                it,
-            )  # fmt: skip
+                distill_loss = distill(model, head, head_opt, batch.cond, config.distill_steps, distill_gen, reuse=config.distill_reuse)
+            run.metrics.log({**stats, "charts/success": successes[-1], "losses/distill": distill_loss}, it)
             if ddp.is_main:
                 save_policy(run.snapshot_dir(it), model, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "iteration": it})
             bar.update(1)
@@ -308,29 +229,8 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
             store.close()
         ddp.barrier()  # every snapshot is on disk before the selection loads them
 
-        # 5. hand on the best of the start and the scored snapshots (deterministic, as deployed)
-        selected, selection = "last", ()
-        final = model
-        done = config.distill_steps * config.iterations  # distillation steps the handed-on head has had
-        if config.select_episodes:
-            selected, selection, path = select_policy(robot, task, config, run, ddp)
-            if selected == "start":
-                final = build_from_checkpoint(ckpt, device=str(device))[0]
-                head, done = (ConsistencyHead.from_policy(final), 0) if head is not None else (None, 0)
-            else:
-                final, head = build_from_checkpoint(load_checkpoint(path, kind=KIND), device=str(device))
-                done = (int(selected.split()[1]) + 1) * config.distill_steps
-            decisive = next(rate for name, rate, _ in reversed(selection) if name in (selected, f"{selected} confirming"))
-            run.metrics.log({"charts/selected_success": decisive}, config.iterations)
-        if head is not None and ddp.is_main:  # the head of the policy handed on gets the whole distillation budget
-            total = config.distill_final_steps if config.distill_final_steps is not None else config.distill_steps * config.iterations
-            states, steps = cond, max(total - done, 0)
-            if config.distill_data:  # all of it again, on the store's states and every state this run's rollouts visited
-                states = torch.cat([_features(path, final, ckpt.normalizer, device) for path in (config.distill_data, run.path / "rollouts.zarr")])
-                steps = total
-            if steps:
-                loss = distill(final, head, make_head_optimizer(head, config.distill_lr), states, steps, distill_gen, reuse=config.distill_reuse)
-                run.metrics.log({"losses/distill_final": loss, "charts/distill_final_steps": steps, "charts/distill_final_states": len(states)}, config.iterations)
+        # 5. hand on the best of the start and the scored snapshots (deterministic, as deployed), its head distilled
+        final, head, selected, selection = hand_on(model, head, ckpt, batch.cond, robot, task, config, run, distill_gen, ddp, device)
     if ddp.is_main:
         save_policy(run.policy_dir, final, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "selected": selected})
     ddp.barrier()  # the other ranks return once the policy is on disk
@@ -348,6 +248,34 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     run.write_report(report)
     run.close()
     return report
+
+
+def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, run: RunDir, gen: torch.Generator, ddp: Distributed, device):
+    """The policy this stage hands on (the last iteration's, or the selection's pick: the start or a snapshot)
+    and its one-step head with the whole distillation budget: ``(policy, head, selected, selection)``."""
+    selected, selection = "last", ()
+    final = model
+    done = config.distill_steps * config.iterations  # distillation steps the handed-on head has had
+    if config.select_episodes:
+        selected, selection, path = select_policy(robot, task, config, run, ddp)
+        if selected == "start":
+            final = build_from_checkpoint(ckpt, device=str(device))[0]
+            head, done = (ConsistencyHead.from_policy(final), 0) if head is not None else (None, 0)
+        else:
+            final, head = build_from_checkpoint(load_checkpoint(path, kind=KIND), device=str(device))
+            done = (int(selected.split()[1]) + 1) * config.distill_steps
+        decisive = next(rate for name, rate, _ in reversed(selection) if name in (selected, f"{selected} confirming"))
+        run.metrics.log({"charts/selected_success": decisive}, config.iterations)
+    if head is not None and ddp.is_main:
+        total = config.distill_final_steps if config.distill_final_steps is not None else config.distill_steps * config.iterations
+        states, steps = last_states, max(total - done, 0)
+        if config.distill_data:  # all of it again, on the store's states and every state this run's rollouts visited
+            states = torch.cat([_features(path, final, ckpt.normalizer, device) for path in (config.distill_data, run.path / "rollouts.zarr")])
+            steps = total
+        if steps:
+            loss = distill(final, head, make_head_optimizer(head, config.distill_lr), states, steps, gen, reuse=config.distill_reuse)
+            run.metrics.log({"losses/distill_final": loss, "charts/distill_final_steps": steps, "charts/distill_final_states": len(states)}, config.iterations)
+    return final, head, selected, selection
 
 
 def select_policy(robot, task, config: OnlineConfig, run: RunDir, ddp: Distributed | None = None) -> tuple[str, tuple[tuple[str, float, float], ...], Path]:
@@ -382,110 +310,7 @@ def select_policy(robot, task, config: OnlineConfig, run: RunDir, ddp: Distribut
     return candidates[best][0], tuple(scored), candidates[best][1]
 
 
-def collect_episodes(
-    robot: Robot, task: Task, controller: DiffusionController, seeds: list[int], config: OnlineConfig, ddp: Distributed
-) -> list[tuple[int, dict[str, np.ndarray], bool, "Decisions"]]:
-    """This rank's episodes, then every rank's in seed order: ``(seed, frames, success, decisions)`` each.
-    Frames travel to rank 0 only (the one that stores them)."""
-    mine = []
-    for seed in seeds:
-        decisions = Decisions()  # the controller draws this episode's noise from (config.seed, seed) alone
-        frames, success = collect_episode(robot, task, controller, decisions, config.gamma, seed=seed)
-        mine.append((seed, frames, success, decisions))
-    if not ddp.enabled:
-        return mine
-    light = [(seed, {}, success, decisions) for seed, _, success, decisions in mine]
-    everyone = sorted((e for part in ddp.gather(light) for e in part), key=lambda e: e[0])
-    frames = ddp.gather_to_main({seed: f for seed, f, _, _ in mine})  # only rank 0 stores them
-    if frames is not None:
-        by_seed = {seed: f for part in frames for seed, f in part.items()}
-        everyone = [(seed, by_seed[seed], success, decisions) for seed, _, success, decisions in everyone]
-    return everyone
-
-
-@torch.no_grad()
-def collect_episode(
-    robot: Robot, task: Task, controller: DiffusionController, out: Decisions, gamma: float, *, seed: int
-) -> tuple[dict[str, np.ndarray], bool]:
-    """One stochastic episode on the episode engine; its chunk decisions go to ``out``, its frames are returned for the store.
-
-    A decision's reward is its chunk's discounted reward; its next features are those the next decision was
-    planned from (the last decision's: the history with the final observation added)."""
-    episode = Episode(robot, task, PolicyActor(controller), seed=seed)
-    reward, n = 0.0, 0
-    for step in episode:
-        if step.policy.chunk_started:
-            decision = step.policy.decision
-            if n:  # the previous chunk ends where this one was planned
-                _add_outcome(out, reward, gamma**n, terminal=False, last=False, next_cond=decision.cond)
-            out.cond.append(decision.cond)
-            out.chains.append(decision.chain)
-            reward, n = 0.0, 0
-        reward += gamma**n * step.reward
-        n += 1
-    _add_outcome(out, reward, gamma**n, terminal=episode.success, last=True, next_cond=controller.peek_condition(episode.last.next_observation))
-    return episode.frames.arrays(), episode.success
-
-
-def _add_outcome(out: Decisions, reward: float, discount: float, *, terminal: bool, last: bool, next_cond: torch.Tensor) -> None:
-    out.rewards.append(reward)
-    out.discounts.append(discount)
-    out.terminal.append(terminal)
-    out.last.append(last)
-    out.next_cond.append(next_cond)
-
-
-def adapt_lr(lr: float, kl: float, config: OnlineConfig) -> float:
-    """The actor's next learning rate from an iteration's mean minibatch KL (``OnlineConfig.adaptive_lr``)."""
-    if kl > 2 * config.target_kl:
-        lr /= 1.5
-    elif kl < 0.5 * config.target_kl:
-        lr *= 1.5
-    return float(np.clip(lr, 0.1 * config.actor_lr, 10 * config.actor_lr))
-
-
-def gae(value, cond, next_cond, rewards, discounts, terminal, last, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over chunk decisions; returns ``(advantages, returns)``."""
-    v = value(cond)
-    v_next = value(next_cond) * (1 - terminal)  # success: no future; time limit: bootstrap from V
-    deltas = rewards + discounts * v_next - v
-    adv = torch.zeros_like(deltas)
-    running = torch.zeros(())
-    for t in range(len(deltas) - 1, -1, -1):
-        running = deltas[t] + (0.0 if bool(last[t]) else float(discounts[t]) * lam) * running
-        adv[t] = running
-    return adv, adv + v
-
-
-def _minibatches(order: torch.Tensor, size: int, ddp: Distributed):
-    """``(minibatch, this rank's positions in it, loss weight)`` per minibatch of ``order``; a remainder
-    too small to give every rank a row is skipped (never, on one process)."""
-    for start in range(0, len(order), size):
-        minibatch = order[start : start + size]
-        if len(minibatch) >= ddp.world_size:
-            yield (minibatch, *ddp.rows(torch.arange(len(minibatch))))
-
-
-def _value_epoch(value, optimizer, cond, returns, minibatch: int, gen: torch.Generator, ddp: Distributed) -> float:
-    order = torch.randperm(len(cond), generator=gen)
-    loss = torch.zeros(())
-    for batch, rows, weight in _minibatches(order, minibatch, ddp):
-        idx = batch[rows].to(cond.device)
-        loss = F.mse_loss(value(cond[idx]), returns[idx])
-        optimizer.zero_grad(set_to_none=True)
-        (loss * weight).backward()
-        ddp.average_gradients(value.parameters())
-        optimizer.step()
-    return ddp.mean(float(loss.detach()))
-
-
 def _features(path: str | Path, model, normalizer, device) -> torch.Tensor:
     """Frozen-encoder features (N, Dc) of every step in the store at ``path``."""
     with ZarrEpisodeStore.open(path) as store:
         return encode_store(store, model, normalizer, gamma=1.0, device=device).features
-
-
-def _stack_chains(chains: list):
-    from policies.diffusion import Chain
-
-    return Chain(torch.cat([c.samples for c in chains]), torch.cat([c.log_probs for c in chains]), chains[0].timesteps, chains[0].sampler)
