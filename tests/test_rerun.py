@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from robot.metrics import JsonlMetrics
-from robot.rerun_log import LiveLogger, episode_blueprint, open_recording
+from robot.viewer import LiveLogger, episode_blueprint, open_recording
 from robot.store import ZarrEpisodeStore
 from robot.types import EpisodeMeta, Feature
 from workflow.view import view_store
@@ -210,7 +210,7 @@ def test_recorded_push_episodes_view_end_to_end(tmp_path):
 
 
 def test_importing_the_logger_does_not_import_rerun():
-    code = "import sys, robot.rerun_log, workflow.view; assert 'rerun' not in sys.modules, 'rerun imported'"
+    code = "import sys, robot.viewer, workflow.view; assert 'rerun' not in sys.modules, 'rerun imported'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
 
 
@@ -222,7 +222,7 @@ def test_open_recording_needs_a_destination(tmp_path):
 
 
 def test_metrics_rows_with_text_values_are_skipped(tmp_path):
-    from robot.rerun_log import log_metrics
+    from robot.viewer import log_metrics
 
     rec = open_recording("robot-train", save=tmp_path / "m.rrd", recording_id="m")
     logged = log_metrics(rec, [{"step": 0, "time": 1.0, "losses/q": 1.0, "note": "warmup"}, {"step": 1, "time": 2.0, "losses/q": float("nan")}])

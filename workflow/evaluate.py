@@ -70,7 +70,7 @@ class LiveEvalView:
     """``on_step`` callback logging each step, chunk boundaries and the executed chunk's denoising chain."""
 
     def __init__(self, controller: DiffusionController, robot, fps: float, *, spawn: bool, save: str | Path | None, critics: str | Path | None = None):
-        from robot.rerun_log import LiveLogger, episode_blueprint, open_recording
+        from robot.viewer import LiveLogger, episode_blueprint, open_recording
 
         features = episode_features(robot)
         self.recording = open_recording("robot-eval", spawn=spawn, save=Path(save) if save else None,

@@ -275,7 +275,7 @@ def _as_json(config: PipelineConfig) -> dict:
 def write_view(out: Path, stages: list[str], episodes_per_stage: int = 3) -> Path:
     """OUT/pipeline.rrd: each stage's training curves and its first evaluation episodes, one recording each."""
     from robot.metrics import read_metrics
-    from robot.rerun_log import RecordingSet, episode_blueprint, log_episode, log_metrics, metric_keys, metrics_blueprint
+    from robot.viewer import RecordingSet, episode_blueprint, log_episode, log_metrics, metric_keys, metrics_blueprint
     from robot.store import ZarrEpisodeStore
 
     path = out / "pipeline.rrd"

@@ -360,7 +360,7 @@ class _Status:
 
 
 class LiveView:
-    """Each recorded step streamed to a Rerun recording through :class:`robot.rerun_log.LiveLogger`.
+    """Each recorded step streamed to a Rerun recording through :class:`robot.viewer.LiveLogger`.
 
     Steps count on across episodes on the ``step`` timeline; each episode start is a
     line in the ``events`` log. The layout is ``robot view``'s, so a live session and
@@ -368,7 +368,7 @@ class LiveView:
     """
 
     def __init__(self, recording: Any, features: Mapping[str, Feature] | None = None, fps: float | None = None):
-        from robot.rerun_log import LiveLogger
+        from robot.viewer import LiveLogger
 
         self.recording = recording
         self.logger = LiveLogger(recording, features, fps=fps)
@@ -377,7 +377,7 @@ class LiveView:
     @classmethod
     def open(cls, application: str, features: Mapping[str, Feature] | None = None, fps: float | None = None) -> "LiveView":
         """Spawn a viewer, or with no display serve gRPC and say how to connect (e.g. over SSH)."""
-        from robot.rerun_log import episode_blueprint, open_recording
+        from robot.viewer import episode_blueprint, open_recording
 
         blueprint = episode_blueprint(features) if features else None
         return cls(open_recording(application, spawn=True, blueprint=blueprint), features, fps)

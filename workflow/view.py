@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robot.metrics import read_metrics
-from robot.rerun_log import RecordingSet, episode_blueprint, log_episode, log_metrics, metric_keys, metrics_blueprint, served_url
+from robot.viewer import RecordingSet, episode_blueprint, log_episode, log_metrics, metric_keys, metrics_blueprint, served_url
 from robot.store import ZarrEpisodeStore
 
 EPISODES_APP = "robot-view"

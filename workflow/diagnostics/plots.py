@@ -129,7 +129,7 @@ def log_to_rerun(stages: Sequence[StageData], verdicts: Sequence[Verdict], save:
     """Every stage's curves as one Rerun recording each in ``save`` (.rrd), the verdict as a document and events."""
     import rerun as rr
 
-    from robot.rerun_log import RecordingSet, log_metrics, metric_keys, metrics_blueprint
+    from robot.viewer import RecordingSet, log_metrics, metric_keys, metrics_blueprint
 
     with RecordingSet(save=Path(save)) as recordings:
         for data, verdict in zip(stages, verdicts):
