@@ -11,7 +11,7 @@ import torch
 from hardware.registry import make_sim
 from hardware.teleop import TeleopCommand, TeleopEvent
 from robot.types import ACTION, DONE, INTERVENTION, SUCCESS
-from workflow.episode import Act, Ending, Episode, PolicyActor
+from workflow.episode import IDLE, Act, Ending, Episode, PolicyActor
 from workflow.imitation import ImitationConfig, train_imitation
 from workflow.online_collect import Decisions, collect_episode
 from workflow.policy import DiffusionController
@@ -62,8 +62,8 @@ class Scripted:
         return None
 
     def act(self, t, observation):
-        tick = self.ticks[t]
-        return tick if isinstance(tick, Ending) else Act(tick)
+        tick = self.ticks.pop(0)
+        return tick if isinstance(tick, Ending) or tick is IDLE else Act(tick)
 
 
 def test_an_actor_s_ending_labels_the_last_frame_and_none_holds_the_robot():
@@ -167,3 +167,21 @@ def test_the_e_stop_key_latches_the_robot_and_quitting_before_the_start_runs_not
         quit_ = Episode(robot, task, Takeover(CountingPolicy(), ScriptDevice([TeleopCommand(None, frozenset({TeleopEvent.QUIT}))]), robot, wait_for_start=True), seed=0).run()
     assert estop.ending == Ending("e-stop", False, "estop") and estop.length == 0
     assert quit_.ending == Ending(NOT_STARTED, False, "quit") and quit_.length == 0
+
+
+def test_idle_ticks_take_no_step_and_an_operator_ending_can_defer_to_the_task():
+    """Recording: a tick without a key pressed sends nothing and records nothing; the episode runs on past the
+    task's success until the operator ends it, and an ending without a label takes the task's last check."""
+    robot, task = make_sim("push")
+    ticks = []
+    with robot:
+        episode = Episode(robot, task, Scripted([IDLE, np.array([0.5, 0.0], np.float32), IDLE, IDLE, None, Ending("keep", None)]), seed=0,
+                          pace=lambda: ticks.append(1), end_on_success=False).run()  # fmt: skip
+    assert episode.length == 2 and len(ticks) == 5  # every tick waits; only two of them acted
+    assert episode.ending == Ending("keep", False) and episode.frames.arrays()[DONE].tolist() == [False, True]
+    robot, task = make_sim("push")
+    expert = ExpertPolicy(task.scene)
+    with robot:
+        first = Episode(robot, task, PolicyActor(expert), seed=3).run()
+        longer = Episode(robot, task, PolicyActor(expert), seed=3, max_steps=first.length + 3, end_on_success=False).run()
+    assert longer.length == first.length + 3 and longer.ending == Ending("max-steps", longer.last.success)

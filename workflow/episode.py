@@ -41,13 +41,19 @@ class Act:
     """The policy's step when the policy acted."""
 
 
+IDLE = Act(None)
+"""A tick with nothing to do (an operator touching no key while recording): nothing is sent, no step is
+taken, the loop only waits for the next tick. Distinct from ``Act(None)`` by identity: that one holds."""
+
+
 @dataclass(frozen=True)
 class Ending:
     """Why an episode ended before success or its step limit, and how it is labelled."""
 
     label: str
     """task, max-steps, operator, e-stop, quit, non-finite actions, ..."""
-    success: bool
+    success: bool | None
+    """None: as the task scored the last step."""
     stop: str | None = None
     """estop or quit when the whole session stops after this episode."""
 
@@ -142,6 +148,8 @@ class Episode:
 
     ``task`` scores each step (None for a real arm without one: only an operator's label ends it well).
     ``pace`` runs between sending an action and observing its effect (a fixed-rate loop's sleep).
+    ``end_on_success=False`` leaves the ending to the actor (an operator recording a demonstration
+    decides when it is over).
     """
 
     def __init__(
@@ -154,12 +162,14 @@ class Episode:
         max_steps: int | None = None,
         pace: Callable[[], None] | None = None,
         keep_frames: bool = True,
+        end_on_success: bool = True,
     ):
         if max_steps is None and task is None:
             raise ValueError("an episode without a task needs max_steps")
         self.robot, self.task, self.actor, self.seed = robot, task, actor, seed
         self.max_steps = max_steps or task.max_steps
         self.pace = pace
+        self.end_on_success = end_on_success
         self.frames = EpisodeFrames(list(robot.observation_features)) if keep_frames else None
         self.ending: Ending | None = None
         self.ret, self.length = 0.0, 0
@@ -174,27 +184,32 @@ class Episode:
         robot, task = self.robot, self.task
         obs = robot.reset(self.seed)
         self.ending = self.actor.begin(self.seed, obs)
-        if self.ending is not None:
-            return
-        for t in range(self.max_steps):
+        t = 0
+        while self.ending is None and t < self.max_steps:
             act = self.actor.act(t, obs)
             if isinstance(act, Ending):
                 self.ending = act
                 break
+            if act is IDLE:
+                if self.pace is not None:
+                    self.pace()
+                continue
             applied = robot.send_action(act.action) if act.action is not None else robot.hold()
             if self.pace is not None:
                 self.pace()
             next_obs = robot.get_observation()
             outcome = task.evaluate(next_obs, applied) if task is not None else NO_TASK
-            step = Step(t, obs, np.asarray(applied, dtype=np.float32), outcome, outcome.success or t == self.max_steps - 1, act.intervention, act.policy, next_obs)
+            ends = outcome.success and self.end_on_success
+            step = Step(t, obs, np.asarray(applied, dtype=np.float32), outcome, ends or t == self.max_steps - 1, act.intervention, act.policy, next_obs)
             self._account(step)
             yield step
-            obs = next_obs
-            if outcome.success:
+            obs, t = next_obs, t + 1
+            if ends:
                 self.ending = Ending("task", True)
-                break
-        if self.ending is None:
-            self.ending = Ending("max-steps", False)
+        if self.ending is None:  # the step limit: success as the task scored the last step (it can hold, with end_on_success off)
+            self.ending = Ending("max-steps", None)
+        if self.ending.success is None:
+            self.ending = Ending(self.ending.label, bool(self.last is not None and self.last.success), self.ending.stop)
         if self.frames is not None:
             self.frames.finish(self.ending.success)
 

@@ -1,8 +1,8 @@
 """``robot record``: teleoperate, label, and write demonstrations to the episode store.
 
-One episode: the robot resets (sim: from the episode's seed), the device waits in
-the reset phase for START, then a fixed-rate loop polls the device, sends its
-action through the safety layer, observes, and asks the task for reward and
+One episode on the episode engine (:mod:`workflow.episode`): the robot resets (sim: from
+the episode's seed), the device waits in the reset phase for START, then a fixed-rate loop
+polls the device, sends its action through the safety layer, observes, and asks the task for reward and
 success, until the operator stops (keep, keep as success / failure, discard and
 redo), the episode reaches ``max_steps`` (kept, labelled by the task) or the
 operator quits. Each kept episode is committed atomically, so a crash or a kill
@@ -32,8 +32,9 @@ from hardware.teleop import DEVICES, TeleopDevice, TeleopEvent, make_device
 from robot.protocols import Observation, Robot, StepOutcome, Task
 from robot.report import format_table
 from robot.store import ZarrEpisodeStore
-from robot.types import ACTION, DONE, INTERVENTION, REWARD, SUCCESS, EpisodeMeta, Feature
+from robot.types import INTERVENTION, SUCCESS, EpisodeMeta, Feature
 from sim.scene import check_expert_style
+from workflow.episode import IDLE, Act, Ending, Episode, EpisodeFrames
 from workflow.rate import RateLoop, RateStats
 from workflow.rollout import episode_features
 
@@ -169,13 +170,9 @@ def record(config: RecordConfig, device: TeleopDevice | None = None, robot: Robo
         try:
             while kept < config.episodes:
                 seed = config.seed + store.num_episodes
-                observation = robot.reset(seed)
-                device.reset()
                 waiting = f"episode {kept + 1}/{config.episodes} (seed {seed}): reset done, waiting for start"
-                if not _wait_for_start(device, observation, idle, lambda: status.line(waiting)):
-                    quit_ = True
-                    break
-                take = _record_episode(robot, task, device, observation, rate, max_steps, status, view, f"{kept + 1}/{config.episodes}")
+                operator = _Operator(device, rate, idle, status, lambda: status.line(waiting), robot.counters, max_steps, f"{kept + 1}/{config.episodes}")
+                take = _record_episode(robot, task, operator, seed, rate, max_steps, view)
                 safety.update(take.safety)
                 if take.end == "quit":
                     quit_ = True
@@ -184,7 +181,7 @@ def record(config: RecordConfig, device: TeleopDevice | None = None, robot: Robo
                     discarded += 1
                     status.line(f"episode {kept + 1}/{config.episodes} discarded ({len(take.frames)} steps); redo")
                     continue
-                label = {"success": True, "failure": False}.get(take.end, take.frames.task_success)
+                label = take.success
                 held = take.rate.mean_hz
                 extra = {"end": take.end, "loop_hz": loop_hz, "held_hz": round(held, 2), "safety": dict(take.safety)}
                 if config.noise:  # scripted teleop made imperfect on purpose: the store says how much
@@ -255,78 +252,57 @@ def _end_of_episode(events: frozenset[TeleopEvent]) -> str | None:
     return None
 
 
-class _Frames:
-    """One episode's per-step values, stacked into arrays (time first) for the store."""
-
-    def __init__(self, observation_keys: list[str]):
-        self.keys = observation_keys
-        self.columns: dict[str, list[Any]] = {k: [] for k in [*observation_keys, ACTION, REWARD, SUCCESS]}
-
-    def __len__(self) -> int:
-        return len(self.columns[ACTION])
-
-    def add(self, observation: Observation, applied: np.ndarray, outcome: StepOutcome) -> None:
-        for key in self.keys:
-            self.columns[key].append(np.asarray(observation[key]))
-        self.columns[ACTION].append(np.asarray(applied))
-        self.columns[REWARD].append(outcome.reward)
-        self.columns[SUCCESS].append(outcome.success)
-
-    @property
-    def task_success(self) -> bool:
-        return bool(self.columns[SUCCESS][-1]) if len(self) else False
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        n = len(self)
-        out = {k: np.stack(v) for k, v in self.columns.items() if k not in (REWARD, SUCCESS)}
-        out[REWARD] = np.asarray(self.columns[REWARD], np.float32)
-        out[SUCCESS] = np.asarray(self.columns[SUCCESS], bool)
-        out[DONE] = np.arange(n) == n - 1
-        out[INTERVENTION] = np.zeros(n, bool)
-        return out
-
-
 @dataclass
 class _Take:
-    frames: _Frames
+    frames: EpisodeFrames
     end: str  # keep | success | failure | discard | quit | limit
+    success: bool  # the operator's label, else the task's check of the last step
     rate: RateStats
     safety: Counter[str]
 
 
-def _record_episode(
-    robot: Robot, task: Task, device: TeleopDevice, observation: Observation, rate: RateLoop, max_steps: int, status: "_Status", view: "LiveView | None", progress: str
-) -> _Take:
-    """The fixed-rate loop of one episode: poll, send, sleep to the period, observe, score."""
-    frames = _Frames(list(robot.observation_features))
-    counters = robot.counters
-    before = Counter(counters.as_dict())
-    start, ticks_before = time.monotonic(), rate.ticks
-    if view is not None:
-        view.episode_start(progress)
-    rate.restart()
-    while True:
-        command = device.poll(observation)
+class _Operator:
+    """The operator driving a recording, through the teleop device (``workflow.episode.Actor``): waits for
+    start, ends the episode on keep, success, failure, discard or quit, sends the device's action when it
+    has one and otherwise lets the tick pass (no key pressed: nothing is sent, nothing recorded)."""
+
+    def __init__(self, device: TeleopDevice, rate: RateLoop, idle: RateLoop, status: "_Status", announce: Callable[[], None], counters, max_steps: int, progress: str):
+        self.device, self.rate, self.idle, self.status, self.announce = device, rate, idle, status, announce
+        self.counters, self.max_steps, self.progress = counters, max_steps, progress
+        self.before: Counter[str] = Counter()
+        self.started = 0.0
+
+    def begin(self, seed: int, observation: Observation) -> Ending | None:
+        self.device.reset()
+        if not _wait_for_start(self.device, observation, self.idle, self.announce):
+            return Ending("quit", False, "quit")
+        self.before, self.started = Counter(self.counters.as_dict()), time.monotonic()
+        self.rate.restart()
+        return None
+
+    def act(self, t: int, observation: Observation) -> Act | Ending:
+        if self.status.due():
+            interventions = sum((Counter(self.counters.as_dict()) - self.before).values())
+            self.status.update(f"episode {self.progress}  {time.monotonic() - self.started:5.1f} s  step {t}/{self.max_steps}  {_rate_text(self.rate)}  safety {interventions}")
+        command = self.device.poll(observation)
         end = _end_of_episode(command.events)
         if end is not None:
-            break
-        applied = robot.send_action(command.action) if command.action is not None else None
-        rate.sleep()
-        if applied is not None:
-            following = robot.get_observation()
-            outcome = task.evaluate(following, applied)
-            frames.add(observation, applied, outcome)
-            if view is not None:
-                view.log(observation, applied, outcome)
-            observation = following
-            if len(frames) >= max_steps:
-                end = "limit"
-                break
-        if status.due():
-            interventions = sum((Counter(counters.as_dict()) - before).values())
-            status.update(f"episode {progress}  {time.monotonic() - start:5.1f} s  step {len(frames)}/{max_steps}  {_rate_text(rate)}  safety {interventions}")
-    after = Counter(counters.as_dict())
-    return _Take(frames, end, rate.stats(last=rate.ticks - ticks_before), after - before)
+            return Ending(end, {"success": True, "failure": False}.get(end), "quit" if end == "quit" else None)
+        return IDLE if command.action is None else Act(np.asarray(command.action))
+
+
+def _record_episode(robot: Robot, task: Task, operator: _Operator, seed: int, rate: RateLoop, max_steps: int, view: "LiveView | None") -> _Take:
+    """One episode on the episode engine at the recording's fixed rate: poll, send, sleep to the period, observe, score."""
+    ticks_before = rate.ticks
+    episode = Episode(robot, task, operator, seed=seed, max_steps=max_steps, pace=rate.sleep, end_on_success=False)
+    for step in episode:
+        if step.t == 0 and view is not None:
+            view.episode_start(operator.progress)
+        if view is not None:
+            view.log(step.observation, step.action, step.outcome)
+    end = {"max-steps": "limit"}.get(episode.ending.label, episode.ending.label)
+    after = Counter(robot.counters.as_dict())
+    return _Take(episode.frames, end, episode.success, rate.stats(last=rate.ticks - ticks_before), after - operator.before)
 
 
 def _rate_text(rate: RateLoop) -> str:
