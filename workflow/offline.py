@@ -16,9 +16,8 @@ Each round reads top to bottom:
    beyond noise (the OPE can be fooled);
 5. optionally retrain imitation on demonstrations + successful rollouts, warm-started from the kept
    policy, verified the same way against it (``retrain_steps``; the rounds as RL-100's data
-   flywheel). Measured here it has only lost: on push from 100 clean demonstrations it lowered
-   success from 62% to 56% (200 paired episodes, p = 0.11), from biased ones 75% to 40% on the
-   round's 20 episodes, so the pipeline's budgets leave it off.
+   flywheel). Measured here it has only lost (docs/RESULTS.md, session 15), so the pipeline's
+   budgets leave it off.
 """
 
 from __future__ import annotations
@@ -76,9 +75,9 @@ class OfflineConfig:
     chains_per_state: int = 1
     """Chains sampled per dataset state. 1 is RL-100's advantage min Q - V. With more, each chain's advantage is
     centred on its state's chains (min Q(s, a_i) - mean_j min Q(s, a_j)): what is left is the part that depends
-    on the action. On lift from five noisy demos only 9% of the variance of min Q - V over policy chains came from
-    the action (91% from the state: V, an upper expectile of the data's Q, is not the policy's mean Q), so with one
-    chain per state the update is mostly noise (``ppo/adv_action_share`` logs the share; docs/RESULTS.md)."""
+    on the action. With one chain per state most of min Q - V's variance comes from the state (V, an upper
+    expectile of the data's Q, is not the policy's mean Q), so the update is mostly noise; ``ppo/adv_action_share``
+    logs the action's share (measured in docs/RESULTS.md, session 9)."""
     actor_lr: float = 1e-5
     """Learning rate of the denoiser during PPO (RL-100: 1e-6 .. 1e-5)."""
     anchor_coef: float = 0.0
@@ -106,9 +105,8 @@ class OfflineConfig:
     rollout_std: float | None = None
     """None: rollouts with the deterministic sampler the policy deploys with. A float: the stochastic chain with
     each step's std floored there (``min_std`` is the chain PPO samples), so the critics see varied actions at the
-    states the policy visits. Deterministic rollouts show one action per state, and ``robot critic-ranking`` found
-    critics trained on them ranking a state's candidate chunks at chance on lift; on push from biased
-    demonstrations, critics fitted on 50 rollouts at 0.1 led the gated PPO step from 71.5% to 90.5% (docs/RESULTS.md)."""
+    states the policy visits. Deterministic rollouts show one action per state, so critics trained on them cannot
+    rank a state's candidate chunks (``robot critic-ranking``; measured in docs/RESULTS.md, sessions 11 and 15)."""
     retrain_steps: int = 0
     """Imitation steps on demonstrations + successful rollouts after each round, warm-started from the kept policy
     (RL-100's data flywheel); 0 keeps the round's policy as is. Off by default: measured here it has only lost."""
@@ -120,17 +118,16 @@ class OfflineConfig:
     verify_rollouts: bool = True
     """Run an accepted (then a retrained) policy and the policy it would replace on the same ``verify_episodes``
     seeds with the deterministic sampler they deploy with; the change is kept only when its paired wins there are
-    beyond noise (``verify_max_p``). AM-Q can be climbed where the critics and the latent model are wrong: on lift
-    from five noisy demos, gate-accepted policies raised AM-Q by 7-9% while sim success fell from 56% to 4-6%.
-    A tie keeps the policy before it. The episodes are not stored: they judge, the rollouts teach."""
+    beyond noise (``verify_max_p``). AM-Q can be climbed where the critics and the latent model are wrong, while
+    success in sim falls (docs/RESULTS.md, session 5). A tie keeps the policy before it. The episodes are not
+    stored: they judge, the rollouts teach."""
     verify_episodes: int = 50
-    """Deterministic episodes per verified policy, on seeds of their own (``verify_seed``). Fewer cannot tell
-    a real gain from noise: 20 scored a candidate 85% against 75% (3 won, 1 lost, p = 0.31) and refused it."""
+    """Deterministic episodes per verified policy, on seeds of their own (``verify_seed``). Fewer cannot tell a
+    real gain of ten points from noise (docs/RESULTS.md, session 15)."""
     verify_max_p: float = 0.25
     """One-sided sign-test p-value a change's wins over the policy it would replace must reach on the
     verification seeds (``workflow.paired.pick_beyond_noise``, as online RL selects). 1.0 keeps any change that
-    wins more episodes than it loses. On push the quick preset's round kept a retrained policy on a 13-13 tie of
-    20 episodes that then scored 70% against imitation's 83% on the evaluation seeds."""
+    wins more episodes than it loses, which lets noise through (docs/RESULTS.md, session 14)."""
     retrain_when_rejected: bool = True
     """Retrain on the merged data (demonstrations + every round's successful rollouts) even in a round whose gate
     accepted nothing, warm-started from the reference: the data flywheel. False: such a round hands on the

@@ -96,8 +96,8 @@ class OnlineConfig:
     """Multiple of ``target_kl`` at which an iteration's updates stop."""
     adaptive_lr: bool = False
     """Adapt the actor's learning rate to ``target_kl`` (within 0.1x..10x ``actor_lr``) instead of relying on the
-    stop alone: with a fixed rate and the stop at 1.5x, one Adam step spent about 60% of the budget on lift, so
-    an iteration stopped after 1-4 minibatches."""
+    stop alone: with a fixed rate one Adam step can spend most of the KL budget, and an iteration then stops after
+    a few minibatches (issue 25's review of the stages)."""
     value_warmup_epochs: int = 20
     """Value-only regression epochs on the first iteration (V must be sensible before it shapes advantages)."""
     value_from: str | None = None
@@ -113,16 +113,16 @@ class OnlineConfig:
     """Learning rate of the one-step head's distillation."""
     distill_final_steps: int | None = None
     """Distillation budget of the handed-on policy's head; None: ``distill_steps x iterations``. Its in-loop
-    steps count toward it, except with ``distill_data``, whose states it then gets all of it on. On push a head's success came within 2 points of its
-    teacher's after 1,200 steps at lr 3e-4, against 10 points short after 600 (200 episodes each)."""
+    steps count toward it, except with ``distill_data``, whose states it then gets all of it on. Too few steps leave
+    the head well short of its teacher (docs/RESULTS.md, session 6)."""
     distill_reuse: int = 4
     """Regression steps per batch of teacher targets (``workflow.distill.distill``)."""
     distill_data: str | None = None
     """Episode store (e.g. the demonstrations) whose states, with every state of this run's rollouts, the
     handed-on policy's one-step head is finally distilled on, for the whole budget; None: the last iteration's
-    states, for what its snapshot has not had. On push, demonstration states gave the head 73% vs 50% from the
-    last iteration's states (teacher 83%); on lift, demonstrations alone left it 5 points under its teacher
-    over 400 episodes, with the rollouts' states 0.5 (docs/RESULTS.md)."""
+    states, for what its snapshot has not had. The demonstrations' states and the rollouts' together cover what the
+    policy meets; either alone left the head short of its teacher (docs/RESULTS.md: the quick pipeline with gated RL
+    stages, and session 12)."""
     select_episodes: int = 16
     """Deterministic episodes scoring the starting policy and every ``select_every``-th snapshot at the end, on
     the same seeds; the best-scoring snapshot replaces the start only if it wins beyond the evaluation's noise
@@ -136,9 +136,9 @@ class OnlineConfig:
     confirm_episodes: int = 0
     """0: the selection episodes decide. Otherwise they only screen: when the best-scoring snapshot won more of
     them than it lost against the start, both run again on this many fresh seeds (right after the selection's)
-    and the sign test reads those alone, so neither the screen's luck nor a small sample decides. On push from
-    biased demonstrations 32 selection episodes kept the start (69%) over iteration 5 (75%), which over 200
-    paired episodes was 11 points better (82.5% vs 71.5%, p = 0.002; docs/RESULTS.md)."""
+    and the sign test reads those alone, so neither the screen's luck nor a small sample decides: 32 selection
+    episodes alone have kept a start over a snapshot that 200 paired episodes found better (docs/RESULTS.md,
+    session 14)."""
     seed: int = 0
     """Seed of the rollouts, the chains and every update."""
     device: str = "cpu"

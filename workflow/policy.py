@@ -40,20 +40,18 @@ class ChainDecision:
 
 
 class DiffusionController:
-    """``select_action(observation) -> action`` for one robot, one step at a time.
+    """``select_action(observation) -> PolicyStep`` for one robot, one step at a time.
 
-    ``sampler="ddim"`` runs the K-step deterministic DDIM chain; ``"ddpm-mean"`` the
-    K-step chain through the eta-1 steps' means, also deterministic (on the lift and push
-    policies measured it succeeded 9-35 points more often than DDIM, docs/RESULTS.md);
-    ``"ddpm"`` the K-step stochastic chain itself, each step's std clipped to the policy's
-    ``[sigma_min, sigma_max]`` (on push from biased demonstrations it succeeded 87.0% against
-    ``ddim``'s 83.0% and ``ddpm-mean``'s 71.5% on the same 200 seeds; 4 of 7 ``ddpm-mean`` failures in 30 episodes
-    stood still, the pusher under 3 cm in its last 30 steps, where the noise keeps it moving; docs/RESULTS.md); ``"consistency"`` the one-step head (when the checkpoint has
-    one); None, the policy's own deterministic sampler (``DiffusionPolicyConfig.deterministic_sampler``).
+    ``sampler="ddim"`` runs the K-step deterministic DDIM chain; ``"ddpm-mean"`` the K-step chain through
+    the eta-1 steps' means, also deterministic; ``"ddpm"`` the K-step stochastic chain itself, each step's
+    std clipped to the policy's ``[sigma_min, sigma_max]`` (its noise keeps a pusher moving where a
+    deterministic chain can stand still); ``"consistency"`` the one-step head (when the checkpoint has one);
+    None, the policy's own deterministic sampler (``DiffusionPolicyConfig.deterministic_sampler``).
     ``deterministic=False`` samples the stochastic chain (``chain_sampler``, the policy's own by default) with
-    any K-step sampler (data collection with exploration); ``learning=True`` with it hands each chunk's chain and log-probs to the caller
-    (``PolicyStep.decision``, for online RL). Which sampler deploys a policy best differs from policy to policy: compare
-    them on the same seeds with ``robot eval --sampler ddim,ddpm-mean,ddpm``.
+    any K-step sampler (data collection with exploration); ``learning=True`` with it hands each chunk's chain
+    and log-probs to the caller (``PolicyStep.decision``, for online RL). Which sampler deploys a policy best
+    differs from policy to policy (docs/RESULTS.md): compare them on the same seeds with
+    ``robot eval --sampler ddim,ddpm-mean,ddpm``.
     """
 
     def __init__(
