@@ -4,7 +4,7 @@ single environment and gymnasium AsyncVectorEnv, plus each scripted expert's suc
     python -m bench.sim [--tasks push,lift,lift-ur5e,can] [--steps 200] [--envs 2] [--expert-seeds 50]
 
 Single-env numbers step the safety-wrapped robot (``hardware.registry.make_sim``)
-with random in-limit actions; vectorised numbers step ``sim.gym.make_vector_env``.
+with random in-limit actions; vectorised numbers step ``hardware.gym.make_vector_env``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def single_rate(task: str, steps: int, cameras: tuple[str, ...] | None) -> float
 
 
 def vector_rate(task: str, steps: int, envs: int, cameras: tuple[str, ...] | None) -> float:
-    from sim.gym import make_vector_env
+    from hardware.gym import make_vector_env
 
     opts = {"cameras": cameras, "image_size": 84} if cameras else {}
     venv = make_vector_env(task, envs, **opts)

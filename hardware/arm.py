@@ -18,8 +18,7 @@ from typing import Literal, Mapping, Protocol, runtime_checkable
 import numpy as np
 
 from robot.protocols import Observation
-from robot.types import ACTION, Feature
-from sim.scene import ArmLimits, ArmState
+from robot.types import ACTION, ArmLimits, ArmState, Feature
 
 __all__ = ["ActionLayout", "Arm", "ArmLimits", "ArmState"]
 

@@ -24,9 +24,8 @@ import mujoco
 import numpy as np
 
 from robot.protocols import Observation
-from robot.types import ACTION, STATE, Feature
+from robot.types import ACTION, STATE, ArmLimits, ArmState, Feature
 from sim.cameras import CameraConfig, CameraRig
-from sim.scene import ArmLimits, ArmState
 
 if TYPE_CHECKING:
     from sim.push_expert import PushExpert

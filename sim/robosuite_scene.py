@@ -29,8 +29,8 @@ import mujoco
 import numpy as np
 
 from robot.protocols import Observation
-from robot.types import ACTION, STATE, Feature
-from sim.scene import ArmLimits, ArmState, ScriptedExpert
+from robot.types import ACTION, STATE, ArmLimits, ArmState, Feature
+from sim.scene import ScriptedExpert
 
 if TYPE_CHECKING:
     from sim.cameras import CameraConfig, CameraRig

@@ -14,47 +14,12 @@ Planar scenes use ``action[:2]`` = (dx, dy) in metres. Each scene's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
 from robot.protocols import Observation, StepOutcome
-from robot.types import Feature
-
-
-@dataclass(frozen=True)
-class ArmState:
-    """Kinematic state the safety layer checks (base frame, SI units)."""
-
-    ee_position: np.ndarray  # (3,) metres; planar scenes put z = fixed height
-    joint_positions: np.ndarray  # (J,) radians or metres
-    joint_velocities: np.ndarray  # (J,)
-
-
-@dataclass(frozen=True)
-class ArmLimits:
-    """Physical limits a scene (or a real arm's driver) declares for its safety layer.
-
-    ``workspace_low/high`` bound the end-effector position; ``max_step`` bounds
-    each action dimension per command (metres, radians, gripper units);
-    ``joint_low/high`` and ``max_joint_velocity`` are the arm's joint limits.
-    """
-
-    workspace_low: tuple[float, float, float]
-    workspace_high: tuple[float, float, float]
-    max_step: tuple[float, ...]
-    joint_low: tuple[float, ...]
-    joint_high: tuple[float, ...]
-    max_joint_velocity: tuple[float, ...]
-
-    def __post_init__(self) -> None:
-        if any(lo >= hi for lo, hi in zip(self.workspace_low, self.workspace_high)):
-            raise ValueError(f"workspace_low {self.workspace_low} must be below workspace_high {self.workspace_high}")
-        if len(self.joint_low) != len(self.joint_high) or len(self.joint_low) != len(self.max_joint_velocity):
-            raise ValueError("joint_low, joint_high and max_joint_velocity must have one entry per joint")
-        if any(s <= 0 for s in self.max_step):
-            raise ValueError(f"max_step entries must be positive, got {self.max_step}")
+from robot.types import ArmLimits, ArmState, Feature  # noqa: F401  (re-exported: scenes declare them)
 
 
 EXPERT_STYLES = ("iid", "hesitant", "biased", "mixed")

@@ -11,7 +11,7 @@ from gymnasium.utils.env_checker import check_env
 from hardware.mujoco import MujocoArm
 from hardware.safety import SafeRobot
 from robot.types import ACTION, STATE, Feature, image_key
-from sim.gym import RobotEnv, make_env, make_vector_env
+from hardware.gym import RobotEnv, make_env, make_vector_env
 from sim.registry import make_scene, task_names
 from sim.scene import SceneTask
 
