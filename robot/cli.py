@@ -18,32 +18,43 @@ from typer.core import TyperGroup
 
 from robot.cli_config import build, config_flags, generated_command
 
+COMMANDS: dict[str, Callable[[], Callable[..., None]]] = {}
+"""Top-level commands whose options are generated from a config dataclass (``robot.cli_config``)."""
+GENERATED: dict[str, Callable[[], Callable[..., None]]] = {}
+"""The same for ``robot train``. Both are built only when run or listed: their configs import torch, which
+``robot --help`` and the light commands should not wait for."""
+
+
+def _generated_group(commands: dict[str, Callable[[], Callable[..., None]]], *, alphabetical: bool) -> type[TyperGroup]:
+    """A command group that builds ``commands`` on first use; listed alphabetically with the others, or after them in
+    the order given (``robot train``: the recipe's order)."""
+
+    class Group(TyperGroup):
+        def list_commands(self, ctx) -> list[str]:
+            listed = super().list_commands(ctx)
+            lazy = [n for n in commands if n not in listed]
+            return sorted([*listed, *lazy]) if alphabetical else [*listed, *lazy]
+
+        def get_command(self, ctx, cmd_name: str):
+            if cmd_name in commands and cmd_name not in self.commands:
+                one = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+                one.command(cmd_name)(commands[cmd_name]())
+                self.commands[cmd_name] = typer.main.get_command(one)
+                self.commands[cmd_name].name = cmd_name
+            return super().get_command(ctx, cmd_name)
+
+    return Group
+
+
 app = typer.Typer(
     name="robot",
     help="Teleop -> diffusion policy -> OPE-gated offline RL -> online RL -> one-step head, in MuJoCo or on a real arm.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_generated_group(COMMANDS, alphabetical=True),
 )
-GENERATED: dict[str, Callable[[], Callable[..., None]]] = {}
-"""Commands whose options are generated from a config dataclass (``robot.cli_config``), built only when run or
-listed: their configs import torch, which ``robot --help`` and the light commands should not wait for."""
-
-
-class _GeneratedCommands(TyperGroup):
-    def list_commands(self, ctx) -> list[str]:
-        return [*super().list_commands(ctx), *(n for n in GENERATED if n not in self.commands)]
-
-    def get_command(self, ctx, cmd_name: str):
-        if cmd_name in GENERATED and cmd_name not in self.commands:
-            one = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
-            one.command(cmd_name)(GENERATED[cmd_name]())
-            self.commands[cmd_name] = typer.main.get_command(one)
-            self.commands[cmd_name].name = cmd_name
-        return super().get_command(ctx, cmd_name)
-
-
-train_app = typer.Typer(help="Run one training stage (resumable; writes a run directory).", no_args_is_help=True, cls=_GeneratedCommands)
+train_app = typer.Typer(help="Run one training stage (resumable; writes a run directory).", no_args_is_help=True, cls=_generated_group(GENERATED, alphabetical=False))
 app.add_typer(train_app, name="train")
 
 
@@ -266,27 +277,20 @@ GENERATED["online"] = lambda: generated_command(_online_flags(), _train_online, 
     "Every OnlineConfig field is a flag. Under `torchrun --nproc_per_node N` each process rolls out its share of the episodes in its own sim."))
 
 
-@app.command()
-def pipeline(
-    task: str = typer.Option("push", help="Simulated task."),
-    out: Path = typer.Option(Path("runs/pipeline"), help="Pipeline directory (a rerun resumes finished stages)."),
-    budget: str = typer.Option("quick", help="quick (the main job: about 30 min on one CPU core for push), ci (the slow tests': quick with a token online stage), full, or smoke (every stage in about a minute; learns nothing)."),
-    policy: str = typer.Option("chunk", help="Policy preset: chunk or single."),
-    sampler: str = typer.Option("ddpm-mean", help="The policy's deterministic K-step sampler, evaluated and distilled at every stage: ddim or ddpm-mean."),
-    cameras: str = typer.Option("", help="Comma-separated sim cameras the policy sees (e.g. top); none = state."),
-    demos: Optional[int] = typer.Option(None, help="Scripted demonstrations to record (default: the budget's; 100 quick, 200 full)."),
-    demo_noise: Optional[float] = typer.Option(None, help="Action noise of the scripted demonstrations (default: the budget's, 0)."),
-    demo_style: str = typer.Option("iid", help="Operator style of the scripted demonstrations: iid | hesitant | biased | mixed (see robot record --style); --demo-noise adds on top."),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("cpu", "--torch-device", "--device", help="Torch device: cpu, cuda or cuda:N."),
-    view: bool = typer.Option(False, "--view", help="Also write OUT/pipeline.rrd: every stage's curves and evaluation episodes."),
-) -> None:
-    """The whole recipe end to end in sim, with gates, a per-stage table and a report."""
+def _pipeline_flags():
+    from workflow.pipeline import PipelineConfig
+
+    return config_flags(PipelineConfig)
+
+
+def _run_pipeline(values: dict) -> None:
     from workflow.pipeline import PipelineConfig, run_pipeline
 
-    cfg = _run_or_fail(PipelineConfig, task=task, out=str(out), budget=budget, policy=policy, sampler=sampler, cameras=tuple(c for c in cameras.split(",") if c),
-                       demos=demos, demo_noise=demo_noise, demo_style=demo_style, seed=seed, device=device, view=view)  # fmt: skip
-    _run_or_fail(run_pipeline, cfg)
+    _run_or_fail(run_pipeline, _run_or_fail(build, PipelineConfig, _pipeline_flags(), values))
+
+
+COMMANDS["pipeline"] = lambda: generated_command(_pipeline_flags(), _run_pipeline, doc=(
+    "The whole recipe end to end in sim, with gates, a per-stage table and a report.\n\nEvery PipelineConfig field is a flag."))
 
 
 @app.command()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 import typer.main
 
-from robot.cli import GENERATED, app
+from robot.cli import COMMANDS, GENERATED, app
 from robot.cli_config import build, config_flags
 
 
@@ -70,19 +70,20 @@ def _leaf_paths(cls, prefix=()):
             yield "--" + "-".join((*prefix, f.name)).replace("_", "-")
 
 
-@pytest.mark.parametrize("command, config", [("imitation", "workflow.imitation:ImitationConfig"), ("offline", "workflow.offline:OfflineConfig"),
-                                             ("online", "workflow.online:OnlineConfig"), ("distill", "workflow.distill:DistillConfig")])  # fmt: skip
+@pytest.mark.parametrize("command, config", [("train imitation", "workflow.imitation:ImitationConfig"), ("train offline", "workflow.offline:OfflineConfig"),
+                                             ("train online", "workflow.online:OnlineConfig"), ("train distill", "workflow.distill:DistillConfig"),
+                                             ("pipeline", "workflow.pipeline:PipelineConfig")])  # fmt: skip
 def test_every_config_field_is_a_flag_of_its_command_with_help(command, config):
     import importlib
 
     module, name = config.split(":")
     cls = getattr(importlib.import_module(module), name)
-    group = typer.main.get_command(app)
-    train = group.get_command(None, "train")
-    cmd = train.get_command(None, command)
+    cmd = typer.main.get_command(app)
+    for word in command.split():
+        cmd = cmd.get_command(None, word)
     options = {o: p for p in cmd.params for o in p.opts}
     missing = [path for path in _leaf_paths(cls) if path not in options]
     assert not missing, f"{command}: fields without a flag: {missing}"
     undocumented = [path for path in _leaf_paths(cls) if not options[path].help or options[path].help.startswith("(default")]
     assert not undocumented, f"{command}: flags without help: {undocumented}"
-    assert set(GENERATED) >= {"imitation", "offline", "online", "distill"}
+    assert set(GENERATED) >= {"imitation", "offline", "online", "distill"} and "pipeline" in COMMANDS

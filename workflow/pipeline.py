@@ -104,8 +104,12 @@ BUDGETS = {
 @dataclass(frozen=True)
 class PipelineConfig:
     task: str = "push"
+    """Simulated task: push, lift, lift-ur5e or can."""
     out: str = "runs/pipeline"
+    """Pipeline directory: one run directory per stage (a rerun resumes finished stages)."""
     budget: str = "quick"
+    """quick (the main job), ci (the slow tests': quick with a token online stage), full, or smoke (every stage in
+    about a minute; learns nothing)."""
     policy: str = "chunk"
     """Policy preset: chunk (U-Net over 8 actions, 4 executed) or single."""
     sampler: str = "ddpm-mean"
@@ -120,7 +124,9 @@ class PipelineConfig:
     """Operator style of the scripted teleop (``sim.scene.EXPERT_STYLES``): iid (noise only), hesitant, biased or
     mixed, systematic flaws that leave RL a better action to find; ``demo_noise`` adds on top."""
     seed: int = 0
+    """Seed of the demonstrations, every stage's training and its evaluation episodes."""
     device: str = "cpu"
+    """Torch device: cpu, cuda or cuda:N."""
     view: bool = False
     """Keep every stage's evaluation episodes and write OUT/pipeline.rrd: curves and episodes per stage."""
 
