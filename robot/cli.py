@@ -118,40 +118,30 @@ def info(
         typer.echo(f"check: every frame of the {s.num_episodes} episodes reads back, and all of it is finite")
 
 
-@app.command()
-def record(
-    task: str = typer.Option("push", help="Task in sim.registry (push, lift, lift-ur5e, can): reward, success check, scripted expert."),
-    robot: Optional[str] = typer.Option(None, help="Robot spec (hardware.registry); default sim:<task>."),
-    device: str = typer.Option("keyboard", "--teleop", "--device", help="Teleop device: keyboard (terminal, works over SSH) | spacemouse | gamepad | scripted (the task's expert, headless)."),
-    episodes: int = typer.Option(20, min=1, help="Episodes to keep; discarded ones are redone and do not count."),
-    out: Optional[Path] = typer.Option(None, help="Episode store directory; default data/<task>.zarr."),
-    fps: Optional[float] = typer.Option(None, min=0, help="Loop rate in Hz; default the task's rate for human devices, 0 (as fast as the sim steps) for scripted."),
-    noise: float = typer.Option(0.0, min=0, max=1, help="Scripted expert imperfection in [0, 1] (scripted device only)."),
-    style: str = typer.Option("iid", help="Scripted expert's operator style (scripted device only): iid (noise only) | hesitant (pauses, slow approach) | biased (systematic offset) | mixed (a better and a worse strategy per episode); --noise adds on top."),
-    operator: str = typer.Option("", help="Who records (stored in each episode's metadata)."),
-    seed: int = typer.Option(0, help="Episode i of the store resets the sim from seed + i; also seeds the expert."),
-    resume: bool = typer.Option(False, "--resume", help="Append to an existing store (same features); without it an existing store is an error."),
-    view: bool = typer.Option(False, "--view", help="Stream the recording to a live Rerun viewer."),
-    max_steps: Optional[int] = typer.Option(None, min=1, help="Stop and keep an episode after this many steps; default the task's limit."),
-    cameras: str = typer.Option("", help="Comma-separated sim cameras to record (push: top, front); none by default."),
-    image_size: int = typer.Option(84, min=16, help="Camera image side, pixels."),
-    pointcloud: bool = typer.Option(False, "--pointcloud", help="Also record observation.pointcloud from the depth camera."),
-) -> None:
-    """Teleoperate (keyboard, SpaceMouse, gamepad or the scripted expert), label success, write episodes."""
+TELEOP = {("device",): "--teleop"}
+"""record and deploy: their ``device`` is the operator's teleop device (no torch device here to confuse it with)."""
+
+
+def _record_flags():
+    from workflow.record import RecordConfig
+
+    return config_flags(RecordConfig, renamed=TELEOP)
+
+
+def _record(values: dict) -> None:
     from hardware.teleop import DeviceUnavailable
     from robot.store import StoreError
     from workflow.record import RecordConfig, record as run_record
 
     try:
-        config = RecordConfig(
-            task=task, robot=robot, device=device, episodes=episodes, out=out, fps=fps, noise=noise, style=style,
-            operator=operator, seed=seed, resume=resume, view=view, max_steps=max_steps,
-            cameras=tuple(c for c in cameras.split(",") if c), image_size=image_size, pointcloud=pointcloud,
-        )  # fmt: skip
-        report = run_record(config)
+        report = run_record(build(RecordConfig, _record_flags(), values))
     except (ValueError, StoreError, DeviceUnavailable) as e:
         _fail(str(e))
     typer.echo(report.summary())
+
+
+COMMANDS["record"] = lambda: generated_command(_record_flags(), _record, doc=(
+    "Teleoperate (keyboard, SpaceMouse, gamepad or the scripted expert), label success, write episodes.\n\nEvery RecordConfig field is a flag."))
 
 
 @app.command()
@@ -374,31 +364,18 @@ def evaluate(
     ))
 
 
-@app.command()
-def deploy(
-    policy: Path = typer.Option(..., help="Run directory or policy checkpoint."),
-    robot: Optional[str] = typer.Option(None, help="sim:push, ur5e:IP, franka:IP, xarm:IP, ur5e:standin:push, remote:HOST:PORT; default sim:<the policy's task>."),
-    episodes: int = typer.Option(10),
-    hz: Optional[float] = typer.Option(None, help="Control rate; default the rate the policy was trained at; 0 = unthrottled (sim only)."),
-    max_steps: Optional[int] = typer.Option(None, help="Ticks per episode; default the task's limit (real arms 600)."),
-    sampler: Optional[str] = typer.Option(None, help="ddim (K-step), ddpm-mean (K-step through the stochastic chain's means), ddpm (the stochastic chain) or consistency (one step); default: the policy's own K-step sampler."),
-    chunks: str = typer.Option("receding", help="receding (execute n_action_steps, re-plan) or ensemble (temporal ensembling)."),
-    inference: str = typer.Option("auto", help="inline, background (a thread plans while the loop runs), or auto (background when a plan takes over half a period)."),
-    device: Optional[str] = typer.Option(None, "--teleop", "--device", help="Operator device: keyboard (e/esc e-stop, t takeover, y/n label, q quit), gamepad, spacemouse."),
-    out: Optional[Path] = typer.Option(None, help="Store for the deployed episodes; default data/deploy-<task>.zarr."),
-    seed: int = typer.Option(0, help="Episode i resets the sim from seed + i."),
-    torch_device: str = typer.Option("cpu", help="Where the policy runs: cpu, cuda, mps."),
-    view: bool = typer.Option(False, "--view", help="Stream steps, chunk starts and denoising chains to a live Rerun viewer."),
-    rrd: Optional[Path] = typer.Option(None, help="Write the same view to this .rrd file."),
-) -> None:
-    """The on-robot runner: fixed-rate loop, chunk queue with latency compensation, safety layer, e-stop, records what it does."""
-    from workflow.deploy import DeployConfig, deploy as run_deploy
+def _deploy_flags():
+    from workflow.deploy import DeployConfig
 
-    config = _run_or_fail(DeployConfig, policy=policy, robot=robot, episodes=episodes, hz=hz, max_steps=max_steps, sampler=sampler, chunks=chunks,
-                          inference=inference, device=device, out=out, seed=seed, torch_device=torch_device, view=view, rrd=rrd)  # fmt: skip
+    return config_flags(DeployConfig, renamed=TELEOP)
+
+
+def _deploy(values: dict) -> None:
     from hardware.drivers.contract import ArmFaultError
     from hardware.teleop import DeviceUnavailable
+    from workflow.deploy import DeployConfig, deploy as run_deploy
 
+    config = _run_or_fail(build, DeployConfig, _deploy_flags(), values)
     try:  # an unreachable or faulted arm, a dead server or a missing device: one line, not a traceback
         report = _run_or_fail(run_deploy, config)
     except (ConnectionError, ArmFaultError, DeviceUnavailable) as e:
@@ -407,6 +384,11 @@ def deploy(
     typer.echo(f"episodes stored in {report.store} (source = deployment)")
     if report.stopped_by == "estop":
         _fail("stopped by the e-stop; it stays latched on the robot until cleared there")
+
+
+COMMANDS["deploy"] = lambda: generated_command(_deploy_flags(), _deploy, doc=(
+    "The on-robot runner: fixed-rate loop, chunk queue with latency compensation, safety layer, e-stop, records what it does.\n\n"
+    "Every DeployConfig field is a flag."))
 
 
 @app.command()

@@ -20,6 +20,7 @@ import textwrap
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import typer
@@ -44,10 +45,12 @@ class Flag:
     panel: str
     """Help section: the config's or the nested config's name."""
     aliases: tuple[str, ...] = ()
+    flag_name: str | None = None
+    """The flag when it is not the field's own name (``RENAMED``)."""
 
     @property
     def name(self) -> str:
-        return RENAMED.get(self.path, "--" + "-".join(self.path).replace("_", "-"))
+        return self.flag_name or "--" + "-".join(self.path).replace("_", "-")
 
     @property
     def param(self) -> str:
@@ -79,9 +82,11 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def config_flags(cls: type, *, skip: frozenset[str] = frozenset(), aliases: Mapping[str, tuple[str, ...]] | None = None,
-                 start: Mapping[str, Any] | None = None, prefix: tuple[str, ...] = (), panel: str | None = None) -> list[Flag]:  # fmt: skip
+                 start: Mapping[str, Any] | None = None, prefix: tuple[str, ...] = (), panel: str | None = None,
+                 renamed: Mapping[tuple[str, ...], str] = RENAMED) -> list[Flag]:  # fmt: skip
     """One :class:`Flag` per leaf field of ``cls``; ``skip``, ``aliases`` and ``start`` are keyed by dotted path.
-    ``start`` names a nested config the command starts from (a preset), whose values help shows as defaults."""
+    ``start`` names a nested config the command starts from (a preset), whose values help shows as defaults.
+    ``renamed`` gives fields a flag name other than their own (the field's own name stays as an alias)."""
     aliases, start = aliases or {}, start or {}
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
@@ -96,14 +101,14 @@ def config_flags(cls: type, *, skip: frozenset[str] = frozenset(), aliases: Mapp
             nested_start = {k[len(f.name) + 1 :]: v for k, v in start.items() if k.startswith(f.name + ".")}
             if f.name in start:  # the command starts from this config: its fields are the defaults shown
                 nested_start |= {g.name: getattr(start[f.name], g.name) for g in dataclasses.fields(hint)}
-            flags += config_flags(hint, skip=skip, aliases=aliases, start=nested_start, prefix=path, panel=f"{hint.__name__} ({dotted})")
+            flags += config_flags(hint, skip=skip, aliases=aliases, start=nested_start, prefix=path, panel=f"{hint.__name__} ({dotted})", renamed=renamed)
             continue
         default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
         default = start.get(f.name, default)
         if _leaf(hint) is None:
             raise TypeError(f"{cls.__name__}.{f.name}: no command-line form for {hint}; skip it or give it one")
-        old_name = ("--" + dotted.replace("_", "-"),) if path in RENAMED else ()  # the name scripts used before
-        flags.append(Flag(path, hint, default, docs.get(f.name, ""), panel or cls.__name__, (*aliases.get(dotted, ()), *old_name)))
+        old_name = ("--" + dotted.replace("_", "-"),) if path in renamed else ()  # the name scripts used before
+        flags.append(Flag(path, hint, default, docs.get(f.name, ""), panel or cls.__name__, (*aliases.get(dotted, ()), *old_name), renamed.get(path)))
     return flags
 
 
@@ -113,7 +118,7 @@ def _leaf(hint: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         rest = [a for a in args if a is not type(None)]
         return _leaf(rest[0]) if len(rest) == 1 else None
-    if hint in (bool, int, float, str):
+    if hint in (bool, int, float, str, Path):
         return hint
     if origin is typing.Literal or origin is tuple or hint is tuple:
         return str
@@ -176,7 +181,7 @@ def parse(flag: Flag, raw: Any) -> Any:
             args = typing.get_args(hint)
             item = args[0] if args else str
             return tuple(item(p.strip()) for p in str(raw).split(",") if p.strip())
-        if hint in (int, float) and isinstance(raw, str):
+        if hint in (int, float, Path) and isinstance(raw, str):
             return hint(raw)
     except ValueError:
         raise ValueError(f"{flag.name}: expected {'a comma-separated list' if typing.get_origin(hint) is tuple else hint.__name__}, got {raw!r}") from None

@@ -72,7 +72,8 @@ def _leaf_paths(cls, prefix=()):
 
 @pytest.mark.parametrize("command, config", [("train imitation", "workflow.imitation:ImitationConfig"), ("train offline", "workflow.offline:OfflineConfig"),
                                              ("train online", "workflow.online:OnlineConfig"), ("train distill", "workflow.distill:DistillConfig"),
-                                             ("pipeline", "workflow.pipeline:PipelineConfig")])  # fmt: skip
+                                             ("pipeline", "workflow.pipeline:PipelineConfig"), ("record", "workflow.record:RecordConfig"),
+                                             ("deploy", "workflow.deploy:DeployConfig")])  # fmt: skip
 def test_every_config_field_is_a_flag_of_its_command_with_help(command, config):
     import importlib
 
@@ -86,4 +87,4 @@ def test_every_config_field_is_a_flag_of_its_command_with_help(command, config):
     assert not missing, f"{command}: fields without a flag: {missing}"
     undocumented = [path for path in _leaf_paths(cls) if not options[path].help or options[path].help.startswith("(default")]
     assert not undocumented, f"{command}: flags without help: {undocumented}"
-    assert set(GENERATED) >= {"imitation", "offline", "online", "distill"} and "pipeline" in COMMANDS
+    assert set(GENERATED) >= {"imitation", "offline", "online", "distill"} and {"pipeline", "record", "deploy"} <= set(COMMANDS)
