@@ -111,6 +111,26 @@ def test_an_unreachable_host_is_a_clear_error(kind: str) -> None:
         _close(robot)
 
 
+def test_a_real_arm_spec_never_reaches_the_stand_ins() -> None:
+    """The production path (a host) builds the driver over the vendor's own SDK: no stand-in module is even
+    imported; only the ``standin`` spec reaches them (its own module, hardware.standins.cell)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from hardware.drivers.contract import ArmUnreachableError\n"
+            "from hardware.registry import open_robot\n"
+            "for kind in ('ur5e', 'franka', 'xarm'):\n"
+            "    try:\n"
+            "        open_robot(kind + ':10.9.9.9')\n"
+            "    except Exception as e:\n"
+            "        pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('hardware.standins')))\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def _fault_cases():
     yield "ur5e", lambda sdk: sdk.trigger_protective_stop(), r"safety mode 3 \(PROTECTIVE_STOP\).*recover\(\)"
     yield "franka", lambda sdk: sdk.inject_reflex("cartesian_reflex"), r"libfranka errors cartesian_reflex.*recover\(\)"
