@@ -283,17 +283,21 @@ COMMANDS["pipeline"] = lambda: generated_command(_pipeline_flags(), _run_pipelin
     "The whole recipe end to end in sim, with gates, a per-stage table and a report.\n\nEvery PipelineConfig field is a flag."))
 
 
-@app.command()
-def diagnose(
-    run: Path = typer.Argument(..., help="Run directory of any stage (imitation, offline, online, distill) or a pipeline directory."),
-    fqe: bool = typer.Option(False, "--fqe", help="Score candidate checkpoints by Fitted Q Evaluation on the episodes their stage never trained on."),
-    sim_eval: int = typer.Option(0, "--sim-eval", min=0, help="Sim episodes per candidate checkpoint (0 = none): says whether sim agrees with the chosen checkpoint; with --fqe also FQE's rank correlation and regret@1."),
-    rrd: Optional[Path] = typer.Option(None, "--rrd", help="Also log every stage's curves and verdict to this .rrd file."),
-) -> None:
-    """Offline-workflow diagnostics: regime per stage, chosen checkpoint, advice, plots."""
+RUN_ARGUMENT = inspect.Parameter("run", inspect.Parameter.KEYWORD_ONLY, annotation=Path, default=typer.Argument(
+    ..., metavar="RUN", help="Run directory of any stage (imitation, offline, online, distill) or a pipeline directory."))
+
+
+def _diagnose_flags():
+    from workflow.diagnostics.diagnose import DiagnoseConfig
+
+    return config_flags(DiagnoseConfig, skip=frozenset({"run"}))
+
+
+def _diagnose(values: dict) -> None:
     from workflow.diagnostics.diagnose import DiagnoseConfig, diagnose_run
 
-    report = _run_or_fail(diagnose_run, DiagnoseConfig(run=str(run), fqe=fqe, sim_eval=sim_eval, rrd=str(rrd) if rrd else None), log=typer.echo)
+    config = _run_or_fail(build, DiagnoseConfig, _diagnose_flags(), values, derived={"run": str(values["run"])})
+    report = _run_or_fail(diagnose_run, config, log=typer.echo)
     typer.echo(report.table())
     candidates = report.candidates_table()
     if candidates:
@@ -301,26 +305,32 @@ def diagnose(
     typer.echo(f"plots and diagnostics.json in {Path(report.json_path).parent}" + (f"; Rerun recording {report.rrd}" if report.rrd else ""))
 
 
-@app.command("critic-ranking")
-def critic_ranking(
-    policy: Path = typer.Option(..., help="Run directory or policy checkpoint: proposes the candidate chunks and finishes every branch."),
-    critics: Path = typer.Option(..., help="Critics of the offline round this policy comes from (runs/x/round-M/critics)."),
-    task: str = typer.Option("push", help="Simulated task (its sim must replay deterministically)."),
-    states: int = typer.Option(20, help="States compared (one decision of one episode each)."),
-    chunks: int = typer.Option(6, help="Candidate chunks per state."),
-    min_std: float = typer.Option(0.1, help="Std floor of the stochastic chain the candidates come from (offline PPO's)."),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("cpu", "--torch-device", "--device", help="Torch device: cpu, cuda or cuda:N."),
-    out: Optional[Path] = typer.Option(None, help="Write every state's Q values and returns as JSON here."),
-) -> None:
-    """Do the critics order a state's candidate chunks like their Monte Carlo returns in sim? What offline PPO relies on."""
+COMMANDS["diagnose"] = lambda: generated_command(_diagnose_flags(), _diagnose, extra=[RUN_ARGUMENT], doc=(
+    "Offline-workflow diagnostics: regime per stage, chosen checkpoint, advice, plots.\n\n"
+    "Every DiagnoseConfig field is a flag (the FQE and rule thresholds included)."))
+
+OUT_OPTION = inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path], default=typer.Option(
+    None, help="Write every state's Q values and returns as JSON here."))
+
+
+def _ranking_flags():
+    from workflow.diagnostics.ranking import RankingConfig
+
+    return config_flags(RankingConfig)
+
+
+def _critic_ranking(values: dict) -> None:
     from workflow.diagnostics.ranking import RankingConfig, check_critic_ranking
 
-    cfg = _run_or_fail(RankingConfig, policy=str(policy), critics=str(critics), task=task, states=states, chunks=chunks, min_std=min_std, seed=seed, device=device)
-    report = _run_or_fail(check_critic_ranking, cfg, log=typer.echo)
+    report = _run_or_fail(check_critic_ranking, _run_or_fail(build, RankingConfig, _ranking_flags(), values), log=typer.echo)
     typer.echo(report.table())
-    if out is not None:
-        typer.echo(f"per-state values in {report.save(out)}")
+    if values["out"] is not None:
+        typer.echo(f"per-state values in {report.save(values['out'])}")
+
+
+COMMANDS["critic-ranking"] = lambda: generated_command(_ranking_flags(), _critic_ranking, extra=[OUT_OPTION], doc=(
+    "Do the critics order a state's candidate chunks like their Monte Carlo returns in sim? What offline PPO relies on.\n\n"
+    "Every RankingConfig field is a flag."))
 
 
 @app.command("eval")

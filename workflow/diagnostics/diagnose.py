@@ -37,6 +37,7 @@ class DiagnoseConfig:
     rrd: str | None = None
     """Also log every stage's curves and verdict to this .rrd file."""
     plots: bool = True
+    """Draw each stage's curves with its verdict to PNG files next to diagnostics.json."""
     max_candidates: int = 6
     """Checkpoints scored per stage at most (evenly spaced; the chosen and the last always among them)."""
     eval_seed: int = 100_000

@@ -49,6 +49,7 @@ class RankingConfig:
     critics: str
     """Critics of an offline round (``runs/x/round-M/critics``) over this policy's features."""
     task: str = "push"
+    """Simulated task (its sim must replay deterministically)."""
     states: int = 20
     """Decisions (one per episode) at which candidates are compared."""
     chunks: int = 6
@@ -56,7 +57,9 @@ class RankingConfig:
     min_std: float = 0.1
     """Std floor of the chain the candidates come from (``OfflineConfig.min_std``: what offline PPO samples)."""
     seed: int = 0
+    """Seeds the episodes, the decisions chosen and the candidates' noise."""
     device: str = "cpu"
+    """Torch device: cpu, cuda or cuda:N."""
 
     def __post_init__(self) -> None:
         if self.states < 1 or self.chunks < 2:
