@@ -427,39 +427,29 @@ def serve(
         _fail(str(e))
 
 
-@app.command()
-def convert(
-    src: Path = typer.Argument(..., help="Dataset to read: LeRobot v3 directory, robomimic .hdf5 file, or our zarr store."),
-    dst: Path = typer.Argument(..., help="Where to write: our zarr store (imports) or a new LeRobot v3 directory (exports)."),
-    from_: str = typer.Option("auto", "--from", help="lerobot | robomimic | zarr; auto tells them apart by their layout."),
-    to: str = typer.Option("auto", "--to", help="zarr | lerobot; auto = zarr for lerobot/robomimic, lerobot for a zarr store."),
-    state_keys: str = typer.Option("", help="Comma-separated source vector keys concatenated into observation.state (LeRobot features or robomimic obs keys); empty = the format's default."),
-    drop: str = typer.Option("", help="Comma-separated source keys to leave out (a depth camera; a point cloud on export)."),
-    fps: Optional[float] = typer.Option(None, help="Rate in Hz; default the source's."),
-    task: Optional[str] = typer.Option(None, help="Task name of imported episodes; default the source's."),
-    robot: Optional[str] = typer.Option(None, help="Robot name of imported episodes; default the source's."),
-    source: str = typer.Option("demo", help="Source label of imported episodes: demo, offline-rollout, online-rollout, deployment."),
-    filter_key: Optional[str] = typer.Option(None, help="robomimic: import only the demos under mask/<filter_key> (train, valid, ...)."),
-    success_reward: float = typer.Option(1.0, help="robomimic: a step succeeds when its reward reaches this."),
-    unlabelled_success: bool = typer.Option(True, "--unlabelled-success/--unlabelled-failure", help="LeRobot: label of episodes the dataset gives no success signal for."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted import into an existing store; without it an existing DST is an error."),
-    vcodec: str = typer.Option("libsvtav1", help="Export: video encoder (libsvtav1 = AV1 like LeRobot, libx264 = H.264)."),
-    crf: int = typer.Option(30, help="Export: video quality, lower is better and bigger."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-) -> None:
-    """Import LeRobot v3 / robomimic HDF5 into an episode store, or export a store to LeRobot v3."""
+CONVERT_PATHS = [
+    inspect.Parameter("src", inspect.Parameter.KEYWORD_ONLY, annotation=Path, default=typer.Argument(
+        ..., metavar="SRC", help="Dataset to read: LeRobot v3 directory, robomimic .hdf5 file, or our zarr store.")),
+    inspect.Parameter("dst", inspect.Parameter.KEYWORD_ONLY, annotation=Path, default=typer.Argument(
+        ..., metavar="DST", help="Where to write: our zarr store (imports) or a new LeRobot v3 directory (exports).")),
+]
+
+
+def _convert_flags():
+    from workflow.convert import ConvertConfig
+
+    return config_flags(ConvertConfig, skip=frozenset({"src", "dst"}), renamed={("src_format",): "--from", ("dst_format",): "--to"})
+
+
+def _convert(values: dict) -> None:
     from workflow.convert import ConvertConfig, convert as run
 
-    def go():
-        split = lambda text: tuple(k.strip() for k in text.split(",") if k.strip())  # noqa: E731
-        cfg = ConvertConfig(
-            src=src, dst=dst, src_format=from_, dst_format=to, state_keys=split(state_keys), drop=split(drop), fps=fps, task=task,
-            robot=robot, source=source, filter_key=filter_key, success_reward=success_reward, unlabelled_success=unlabelled_success,
-            resume=resume, vcodec=vcodec, crf=crf, progress=progress,
-        )  # fmt: skip
-        return run(cfg)
+    config = _run_or_fail(build, ConvertConfig, _convert_flags(), values, derived={"src": values["src"], "dst": values["dst"]})
+    typer.echo(_run_or_fail(run, config).summary())
 
-    typer.echo(_run_or_fail(go).summary())
+
+COMMANDS["convert"] = lambda: generated_command(_convert_flags(), _convert, extra=CONVERT_PATHS, doc=(
+    "Import LeRobot v3 / robomimic HDF5 into an episode store, or export a store to LeRobot v3.\n\nEvery ConvertConfig field is a flag."))
 
 
 def main(argv: Optional[list[str]] = None) -> None:
