@@ -9,7 +9,7 @@ from hardware.conformance import CHECKS, ConformanceError, check_robot
 from hardware.mujoco import MujocoArm
 from hardware.registry import make_robot, make_sim, robot_kinds
 from hardware.safety import SafeRobot
-from robot.protocols import Robot, Task
+from robot.protocols import Robot
 from robot.types import STATE
 from sim.registry import make_scene, task_names
 
@@ -131,7 +131,7 @@ def test_robot_specs() -> None:
 
 def test_make_sim_shares_one_scene() -> None:
     robot, task = make_sim("push", max_steps=7)
-    assert isinstance(robot, Robot) and isinstance(task, Task) and task.max_steps == 7
+    assert task.max_steps == 7
     with robot:
         obs = robot.reset(0)
         applied = robot.send_action(np.array([0.01, 0.0], dtype=np.float32))

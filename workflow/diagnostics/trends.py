@@ -45,9 +45,9 @@ class RulesConfig:
     """Overfitting (PPO): the policy/data Q gap widened at every gate check by this share of |J| in all."""
     demo_drift: float = 0.12
     """Overfitting (PPO): an accepted candidate's action error on the demonstrations (``ppo/demo_action_error``) this share
-    above the round's starting policy's. Drawn from runs where every PPO step lost success (docs/RESULTS.md): on lift, from a
-    56% imitation policy, candidates within +1..+10% scored 40-52% and those beyond +15% 0-40%; on push, from 74%, +7% scored
-    50% and +24..+28% 34-58%. Within the limit is "a little worse at most", not "better"."""
+    above the round's starting policy's. Drawn from runs where every PPO step lost success (docs/RESULTS.md, session 10): the
+    further a candidate drifted from the demonstrations, the more it lost. Within the limit is "a little worse at most", not
+    "better"."""
     clip_saturated: float = 0.3
     """PPO advice: a final clip fraction above this means the per-step ratios, not the learning rate, limit each update."""
     success_drop: float = 0.2
