@@ -244,7 +244,8 @@ def test_rl_s_floored_sampler_is_an_argument_that_leaves_the_policy_alone() -> N
     assert torch.equal(policy.chain_log_prob(cond, chain), chain.log_probs)  # scored under the sampler that drew it
     own = policy.chain_log_prob(cond, replace(chain, sampler=None))  # the same samples under the policy's own, sharper steps
     assert not torch.allclose(own, chain.log_probs)
-    last = policy.executed(chain.samples[:, -1] - policy.chain_moments(cond, chain)[0][:, -1])
+    with torch.no_grad():
+        last = policy.executed(chain.samples[:, -1] - policy.chain_moments(cond, chain)[0][:, -1])
     assert abs(float(last.std()) / 0.1 - 1) < 0.1  # the last step's noise is the floor's, not the policy's 0.007
 
 
