@@ -247,7 +247,8 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
 
         # 2. critics and latent dynamics (a held-out episode split and fixed probe rows watch the critics)
         probe = make_critic_probe(data, reference, config.probe, n_action_steps=ta)
-        critics = fit_critics(data, config, run, m, device, show_progress, probe=probe, ddp=ddp)
+        this_round = Round(config, run, m, data, probe, device, show_progress, ddp)
+        critics = fit_critics(this_round)
         if ddp.is_main:
             save_checkpoint(
                 round_dir / "critics",
@@ -263,7 +264,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
         def save_candidate(update: int, policy: DiffusionPolicy) -> None:
             save_policy(round_dir / "candidates" / f"update-{update:05d}", policy, normalizer, extra={**ckpt.extra, "stage": "offline", "round": m, "update": update})
 
-        accepted_policy, decisions = ppo_round(reference, critics, dynamics, data, config, run, m, device, show_progress, probe=probe, ddp=ddp,
+        accepted_policy, decisions = ppo_round(this_round, reference, critics, dynamics,
                                                on_accept=save_candidate if config.save_candidates and ddp.is_main else None)  # fmt: skip
         if ddp.is_main:
             with open(run.path / "gate.jsonl", "a") as f:
@@ -352,23 +353,31 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
     return out
 
 
-def fit_critics(
-    data: LatentTransitions,
-    config: OfflineConfig,
-    run: RunDir,
-    m: int,
-    device: torch.device,
-    show_progress: bool,
-    probe: CriticProbe | None = None,
-    ddp: Distributed | None = None,
-) -> IqlCritics:
+@dataclass(frozen=True)
+class Round:
+    """What every step of one offline round shares: the settings, the run, which round, its data and probe."""
+
+    config: OfflineConfig
+    run: RunDir
+    m: int
+    """The round's index."""
+    data: LatentTransitions
+    """Frozen features of every step of the merged store (demonstrations and the rounds' rollouts)."""
+    probe: CriticProbe | None
+    """Held-out episodes and fixed rows that watch the critics and the PPO step (diagnostics), or None."""
+    device: torch.device
+    show_progress: bool
+    ddp: Distributed
+
+
+def fit_critics(r: Round) -> IqlCritics:
     """IQL on the frozen features: expectile V, twin Q toward r + gamma^n V(s').
 
     With a ``probe`` the critics train on its training episodes only and the diagnostics
     (``critic/*`` metrics, snapshots in round-M/critic-checkpoints) watch them. Under
     torchrun every rank draws the same batch and trains on its rows of it.
     """
-    ddp = ddp or Distributed()
+    data, config, run, m, device, show_progress, probe, ddp = r.data, r.config, r.run, r.m, r.device, r.show_progress, r.probe, r.ddp
     critics = IqlCritics(data.features.shape[1], data.actions.shape[1], config=config.critic, device=device)
     optimizer = critics.make_optimizer()
     gen = torch.Generator(device="cpu").manual_seed(config.seed + 100 * m)
@@ -403,23 +412,16 @@ def fit_critics(
 
 
 def ppo_round(
+    r: Round,
     reference: DiffusionPolicy,
     critics: IqlCritics,
     dynamics: DynamicsEnsemble,
-    data: LatentTransitions,
-    config: OfflineConfig,
-    run: RunDir,
-    m: int,
-    device: torch.device,
-    show_progress: bool,
-    probe: CriticProbe | None = None,
-    ddp: Distributed | None = None,
     on_accept: Callable[[int, DiffusionPolicy], None] | None = None,
 ) -> tuple[DiffusionPolicy, list[GateDecision]]:
     """PPO updates of a candidate copy; the gate decides which weights become the reference.
     ``on_accept(update, policy)`` sees each accepted candidate.
     Under torchrun each rank takes its rows of every batch and rank 0's gate decision holds for all."""
-    ddp = ddp or Distributed()
+    data, config, run, m, device, show_progress, probe, ddp = r.data, r.config, r.run, r.m, r.device, r.show_progress, r.probe, r.ddp
     sampler = reference.chain_sampler(config.min_std, config.log_prob_reduction)  # the chains PPO samples and scores
     anchor = reference  # the round's start: accepting a candidate rebinds ``reference``, never changes this one
     candidate = copy.deepcopy(reference).requires_grad_(False)
