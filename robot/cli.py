@@ -333,45 +333,42 @@ COMMANDS["critic-ranking"] = lambda: generated_command(_ranking_flags(), _critic
     "Every RankingConfig field is a flag."))
 
 
-@app.command("eval")
-def evaluate(
-    policy: Path = typer.Option(..., help="Run directory or policy checkpoint."),
-    task: Optional[str] = typer.Option(None, help="Simulated task; default: the one the policy's checkpoint names."),
-    episodes: int = typer.Option(50),
-    seed: int = typer.Option(1000, help="First evaluation seed (episodes use seed, seed+1, ...)."),
-    sampler: Optional[str] = typer.Option(None, help="ddim (K-step), ddpm-mean (K-step through the stochastic chain's means), ddpm (the stochastic chain) or consistency (one step); default: the policy's own K-step sampler. Several, comma-separated (ddim,ddpm-mean,ddpm): each on the same seeds, compared episode by episode."),
-    device: str = typer.Option("cpu", "--torch-device", "--device", help="Torch device: cpu, cuda or cuda:N."),
-    save: Optional[Path] = typer.Option(None, help="Append the evaluation episodes to this store."),
-    view: bool = typer.Option(False, "--view", help="Stream every step and each chunk's denoising chain to a Rerun viewer."),
-    rrd: Optional[Path] = typer.Option(None, help="Write the same live view to this .rrd file (headless)."),
-    critics: Optional[Path] = typer.Option(None, help="Offline critics (runs/x/round-M/critics): show Q of each chunk and V in the view."),
-) -> None:
-    """Success rate, return and latency of a policy in sim."""
-    from workflow.evaluate import evaluate_policy
+def _eval_flags():
+    from workflow.evaluate import EvalConfig
 
-    task = task or _run_or_fail(_checkpoint_task, policy)
-    samplers = [s.strip() for s in sampler.split(",")] if sampler and "," in sampler else None
-    if samplers:
-        if save or view or rrd:
+    return config_flags(EvalConfig)
+
+
+def _eval(values: dict) -> None:
+    from robot.report import format_table
+    from workflow.evaluate import EvalConfig, evaluate_policy
+
+    config = _run_or_fail(build, EvalConfig, _eval_flags(), values)
+    task = config.task or _run_or_fail(_checkpoint_task, config.policy)
+    common = dict(episodes=config.episodes, seed=config.seed, device=config.device)
+    if config.samplers:
+        if config.save or config.view or config.rrd:
             _fail("--save, --view and --rrd follow one sampler's episodes; give one --sampler with them")
         from workflow.paired import paired_table
         from workflow.policy import SAMPLERS
 
-        unknown = [s for s in samplers if s not in SAMPLERS]
+        unknown = [s for s in config.samplers if s not in SAMPLERS]
         if unknown:
             _fail(f"unknown sampler {', '.join(map(repr, unknown))}; known: {', '.join(SAMPLERS)}")
-        reports = [_run_or_fail(evaluate_policy, policy, task, episodes=episodes, seed=seed, sampler=s, device=device) for s in samplers]
-        _say(paired_table(samplers, [r.successes for r in reports], [r.lengths for r in reports],
-                          title=f"{policy} on {task}: {episodes} episodes from seed {seed}, every sampler on the same seeds"))  # fmt: skip
+        reports = [_run_or_fail(evaluate_policy, config.policy, task, sampler=s, **common) for s in config.samplers]
+        _say(paired_table(config.samplers, [r.successes for r in reports], [r.lengths for r in reports],
+                          title=f"{config.policy} on {task}: {config.episodes} episodes from seed {config.seed}, every sampler on the same seeds"))  # fmt: skip
         return
-    report = _run_or_fail(evaluate_policy, policy, task, episodes=episodes, seed=seed, sampler=sampler, device=device, save=save, view=view, rrd=rrd, critics=critics)
-    from robot.report import format_table
-
+    report = _run_or_fail(evaluate_policy, config.policy, task, sampler=config.sampler, save=config.save, view=config.view, rrd=config.rrd,
+                          critics=config.critics, **common)  # fmt: skip
     _say(format_table(
         ["task", "sampler", "episodes", "success", "return", "length", "inference ms (mean)", "inference ms (p95)"],
         [[report.task, report.sampler, report.episodes, f"{report.success_rate:.1%}", report.mean_return, report.mean_length, report.inference_ms_mean,
           report.inference_ms_p95]],
     ))
+
+
+COMMANDS["eval"] = lambda: generated_command(_eval_flags(), _eval, doc="Success rate, return and latency of a policy in sim.\n\nEvery EvalConfig field is a flag.")
 
 
 def _deploy_flags():

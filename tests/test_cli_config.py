@@ -74,7 +74,8 @@ def _leaf_paths(cls, prefix=()):
                                              ("train online", "workflow.online:OnlineConfig"), ("train distill", "workflow.distill:DistillConfig"),
                                              ("pipeline", "workflow.pipeline:PipelineConfig"), ("record", "workflow.record:RecordConfig"),
                                              ("deploy", "workflow.deploy:DeployConfig"), ("diagnose", "workflow.diagnostics.diagnose:DiagnoseConfig"),
-                                             ("critic-ranking", "workflow.diagnostics.ranking:RankingConfig"), ("convert", "workflow.convert:ConvertConfig")])  # fmt: skip
+                                             ("critic-ranking", "workflow.diagnostics.ranking:RankingConfig"), ("convert", "workflow.convert:ConvertConfig"),
+                                             ("eval", "workflow.evaluate:EvalConfig")])  # fmt: skip
 def test_every_config_field_is_a_flag_of_its_command_with_help(command, config):
     import importlib
 
@@ -89,4 +90,4 @@ def test_every_config_field_is_a_flag_of_its_command_with_help(command, config):
     assert not missing, f"{command}: fields without a flag: {missing}"
     undocumented = [path for path in _leaf_paths(cls) if path in options and (not options[path].help or options[path].help.startswith("(default"))]
     assert not undocumented, f"{command}: flags without help: {undocumented}"
-    assert set(GENERATED) >= {"imitation", "offline", "online", "distill"} and {"pipeline", "record", "deploy", "diagnose", "critic-ranking", "convert"} <= set(COMMANDS)
+    assert set(GENERATED) >= {"imitation", "offline", "online", "distill"} and {"pipeline", "record", "deploy", "diagnose", "critic-ranking", "convert", "eval"} <= set(COMMANDS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,43 @@ from workflow.episode import Step
 from workflow.policy import DiffusionController
 from workflow.rollout import EvalReport, episode_features, evaluate
 from workflow.run import resolve_device
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation in sim (the ``robot eval`` options)."""
+
+    policy: Path
+    """Run directory or policy checkpoint."""
+    task: str | None = None
+    """Simulated task; None: the one the policy's checkpoint names."""
+    episodes: int = 50
+    """Episodes, on seeds seed, seed + 1, ..."""
+    seed: int = 1000
+    """First evaluation seed."""
+    sampler: str | None = None
+    """ddim (K-step), ddpm-mean (K-step through the stochastic chain's means), ddpm (the stochastic chain) or consistency
+    (one step); None: the policy's own K-step sampler. Several, comma-separated (ddim,ddpm-mean,ddpm): each on the
+    same seeds, compared episode by episode."""
+    device: str = "cpu"
+    """Torch device: cpu, cuda or cuda:N."""
+    save: Path | None = None
+    """Append the evaluation episodes to this store."""
+    view: bool = False
+    """Stream every step and each chunk's denoising chain to a Rerun viewer."""
+    rrd: Path | None = None
+    """Write the same live view to this .rrd file (headless)."""
+    critics: Path | None = None
+    """Offline critics (runs/x/round-M/critics): show Q of each chunk and V in the view."""
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+
+    @property
+    def samplers(self) -> list[str] | None:
+        """The samplers to compare when ``sampler`` names several, else None."""
+        return [x.strip() for x in self.sampler.split(",")] if self.sampler and "," in self.sampler else None
 
 
 def evaluate_policy(
