@@ -95,7 +95,7 @@ def test_critics_of_another_policy_are_refused_with_one_line(offline_round, tmp_
     from robot.cli import app
     from workflow.diagnostics.probes import save_critic_snapshot
 
-    other = save_critic_snapshot(tmp_path / "other", IqlCritics(5, 3), CriticConfig(), 5, 3)
+    other = save_critic_snapshot(tmp_path / "other", IqlCritics(5, 3))
     result = CliRunner().invoke(app, ["critic-ranking", "--policy", str(offline_round[0]), "--critics", str(other), "--task", "push"])
     assert result.exit_code == 2 and "use the critics of the offline round this policy comes from" in result.output
     result = CliRunner().invoke(app, ["critic-ranking", "--policy", str(offline_round[0]), "--critics", str(offline_round[1]), "--task", "lift"])

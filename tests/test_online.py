@@ -56,6 +56,27 @@ def policy(tmp_path_factory) -> tuple[Path, Path]:
     return demos, root / "il"
 
 
+def test_the_value_function_starts_from_the_offline_round_s_v(policy, tmp_path):
+    """``value_from`` warm-starts V from the critics an offline round saved (the same file layout everywhere)."""
+    from policies.critics import CriticConfig, IqlCritics
+    from workflow.critic_checkpoint import save_critics
+    from workflow.distributed import Distributed
+    from workflow.online_update import OnlineLearner
+    from workflow.policy import DiffusionController
+
+    model = DiffusionController.load(policy[1]).model
+    critic = CriticConfig(hidden_dims=(16, 16))
+    torch.manual_seed(3)
+    critics = IqlCritics(model.cond_dim, TINY.n_action_steps * 2, config=critic)
+    path = save_critics(tmp_path / "critics", critics)
+    config = OnlineConfig(policy=str(policy[1]), out=str(tmp_path / "on"), critic=critic, value_from=str(path))
+    learner = OnlineLearner(model, config, Distributed(), torch.device("cpu"))
+    cond = torch.randn(5, model.cond_dim)
+    torch.testing.assert_close(learner.value(cond), critics.v(cond))
+    cold = OnlineLearner(model, OnlineConfig(policy=str(policy[1]), out=str(tmp_path / "on2"), critic=critic), Distributed(), torch.device("cpu"))
+    assert not torch.allclose(cold.value(cond), critics.v(cond))
+
+
 def test_online_stores_rollouts_logs_diagnostics_and_keeps_a_one_step_head(policy, tmp_path):
     cfg = OnlineConfig(policy=str(policy[1]), out=str(tmp_path / "on"), iterations=2, episodes_per_iteration=2, epochs=2,
                        critic=CriticConfig(hidden_dims=(32, 32)), distill_steps=3, value_warmup_epochs=2, select_episodes=0, adaptive_lr=True)  # fmt: skip

@@ -258,15 +258,13 @@ def test_eval_rrd_logs_steps_chunk_starts_and_the_denoising_chain(tmp_path):
     demos = record_demos(tmp_path / "push.zarr", 3)
     train_imitation(ImitationConfig(data=str(demos), out=str(tmp_path / "il"), policy=TINY, steps=2, batch_size=8, eval_every=2, checkpoint_every=2), show_progress=False)
     from policies.critics import CriticConfig, IqlCritics
-    from robot.checkpoint import Checkpoint, save_checkpoint
-    from robot.config import to_dict
+    from workflow.critic_checkpoint import save_critics
     from workflow.policy import DiffusionController
 
     cond_dim = DiffusionController.load(tmp_path / "il").model.cond_dim
     critic_cfg = CriticConfig(hidden_dims=(16,))
     critics = IqlCritics(cond_dim, TINY.n_action_steps * 2, config=critic_cfg)
-    save_checkpoint(tmp_path / "critics", Checkpoint(kind="iql-critics", config={"critic": to_dict(critic_cfg), "feature_dim": cond_dim,
-                    "action_dim": TINY.n_action_steps * 2}, modules={"critics": critics.state_dict()}))  # fmt: skip
+    save_critics(tmp_path / "critics", critics)
     report = evaluate_policy(tmp_path / "il", "push", episodes=1, rrd=tmp_path / "eval.rrd", critics=tmp_path / "critics", show_progress=False)
     (entities,) = read_rrd(tmp_path / "eval.rrd").values()
     steps = int(report.mean_length)

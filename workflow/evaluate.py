@@ -10,6 +10,7 @@ import torch
 
 from robot.store import ZarrEpisodeStore
 from workflow.distributed import init_distributed
+from workflow.critic_checkpoint import load_critics
 from workflow.envs import make_sim_for
 from workflow.episode import Step
 from workflow.policy import DiffusionController
@@ -89,18 +90,6 @@ def evaluate_policy(
                 store.close()
             if on_step is not None:
                 on_step.close()
-
-
-def load_critics(path: str | Path):
-    """IQL critics saved by an offline round (``runs/x/round-M/critics``)."""
-    from policies.critics import CriticConfig, IqlCritics
-    from robot.checkpoint import load_checkpoint, load_module_state
-    from robot.config import from_dict
-
-    ckpt = load_checkpoint(path, kind="iql-critics")
-    critics = IqlCritics(ckpt.config["feature_dim"], ckpt.config["action_dim"], config=from_dict(CriticConfig, ckpt.config["critic"]))
-    load_module_state(critics, ckpt.modules["critics"], what=str(path))
-    return critics.eval()
 
 
 class LiveEvalView:

@@ -36,10 +36,11 @@ import torch
 from policies.critics import CriticConfig, IqlCritics
 from policies.diffusion import LOG_PROB_REDUCTIONS, DiffusionPolicy
 from policies.dynamics import DynamicsConfig, DynamicsEnsemble
-from robot.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from robot.checkpoint import load_checkpoint
 from robot.config import to_dict
 from robot.store import ZarrEpisodeStore
 from workflow.diagnostics.probes import CriticProbe, ProbeConfig, advantage_metrics, critic_metrics, make_critic_probe, policy_gap_metrics, save_critic_snapshot
+from workflow.critic_checkpoint import save_critics
 from workflow.distributed import Distributed, init_distributed
 from workflow.envs import make_sim_for
 from workflow.imitation import ImitationConfig, train_imitation
@@ -250,11 +251,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
         this_round = Round(config, run, m, data, probe, device, show_progress, ddp)
         critics = fit_critics(this_round)
         if ddp.is_main:
-            save_checkpoint(
-                round_dir / "critics",
-                Checkpoint(kind="iql-critics", config={"critic": to_dict(config.critic), "feature_dim": data.features.shape[1],
-                                                       "action_dim": data.actions.shape[1]}, modules={"critics": critics.state_dict()}),
-            )  # fmt: skip
+            save_critics(round_dir / "critics", critics)
         # every rank fits the same ensemble from the same seed (not split: it is a small part of a round)
         dynamics = DynamicsEnsemble(data.features.shape[1], data.actions.shape[1], config.dynamics).to(device)
         fit = dynamics.fit(data.features, data.actions, data.next_features, data.returns, seed=config.seed + m)
@@ -402,7 +399,7 @@ def fit_critics(r: Round) -> IqlCritics:
         if probe is not None and ddp.is_main and (step % config.probe.every == 0 or last):
             losses.update(critic_metrics(critics, data, probe, config.probe))
         if probe is not None and ddp.is_main and (step % config.probe.checkpoint_every == 0 or last):
-            save_critic_snapshot(run.path / f"round-{m}" / "critic-checkpoints" / f"step-{step:07d}", critics, config.critic, data.features.shape[1], data.actions.shape[1])
+            save_critic_snapshot(run.path / f"round-{m}" / "critic-checkpoints" / f"step-{step:07d}", critics)
         if step % 50 == 0 or last or step % config.probe.every == 0:
             losses = {k: ddp.mean(v) if k.startswith(("losses/", "values/")) else v for k, v in losses.items()}  # over the whole batch
             run.metrics.log(losses, step, round=m)

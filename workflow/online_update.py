@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from policies.critics import ValueNet
 from policies.diffusion import DiffusionPolicy
-from robot.checkpoint import load_checkpoint, load_module_state
+from robot.checkpoint import load_module_state
+from workflow.critic_checkpoint import load_critics
 from workflow.distributed import Distributed
 from workflow.online_collect import Batch
 from workflow.ppo import chain_ppo_loss, denoiser_parameters, normalize_advantages
@@ -38,9 +39,8 @@ class OnlineLearner:
             p.requires_grad_(True)
         self.actor_opt = torch.optim.Adam(self.actor_params, lr=config.actor_lr)
         self.value = ValueNet(model.cond_dim, config.critic).to(device)
-        if config.value_from:
-            critics = load_checkpoint(config.value_from, kind="iql-critics")
-            load_module_state(self.value, {k[2:]: v for k, v in critics.modules["critics"].items() if k.startswith("v.")}, what=config.value_from)
+        if config.value_from:  # the offline round's V
+            load_module_state(self.value, load_critics(config.value_from).v.state_dict(), what=config.value_from)
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=config.value_lr)
         self.gen = torch.Generator(device="cpu").manual_seed(config.seed)  # minibatch order: the same on every rank
         self.value_warm = False

@@ -31,10 +31,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from policies.critics import CriticConfig, IqlCritics, expectile_loss
+from policies.critics import IqlCritics, expectile_loss
 from policies.diffusion import DiffusionPolicy
-from robot.checkpoint import Checkpoint, save_checkpoint
-from robot.config import to_dict
 from robot.normalize import Normalizer
 from robot.sampler import split_episodes
 from robot.types import ACTION
@@ -203,13 +201,11 @@ def critic_metrics(critics: IqlCritics, data, probe: CriticProbe, config: ProbeC
     return out
 
 
-def save_critic_snapshot(path: str | Path, critics: IqlCritics, critic_config: CriticConfig, feature_dim: int, action_dim: int) -> Path:
-    """A critic checkpoint in the layout of ``round-M/critics`` (``workflow.evaluate.load_critics`` reads both)."""
-    return save_checkpoint(
-        path,
-        Checkpoint(kind="iql-critics", config={"critic": to_dict(critic_config), "feature_dim": feature_dim, "action_dim": action_dim},
-                   modules={"critics": critics.state_dict()}),
-    )  # fmt: skip
+def save_critic_snapshot(path: str | Path, critics: IqlCritics) -> Path:
+    """A critic checkpoint in the layout of ``round-M/critics`` (``workflow.critic_checkpoint``)."""
+    from workflow.critic_checkpoint import save_critics
+
+    return save_critics(path, critics)
 
 
 # ------------------------------------------------------------------ offline PPO

@@ -147,7 +147,7 @@ class RankingReport:
 
 
 def check_critic_ranking(config: RankingConfig, *, log: Callable[[str], None] = lambda s: None) -> RankingReport:
-    from workflow.evaluate import load_critics
+    from workflow.critic_checkpoint import load_critics
 
     controller = DiffusionController.load(config.policy, device=config.device, seed=config.seed)
     model, ta = controller.model, controller.n_action_steps
