@@ -36,6 +36,7 @@ from robot.types import INTERVENTION, SUCCESS, EpisodeMeta, Feature
 from sim.scene import check_expert_style
 from workflow.episode import IDLE, Act, Ending, Episode, EpisodeFrames
 from workflow.rate import RateLoop, RateStats
+from workflow.takeover import wait_for_start
 from workflow.rollout import episode_features
 
 IDLE_HZ = 20.0  # device polling rate in the reset phase of an unthrottled recording
@@ -224,25 +225,6 @@ def _robot_and_task(config: RecordConfig, robot: Robot | None, task: Task | None
     return make_sim(config.task, cameras=config.cameras or None, image_size=config.image_size, pointcloud=config.pointcloud)
 
 
-def _wait_for_start(device: TeleopDevice, observation: Observation, idle: RateLoop, announce: Callable[[], None]) -> bool:
-    """Reset phase: poll until START (True) or QUIT (False); nothing is sent to the robot.
-
-    ``announce`` runs once if the device does not start at the first poll (a human is needed).
-    """
-    idle.restart()
-    announced = False
-    while True:
-        events = device.poll(observation).events
-        if TeleopEvent.QUIT in events:
-            return False
-        if events & {TeleopEvent.START, TeleopEvent.KEEP}:
-            return True
-        if not announced:
-            announce()
-            announced = True
-        idle.sleep()
-
-
 def _end_of_episode(events: frozenset[TeleopEvent]) -> str | None:
     """The strongest episode-ending event in one poll: quit > discard > failure > success > keep."""
     E = TeleopEvent
@@ -274,7 +256,7 @@ class _Operator:
 
     def begin(self, seed: int, observation: Observation) -> Ending | None:
         self.device.reset()
-        if not _wait_for_start(self.device, observation, self.idle, self.announce):
+        if not wait_for_start(self.device, observation, self.idle, self.announce):
             return Ending("quit", False, "quit")
         self.before, self.started = Counter(self.counters.as_dict()), time.monotonic()
         self.rate.restart()

@@ -12,7 +12,7 @@ where the device has no action leaves the inner actor in charge of that tick.
 from __future__ import annotations
 
 import sys
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -63,7 +63,7 @@ class Takeover:
     def begin(self, seed: int, observation: Observation) -> Ending | None:
         self.active = False
         self.device.reset()
-        if self.wait_for_start and not _wait_for_start(self.device, observation):
+        if self.wait_for_start and not wait_for_start(self.device, observation, RateLoop(20.0), _announce_home):
             return Ending(NOT_STARTED, False, "quit")
         return self.inner.begin(seed, observation)
 
@@ -86,13 +86,24 @@ class Takeover:
         return self.inner.act(t, observation)
 
 
-def _wait_for_start(device: TeleopDevice, observation: Observation) -> bool:
-    idle = RateLoop(20.0)
-    print("robot is home: set the scene up, then press enter to start the episode (q quits)", file=sys.stderr)
+def wait_for_start(device: TeleopDevice, observation: Observation, idle: RateLoop, announce: Callable[[], None]) -> bool:
+    """Reset phase: poll until START (True) or QUIT (False); nothing is sent to the robot.
+
+    ``announce`` runs once if the device does not start at the first poll (a human is needed).
+    """
+    idle.restart()
+    announced = False
     while True:
         events = device.poll(observation).events
         if TeleopEvent.QUIT in events:
             return False
         if events & {TeleopEvent.START, TeleopEvent.KEEP}:
             return True
+        if not announced:
+            announce()
+            announced = True
         idle.sleep()
+
+
+def _announce_home() -> None:
+    print("robot is home: set the scene up, then press enter to start the episode (q quits)", file=sys.stderr)
