@@ -39,11 +39,12 @@ class Act:
     """The operator (or the safety layer, for a non-finite action) decided this step, not the policy."""
     policy: PolicyStep | None = None
     """The policy's step when the policy acted."""
+    idle: bool = False
+    """Nothing to do this tick (an operator touching no key while recording): nothing is sent, no step is
+    taken, the loop only waits for the next tick; ``action`` is ignored."""
 
 
-IDLE = Act(None)
-"""A tick with nothing to do (an operator touching no key while recording): nothing is sent, no step is
-taken, the loop only waits for the next tick. Distinct from ``Act(None)`` by identity: that one holds."""
+IDLE = Act(None, idle=True)
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ class Episode:
             if isinstance(act, Ending):
                 self.ending = act
                 break
-            if act is IDLE:
+            if act.idle:
                 if self.pace is not None:
                     self.pace()
                 continue
