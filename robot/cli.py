@@ -73,9 +73,12 @@ def _run_or_fail(fn, *args, **kwargs):
     """Run a stage; errors caused by the input (bad store, checkpoint, options) become one line and exit 2."""
     from robot.checkpoint import CheckpointError
     from robot.store import StoreError
+    from workflow.takeover import OperatorStop
 
     try:
         return fn(*args, **kwargs)
+    except OperatorStop as e:
+        _fail(str(e))
     except KeyError as e:  # str() of a KeyError is the repr of its message: drop those quotes
         _fail(str(e.args[0]) if e.args else "missing key")
     except (StoreError, CheckpointError, ValueError, FileNotFoundError) as e:

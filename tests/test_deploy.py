@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from robot.store import ZarrEpisodeStore
 from workflow.chunks import ChunkQueue, ChunkQueueConfig
 from workflow.deploy import DeployConfig, deploy
 from workflow.imitation import ImitationConfig, train_imitation
-from workflow.planner import Planner
+from workflow.planner import ChunkPlan, Planner
 from workflow.policy import DiffusionController
 from workflow.rollout import episode_features, evaluate
 
@@ -82,7 +81,7 @@ def test_background_planner_returns_the_plan_with_its_tick_and_reraises_failures
         release.wait(5)
         if frames == "boom":
             raise ValueError("bad observation")
-        return np.full((3, 2), len(frames), np.float32), None
+        return ChunkPlan(np.full((3, 2), len(frames), np.float32))
 
     planner = Planner(slow_plan, asynchronous=True)
     planner.request([{}, {}], tick=7)
@@ -97,7 +96,7 @@ def test_background_planner_returns_the_plan_with_its_tick_and_reraises_failures
 
 
 def test_inline_planner_finishes_inside_request() -> None:
-    planner = Planner(lambda frames: (np.zeros((2, 1)), None), asynchronous=False)
+    planner = Planner(lambda frames: ChunkPlan(np.zeros((2, 1))), asynchronous=False)
     planner.request([], tick=3)
     assert planner.poll().planned_at == 3
     with pytest.raises(RuntimeError, match="already in flight"):

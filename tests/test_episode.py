@@ -11,6 +11,7 @@ import torch
 from hardware.registry import make_sim
 from hardware.teleop import TeleopCommand, TeleopEvent
 from robot.types import ACTION, DONE, INTERVENTION, SUCCESS
+from workflow.control import ControlStack
 from workflow.episode import IDLE, Act, Ending, Episode, PolicyActor
 from workflow.imitation import ImitationConfig, train_imitation
 from workflow.online_collect import Decisions, collect_episode
@@ -103,7 +104,8 @@ def test_online_decisions_cover_the_episode_chunk_by_chunk(policy):
     controller.learning = True
     out = Decisions()
     with robot:
-        frames, success = collect_episode(robot, task, controller, out, 1.0, seed=2)
+        collected = collect_episode(ControlStack(robot, task, controller, hz=0), out, 1.0, seed=2)
+    frames, success = collected.frames, collected.success
     n = len(frames[ACTION])
     ta = controller.n_action_steps
     assert len(out.cond) == len(out.chains) == len(out.rewards) == len(out.next_cond) == -(-n // ta)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import shutil
 from pathlib import Path
@@ -15,7 +17,8 @@ from robot.checkpoint import MANIFEST, Checkpoint, CheckpointError, load_checkpo
 from robot.cli import app
 from robot.normalize import Normalizer
 from robot.store import ZarrEpisodeStore, nonfinite_episodes
-from workflow.deploy import NONFINITE_PATIENCE, DeployConfig, deploy
+from workflow.control import NONFINITE_PATIENCE
+from workflow.deploy import DeployConfig, deploy
 from workflow.imitation import ImitationConfig, train_imitation
 from workflow.policy import DiffusionController
 
@@ -160,8 +163,8 @@ def test_deploy_holds_nonfinite_actions_as_interventions_and_ends_an_episode_of_
     real = DiffusionController.plan
 
     def nan_plan(self, frames):
-        chunk, chain = real(self, frames)
-        return np.full_like(chunk, np.nan), chain
+        planned = real(self, frames)
+        return dataclasses.replace(planned, actions=np.full_like(planned.actions, np.nan))
 
     monkeypatch.setattr(DiffusionController, "plan", nan_plan)
     report = deploy(DeployConfig(policy=policy, episodes=2, hz=0, max_steps=40, out=tmp_path / "d.zarr"))

@@ -5,7 +5,7 @@ episode's seed; real arm: moves home, then the operator starts the episode), the
 
 1. the operator's device, when there is one (:class:`workflow.takeover.Takeover`): e-stop (latches the
    robot's e-stop and ends the session), takeover toggle, success / failure labels, quit;
-2. the policy (:class:`_DeployActor`): collect a finished plan and queue its chunk against the tick it was
+2. the policy (:class:`workflow.control.ChunkActor`): collect a finished plan and queue its chunk against the tick it was
    planned from (stale actions are dropped, :mod:`workflow.chunks`); ask for the next plan early enough
    that it lands before the queue drains (inference runs on a background thread at a fixed rate,
    :mod:`workflow.planner`);
@@ -14,35 +14,30 @@ episode's seed; real arm: moves home, then the operator starts the episode), the
 4. sleep to the next tick (:class:`workflow.rate.RateLoop` measures rate and jitter), observe, and score
    the step with the task when there is one (sim and vendor stand-ins).
 
-Every episode goes to the store with ``source = deployment``.
+The robot, loop, planner, queue and operator are a :class:`workflow.control.ControlStack`, the one online
+RL collects with. Every episode goes to the store with ``source = deployment``.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import numpy as np
 
 from hardware.teleop import TeleopDevice
-from robot.protocols import Observation, PolicyStep, Robot, Task
+from robot.protocols import Robot, Task
 from robot.report import format_table
 from robot.store import ZarrEpisodeStore
 from robot.types import EpisodeMeta
-from workflow.chunks import ChunkQueue, ChunkQueueConfig
-from workflow.episode import Act, Ending, Episode
-from workflow.planner import Planner
+from workflow.chunks import ChunkQueueConfig
+from workflow.control import INFERENCE_MODES, ControlStack, loop_rate, open_robot_for
 from workflow.policy import DiffusionController
-from workflow.rate import RateLoop, RateStats
+from workflow.rate import RateStats
 from workflow.rollout import episode_features
-from workflow.takeover import NOT_STARTED, Takeover
-
-REAL_ROBOT_MAX_STEPS = 600  # episode cap when the robot comes without a task (real arms)
-INFERENCE_MODES = ("auto", "inline", "background")
-AUTO_BACKGROUND_FRACTION = 0.5  # auto: plan on a thread when a plan takes more than this share of a period
+from workflow.takeover import NOT_STARTED
 
 
 @dataclass(frozen=True)
@@ -149,28 +144,18 @@ def deploy(
     controller = DiffusionController.load(config.policy, sampler=config.sampler, device=config.torch_device, seed=config.seed)
     trained_task = str(controller.meta.get("task", ""))
     if robot is None:
-        robot, task = _open_robot(config.robot or f"sim:{trained_task}", controller)
+        robot, task = open_robot_for(config.robot or f"sim:{trained_task}", controller)
     controller.check_robot(robot.name, robot.observation_features, robot.action_features)
     if device is None and config.device is not None:
         from hardware.teleop import make_device
 
         device = make_device(config.device, action_features=robot.action_features, task=task)
-    if task is None and device is None:
-        raise ValueError(
-            f"robot {robot.name} comes without a task that scores success; pass --device keyboard "
-            "(or gamepad/spacemouse) so the operator labels each episode (y success, n failure)"
-        )
-    hz = _loop_rate(config, controller, task, robot, stream)
-    max_steps = config.max_steps or (task.max_steps if task is not None else REAL_ROBOT_MAX_STEPS)
-    asynchronous = config.inference == "background" and hz > 0
-    queue = ChunkQueue(ChunkQueueConfig(mode=config.chunks, n_action_steps=controller.n_action_steps, ensemble_decay=config.ensemble_decay))
-    planner = Planner(controller.plan, asynchronous=asynchronous)
+    hz = loop_rate(config.hz, controller, task, robot, stream)
+    control = ControlStack(robot, task, controller, hz=hz, chunks=config.chunks, ensemble_decay=config.ensemble_decay,
+                           inference=config.inference, operator=device, max_steps=config.max_steps)  # fmt: skip
     out = Path(config.out) if config.out else Path("data") / f"deploy-{trained_task or 'robot'}.zarr"
     view = _open_view(config, controller, robot, hz)
-    loop = RateLoop(hz)
-    policy = _DeployActor(robot, controller, queue, planner, loop)
-    policy.choose_inference = config.inference == "auto" and hz > 0
-    actor = Takeover(policy, device, robot, wait_for_start=task is None) if device is not None else policy
+    loop, policy = control.loop, control.policy
     episodes: list[DeployedEpisode] = []
     stopped_by = None
     with robot:
@@ -182,7 +167,7 @@ def deploy(
             store = ZarrEpisodeStore.open_or_create(out, episode_features(robot))
             for i in range(config.episodes):
                 seed = config.seed + i
-                run = Episode(robot, task, actor, seed=seed, max_steps=max_steps, pace=loop.sleep)
+                run = control.episode(seed)
                 interventions = 0
                 for step in run:
                     interventions += step.intervention
@@ -200,7 +185,7 @@ def deploy(
                 if stopped_by is not None:
                     break
         finally:
-            planner.close()
+            control.close()
             if store is not None:
                 store.close()
             if view is not None:
@@ -210,134 +195,9 @@ def deploy(
         counters = robot.counters.as_dict()
     return DeployReport(
         robot=robot.name, hz=hz, episodes=episodes, rate=loop.stats(), inference_ms=policy.inference_ms,
-        action_age_ticks=policy.plan_ages, stale_dropped=queue.stale_dropped, chunks_dropped=queue.chunks_dropped,
+        action_age_ticks=policy.plan_ages, stale_dropped=control.queue.stale_dropped, chunks_dropped=control.queue.chunks_dropped,
         safety=counters, store=str(out), stopped_by=stopped_by,
     )  # fmt: skip
-
-
-NONFINITE_PATIENCE = 10
-"""Non-finite policy actions in a row (each held and counted as an intervention) that end an episode."""
-
-
-class _DeployActor:
-    """The policy through the planner and the chunk queue (``workflow.takeover.Interruptible``), across a
-    session's episodes; the operator's device, when there is one, is a :class:`Takeover` over it."""
-
-    def __init__(self, robot, controller, queue, planner, loop):
-        self.robot, self.controller, self.queue, self.planner, self.loop = robot, controller, queue, planner, loop
-        self.inference_ms: list[float] = []
-        self.plan_ages: list[int] = []
-        self.latency_ticks = 1.0  # running estimate of how many ticks a plan takes to arrive
-        self.choose_inference = False  # auto mode: decide inline vs background from the first plan
-        self.held = self.nonfinite = 0  # this episode's; nonfinite: the policy's NaN/inf actions in a row
-        self._adopted = None  # the plan adopted at this tick
-
-    def begin(self, seed: int, obs: Observation) -> None:
-        self.controller.reset()
-        self.controller.seed_episode(seed)  # the noise `robot eval` draws for this seed
-        self.interrupt()
-        self.held = self.nonfinite = 0
-        self.loop.restart()
-        return None
-
-    def observe(self, t: int, obs: Observation) -> None:
-        self.controller.push_observation(obs)  # the history stays current while the operator drives
-
-    def interrupt(self) -> None:
-        self.queue.clear()
-        self.planner.discard()
-
-    def act(self, t: int, obs: Observation) -> Act | Ending:
-        if self.robot.is_estopped:
-            return Ending("e-stop", False, "estop")
-        if self.nonfinite >= NONFINITE_PATIENCE:
-            print(f"episode ended: the policy's last {self.nonfinite} actions were NaN or inf (each held by the safety layer); "
-                  "check its checkpoint (robot info) and the observations it gets", file=sys.stderr)  # fmt: skip
-            return Ending("non-finite actions", False)
-        self.controller.push_observation(obs)
-        action = self._policy_action(t)
-        if action is None:
-            self.held += 1
-            return Act(None)
-        if not np.all(np.isfinite(action)):  # the safety layer holds it; the step is not the policy's
-            self.nonfinite += 1
-            return Act(action, intervention=True)
-        self.nonfinite = 0
-        plan = self._adopted
-        return Act(action, policy=PolicyStep(action, chunk_started=plan is not None, inference_s=plan.inference_s if plan else 0.0,
-                                             chain=plan.chain if plan else None))  # fmt: skip
-
-    def _policy_action(self, t: int) -> np.ndarray | None:
-        """The action due at tick ``t``: collect a finished plan, request the next one in time, pop."""
-        planner, queue = self.planner, self.queue
-        self._adopted = None
-        if t == 0:  # nothing to execute meanwhile: wait for the first plan, then start the clock
-            self._request(t)
-            self._adopt(planner.wait(), t)
-            self.loop.restart()
-        else:
-            self._adopt(planner.poll(), t)
-            if not planner.busy and self._needs_plan(t):
-                self._request(t)
-                if not planner.asynchronous:
-                    self._adopt(planner.wait(), t)
-        return queue.pop(t)
-
-    def _needs_plan(self, t: int) -> bool:
-        """Ensemble: every tick. Receding: inline plans when the queue is empty; a background plan
-        as many ticks ahead as inference has recently taken, so it lands before the queue drains."""
-        if self.queue.config.mode == "ensemble":
-            return True
-        lead = math.ceil(self.latency_ticks) if self.planner.asynchronous else 0
-        return self.queue.queued(t) <= lead
-
-    def _request(self, t: int) -> None:
-        self.planner.request(self.controller.history(), t)
-
-    def _adopt(self, plan, t: int) -> None:
-        self._adopted = plan
-        if plan is None:
-            return
-        if self.choose_inference:  # the first plan of the session was timed inline
-            self.planner.asynchronous = plan.inference_s > AUTO_BACKGROUND_FRACTION * self.loop.period
-            self.choose_inference = False
-        self.queue.add(plan.chunk, plan.planned_at, t)
-        self.inference_ms.append(plan.inference_s * 1e3)
-        self.plan_ages.append(t - plan.planned_at)
-        if self.loop.period > 0:
-            self.latency_ticks = 0.8 * self.latency_ticks + 0.2 * (plan.inference_s / self.loop.period)
-
-
-def _open_robot(spec: str, controller: DiffusionController) -> tuple[Any, Task | None]:
-    """The robot a spec names, built to provide what the policy reads: the sim's cameras, and on a
-    driver (real or stand-in) ``observation.state`` assembled in the order of the checkpoint's names."""
-    from hardware.registry import open_robot
-    from robot.types import STATE
-    from workflow.envs import sim_options_for
-
-    kind, sep, target = spec.partition(":")
-    features = controller.input_features
-    if not sep or kind == "sim":
-        return open_robot(spec, **sim_options_for(features))
-    opts: dict[str, Any] = {}
-    if kind in ("ur5e", "franka", "xarm") and STATE in features:
-        if not features[STATE].names:
-            raise ValueError(f"the policy's {STATE} has no entry names, so a driver cannot assemble it; retrain from a store that names them")
-        opts["state_names"] = tuple(features[STATE].names)
-    if target.startswith("standin:"):  # a simulated cell: its scene renders the cameras the policy reads
-        opts.update({k: v for k, v in sim_options_for(features).items() if k in ("cameras", "image_size")})
-    return open_robot(spec, **opts)
-
-
-def _loop_rate(config: DeployConfig, controller: DiffusionController, task: Task | None, robot: Robot, stream: TextIO) -> float:
-    trained = float(controller.meta.get("fps") or 0.0)
-    hz = config.hz if config.hz is not None else (trained or (task.fps if task is not None else 0.0))
-    if hz == 0 and not robot.name.startswith("sim:") and task is None:
-        raise ValueError(f"robot {robot.name}: an unthrottled loop (hz 0) only makes sense in sim; give --hz")
-    if hz > 0 and trained and abs(hz - trained) > 1e-6:
-        print(f"warning: deploying at {hz:g} Hz but the policy was trained on {trained:g} Hz data; "
-              f"its {controller.n_obs_steps}-frame history and chunk timing assume {trained:g} Hz", file=stream)  # fmt: skip
-    return float(hz)
 
 
 def _open_view(config: DeployConfig, controller: DiffusionController, robot: Robot, hz: float):

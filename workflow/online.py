@@ -25,6 +25,8 @@ summation order). Rank 0 writes the run directory and distils the one-step head.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,15 +43,16 @@ from robot.store import ZarrEpisodeStore
 from robot.types import EpisodeMeta
 from workflow.distill import distill, make_head_optimizer
 from workflow.distributed import Distributed, init_distributed
-from workflow.envs import make_sim_for
 from workflow.latent import encode_store
-from workflow.online_collect import Decisions, collect_episodes
+from workflow.control import ControlStack, loop_rate, open_robot_for
+from workflow.online_collect import Collected, Decisions, collect_episodes
 from workflow.online_update import OnlineLearner
 from workflow.paired import best_challenger, pick_beyond_noise, wins_losses
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
 from workflow.ppo import StepSchedule
 from workflow.rollout import episode_features, evaluate
 from workflow.run import RunDir, progress, resolve_device, seed_everything
+from workflow.takeover import OperatorConfig, OperatorStop, make_operator
 
 SELECTION_SEED = 500_000  # first sim seed of the selection episodes (apart from rollout and evaluation seeds)
 
@@ -62,6 +65,16 @@ class OnlineConfig:
     """Run directory: policy snapshots, metrics, rollouts.zarr."""
     task: str = "push"
     """Simulated task the episodes run on (`robot train online`: the one the policy's checkpoint names)."""
+    robot: str | None = None
+    """Robot the episodes run on, any spec `robot deploy` takes (sim:TASK, ur5e:HOST, franka:standin:lift,
+    remote:HOST:PORT...), through deploy's fixed-rate loop, chunk queue and safety layer; None: sim:<task>."""
+    hz: float | None = None
+    """Control rate; None: unthrottled in sim (one tick is one control period of sim time), the policy's data
+    rate on an arm (stand-ins included)."""
+    max_steps: int | None = None
+    """Ticks per episode; None: the task's limit (real arms: 600)."""
+    operator: OperatorConfig = field(default_factory=OperatorConfig)
+    """Who watches the episodes (a person or the scripted operator: start, labels, takeovers) and what scores them."""
     iterations: int = 10
     """Collect-then-update iterations."""
     episodes_per_iteration: int = 8
@@ -184,7 +197,6 @@ class OnlineReport:
 def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineReport:
     started = time.perf_counter()
     ddp, device = init_distributed(resolve_device(config.device))  # torchrun: one rollout worker and learner per rank
-    run = RunDir(config.out, config, write=ddp.is_main)
     seed_everything(config.seed)
     ckpt = load_checkpoint(policy_dir(config.policy), kind=KIND)
     model, head = build_from_checkpoint(ckpt, device=str(device))
@@ -193,23 +205,34 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     head_opt = make_head_optimizer(head, config.distill_lr) if head is not None else None
     controller = DiffusionController(model, ckpt.normalizer, deterministic=False, learning=True, chain_sampler=learner.sampler, seed=config.seed, device=str(device))
 
-    robot, task = make_sim_for(config.task, controller.input_features)
+    robot, task, control, operator = open_session(config, controller, ddp)  # every check before anything is written
+    run = RunDir(config.out, config, write=ddp.is_main)
     store = ZarrEpisodeStore.open_or_create(run.path / "rollouts.zarr", episode_features(robot)) if ddp.is_main else None
+    fps = control.loop.hz or float(controller.meta.get("fps") or (task.fps if task is not None else 0.0))
+
+    def commit(episode: Collected) -> None:  # each episode is in the store as soon as it ends
+        if store is not None and episode.frames:
+            store.append_episode(episode.frames, EpisodeMeta(task=config.task if task is None else task.name, robot=robot.name, fps=fps,
+                                                             success=episode.success, source="online-rollout", seed=episode.seed))  # fmt: skip
     distill_gen = torch.Generator(device="cpu").manual_seed(config.seed + 1)  # rank 0 only
     successes: list[float] = []
     first_seed = ddp.broadcast(config.seed * 1_000_003 + (store.num_episodes if store is not None else 0))
     bar = progress(config.iterations, 0, "online", show_progress and ddp.is_main)
-    with robot:
+    with robot, _session_closed(store, control, operator):
         for it in range(config.iterations):
             # 1. collect: each rank its share of the episodes, then everyone has all decisions in episode order
             model.eval()
             seeds = [first_seed + it * config.episodes_per_iteration + i for i in range(config.episodes_per_iteration)]
-            episodes = collect_episodes(robot, task, controller, [seeds[i] for i in ddp.shard(len(seeds))], config.gamma, ddp)
-            if store is not None:
-                for seed, frames, success, _ in episodes:
-                    store.append_episode(frames, EpisodeMeta(task=task.name, robot=robot.name, fps=task.fps, success=success, source="online-rollout", seed=seed))
-            successes.append(float(np.mean([success for _, _, success, _ in episodes])))
-            batch = Decisions.concat([d for _, _, _, d in episodes]).batch(device)
+            episodes = collect_episodes(control, [seeds[i] for i in ddp.shard(len(seeds))], config.gamma, ddp, commit=commit)
+            stop = next((e.stop for e in episodes if e.stop is not None), None)
+            if stop is not None:
+                raise OperatorStop(f"the operator stopped the session ({stop}) during iteration {it}; its {len(episodes)} finished episodes are in "
+                                   f"{run.path / 'rollouts.zarr'}, the last finished update is {run.snapshot_dir(it - 1) if it else config.policy}")  # fmt: skip
+            successes.append(float(np.mean([e.success for e in episodes])))
+            decisions = Decisions.concat([e.decisions for e in episodes])
+            if not decisions.cond:
+                raise ValueError(f"iteration {it}: the operator drove every step of every episode, so the policy made no decision to learn from")
+            batch = decisions.batch(device)
 
             # 2. advantages, 3. PPO and value epochs
             stats = learner.update(batch, it)
@@ -219,7 +242,8 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
             if head is not None and ddp.is_main:
                 model.eval()
                 distill_loss = distill(model, head, head_opt, batch.cond, config.distill_steps, distill_gen, reuse=config.distill_reuse)
-            run.metrics.log({**stats, "charts/success": successes[-1], "losses/distill": distill_loss}, it)
+            interventions = sum(e.interventions for e in episodes)
+            run.metrics.log({**stats, "charts/success": successes[-1], "losses/distill": distill_loss, "charts/interventions": interventions}, it)
             if ddp.is_main:
                 save_policy(run.snapshot_dir(it), model, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "iteration": it})
             bar.update(1)
@@ -248,6 +272,40 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     run.write_report(report)
     run.close()
     return report
+
+
+def open_session(config: OnlineConfig, controller: DiffusionController, ddp: Distributed):
+    """The robot the config names, its task (None on a real arm), the control stack the episodes run on (deploy's
+    loop, chunk queue and safety layer) and the operator's device (not yet connected)."""
+    spec = config.robot or f"sim:{config.task}"
+    sim = spec.startswith("sim:")
+    if ddp.enabled and not sim:
+        raise ValueError(f"torchrun runs one simulated rollout worker per rank; robot {spec} is one arm: run it in one process")
+    robot, task = open_robot_for(spec, controller)
+    controller.check_robot(robot.name, robot.observation_features, robot.action_features)
+    if task is None and config.select_episodes:
+        raise ValueError(f"robot {robot.name} has no task to score the selection episodes with; pass --select-episodes 0 (the last iteration is handed on)")
+    operator = make_operator(config.operator, robot, task, seed=config.seed)
+    scoring = config.operator.scoring_task(task)  # None: the operator's label scores each episode
+    hz = loop_rate(config.hz if config.hz is not None or not sim else 0.0, controller, task, robot, sys.stderr)
+    return robot, task, ControlStack(robot, scoring, controller, hz=hz, operator=operator, max_steps=config.max_steps), operator
+
+
+@contextlib.contextmanager
+def _session_closed(store, control: ControlStack, operator):
+    """Connect the operator's device; close it, the planner and the store however the session ends (committed
+    episodes stay readable after an e-stop or a crash)."""
+    try:
+        if operator is not None:
+            operator.connect()
+            print(operator.controls, file=sys.stderr)
+        yield
+    finally:
+        control.close()
+        if operator is not None:
+            operator.close()
+        if store is not None:
+            store.close()
 
 
 def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, run: RunDir, gen: torch.Generator, ddp: Distributed, device):

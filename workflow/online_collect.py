@@ -8,16 +8,16 @@ collects its share of an iteration's episodes and every rank ends with all decis
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 import torch
 
 from policies.diffusion import Chain
-from robot.protocols import Robot, Task
+from workflow.control import ControlStack
 from workflow.distributed import Distributed
-from workflow.episode import Episode, PolicyActor
-from workflow.policy import DiffusionController
+from workflow.takeover import LABEL_REWARD
 
 
 @dataclass(frozen=True)
@@ -77,51 +77,102 @@ class Decisions:
         )
 
 
-def collect_episodes(
-    robot: Robot, task: Task, controller: DiffusionController, seeds: list[int], gamma: float, ddp: Distributed
-) -> list[tuple[int, dict[str, np.ndarray], bool, Decisions]]:
-    """This rank's episodes, then every rank's in seed order: ``(seed, frames, success, decisions)`` each.
-    Frames travel to rank 0 only (the one that stores them)."""
+@dataclass(frozen=True)
+class Collected:
+    """One collected episode."""
+
+    seed: int
+    frames: dict[str, np.ndarray]
+    """What the store keeps (only on the rank that stores it under torchrun)."""
+    success: bool
+    decisions: Decisions
+    label: str
+    """How it ended (task, max-steps, operator, e-stop, ...)."""
+    interventions: int
+    """Steps the operator drove."""
+    stop: str | None = None
+    """estop or quit: the session stops after this episode."""
+
+
+def collect_episodes(control: ControlStack, seeds: list[int], gamma: float, ddp: Distributed, *, commit: Callable[[Collected], None] | None = None) -> list[Collected]:
+    """This rank's episodes, then every rank's in seed order. ``commit`` gets each episode (on rank 0 under
+    torchrun, after the gather; in one process as soon as it ends, so a crash loses no finished episode).
+    An e-stop or quit ends the collection early; what ran is returned."""
     mine = []
     for seed in seeds:
         decisions = Decisions()  # the controller draws this episode's noise from (its seed, the episode's) alone
-        frames, success = collect_episode(robot, task, controller, decisions, gamma, seed=seed)
-        mine.append((seed, frames, success, decisions))
+        collected = collect_episode(control, decisions, gamma, seed=seed)
+        mine.append(collected)
+        if commit is not None and not ddp.enabled:
+            commit(collected)
+        if collected.stop is not None:
+            break
     if not ddp.enabled:
         return mine
-    light = [(seed, {}, success, decisions) for seed, _, success, decisions in mine]
-    everyone = sorted((e for part in ddp.gather(light) for e in part), key=lambda e: e[0])
-    frames = ddp.gather_to_main({seed: f for seed, f, _, _ in mine})  # only rank 0 stores them
+    light = [replace(c, frames={}) for c in mine]
+    everyone = sorted((e for part in ddp.gather(light) for e in part), key=lambda e: e.seed)
+    frames = ddp.gather_to_main({c.seed: c.frames for c in mine})  # only rank 0 stores them
     if frames is not None:
         by_seed = {seed: f for part in frames for seed, f in part.items()}
-        everyone = [(seed, by_seed[seed], success, decisions) for seed, _, success, decisions in everyone]
+        everyone = [replace(c, frames=by_seed[c.seed]) for c in everyone]
+        for c in everyone if commit is not None else ():
+            commit(c)
     return everyone
 
 
 @torch.no_grad()
-def collect_episode(
-    robot: Robot, task: Task, controller: DiffusionController, out: Decisions, gamma: float, *, seed: int
-) -> tuple[dict[str, np.ndarray], bool]:
-    """One stochastic episode; its chunk decisions go to ``out``, its frames are returned for the store.
+def collect_episode(control: ControlStack, out: Decisions, gamma: float, *, seed: int) -> Collected:
+    """One stochastic episode on ``control``; its chunk decisions go to ``out``.
 
     A decision's reward is its chunk's discounted reward; its next features are those the next decision was
-    planned from (the last decision's: the history with the final observation added)."""
-    episode = Episode(robot, task, PolicyActor(controller), seed=seed)
-    reward, n = 0.0, 0
+    planned from (the last decision's: the history with the final observation added). Decisions are the
+    policy's alone: a chunk the operator cut short by taking over leaves the batch, and the decision before it
+    ends its run there, bootstrapped from the value where the operator took over (truncation; so does a chunk that
+ran to its end just before the takeover); after the
+    hand-back the policy replans and a new run starts. The operator's steps stay in the episode's frames, flagged
+    ``intervention`` (demonstrations for the next offline round's imitation and critics), and never enter the PPO
+    ratio. Scored by label (no task), a labelled success earns :data:`LABEL_REWARD` at the last step; an
+    operator's label ends the episode (no future value), as does the task's success; the step limit, an e-stop
+    or a quit truncate it.
+    """
+    episode = control.episode(seed)
+    controller = control.controller
+    reward, n, open_decision, interventions = 0.0, 0, False, 0
     for step in episode:
-        if step.policy.chunk_started:
+        if step.intervention:
+            interventions += 1
+            if open_decision and n < controller.n_action_steps:
+                _cut(out)
+            elif open_decision:  # its chunk ran to the end: its run ends at the operator's first step
+                _add_outcome(out, reward, gamma**n, terminal=False, last=True, next_cond=controller.condition())
+            open_decision = False
+            continue
+        if step.policy is not None and step.policy.chunk_started:
             decision = step.policy.decision
-            if n:  # the previous chunk ends where this one was planned
+            if open_decision:  # the previous chunk ends where this one was planned
                 _add_outcome(out, reward, gamma**n, terminal=False, last=False, next_cond=decision.cond)
             out.cond.append(decision.cond)
             out.chains.append(decision.chain)
-            reward, n = 0.0, 0
-        reward += gamma**n * step.reward
-        n += 1
-    _add_outcome(out, reward, gamma**n, terminal=episode.success, last=True, next_cond=controller.peek_condition(episode.last.next_observation))
-    return episode.frames.arrays(), episode.success
+            reward, n, open_decision = 0.0, 0, True
+        if open_decision:
+            reward += gamma**n * step.reward
+            n += 1
+    ending = episode.ending
+    if open_decision:
+        if episode.task is None and episode.success:
+            reward += gamma ** (n - 1) * LABEL_REWARD
+        terminal = episode.success or ending.label == "operator"
+        _add_outcome(out, reward, gamma**n, terminal=terminal, last=True, next_cond=controller.peek_condition(episode.last.next_observation))
+    frames = episode.frames.arrays() if len(episode.frames) else {}
+    return Collected(seed, frames, episode.success, out, ending.label, interventions, ending.stop)
 
 
+def _cut(out: Decisions) -> None:
+    """Drop the open decision (the operator cut its chunk short); the one before it, if any, ends its run."""
+    out.cond.pop()
+    out.chains.pop()
+    if out.last:
+        out.last[-1] = True
 def _add_outcome(out: Decisions, reward: float, discount: float, *, terminal: bool, last: bool, next_cond: torch.Tensor) -> None:
     out.rewards.append(reward)
     out.discounts.append(discount)

@@ -18,12 +18,26 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 Frames = list[dict[str, np.ndarray]]
-PlanFn = Callable[[Frames], tuple[np.ndarray, "np.ndarray | None"]]  # history -> (chunk (H, Da), chain or None)
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """What a policy plans from one observation history."""
+
+    actions: np.ndarray
+    """(H, Da) robot actions."""
+    chain: np.ndarray | None = None
+    """(K+1, H, Da) normalised denoising chain, when kept for viewing."""
+    decision: Any = None
+    """The stochastic chain with its log-probs, when the policy is learning (``workflow.policy.ChainDecision``)."""
+
+
+PlanFn = Callable[[Frames], ChunkPlan]  # history -> plan
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,7 @@ class Plan:
     planned_at: int  # control tick of the newest observation it saw
     inference_s: float  # wall time the network took
     chain: np.ndarray | None = None  # (K+1, H, Da) normalised denoising chain, when kept
+    decision: Any = None  # the learning policy's chain decision (ChunkPlan.decision)
 
 
 class Planner:
@@ -117,7 +132,7 @@ class Planner:
     def _run(self, frames: Frames, tick: int) -> Plan | BaseException:
         start = time.perf_counter()
         try:
-            chunk, chain = self.plan_fn(frames)
+            planned = self.plan_fn(frames)
         except Exception as exc:  # handed to the loop's thread by poll()
             return exc
-        return Plan(np.asarray(chunk), tick, time.perf_counter() - start, chain)
+        return Plan(np.asarray(planned.actions), tick, time.perf_counter() - start, planned.chain, planned.decision)

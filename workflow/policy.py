@@ -24,6 +24,7 @@ from robot.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_
 from robot.normalize import Normalizer
 from robot.protocols import PolicyStep
 from robot.types import ACTION, Feature, check_features
+from workflow.planner import ChunkPlan
 
 KIND = "diffusion-policy"
 SAMPLERS = (*MEAN_ETA, "ddpm", "consistency")
@@ -117,21 +118,10 @@ class DiffusionController:
         if self._actions:
             return PolicyStep(self._actions.popleft())
         start = time.perf_counter()
-        if self.learning:
-            decision = self.sample_decision()
-            chunk, chain = self.unnormalize_actions(decision.chain.actions[0]), None
-        else:
-            decision = None
-            chunk, chain = self.plan(self.history())
+        planned = self.plan(self.history())
         inference_s = time.perf_counter() - start
-        self._actions.extend(chunk[: self.n_action_steps])
-        return PolicyStep(self._actions.popleft(), chunk_started=True, inference_s=inference_s, chain=chain, decision=decision)
-
-    @torch.no_grad()
-    def sample_decision(self) -> "ChainDecision":
-        """The stochastic chain for the current history, with each denoising step's log-prob (online RL)."""
-        cond = self.condition()
-        return ChainDecision(cond, self.model.sample_chain(cond, generator=self.generator, sampler=self.chain_sampler))
+        self._actions.extend(planned.actions[: self.n_action_steps])
+        return PolicyStep(self._actions.popleft(), chunk_started=True, inference_s=inference_s, chain=planned.chain, decision=planned.decision)
 
     # -------------------------------------------------------------- helpers
     def push_observation(self, observation: Mapping[str, np.ndarray]) -> None:
@@ -172,16 +162,20 @@ class DiffusionController:
     @torch.no_grad()
     def predict_chunk(self) -> np.ndarray:
         """Unnormalised actions ``(horizon, Da)`` for the current observation history."""
-        return self.plan(self.history())[0]
+        return self.plan(self.history()).actions
 
     @torch.no_grad()
-    def plan(self, frames: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Actions ``(horizon, Da)`` for the history ``frames``, and the denoising chain
-        ``(K+1, horizon, Da)`` (normalised) when ``keep_chain`` is set and the sampler is DDIM.
+    def plan(self, frames: list[dict[str, np.ndarray]]) -> ChunkPlan:
+        """Actions ``(horizon, Da)`` for the history ``frames``; the denoising chain ``(K+1, horizon, Da)``
+        (normalised) when ``keep_chain`` is set and the sampler is DDIM; while ``learning``, the stochastic
+        chain with each denoising step's log-prob (``ChunkPlan.decision``, for online RL).
 
         Touches no queue, so a deployment's inference thread can call it while the loop runs.
         """
         cond = self.condition(frames)
+        if self.learning:
+            decision = ChainDecision(cond, self.model.sample_chain(cond, generator=self.generator, sampler=self.chain_sampler))
+            return ChunkPlan(self.unnormalize_actions(decision.chain.actions[0]), decision=decision)
         chain = None
         if self.sampler == "consistency":
             normalized = self.consistency.sample(cond, generator=self.generator)
@@ -191,7 +185,7 @@ class DiffusionController:
                                            mean_eta=MEAN_ETA.get(self.sampler), sampler=self.chain_sampler)  # fmt: skip
             if trajectory:
                 chain = torch.stack([x[0] for x in trajectory]).cpu().numpy()
-        return self.unnormalize_actions(normalized[0]), chain
+        return ChunkPlan(self.unnormalize_actions(normalized[0]), chain)
 
     def check_robot(self, robot_name: str, observation_features: Mapping[str, Feature], action_features: Mapping[str, Feature]) -> None:
         """Raise a ValueError naming every key this policy needs that the robot lacks."""

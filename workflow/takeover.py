@@ -12,12 +12,13 @@ where the device has no action leaves the inner actor in charge of that tick.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
 
 from hardware.teleop import TeleopDevice, TeleopEvent
-from robot.protocols import Observation, Policy
+from robot.protocols import EpisodeSeeded, Observation, Policy
 from workflow.episode import Act, Actor, Ending, PolicyActor
 from workflow.rate import RateLoop
 
@@ -63,6 +64,8 @@ class Takeover:
     def begin(self, seed: int, observation: Observation) -> Ending | None:
         self.active = False
         self.device.reset()
+        if isinstance(self.device, EpisodeSeeded):  # a scripted operator decides from the episode's seed
+            self.device.seed_episode(seed)
         if self.wait_for_start and not wait_for_start(self.device, observation, RateLoop(20.0), _announce_home):
             return Ending(NOT_STARTED, False, "quit")
         return self.inner.begin(seed, observation)
@@ -107,3 +110,60 @@ def wait_for_start(device: TeleopDevice, observation: Observation, idle: RateLoo
 
 def _announce_home() -> None:
     print("robot is home: set the scene up, then press enter to start the episode (q quits)", file=sys.stderr)
+
+
+class OperatorStop(RuntimeError):
+    """The operator ended a session (e-stop or quit) before its work was done; what finished is kept."""
+
+
+REWARDS = ("auto", "task", "label")
+LABEL_REWARD = 1.0
+"""Reward of an episode the operator labels a success, at its last step (sessions scored by label)."""
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Who watches an RL stage's episodes on the robot, and what scores them."""
+
+    device: str | None = None
+    """keyboard, gamepad or spacemouse (a person at the arm), scripted (the task's expert playing the operator:
+    sim and stand-ins), or None: no operator (the task scores every episode)."""
+    reward: str = "auto"
+    """task: the task's reward terms and success check (sim, stand-ins); label: success only from the operator's
+    label, reward 1 at a labelled success and 0 elsewhere (what a real arm has); auto: task when the robot comes
+    with one."""
+    takeover_rate: float = 0.0
+    """scripted: share of the drifting episodes the operator takes over."""
+    drift_after: int | None = None
+    """scripted: ticks without success after which an episode is drifting; None: half the task's step limit."""
+    takeover_steps: int = 20
+    """scripted: ticks the expert drives before handing back."""
+
+    def __post_init__(self) -> None:
+        if self.reward not in REWARDS:
+            raise ValueError(f"operator reward must be one of {REWARDS}, got {self.reward!r}")
+        if not 0.0 <= self.takeover_rate <= 1.0 or self.takeover_steps < 1:
+            raise ValueError(f"takeover_rate must be in [0, 1] and takeover_steps >= 1, got {self.takeover_rate}, {self.takeover_steps}")
+        if self.reward == "label" and self.device is None:
+            raise ValueError("reward 'label' needs an operator to label the episodes: give the operator device (keyboard, gamepad, spacemouse, scripted)")
+
+    def scoring_task(self, task):
+        """The task the episode engine scores steps with: the robot's own, or None when the operator's label scores."""
+        if self.reward == "label" or (self.reward == "auto" and task is None):
+            return None
+        if task is None:
+            raise ValueError("reward 'task' needs a robot that comes with a task (sim:<task> or <arm>:standin:<task>); a real arm is scored by the operator's label")
+        return task
+
+
+def make_operator(config: OperatorConfig, robot, task, *, seed: int = 0) -> TeleopDevice | None:
+    """The operator's device (not yet connected), or None when the config names none."""
+    if config.device is None:
+        return None
+    if config.device == "scripted":
+        from hardware.teleop.scripted import ScriptedOperator
+
+        return ScriptedOperator(task, takeover_rate=config.takeover_rate, drift_after=config.drift_after, takeover_steps=config.takeover_steps, seed=seed)
+    from hardware.teleop import make_device
+
+    return make_device(config.device, action_features=robot.action_features, task=task)

@@ -1,0 +1,177 @@
+"""Online RL on any robot spec: the control stack's decisions, the scripted operator, takeovers and labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hardware.registry import make_sim
+from hardware.teleop import TeleopCommand, TeleopEvent
+from hardware.teleop.scripted import ScriptedOperator
+from robot.cli import app
+from robot.store import ZarrEpisodeStore
+from robot.types import INTERVENTION, REWARD
+from workflow.control import ControlStack, open_robot_for
+from workflow.episode import Episode, PolicyActor
+from workflow.online_collect import Decisions, collect_episode
+from workflow.policy import DiffusionController
+from workflow.takeover import LABEL_REWARD, OperatorConfig
+
+from workflow.imitation import ImitationConfig, train_imitation
+
+from tests.test_imitation import TINY, record_demos
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("online-robot")
+    demos = record_demos(root / "push.zarr", 4)
+    train_imitation(ImitationConfig(data=str(demos), out=str(root / "run"), policy=TINY, steps=30, batch_size=16, eval_every=30, checkpoint_every=30), show_progress=False)
+    return root / "run"
+
+
+def learner(policy_path, seed=5) -> DiffusionController:
+    controller = DiffusionController.load(policy_path, deterministic=False, seed=seed)
+    controller.learning = True
+    return controller
+
+
+def test_the_control_stack_collects_the_chains_the_policy_alone_samples(policy):
+    robot, task = make_sim("push")
+    with robot:
+        alone = [s.policy.decision for s in Episode(robot, task, PolicyActor(learner(policy)), seed=4) if s.policy.chunk_started]
+        out = Decisions()
+        collect_episode(ControlStack(robot, task, learner(policy), hz=0), out, 0.99, seed=4)
+    assert len(out.chains) == len(alone) > 1
+    for mine, theirs in zip(out.chains, alone):
+        torch.testing.assert_close(mine.samples, theirs.chain.samples)  # deploy's loop in sim: the very same chains
+
+
+def test_a_learning_policy_refuses_ensembled_chunks(policy):
+    robot, task = make_sim("push")
+    with pytest.raises(ValueError, match="receding"):
+        ControlStack(robot, task, learner(policy), hz=0, chunks="ensemble")
+
+
+def test_a_takeover_cuts_the_policy_s_decision_and_its_steps_stay_as_interventions(policy):
+    robot, task = make_sim("push")
+    operator = ScriptedOperator(task, takeover_rate=1.0, drift_after=5, takeover_steps=6)
+    control = ControlStack(robot, task, learner(policy), hz=0, operator=operator, max_steps=40)
+    out = Decisions()
+    with robot:
+        collected = collect_episode(control, out, 1.0, seed=2)
+    flags = collected.frames[INTERVENTION]
+    assert collected.interventions == int(flags.sum()) == 6  # six ticks driven, then handed back
+    first = int(np.argmax(flags))
+    assert 5 <= first <= 6 and flags[first : first + 6].all() and not flags[first + 6 :].any()
+    ta, length = control.controller.n_action_steps, len(flags)
+    starts = list(range(0, first, ta))  # the policy's chunks before the takeover, the last one cut if it had not run out
+    complete = starts if starts[-1] + ta <= first else starts[:-1]
+    after = list(range(first + 6, length, ta))  # the hand-back replans
+    assert len(out.cond) == len(out.rewards) == len(complete) + len(after)
+    assert out.last[len(complete) - 1] and not any(out.last[: len(complete) - 1])  # the run before the takeover ends there
+    assert not out.terminal[len(complete) - 1]
+    policy_rewards = float(collected.frames[REWARD][: len(complete) * ta].sum() + collected.frames[REWARD][first + 6 :].sum())
+    assert sum(out.rewards) == pytest.approx(policy_rewards, abs=1e-5)  # the operator's steps earn the policy nothing
+
+
+def test_the_scripted_operator_takes_over_by_episode_seed_and_at_its_rate():
+    _, task = make_sim("push")
+    operator = ScriptedOperator(task, takeover_rate=0.3, seed=1)
+    draws = []
+    for seed in range(200):
+        operator.seed_episode(seed)
+        draws.append(operator._takes_over)
+    assert 0.2 < np.mean(draws) < 0.4
+    operator.seed_episode(7)
+    again = operator._takes_over
+    operator.seed_episode(8)
+    operator.seed_episode(7)
+    assert operator._takes_over == again
+    with pytest.raises(ValueError, match="takeover_rate"):
+        ScriptedOperator(task, takeover_rate=1.5)
+
+
+class Labeller:
+    """A person at the arm who starts each episode and says "success" (or "failure") after ``after`` ticks."""
+
+    name, controls = "labeller", ""
+
+    def __init__(self, after: int, success: bool):
+        self.after, self.success, self.tick = after, success, -1
+
+    def connect(self): ...
+
+    def close(self): ...
+
+    def reset(self):
+        self.tick = -1
+
+    def poll(self, observation):
+        self.tick += 1
+        if self.tick == 0:
+            return TeleopCommand(events=frozenset({TeleopEvent.START}))
+        if self.tick > self.after:
+            return TeleopCommand(events=frozenset({TeleopEvent.SUCCESS if self.success else TeleopEvent.FAILURE}))
+        return TeleopCommand()
+
+
+@pytest.mark.parametrize("success", [True, False])
+def test_scored_by_label_an_episode_earns_its_reward_from_the_operator_on_a_stand_in(policy, success):
+    controller = learner(policy)
+    robot, task = open_robot_for("xarm:standin:push", controller)
+    assert OperatorConfig(device="scripted", reward="label").scoring_task(task) is None
+    control = ControlStack(robot, None, controller, hz=0, operator=Labeller(after=9, success=success))
+    out = Decisions()
+    with robot:
+        collected = collect_episode(control, out, 0.9, seed=3)
+    assert collected.label == "operator" and collected.success == success and len(collected.frames[REWARD]) == 9
+    assert float(np.abs(collected.frames[REWARD]).sum()) == 0.0  # nothing scores the steps on a real arm
+    ta = controller.n_action_steps
+    last_chunk_steps = 9 - (len(out.rewards) - 1) * ta
+    assert out.rewards[-1] == pytest.approx(0.9 ** (last_chunk_steps - 1) * LABEL_REWARD if success else 0.0)
+    assert sum(out.rewards[:-1]) == 0.0 and out.terminal[-1] and out.last[-1]  # a label ends the episode: no future value
+
+
+def test_a_stand_in_episode_at_its_step_limit_is_truncated_not_terminal(policy):
+    controller = learner(policy)
+    robot, task = open_robot_for("xarm:standin:push", controller)
+    control = ControlStack(robot, None, controller, hz=0, operator=ScriptedOperator(task), max_steps=12)
+    out = Decisions()
+    with robot:
+        collected = collect_episode(control, out, 1.0, seed=0)
+    assert collected.label == "max-steps" and not collected.success and not out.terminal[-1] and sum(out.rewards) == 0.0
+
+
+def test_label_scoring_needs_an_operator_and_task_scoring_a_task():
+    with pytest.raises(ValueError, match="needs an operator"):
+        OperatorConfig(reward="label")
+    with pytest.raises(ValueError, match="real arm is scored by the operator's label"):
+        OperatorConfig(reward="task").scoring_task(None)
+
+
+def test_robot_train_online_runs_on_a_stand_in_with_the_scripted_operator(policy, tmp_path: Path):
+    out = tmp_path / "online"
+    args = ["train", "online", "--policy", str(policy), "--out", str(out), "--robot", "xarm:standin:push", "--hz", "0",
+            "--operator-device", "scripted", "--operator-reward", "label", "--operator-takeover-rate", "1", "--operator-drift-after", "10",
+            "--iterations", "2", "--episodes-per-iteration", "2", "--max-steps", "40", "--select-episodes", "0", "--distill-steps", "0"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with ZarrEpisodeStore.open(out / "rollouts.zarr") as store:
+        metas = store.metas
+        assert len(metas) == 4 and all(m.robot.startswith("xarm") and m.source == "online-rollout" for m in metas)
+        assert all(store.episode(i).data[INTERVENTION].any() or metas[i].success for i in range(4))
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(d.get("charts/interventions", 0) > 0 for d in logged)
+    assert (out / "policy").exists()
+
+
+def test_a_real_arm_without_selection_task_is_refused_before_it_moves(policy, tmp_path: Path):
+    result = CliRunner().invoke(app, ["train", "online", "--policy", str(policy), "--out", str(tmp_path / "o"), "--robot", "remote:127.0.0.1:1",
+                                      "--operator-device", "keyboard"])  # fmt: skip
+    assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output
