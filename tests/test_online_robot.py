@@ -175,3 +175,93 @@ def test_a_real_arm_without_selection_task_is_refused_before_it_moves(policy, tm
     result = CliRunner().invoke(app, ["train", "online", "--policy", str(policy), "--out", str(tmp_path / "o"), "--robot", "remote:127.0.0.1:1",
                                       "--operator-device", "keyboard"])  # fmt: skip
     assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------ kill and resume
+
+
+class Killed(BaseException):
+    """Stands in for a kill: nothing after it runs (BaseException: no handler of the kit catches it)."""
+
+
+def _online(policy_path, out, **over):
+    from workflow.online import OnlineConfig
+
+    cfg = dict(policy=str(policy_path), out=str(out), task="push", iterations=3, episodes_per_iteration=3, epochs=2, minibatch=16,
+               select_episodes=0, distill_steps=3, max_steps=30, seed=3)  # fmt: skip
+    cfg.update(over)
+    return OnlineConfig(**cfg)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "policy" / "tensors.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(policy, tmp_path_factory):
+    from workflow.online import train_online
+
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    train_online(_online(policy, out), show_progress=False)
+    return out
+
+
+def _kill_at(monkeypatch, target, attribute, call: int, after: bool = False):
+    """Make ``target.attribute`` raise Killed on its ``call``-th call (after doing its work when ``after``)."""
+    real = getattr(target, attribute)
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call and not after:
+            raise Killed
+        result = real(*args, **kwargs)
+        if calls["n"] == call:
+            raise Killed
+        return result
+
+    monkeypatch.setattr(target, attribute, wrapped)
+
+
+@pytest.mark.parametrize("where", ["mid-episode", "before-its-commit", "between-the-two-writes", "between-episodes", "mid-update", "after-the-snapshot"])
+def test_a_killed_online_run_resumes_to_the_uninterrupted_policy_losing_and_repeating_nothing(policy, uninterrupted, tmp_path, monkeypatch, where):
+    import workflow.online as online
+    import workflow.online_collect as collect
+    from workflow.online_update import OnlineLearner
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        if where == "mid-episode":  # the fifth episode (iteration 1) never finishes
+            _kill_at(patch, collect, "collect_episode", 5)
+        elif where == "before-its-commit":  # the fifth ends, the kill comes before it is written
+            _kill_at(patch, collect, "collect_episode", 5, after=True)
+        elif where == "between-the-two-writes":  # the fifth is in the episode log, not yet in the store
+            _kill_at(patch, ZarrEpisodeStore, "append_episode", 5)
+        elif where == "between-episodes":  # the fifth is committed, the sixth never starts
+            _kill_at(patch, collect, "collect_episode", 6)
+        elif where == "mid-update":  # iteration 1's update ran in memory and was never saved
+            _kill_at(patch, OnlineLearner, "update", 2, after=True)
+        else:  # iteration 1's snapshot is on disk, its state is not
+            _kill_at(patch, online, "save_state", 3)
+        with pytest.raises(Killed):
+            online.train_online(_online(policy, out), show_progress=False)
+    counted = {"episodes": 0}
+    real = collect.collect_episode
+
+    def counting(*args, **kwargs):
+        counted["episodes"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(collect, "collect_episode", counting)
+    online.train_online(_online(policy, out), show_progress=False)  # the same command again
+    expected_rerun = {"mid-episode": 5, "before-its-commit": 5, "between-the-two-writes": 4, "between-episodes": 4, "mid-update": 3, "after-the-snapshot": 3}[where]
+    assert counted["episodes"] == expected_rerun  # a finished episode is never collected again (iteration 1's stay for its redone update)
+    with ZarrEpisodeStore.open(out / "rollouts.zarr") as store:
+        seeds = [m.seed for m in store.metas]
+    with ZarrEpisodeStore.open(uninterrupted / "rollouts.zarr") as store:
+        assert sorted(seeds) == sorted(m.seed for m in store.metas) and len(set(seeds)) == 9  # none lost, none twice
+    mine, theirs = _weights(out), _weights(uninterrupted)
+    for name in theirs:
+        torch.testing.assert_close(mine[name], theirs[name], rtol=0, atol=0, msg=f"{name} differs from the uninterrupted run's")

@@ -46,6 +46,7 @@ from workflow.distributed import Distributed, init_distributed
 from workflow.latent import encode_store
 from workflow.control import ControlStack, loop_rate, open_robot_for
 from workflow.online_collect import Collected, Decisions, collect_episodes
+from workflow.online_resume import EpisodeLog, Progress, load_state, save_state
 from workflow.online_update import OnlineLearner
 from workflow.paired import best_challenger, pick_beyond_noise, wins_losses
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
@@ -209,25 +210,39 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     run = RunDir(config.out, config, write=ddp.is_main)
     store = ZarrEpisodeStore.open_or_create(run.path / "rollouts.zarr", episode_features(robot)) if ddp.is_main else None
     fps = control.loop.hz or float(controller.meta.get("fps") or (task.fps if task is not None else 0.0))
+    stored = {m.seed for m in store.metas if m.source == "online-rollout"} if store is not None else set()
+    log = EpisodeLog(run.path / "checkpoints" / "episodes", learner.sampler)
 
-    def commit(episode: Collected) -> None:  # each episode is in the store as soon as it ends
-        if store is not None and episode.frames:
+    def commit(it: int, episode: Collected) -> None:  # each episode is kept as soon as it ends (rank 0)
+        log.save(it, episode)
+        if store is not None and episode.frames and episode.seed not in stored:
             store.append_episode(episode.frames, EpisodeMeta(task=config.task if task is None else task.name, robot=robot.name, fps=fps,
                                                              success=episode.success, source="online-rollout", seed=episode.seed))  # fmt: skip
+            stored.add(episode.seed)
+
     distill_gen = torch.Generator(device="cpu").manual_seed(config.seed + 1)  # rank 0 only
-    successes: list[float] = []
-    first_seed = ddp.broadcast(config.seed * 1_000_003 + (store.num_episodes if store is not None else 0))
-    bar = progress(config.iterations, 0, "online", show_progress and ddp.is_main)
+    done = load_state(run.state_dir, model, learner, head, head_opt, distill_gen)  # a rerun resumes after the last finished update
+    if done is None:
+        done = Progress(0, ddp.broadcast(config.seed * 1_000_003 + len(stored)), [], None)
+        if ddp.is_main:
+            save_state(run.state_dir, done, model, learner, head, head_opt, distill_gen)
+    first_seed, successes = done.first_seed, done.successes
+    bar = progress(config.iterations, done.iteration, "online", show_progress and ddp.is_main)
     with robot, _session_closed(store, control, operator):
-        for it in range(config.iterations):
+        for it in range(done.iteration, config.iterations):
             # 1. collect: each rank its share of the episodes, then everyone has all decisions in episode order
             model.eval()
             seeds = [first_seed + it * config.episodes_per_iteration + i for i in range(config.episodes_per_iteration)]
-            episodes = collect_episodes(control, [seeds[i] for i in ddp.shard(len(seeds))], config.gamma, ddp, commit=commit)
+            kept = log.load(it)  # this iteration's episodes an interrupted run finished
+            for episode in kept.values() if ddp.is_main else ():
+                commit(it, episode)  # in the store if a kill came between the two writes
+            todo = [s for s in seeds if s not in kept]
+            fresh = collect_episodes(control, [todo[i] for i in ddp.shard(len(todo))], config.gamma, ddp, commit=lambda e, it=it: commit(it, e) if ddp.is_main else None)
+            episodes = sorted([*kept.values(), *fresh], key=lambda e: e.seed)
             stop = next((e.stop for e in episodes if e.stop is not None), None)
             if stop is not None:
-                raise OperatorStop(f"the operator stopped the session ({stop}) during iteration {it}; its {len(episodes)} finished episodes are in "
-                                   f"{run.path / 'rollouts.zarr'}, the last finished update is {run.snapshot_dir(it - 1) if it else config.policy}")  # fmt: skip
+                raise OperatorStop(f"the operator stopped the session ({stop}) during iteration {it}; its {len(episodes)} finished episodes are kept "
+                                   f"(in {run.path / 'rollouts.zarr'}): run the same command again to resume")  # fmt: skip
             successes.append(float(np.mean([e.success for e in episodes])))
             decisions = Decisions.concat([e.decisions for e in episodes])
             if not decisions.cond:
@@ -244,8 +259,11 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
                 distill_loss = distill(model, head, head_opt, batch.cond, config.distill_steps, distill_gen, reuse=config.distill_reuse)
             interventions = sum(e.interventions for e in episodes)
             run.metrics.log({**stats, "charts/success": successes[-1], "losses/distill": distill_loss, "charts/interventions": interventions}, it)
+            done = Progress(it + 1, first_seed, successes, batch.cond)
             if ddp.is_main:
                 save_policy(run.snapshot_dir(it), model, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "iteration": it})
+                save_state(run.state_dir, done, model, learner, head, head_opt, distill_gen)
+                log.clear_before(it + 1)
             bar.update(1)
             bar.set_postfix(success=f"{successes[-1]:.2f}")
         bar.close()
@@ -254,7 +272,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
         ddp.barrier()  # every snapshot is on disk before the selection loads them
 
         # 5. hand on the best of the start and the scored snapshots (deterministic, as deployed), its head distilled
-        final, head, selected, selection = hand_on(model, head, ckpt, batch.cond, robot, task, config, run, distill_gen, ddp, device)
+        final, head, selected, selection = hand_on(model, head, ckpt, done.last_cond, robot, task, config, run, distill_gen, ddp, device)
     if ddp.is_main:
         save_policy(run.policy_dir, final, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "selected": selected})
     ddp.barrier()  # the other ranks return once the policy is on disk

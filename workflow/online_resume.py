@@ -1,0 +1,119 @@
+"""Online RL survives a crash, an e-stop or a quit: what finished is kept, and rerunning the command resumes.
+
+Robot time is precious, so two things are written the moment they finish:
+
+- each episode, as it ends: its frames and its chunk decisions to ``checkpoints/episodes/ITERATION-SEED.pt``
+  (:class:`EpisodeLog`), then its frames to the run's store, so a rerun collects only the episodes the
+  interrupted iteration had not run, and the store never holds an episode twice;
+- each iteration's update, once done: the learner's whole state (policy, value function, one-step head, their
+  optimisers, the minibatch and distillation generators) to ``checkpoints/state`` (:func:`save_state`), so a
+  rerun starts at the next iteration and no update is applied twice.
+
+Every episode's noise comes from its own seed, so a resumed run takes the steps an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from policies.diffusion import Chain, ChainSampler
+from robot.checkpoint import Checkpoint, load_checkpoint, load_module_state, save_checkpoint
+from workflow.online_collect import Collected, Decisions
+
+STATE_KIND = "online-state"
+
+
+@dataclass
+class Progress:
+    """Where an online run stands."""
+
+    iteration: int
+    """The next iteration to run."""
+    first_seed: int
+    """Seed of the run's first rollout episode."""
+    successes: list[float]
+    """Each finished iteration's rollout success."""
+    last_cond: torch.Tensor | None
+    """(N, Dc) the last finished iteration's states (the final distillation's, without ``distill_data``)."""
+
+
+def save_state(path: Path, progress: Progress, model, learner, head, head_opt, distill_gen: torch.Generator) -> None:
+    """Write the learner's whole state after an update (atomically: a kill leaves the previous one)."""
+    modules = {"model": model.state_dict(), "value": learner.value.state_dict()}
+    state = {"actor_opt": learner.actor_opt.state_dict(), "value_opt": learner.value_opt.state_dict(), "gen": learner.gen.get_state(),
+             "distill_gen": distill_gen.get_state(), "value_warm": int(learner.value_warm)}  # fmt: skip
+    if head is not None:
+        modules["head"] = head.state_dict()
+        state["head_opt"] = head_opt.state_dict()
+    if progress.last_cond is not None:
+        modules["last"] = {"cond": progress.last_cond}
+    extra = {"iteration": progress.iteration, "first_seed": progress.first_seed, "successes": progress.successes}
+    save_checkpoint(path, Checkpoint(kind=STATE_KIND, config={}, modules=modules, extra=extra, state=state))
+
+
+def load_state(path: Path, model, learner, head, head_opt, distill_gen: torch.Generator) -> Progress | None:
+    """Restore what :func:`save_state` wrote into the freshly built learner; None when there is nothing to resume."""
+    if not (path / "checkpoint.json").is_file():
+        return None
+    saved = load_checkpoint(path, kind=STATE_KIND)
+    load_module_state(model, saved.modules["model"], what=str(path))
+    load_module_state(learner.value, saved.modules["value"], what=str(path))
+    learner.actor_opt.load_state_dict(saved.state["actor_opt"])
+    learner.value_opt.load_state_dict(saved.state["value_opt"])
+    learner.gen.set_state(saved.state["gen"].to(torch.uint8))
+    learner.value_warm = bool(saved.state["value_warm"])
+    distill_gen.set_state(saved.state["distill_gen"].to(torch.uint8))
+    if head is not None and "head" in saved.modules:
+        load_module_state(head, saved.modules["head"], what=str(path))
+        head_opt.load_state_dict(saved.state["head_opt"])
+    last = saved.modules.get("last", {}).get("cond")
+    extra = saved.extra
+    return Progress(int(extra["iteration"]), int(extra["first_seed"]), [float(s) for s in extra["successes"]], last)
+
+
+class EpisodeLog:
+    """The episodes an unfinished iteration has collected, one file each, written atomically as each ends."""
+
+    def __init__(self, path: Path, sampler: ChainSampler):
+        self.path, self.sampler = path, sampler
+
+    def save(self, iteration: int, episode: Collected) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        d = episode.decisions
+        chains = d.chains
+        record = {
+            "seed": episode.seed, "success": episode.success, "label": episode.label, "interventions": episode.interventions, "stop": episode.stop,
+            "frames": {k: torch.from_numpy(v) for k, v in episode.frames.items()},
+            "cond": torch.cat(d.cond) if d.cond else None, "next_cond": torch.cat(d.next_cond) if d.next_cond else None,
+            "samples": torch.cat([c.samples for c in chains]) if chains else None, "log_probs": torch.cat([c.log_probs for c in chains]) if chains else None,
+            "timesteps": chains[0].timesteps if chains else None,
+            "rewards": list(d.rewards), "discounts": list(d.discounts), "terminal": list(d.terminal), "last": list(d.last),
+        }  # fmt: skip
+        final = self.path / f"{iteration:05d}-{episode.seed}.pt"
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        torch.save(record, tmp)
+        os.replace(tmp, final)
+
+    def load(self, iteration: int) -> dict[int, Collected]:
+        """This iteration's committed episodes by seed."""
+        out = {}
+        for file in sorted(self.path.glob(f"{iteration:05d}-*.pt")):
+            r = torch.load(file, weights_only=True)
+            d = Decisions(rewards=r["rewards"], discounts=r["discounts"], terminal=r["terminal"], last=r["last"])
+            if r["cond"] is not None:
+                d.cond = list(r["cond"].split(1))
+                d.next_cond = list(r["next_cond"].split(1))
+                d.chains = [Chain(s, lp, r["timesteps"], self.sampler) for s, lp in zip(r["samples"].split(1), r["log_probs"].split(1))]
+            frames = {k: v.numpy() for k, v in r["frames"].items()}
+            out[int(r["seed"])] = Collected(int(r["seed"]), frames, bool(r["success"]), d, r["label"], int(r["interventions"]), r["stop"])
+        return out
+
+    def clear_before(self, iteration: int) -> None:
+        """Forget the episodes of finished iterations (their update is in the state)."""
+        for file in self.path.glob("*.pt"):
+            if int(file.name.split("-")[0]) < iteration:
+                file.unlink()
