@@ -36,7 +36,7 @@ import torch
 
 from robot.config import to_dict
 from robot.report import format_table
-from sim.registry import task_names
+from sim.registry import check_task
 from workflow.paired import mean_steps_to_success, sign_test_p, wilson_interval, wins_losses
 from workflow.pipeline import BUDGETS, PipelineConfig, StageResult, run_pipeline
 
@@ -67,8 +67,10 @@ class Setting:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", self.name):
             raise ValueError(f"setting name {self.name!r} must be lower-case letters, digits, '.', '_' or '-' (it names a directory)")
-        if self.task not in task_names():
-            raise ValueError(f"setting {self.name}: unknown task {self.task!r}; choose one of {', '.join(task_names())}")
+        try:
+            check_task(self.task)
+        except ValueError as e:
+            raise ValueError(f"setting {self.name}: {e}") from None
         self.pipeline_config("")  # PipelineConfig refuses a bad budget, sampler, demos, noise or style
 
     def pipeline_config(self, out: str | Path, device: str = "cpu") -> PipelineConfig:

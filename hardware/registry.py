@@ -41,7 +41,7 @@ def _arm_robot(kind: str) -> RobotFactory:
 
 
 _KINDS: dict[str, tuple[RobotFactory, str]] = {  # kind -> (factory, how to write its spec)
-    "sim": (_sim_robot, "sim:<task>, a MuJoCo scene from sim.registry (e.g. sim:push)"),
+    "sim": (_sim_robot, "sim:<task>, a MuJoCo scene from sim.registry (e.g. sim:push, sim:pkg.module:factory)"),
     "ur5e": (_arm_robot("ur5e"), "ur5e:<host> (ur_rtde), or ur5e:standin:<task> over a simulated controller"),
     "franka": (_arm_robot("franka"), "franka:<host> (franky), or franka:standin:<task>"),
     "xarm": (_arm_robot("xarm"), "xarm:<host> (xarm-python-sdk), or xarm:standin:<task>"),

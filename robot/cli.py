@@ -7,7 +7,6 @@ importing the kit has no side effects.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import os
 from pathlib import Path
@@ -83,18 +82,6 @@ def _run_or_fail(fn, *args, **kwargs):
         _fail(str(e.args[0]) if e.args else "missing key")
     except (StoreError, CheckpointError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
-
-
-def _checkpoint_task(policy: str | Path, ckpt=None) -> str:
-    """The simulated task a policy checkpoint (``ckpt`` when already loaded) was trained for: what a command runs
-    unless told otherwise."""
-    from robot.checkpoint import load_checkpoint
-    from workflow.policy import KIND, policy_dir
-
-    task = (ckpt or load_checkpoint(policy_dir(policy), kind=KIND)).extra.get("task")
-    if not isinstance(task, str) or not task:
-        raise ValueError(f"{policy}: the checkpoint names no task; pass --task")
-    return task
 
 
 @app.command()
@@ -229,8 +216,7 @@ def _train_offline(values: dict) -> None:
     def go():
         ckpt = load_checkpoint(policy_dir(values["policy"]), kind=KIND)
         ta = build_from_checkpoint(ckpt)[0].config.n_action_steps  # a policy, whole
-        derived = {"critic": CriticConfig.for_horizon(ta), "task": values.get("task") or _checkpoint_task(values["policy"], ckpt)}
-        return run(build(OfflineConfig, _offline_flags(), values, derived=derived))
+        return run(build(OfflineConfig, _offline_flags(), values, derived={"critic": CriticConfig.for_horizon(ta)}))  # no --task: the checkpoint's
 
     report = _run_or_fail(go)
     for r in report.rounds:
@@ -257,11 +243,7 @@ def _online_flags():
 def _train_online(values: dict) -> None:
     from workflow.online import OnlineConfig, train_online as run
 
-    def go():  # a bad setting or checkpoint is one line too; the settings are checked before the checkpoint is read
-        config = build(OnlineConfig, _online_flags(), values)
-        return run(config if values.get("task") else dataclasses.replace(config, task=_checkpoint_task(config.policy)))
-
-    report = _run_or_fail(go)
+    report = _run_or_fail(lambda: run(build(OnlineConfig, _online_flags(), values)))  # no --task: the checkpoint's
     _say(f"rollout success {report.success_first:.1%} -> {report.success_last:.1%}; kept {report.selected}; policy written to {report.policy}")
 
 
@@ -345,9 +327,10 @@ def _eval_flags():
 def _eval(values: dict) -> None:
     from robot.report import format_table
     from workflow.evaluate import EvalConfig, evaluate_policy
+    from workflow.policy import policy_task
 
     config = _run_or_fail(build, EvalConfig, _eval_flags(), values)
-    task = config.task or _run_or_fail(_checkpoint_task, config.policy)
+    task = _run_or_fail(policy_task, config.policy, config.task)
     common = dict(episodes=config.episodes, seed=config.seed, device=config.device)
     if config.samplers:
         if config.save or config.view or config.rrd:
@@ -425,6 +408,33 @@ def serve(
         _run_or_fail(run, robot, token, config, robot_options=options, echo=typer.echo)
     except OSError as e:
         _fail(str(e))
+
+
+@app.command()
+def tasks(
+    name: Optional[str] = typer.Argument(None, help="One task to show with every feature's entry names: any --task value, pkg.module:factory included."),
+) -> None:
+    """Every simulated task: observation and action features, cameras, scripted expert, episode limit, where it comes from."""
+    from sim.catalog import describe_task, task_details, tasks_table
+    from sim.registry import ENTRY_POINT_GROUP, resolve_task, task_names
+
+    if name is not None:
+        source = _run_or_fail(resolve_task, name).source
+        try:
+            summary = describe_task(name)
+        except Exception as e:  # the task's own code or its simulator: one line, not its traceback
+            _fail(f"task {name} ({source}): its scene does not build: {type(e).__name__}: {e}")
+        typer.echo(tasks_table([summary]) + "\n\n" + task_details(summary))
+        return
+    summaries = []
+    for n in task_names():  # builds each scene once (robosuite's take a second or two)
+        try:
+            summaries.append(describe_task(n))
+        except Exception as e:
+            typer.secho(f"warning: task {n}: its scene does not build, left out: {type(e).__name__}: {e}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(tasks_table(summaries, title="tasks (images come with --cameras; `robot tasks NAME` names every feature's entries)"))
+    typer.echo(f"\nadd one: sim.registry.register_task(name, factory) in your code, an entry point in the {ENTRY_POINT_GROUP!r} group "
+               "of an installed package, or --task pkg.module:factory on any command (README: Bring your own task)")
 
 
 CONVERT_PATHS = [

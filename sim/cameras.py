@@ -31,6 +31,12 @@ from robot.types import POINTCLOUD, Feature, image_key
 SAMPLING = ("fps", "random")
 
 
+def model_cameras(model: mujoco.MjModel) -> tuple[str, ...]:
+    """The named cameras of ``model``: what a scene's ``cameras=`` option can render (a scene's ``camera_names``)."""
+    names = (mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam))
+    return tuple(n for n in names if n)
+
+
 @dataclass(frozen=True)
 class PointCloudConfig:
     """Which camera's depth becomes ``observation.pointcloud`` and how it is cut down.

@@ -25,7 +25,7 @@ import numpy as np
 
 from robot.protocols import Observation
 from robot.types import ACTION, STATE, ArmLimits, ArmState, Feature
-from sim.cameras import CameraConfig, CameraRig
+from sim.cameras import CameraConfig, CameraRig, model_cameras
 
 if TYPE_CHECKING:
     from sim.push_expert import PushExpert
@@ -166,6 +166,11 @@ class PushScene:
     def action_features(self) -> Mapping[str, Feature]:
         m = self.config.max_step
         return {ACTION: Feature((2,), "float32", names=("dx", "dy"), low=(-m, -m), high=(m, m))}
+
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        """Cameras the ``camera`` option can render ("top", "front")."""
+        return model_cameras(self.model)
 
     @property
     def limits(self) -> ArmLimits:

@@ -252,6 +252,13 @@ class RobosuiteScene:
         return {ACTION: Feature((7,), "float32", names=ACTION_NAMES, low=tuple(-s for s in step), high=step)}
 
     @property
+    def camera_names(self) -> tuple[str, ...]:
+        """Cameras the ``camera`` option can render (robosuite's agentview, frontview, the robot's eye-in-hand...)."""
+        from sim.cameras import model_cameras
+
+        return model_cameras(self._model)
+
+    @property
     def limits(self) -> ArmLimits:
         return self._limits
 

@@ -94,9 +94,14 @@ class SimScene(Protocol):
 
     def is_success(self) -> bool: ...
 
-    def expert(self, noise: float = 0.0, seed: int | None = None, style: str = "iid") -> ScriptedExpert: ...
+    def expert(self, noise: float = 0.0, seed: int | None = None, style: str = "iid") -> ScriptedExpert:
+        """The task's scripted expert; a scene without one raises NotImplementedError."""
+        ...
 
     def close(self) -> None: ...
+
+    # Optional, listed by `robot tasks` when a scene has it: ``camera_names: tuple[str, ...]``, the cameras its
+    # ``camera`` option can render (``sim.cameras.model_cameras(model)`` for a MuJoCo model).
 
 
 class SceneTask:

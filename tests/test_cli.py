@@ -15,7 +15,7 @@ def test_help_lists_every_command():
     out = _robot("--help")
     assert out.returncode == 0
     listed = {line.strip("│ ").split()[0] for line in out.stdout.splitlines() if line.startswith("│ ") and not line.strip("│ ").startswith("-")}
-    assert {"record", "view", "train", "pipeline", "diagnose", "critic-ranking", "eval", "deploy", "serve", "convert", "info"} <= listed, listed
+    assert {"record", "view", "train", "pipeline", "diagnose", "critic-ranking", "eval", "deploy", "serve", "convert", "info", "tasks"} <= listed, listed
     train = _robot("train", "--help")
     assert {line.strip("│ ").split()[0] for line in train.stdout.splitlines() if line.startswith("│ ") and not line.strip("│ ").startswith("-")} \
         >= {"imitation", "offline", "online", "distill"}, train.stdout

@@ -34,7 +34,7 @@ from robot.store import ZarrEpisodeStore
 from robot.types import EpisodeMeta
 from workflow.chunks import ChunkQueueConfig
 from workflow.control import INFERENCE_MODES, ControlStack, loop_rate, open_robot_for
-from workflow.policy import DiffusionController
+from workflow.policy import DiffusionController, policy_task
 from workflow.rate import RateStats
 from workflow.rollout import episode_features
 from workflow.takeover import NOT_STARTED
@@ -47,7 +47,7 @@ class DeployConfig:
     policy: Path
     """Run directory or policy checkpoint directory to deploy."""
     robot: str | None = None
-    """Robot spec (hardware.registry): sim:push, ur5e:IP, ur5e:standin:push, remote:HOST:PORT...; None means sim:<the policy's task>."""
+    """Robot spec (hardware.registry): sim:push, ur5e:IP, ur5e:standin:push, remote:HOST:PORT...; None: sim:<the checkpoint's task>."""
     episodes: int = 10
     """Episodes to run."""
     hz: float | None = None
@@ -144,7 +144,9 @@ def deploy(
     controller = DiffusionController.load(config.policy, sampler=config.sampler, device=config.torch_device, seed=config.seed)
     trained_task = str(controller.meta.get("task", ""))
     if robot is None:
-        robot, task = open_robot_for(config.robot or f"sim:{trained_task}", controller)
+        robot, task = open_robot_for(config.robot or f"sim:{policy_task(config.policy, meta=controller.meta)}", controller)
+        if config.robot is not None and task is not None and trained_task and task.name != trained_task:
+            print(f"warning: {config.policy} was trained on task {trained_task}; running it on {task.name} as --robot says", file=stream)
     controller.check_robot(robot.name, robot.observation_features, robot.action_features)
     if device is None and config.device is not None:
         from hardware.teleop import make_device

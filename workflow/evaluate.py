@@ -13,7 +13,7 @@ from workflow.distributed import init_distributed
 from workflow.critic_checkpoint import load_critics
 from workflow.envs import make_sim_for
 from workflow.episode import Step
-from workflow.policy import DiffusionController
+from workflow.policy import DiffusionController, policy_task
 from workflow.rollout import EvalReport, episode_features, evaluate
 from workflow.run import resolve_device
 
@@ -25,7 +25,7 @@ class EvalConfig:
     policy: Path
     """Run directory or policy checkpoint."""
     task: str | None = None
-    """Simulated task; None: the one the policy's checkpoint names."""
+    """Simulated task (any name `robot tasks` lists, or pkg.module:factory); None: the checkpoint's task."""
     episodes: int = 50
     """Episodes, on seeds seed, seed + 1, ..."""
     seed: int = 1000
@@ -57,7 +57,7 @@ class EvalConfig:
 
 def evaluate_policy(
     policy: str | Path,
-    task: str,
+    task: str | None = None,
     *,
     episodes: int,
     seed: int = 1000,
@@ -71,9 +71,11 @@ def evaluate_policy(
 ) -> EvalReport:
     """Evaluate in sim; ``view`` streams every step and the denoising chain of each executed
     chunk to a Rerun viewer, ``rrd`` writes the same to a file; with ``critics`` (an offline
-    round's ``critics`` checkpoint) the view also shows Q of each executed chunk and V."""
+    round's ``critics`` checkpoint) the view also shows Q of each executed chunk and V. ``task`` None: the
+    checkpoint's task (no warning here when they differ: commands warn once, with ``workflow.policy.policy_task``)."""
     ddp, torch_device = init_distributed(resolve_device(device))  # torchrun: the seeds are split over the ranks' sims
     controller = DiffusionController.load(policy, sampler=sampler, device=str(torch_device))
+    task = policy_task(policy, task, meta=controller.meta, warn=False)
     robot, sim_task = make_sim_for(task, controller.input_features)
     controller.check_robot(robot.name, robot.observation_features, robot.action_features)
     if (view or rrd) and ddp.enabled:

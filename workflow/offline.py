@@ -26,7 +26,7 @@ import copy
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -47,7 +47,7 @@ from workflow.imitation import ImitationConfig, train_imitation
 from workflow.latent import LatentTransitions, encode_store
 from workflow.paired import pick_beyond_noise, sign_test_p, wins_losses
 from workflow.ope import GateConfig, GateDecision, gate, horizon_warning
-from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
+from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, policy_task, save_policy
 from workflow.ppo import StepSchedule, chain_ppo_loss, denoiser_parameters, normalize_advantages, per_state_centred
 from workflow.rollout import EvalReport, evaluate
 from workflow.run import RunDir, check_finite_loss, progress, resolve_device, seed_everything
@@ -61,8 +61,8 @@ class OfflineConfig:
     """Episode store the policy was trained on (demonstrations)."""
     out: str
     """Run directory; its data.zarr holds the demonstrations plus every round's rollouts."""
-    task: str = "push"
-    """Simulated task the rollouts between rounds run on (`robot train offline`: the one the policy's checkpoint names)."""
+    task: str | None = None
+    """Simulated task the rollouts between rounds run on; None: the checkpoint's task."""
     rounds: int = 2
     """Offline rounds M."""
     critic: CriticConfig = field(default_factory=CriticConfig)
@@ -207,6 +207,7 @@ class OfflineReport:
 def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> OfflineReport:
     started = time.perf_counter()
     ddp, device = init_distributed(resolve_device(config.device))  # torchrun: batches and rollouts split over ranks
+    config = replace(config, task=policy_task(config.policy, config.task, warn=ddp.is_main))  # the run's config.json names it
     run = RunDir(config.out, config, write=ddp.is_main)
     seed_everything(config.seed)
     merged = run.path / "data.zarr"
@@ -490,7 +491,7 @@ def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: 
     if not ddp.is_main:
         store.close()
         store = None
-    robot, task = make_sim_for(config.task, features)
+    robot, task = make_sim_for(policy_task(policy_path, config.task, meta=controller.meta, warn=False), features)
     try:
         with robot:
             return evaluate(robot, task, controller, episodes=config.rollout_episodes, seed=config.seed + 10_000 * (m + 1), store=store,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -49,7 +49,7 @@ from workflow.online_collect import Collected, Decisions, collect_episodes
 from workflow.online_resume import EpisodeLog, Progress, load_state, save_state
 from workflow.online_update import OnlineLearner
 from workflow.paired import best_challenger, pick_beyond_noise, wins_losses
-from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, save_policy
+from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, policy_task, save_policy
 from workflow.ppo import StepSchedule
 from workflow.rollout import episode_features, evaluate
 from workflow.run import RunDir, progress, resolve_device, seed_everything
@@ -64,8 +64,8 @@ class OnlineConfig:
     """Run directory or policy checkpoint to fine-tune (usually the offline stage's)."""
     out: str
     """Run directory: policy snapshots, metrics, rollouts.zarr."""
-    task: str = "push"
-    """Simulated task the episodes run on (`robot train online`: the one the policy's checkpoint names)."""
+    task: str | None = None
+    """Simulated task the episodes run on; None: the checkpoint's task."""
     robot: str | None = None
     """Robot the episodes run on, any spec `robot deploy` takes (sim:TASK, ur5e:HOST, franka:standin:lift,
     remote:HOST:PORT...), through deploy's fixed-rate loop, chunk queue and safety layer; None: sim:<task>."""
@@ -198,6 +198,7 @@ class OnlineReport:
 def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineReport:
     started = time.perf_counter()
     ddp, device = init_distributed(resolve_device(config.device))  # torchrun: one rollout worker and learner per rank
+    config = replace(config, task=policy_task(config.policy, config.task, warn=ddp.is_main))  # the run's config.json names it
     seed_everything(config.seed)
     ckpt = load_checkpoint(policy_dir(config.policy), kind=KIND)
     model, head = build_from_checkpoint(ckpt, device=str(device))

@@ -31,6 +31,7 @@ from policies.diffusion import MEAN_ETA
 from policies.dynamics import DynamicsConfig
 from robot.config import to_dict
 from robot.report import format_table
+from sim.registry import check_task
 from sim.scene import check_expert_style
 from workflow.diagnostics.diagnose import DiagnoseConfig, diagnose_run
 from workflow.distributed import Distributed, init_distributed
@@ -104,7 +105,8 @@ BUDGETS = {
 @dataclass(frozen=True)
 class PipelineConfig:
     task: str = "push"
-    """Simulated task: push, lift, lift-ur5e or can."""
+    """Simulated task: any name `robot tasks` lists (push, lift, lift-ur5e, can, registered and installed ones), or
+    pkg.module:factory."""
     out: str = "runs/pipeline"
     """Pipeline directory: one run directory per stage (a rerun resumes finished stages)."""
     budget: str = "quick"
@@ -131,6 +133,7 @@ class PipelineConfig:
     """Keep every stage's evaluation episodes and write OUT/pipeline.rrd: curves and episodes per stage."""
 
     def __post_init__(self) -> None:
+        check_task(self.task)
         if self.budget not in BUDGETS:
             raise ValueError(f"unknown budget {self.budget!r}; choose one of {', '.join(BUDGETS)}")
         if self.sampler not in MEAN_ETA:

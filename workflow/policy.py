@@ -10,6 +10,7 @@ normaliser and features always travel with the weights.
 from __future__ import annotations
 
 import collections
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,3 +262,25 @@ def policy_dir(path: str | Path) -> Path:
     if (path / "policy" / "checkpoint.json").is_file():
         return path / "policy"
     return path
+
+
+def policy_task(policy: str | Path, task: str | None = None, *, meta: Mapping[str, Any] | None = None, warn: bool = True) -> str:
+    """The simulated task a command runs ``policy`` on: ``task`` (``--task``) when given, else the one its checkpoint
+    names. ``meta`` is the checkpoint's ``extra`` when already loaded. A given task that differs from the
+    checkpoint's is kept, with one warning line on stderr (unless ``warn`` is off)."""
+    from sim.registry import check_task
+
+    if meta is None:
+        meta = load_checkpoint(policy_dir(policy), kind=KIND).extra
+    trained = meta.get("task")
+    trained = trained if isinstance(trained, str) and trained else None
+    if task is not None:
+        if warn and trained is not None and trained != task:
+            print(f"warning: {policy} was trained on task {trained}; running it on {task} as --task says", file=sys.stderr)
+        return task
+    if trained is None:
+        raise ValueError(f"{policy}: the checkpoint names no task; pass --task")
+    try:
+        return check_task(trained)
+    except ValueError as e:
+        raise ValueError(f"{policy} was trained on task {trained!r}, which does not resolve here ({e}); install or register it, or pass --task") from None

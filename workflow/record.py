@@ -49,7 +49,7 @@ class RecordConfig:
     """One recording session (the ``robot record`` options)."""
 
     task: str = "push"
-    """Task name in ``sim.registry`` (push, lift, lift-ur5e, can): reward terms, success check, scripted expert."""
+    """Simulated task (any name `robot tasks` lists, or pkg.module:factory): reward terms, success check, scripted expert."""
     robot: str | None = None
     """Robot spec for ``hardware.registry``; None means ``sim:<task>``."""
     device: str = "keyboard"

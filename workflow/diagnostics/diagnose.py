@@ -42,6 +42,8 @@ class DiagnoseConfig:
     """Checkpoints scored per stage at most (evenly spaced; the chosen and the last always among them)."""
     eval_seed: int = 100_000
     """First seed of the sim evaluation episodes (the same for every candidate)."""
+    task: str | None = None
+    """Simulated task of the sim evaluation (``sim_eval``); None: the checkpoint's task."""
     fqe_config: FqeConfig = field(default_factory=FqeConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
 
@@ -202,11 +204,11 @@ def score_candidates(data: StageData, result: StageDiagnosis, config: DiagnoseCo
             log(f"[diagnose]   step {s}: FQE J {fqe_values[s].value:.4g}")
     sims: dict[int, Any] = {}
     if config.sim_eval:
-        from robot.checkpoint import load_checkpoint
         from workflow.evaluate import evaluate_policy
+        from workflow.policy import policy_task
 
-        for s in steps:
-            task = load_checkpoint(data.checkpoints[s]).extra.get("task", "push")
+        for i, s in enumerate(steps):
+            task = policy_task(data.checkpoints[s], config.task, warn=i == 0)
             sims[s] = evaluate_policy(data.checkpoints[s], task, episodes=config.sim_eval, seed=config.eval_seed, show_progress=False)
             log(f"[diagnose]   step {s}: sim success {sims[s].success_rate:.1%}, return {sims[s].mean_return:.3g}")
     candidates = tuple(

@@ -36,7 +36,7 @@ from workflow.diagnostics.diagnose import json_safe
 from workflow.diagnostics.fqe import rank_agreement
 from workflow.envs import make_sim_for
 from workflow.episode import Episode, PolicyActor
-from workflow.policy import DiffusionController
+from workflow.policy import DiffusionController, policy_task
 
 RANKING_SEED = 700_000  # first sim seed of the checked episodes (apart from evaluation, rollout and selection seeds)
 TIED = 1e-6  # returns closer than this are the same outcome
@@ -48,8 +48,8 @@ class RankingConfig:
     """Run directory or policy checkpoint: it proposes the candidates and finishes every branch (deterministically)."""
     critics: str
     """Critics of an offline round (``runs/x/round-M/critics``) over this policy's features."""
-    task: str = "push"
-    """Simulated task (its sim must replay deterministically)."""
+    task: str | None = None
+    """Simulated task (its sim must replay deterministically); None: the checkpoint's task."""
     states: int = 20
     """Decisions (one per episode) at which candidates are compared."""
     chunks: int = 6
@@ -160,7 +160,8 @@ def check_critic_ranking(config: RankingConfig, *, log: Callable[[str], None] = 
         )
     sampler = model.chain_sampler(config.min_std)  # candidates: the chain offline PPO samples
     gamma = critics.config.gamma
-    robot, task = make_sim_for(config.task, controller.input_features)
+    task_name = policy_task(config.policy, config.task, meta=controller.meta)
+    robot, task = make_sim_for(task_name, controller.input_features)
     controller.check_robot(robot.name, robot.observation_features, robot.action_features)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
@@ -184,7 +185,7 @@ def check_critic_ranking(config: RankingConfig, *, log: Callable[[str], None] = 
             agreement = rank_agreement(q.tolist(), returns)
             states.append(StateRanking(seed, decision, q.tolist(), returns, successes, agreement["spearman"], agreement["regret_at_1"]))
             log(f"state {i + 1}/{config.states}: seed {seed}, decision {decision}, returns {np.round(returns, 3).tolist()}, spearman {agreement['spearman']:.2f}")
-    return RankingReport(config.task, states)
+    return RankingReport(task_name, states)
 
 
 def _deterministic_episode(robot: Robot, task: Task, controller: DiffusionController, seed: int) -> tuple[list[np.ndarray], list[dict]]:
