@@ -202,9 +202,8 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     seed_everything(config.seed)
     ckpt = load_checkpoint(policy_dir(config.policy), kind=KIND)
     model, head = build_from_checkpoint(ckpt, device=str(device))
-    learner = OnlineLearner(model, config, ddp, device)
     head = head if head is not None else (ConsistencyHead.from_policy(model) if config.distill_steps else None)
-    head_opt = make_head_optimizer(head, config.distill_lr) if head is not None else None
+    learner = OnlineLearner(model, config, ddp, device, head)
     controller = DiffusionController(model, ckpt.normalizer, deterministic=False, learning=True, chain_sampler=learner.sampler, seed=config.seed, device=str(device))
 
     robot, task, control, operator = open_session(config, controller, ddp)  # every check before anything is written
@@ -221,12 +220,11 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
                                                              success=episode.success, source="online-rollout", seed=episode.seed))  # fmt: skip
             stored.add(episode.seed)
 
-    distill_gen = torch.Generator(device="cpu").manual_seed(config.seed + 1)  # rank 0 only
-    done = load_state(run.state_dir, model, learner, head, head_opt, distill_gen)  # a rerun resumes after the last finished update
+    done = load_state(run.state_dir, learner)  # a rerun resumes after the last finished update
     if done is None:
         done = Progress(0, ddp.broadcast(config.seed * 1_000_003 + len(stored)), [], None)
         if ddp.is_main:
-            save_state(run.state_dir, done, model, learner, head, head_opt, distill_gen)
+            save_state(run.state_dir, done, learner)
     first_seed, successes = done.first_seed, done.successes
     bar = progress(config.iterations, done.iteration, "online", show_progress and ddp.is_main)
     with robot, _session_closed(store, control, operator):
@@ -250,20 +248,14 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
                 raise ValueError(f"iteration {it}: the operator drove every step of every episode, so the policy made no decision to learn from")
             batch = decisions.batch(device)
 
-            # 2. advantages, 3. PPO and value epochs
-            stats = learner.update(batch, it)
-
-            # 4. the one-step head follows the updated policy (only rank 0 saves it, so only rank 0 trains it)
-            distill_loss = float("nan")
-            if head is not None and ddp.is_main:
-                model.eval()
-                distill_loss = distill(model, head, head_opt, batch.cond, config.distill_steps, distill_gen, reuse=config.distill_reuse)
+            # 2. advantages, 3. PPO and value epochs, 4. the one-step head follows the updated policy
+            stats = learner.step(batch, it)
             interventions = sum(e.interventions for e in episodes)
-            run.metrics.log({**stats, "charts/success": successes[-1], "losses/distill": distill_loss, "charts/interventions": interventions}, it)
+            run.metrics.log({**stats, "charts/success": successes[-1], "charts/interventions": interventions}, it)
             done = Progress(it + 1, first_seed, successes, batch.cond)
             if ddp.is_main:
                 save_policy(run.snapshot_dir(it), model, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "iteration": it})
-                save_state(run.state_dir, done, model, learner, head, head_opt, distill_gen)
+                save_state(run.state_dir, done, learner)
                 log.clear_before(it + 1)
             bar.update(1)
             bar.set_postfix(success=f"{successes[-1]:.2f}")
@@ -273,7 +265,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
         ddp.barrier()  # every snapshot is on disk before the selection loads them
 
         # 5. hand on the best of the start and the scored snapshots (deterministic, as deployed), its head distilled
-        final, head, selected, selection = hand_on(model, head, ckpt, done.last_cond, robot, task, config, run, distill_gen, ddp, device)
+        final, head, selected, selection = hand_on(model, head, ckpt, done.last_cond, robot, task, config, run, learner.distill_gen, ddp, device)
     if ddp.is_main:
         save_policy(run.policy_dir, final, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "selected": selected})
     ddp.barrier()  # the other ranks return once the policy is on disk

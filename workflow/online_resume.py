@@ -5,9 +5,10 @@ Robot time is precious, so two things are written the moment they finish:
 - each episode, as it ends: its frames and its chunk decisions to ``checkpoints/episodes/ITERATION-SEED.pt``
   (:class:`EpisodeLog`), then its frames to the run's store, so a rerun collects only the episodes the
   interrupted iteration had not run, and the store never holds an episode twice;
-- each iteration's update, once done: the learner's whole state (policy, value function, one-step head, their
-  optimisers, the minibatch and distillation generators) to ``checkpoints/state`` (:func:`save_state`), so a
-  rerun starts at the next iteration and no update is applied twice.
+- each iteration's update, once done: the learner's whole state (``OnlineLearner.state_dict``: policy, value
+  function, one-step head, their optimisers, the minibatch and distillation generators) to
+  ``checkpoints/state`` (:func:`save_state`), so a rerun starts at the next iteration and no update is applied
+  twice.
 
 Every episode's noise comes from its own seed, so a resumed run takes the steps an uninterrupted one would.
 """
@@ -21,8 +22,9 @@ from pathlib import Path
 import torch
 
 from policies.diffusion import Chain, ChainSampler
-from robot.checkpoint import Checkpoint, load_checkpoint, load_module_state, save_checkpoint
+from robot.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from workflow.online_collect import Collected, Decisions
+from workflow.online_update import OnlineLearner
 
 STATE_KIND = "online-state"
 
@@ -41,35 +43,19 @@ class Progress:
     """(N, Dc) the last finished iteration's states (the final distillation's, without ``distill_data``)."""
 
 
-def save_state(path: Path, progress: Progress, model, learner, head, head_opt, distill_gen: torch.Generator) -> None:
+def save_state(path: Path, progress: Progress, learner: OnlineLearner) -> None:
     """Write the learner's whole state after an update (atomically: a kill leaves the previous one)."""
-    modules = {"model": model.state_dict(), "value": learner.value.state_dict()}
-    state = {"actor_opt": learner.actor_opt.state_dict(), "value_opt": learner.value_opt.state_dict(), "gen": learner.gen.get_state(),
-             "distill_gen": distill_gen.get_state(), "value_warm": int(learner.value_warm)}  # fmt: skip
-    if head is not None:
-        modules["head"] = head.state_dict()
-        state["head_opt"] = head_opt.state_dict()
-    if progress.last_cond is not None:
-        modules["last"] = {"cond": progress.last_cond}
     extra = {"iteration": progress.iteration, "first_seed": progress.first_seed, "successes": progress.successes}
-    save_checkpoint(path, Checkpoint(kind=STATE_KIND, config={}, modules=modules, extra=extra, state=state))
+    modules = {"last": {"cond": progress.last_cond}} if progress.last_cond is not None else {}
+    save_checkpoint(path, Checkpoint(kind=STATE_KIND, config={}, modules=modules, extra=extra, state=learner.state_dict()))
 
 
-def load_state(path: Path, model, learner, head, head_opt, distill_gen: torch.Generator) -> Progress | None:
+def load_state(path: Path, learner: OnlineLearner) -> Progress | None:
     """Restore what :func:`save_state` wrote into the freshly built learner; None when there is nothing to resume."""
     if not (path / "checkpoint.json").is_file():
         return None
     saved = load_checkpoint(path, kind=STATE_KIND)
-    load_module_state(model, saved.modules["model"], what=str(path))
-    load_module_state(learner.value, saved.modules["value"], what=str(path))
-    learner.actor_opt.load_state_dict(saved.state["actor_opt"])
-    learner.value_opt.load_state_dict(saved.state["value_opt"])
-    learner.gen.set_state(saved.state["gen"].to(torch.uint8))
-    learner.value_warm = bool(saved.state["value_warm"])
-    distill_gen.set_state(saved.state["distill_gen"].to(torch.uint8))
-    if head is not None and "head" in saved.modules:
-        load_module_state(head, saved.modules["head"], what=str(path))
-        head_opt.load_state_dict(saved.state["head_opt"])
+    learner.load_state_dict(saved.state, what=str(path))
     last = saved.modules.get("last", {}).get("cond")
     extra = saved.extra
     return Progress(int(extra["iteration"]), int(extra["first_seed"]), [float(s) for s in extra["successes"]], last)

@@ -13,10 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from policies.consistency import ConsistencyHead
 from policies.critics import ValueNet
 from policies.diffusion import DiffusionPolicy
 from robot.checkpoint import load_module_state
 from workflow.critic_checkpoint import load_critics
+from workflow.distill import distill, make_head_optimizer
 from workflow.distributed import Distributed
 from workflow.online_collect import Batch
 from workflow.ppo import chain_ppo_loss, denoiser_parameters, normalize_advantages
@@ -27,11 +29,18 @@ if TYPE_CHECKING:
 
 
 class OnlineLearner:
-    """The denoiser's optimiser (the encoder stays frozen), the value function and its optimiser, and the
-    chain sampler RL explores with (``OnlineConfig.min_std``, ``log_prob_reduction``)."""
+    """Everything an iteration's update changes: the denoiser and its optimiser (the encoder stays frozen), the
+    value function and its optimiser, the one-step head and its optimiser (when there is one), and the
+    generators of the minibatch order and the distillation; plus the chain sampler RL explores with
+    (``OnlineConfig.min_std``, ``log_prob_reduction``).
 
-    def __init__(self, model: DiffusionPolicy, config: "OnlineConfig", ddp: Distributed, device: torch.device):
-        self.model, self.config, self.ddp = model, config, ddp
+    :meth:`step` is one iteration's update; :meth:`state_dict` / :meth:`load_state_dict` carry all of it, so an
+    update can be resumed (``workflow.online_resume``) or run in another process (``workflow.learner_link``)
+    with the same result.
+    """
+
+    def __init__(self, model: DiffusionPolicy, config: "OnlineConfig", ddp: Distributed, device: torch.device, head: ConsistencyHead | None = None):
+        self.model, self.config, self.ddp, self.head = model, config, ddp, head
         self.sampler = model.chain_sampler(config.min_std, config.log_prob_reduction)
         model.requires_grad_(False)
         self.actor_params = denoiser_parameters(model)
@@ -44,6 +53,39 @@ class OnlineLearner:
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=config.value_lr)
         self.gen = torch.Generator(device="cpu").manual_seed(config.seed)  # minibatch order: the same on every rank
         self.value_warm = False
+        self.head_opt = make_head_optimizer(head, config.distill_lr) if head is not None else None
+        self.distill_gen = torch.Generator(device="cpu").manual_seed(config.seed + 1)  # rank 0 only
+
+    def step(self, batch: Batch, iteration: int) -> dict[str, float]:
+        """One iteration's update: advantages, PPO and value epochs, then the one-step head follows the updated
+        policy (only rank 0 saves it, so only rank 0 trains it); returns the iteration's charts."""
+        stats = self.update(batch, iteration)
+        distill_loss = float("nan")
+        if self.head is not None and self.ddp.is_main:
+            self.model.eval()
+            distill_loss = distill(self.model, self.head, self.head_opt, batch.cond, self.config.distill_steps, self.distill_gen, reuse=self.config.distill_reuse)
+        return {**stats, "losses/distill": distill_loss}
+
+    def state_dict(self) -> dict:
+        """Every tensor and counter an update reads or changes (nested dicts of tensors and numbers)."""
+        state = {"model": self.model.state_dict(), "value": self.value.state_dict(), "actor_opt": self.actor_opt.state_dict(),
+                 "value_opt": self.value_opt.state_dict(), "gen": self.gen.get_state(), "distill_gen": self.distill_gen.get_state(),
+                 "value_warm": int(self.value_warm)}  # fmt: skip
+        if self.head is not None:
+            state.update(head=self.head.state_dict(), head_opt=self.head_opt.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict, *, what: str) -> None:
+        load_module_state(self.model, state["model"], what=what)
+        load_module_state(self.value, state["value"], what=what)
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.value_opt.load_state_dict(state["value_opt"])
+        self.gen.set_state(state["gen"].to(torch.uint8))
+        self.distill_gen.set_state(state["distill_gen"].to(torch.uint8))
+        self.value_warm = bool(state["value_warm"])
+        if self.head is not None and "head" in state:
+            load_module_state(self.head, state["head"], what=what)
+            self.head_opt.load_state_dict(state["head_opt"])
 
     def update(self, batch: Batch, iteration: int) -> dict[str, float]:
         """Advantages, then PPO and value epochs on one iteration's decisions; returns the iteration's charts."""
