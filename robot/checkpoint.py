@@ -66,7 +66,7 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
         arrays, norm_modes = ckpt.normalizer.to_tensors()
         for key, value in arrays.items():
             tensors[f"normalizer/{key}"] = _contiguous(value)
-    state_json = _flatten_state(ckpt.state, "state", tensors) if ckpt.state is not None else None
+    state_json = flatten_state(ckpt.state, "state", tensors) if ckpt.state is not None else None
     bad = _first_nonfinite(tensors)
     if bad is not None:  # a diverged run must not leave a policy that holds every action
         raise CheckpointError(f"{path}: refusing to write {bad}: it holds NaN or inf")
@@ -146,7 +146,7 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None, device:
         normalizer = Normalizer.from_tensors(norm_arrays, manifest["normalizer"]) if manifest.get("normalizer") else None
         if normalizer is not None:
             normalizer.check_shapes({k: f.shape for group in features.values() for k, f in group.items()})
-        state = _unflatten_state(manifest["state"], tensors) if manifest.get("state") is not None else None
+        state = unflatten_state(manifest["state"], tensors) if manifest.get("state") is not None else None
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: {_reason(e)}") from None
     return Checkpoint(
@@ -237,7 +237,7 @@ def _contiguous(value: Any):
     return t.detach().cpu().contiguous()
 
 
-def _flatten_state(obj: Any, prefix: str, tensors: dict[str, Any]) -> Any:
+def flatten_state(obj: Any, prefix: str, tensors: dict[str, Any]) -> Any:
     """Replace tensors in a nested dict/list by ``{"__tensor__": name}`` and collect them."""
     import torch
 
@@ -247,22 +247,22 @@ def _flatten_state(obj: Any, prefix: str, tensors: dict[str, Any]) -> Any:
     if isinstance(obj, Mapping):
         # JSON keys are strings: remember int keys (optimiser state is keyed by param index)
         return {
-            "__dict__": [[k, _flatten_state(v, f"{prefix}/{k}", tensors)] for k, v in obj.items()],
+            "__dict__": [[k, flatten_state(v, f"{prefix}/{k}", tensors)] for k, v in obj.items()],
         }
     if isinstance(obj, (list, tuple)):
-        return [_flatten_state(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
+        return [flatten_state(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"cannot store {type(obj).__name__} at {prefix} in a checkpoint (tensors, numbers, strings, lists, dicts only)")
 
 
-def _unflatten_state(obj: Any, tensors: Mapping[str, Any]) -> Any:
+def unflatten_state(obj: Any, tensors: Mapping[str, Any]) -> Any:
     if isinstance(obj, dict) and "__tensor__" in obj:
         return tensors[obj["__tensor__"]]
     if isinstance(obj, dict) and "__dict__" in obj:
-        return {k: _unflatten_state(v, tensors) for k, v in obj["__dict__"]}
+        return {k: unflatten_state(v, tensors) for k, v in obj["__dict__"]}
     if isinstance(obj, list):
-        return [_unflatten_state(v, tensors) for v in obj]
+        return [unflatten_state(v, tensors) for v in obj]
     return obj
 
 

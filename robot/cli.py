@@ -76,7 +76,7 @@ def _run_or_fail(fn, *args, **kwargs):
 
     try:
         return fn(*args, **kwargs)
-    except OperatorStop as e:
+    except (OperatorStop, ConnectionError) as e:  # the operator stopped; a learner or remote arm unreachable
         _fail(str(e))
     except KeyError as e:  # str() of a KeyError is the repr of its message: drop those quotes
         _fail(str(e.args[0]) if e.args else "missing key")
@@ -406,6 +406,31 @@ def serve(
     config = _run_or_fail(ServerConfig, host=host, port=port, watchdog_timeout_s=watchdog)
     try:
         _run_or_fail(run, robot, token, config, robot_options=options, echo=typer.echo)
+    except OSError as e:
+        _fail(str(e))
+
+
+@app.command()
+def learn(
+    port: int = typer.Option(8766, min=0, max=65535, help="TCP port; 0 picks a free one (printed)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; loopback by default (reach it through an SSH tunnel)."),
+    torch_device: str = typer.Option("cpu", help="Where the updates run: cpu, cuda, cuda:N."),
+    token_file: Optional[Path] = typer.Option(None, help="File holding the shared secret token; default the ROBOT_TOKEN variable."),
+) -> None:
+    """Online RL's learner for a robot computer elsewhere (`robot train online --learner HOST:PORT`): runs each iteration's update."""
+    from hardware.remote.serve import read_token, token_file_warning
+    from workflow.learner_link import LearnerServerConfig, serve_learner
+    from workflow.run import resolve_device
+
+    token, _ = _run_or_fail(read_token, token_file)
+    warning = token_file_warning(token_file)
+    if warning:
+        typer.secho(warning, fg=typer.colors.RED, bold=True, err=True)
+    _run_or_fail(resolve_device, torch_device)
+    try:
+        serve_learner(LearnerServerConfig(host=host, port=port, device=torch_device), token, echo=typer.echo)
+    except KeyboardInterrupt:
+        typer.echo("learner stopped")
     except OSError as e:
         _fail(str(e))
 

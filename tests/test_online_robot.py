@@ -265,3 +265,43 @@ def test_a_killed_online_run_resumes_to_the_uninterrupted_policy_losing_and_repe
     mine, theirs = _weights(out), _weights(uninterrupted)
     for name in theirs:
         torch.testing.assert_close(mine[name], theirs[name], rtol=0, atol=0, msg=f"{name} differs from the uninterrupted run's")
+
+
+# ------------------------------------------------------------------ the learner in another process
+
+TOKEN = "learner-test-token-0123456789"
+
+
+@pytest.fixture
+def learner_process():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ROBOT_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "robot.cli", "learn", "--port", "0"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert "learner listening on" in line, line
+        yield line.split()[3]  # host:port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_updates_by_a_learner_in_another_process_are_the_ones_one_process_makes(policy, uninterrupted, learner_process, tmp_path, monkeypatch):
+    from workflow.online import train_online
+
+    monkeypatch.setenv("ROBOT_TOKEN", TOKEN)
+    out = tmp_path / "remote"
+    train_online(_online(policy, out, learner=learner_process), show_progress=False)
+    mine, theirs = _weights(out), _weights(uninterrupted)
+    for name in theirs:
+        torch.testing.assert_close(mine[name], theirs[name], rtol=0, atol=0, msg=f"{name} differs from the one-process run's")
+
+
+def test_a_learner_with_another_token_is_one_clear_line(policy, learner_process, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBOT_TOKEN", "some-other-token-0123456789")
+    result = CliRunner().invoke(app, ["train", "online", "--policy", str(policy), "--out", str(tmp_path / "o"), "--task", "push",
+                                      "--learner", learner_process, "--iterations", "1", "--select-episodes", "0"])  # fmt: skip
+    assert result.exit_code == 2 and "refused our token" in result.output and "Traceback" not in result.output

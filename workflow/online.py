@@ -76,6 +76,9 @@ class OnlineConfig:
     """Ticks per episode; None: the task's limit (real arms: 600)."""
     operator: OperatorConfig = field(default_factory=OperatorConfig)
     """Who watches the episodes (a person or the scripted operator: start, labels, takeovers) and what scores them."""
+    learner: str | None = None
+    """HOST:PORT of a `robot learn` process (another process, or a GPU machine) that runs each iteration's update,
+    authenticated with ROBOT_TOKEN; None: the updates run in this process."""
     iterations: int = 10
     """Collect-then-update iterations."""
     episodes_per_iteration: int = 8
@@ -207,6 +210,8 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     controller = DiffusionController(model, ckpt.normalizer, deterministic=False, learning=True, chain_sampler=learner.sampler, seed=config.seed, device=str(device))
 
     robot, task, control, operator = open_session(config, controller, ddp)  # every check before anything is written
+    if config.learner is not None:
+        learner = _remote_learner(config, learner, ddp)
     run = RunDir(config.out, config, write=ddp.is_main)
     store = ZarrEpisodeStore.open_or_create(run.path / "rollouts.zarr", episode_features(robot)) if ddp.is_main else None
     fps = control.loop.hz or float(controller.meta.get("fps") or (task.fps if task is not None else 0.0))
@@ -227,7 +232,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
             save_state(run.state_dir, done, learner)
     first_seed, successes = done.first_seed, done.successes
     bar = progress(config.iterations, done.iteration, "online", show_progress and ddp.is_main)
-    with robot, _session_closed(store, control, operator):
+    with robot, _session_closed(store, control, operator, learner):
         for it in range(done.iteration, config.iterations):
             # 1. collect: each rank its share of the episodes, then everyone has all decisions in episode order
             model.eval()
@@ -302,8 +307,19 @@ def open_session(config: OnlineConfig, controller: DiffusionController, ddp: Dis
     return robot, task, ControlStack(robot, scoring, controller, hz=hz, operator=operator, max_steps=config.max_steps), operator
 
 
+def _remote_learner(config: OnlineConfig, local: OnlineLearner, ddp: Distributed):
+    """The learner at ``config.learner`` (``robot learn``), in step with ``local``'s state."""
+    from hardware.remote.serve import read_token
+    from workflow.learner_link import RemoteLearner
+
+    if ddp.enabled:
+        raise ValueError("a remote learner serves one robot computer: run without torchrun, or drop --learner")
+    token, _ = read_token(None)
+    return RemoteLearner(config.learner, token, local, policy_dir(config.policy), config)
+
+
 @contextlib.contextmanager
-def _session_closed(store, control: ControlStack, operator):
+def _session_closed(store, control: ControlStack, operator, learner):
     """Connect the operator's device; close it, the planner and the store however the session ends (committed
     episodes stay readable after an e-stop or a crash)."""
     try:
@@ -313,6 +329,8 @@ def _session_closed(store, control: ControlStack, operator):
         yield
     finally:
         control.close()
+        if hasattr(learner, "close"):
+            learner.close()
         if operator is not None:
             operator.close()
         if store is not None:
