@@ -160,6 +160,21 @@ def test_takeover_swaps_in_the_operator_flags_interventions_and_ends_on_a_label(
     assert episode.ending == Ending("operator", False) and episode.frames.arrays()[INTERVENTION].tolist() == [False, True, True, False, False]
 
 
+def test_pause_holds_the_robot_records_nothing_and_the_policy_replans_on_resume():
+    P, none = frozenset({TeleopEvent.PAUSE}), TeleopCommand(None)
+    device = ScriptDevice([none, TeleopCommand(None, P), none, none, TeleopCommand(None, P), none, TeleopCommand(None, frozenset({TeleopEvent.SUCCESS}))])
+    policy = CountingPolicy()
+    robot, task = make_sim("push")
+    ticks = []
+    with robot:
+        episode = Episode(robot, task, Takeover(policy, device, robot), seed=0, pace=lambda: ticks.append(1))
+        steps = list(episode)
+    assert len(steps) == 3 and len(ticks) == 6  # tick 0 acted; three paused ticks waited; the resume tick and the next acted
+    assert [s.t for s in steps] == [0, 1, 2] and not any(s.intervention for s in steps)  # a pause takes no step
+    assert policy.resets == 2  # begin, and the resume (a plan made before the pause is stale)
+    assert episode.ending == Ending("operator", True)
+
+
 def test_the_e_stop_key_latches_the_robot_and_quitting_before_the_start_runs_nothing():
     robot, task = make_sim("push")
     with robot:

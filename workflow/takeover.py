@@ -3,7 +3,8 @@
 :class:`Takeover` is an episode-engine actor (``workflow.episode.Actor``) wrapping another one and a teleop
 device. Each tick it polls the device first: e-stop latches the robot's e-stop and ends the session; a
 success or failure key ends the episode with that label (quit also ends the session); the TAKEOVER event
-(keyboard ``t``, gamepad LB) toggles who drives. While the operator drives, the device's action is sent
+(keyboard ``t``, gamepad LB) toggles who drives; PAUSE (``p``) holds the robot, sends and records nothing until
+pressed again, and then the inner actor replans. While the operator drives, the device's action is sent
 and the step is flagged ``intervention``, and the inner actor only watches (``observe``); handing back
 interrupts it (``interrupt``: a queued chunk was planned before the operator moved the robot). A tick
 where the device has no action leaves the inner actor in charge of that tick.
@@ -19,7 +20,7 @@ import numpy as np
 
 from hardware.teleop import TeleopDevice, TeleopEvent
 from robot.protocols import EpisodeSeeded, Observation, Policy
-from workflow.episode import Act, Actor, Ending, PolicyActor
+from workflow.episode import IDLE, Act, Actor, Ending, PolicyActor
 from workflow.rate import RateLoop
 
 NOT_STARTED = "not started"
@@ -60,9 +61,10 @@ class Takeover:
         self.device, self.robot = device, robot
         self.wait_for_start = wait_for_start
         self.active = False  # True while the operator drives
+        self.paused = False  # True while the operator has paused the episode
 
     def begin(self, seed: int, observation: Observation) -> Ending | None:
-        self.active = False
+        self.active = self.paused = False
         self.device.reset()
         if isinstance(self.device, EpisodeSeeded):  # a scripted operator decides from the episode's seed
             self.device.seed_episode(seed)
@@ -79,6 +81,15 @@ class Takeover:
             return Ending("e-stop", False, "estop")
         if events & {TeleopEvent.SUCCESS, TeleopEvent.FAILURE, TeleopEvent.QUIT}:
             return Ending("operator", TeleopEvent.SUCCESS in events, "quit" if TeleopEvent.QUIT in events else None)
+        if TeleopEvent.PAUSE in events:
+            self.paused = not self.paused
+            if self.paused and self.robot is not None:
+                self.robot.hold()
+            if not self.paused:  # what was planned before the pause is stale
+                self.inner.interrupt()
+            print("paused: the robot holds; p resumes" if self.paused else "resumed", file=sys.stderr)
+        if self.paused:
+            return IDLE  # nothing sent or recorded, no step counted; the loop keeps polling the device
         if TeleopEvent.TAKEOVER in events:
             self.active = not self.active
             if not self.active:

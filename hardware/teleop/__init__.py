@@ -45,6 +45,7 @@ class TeleopEvent(str, Enum):
     QUIT = "quit"  # stop recording; episodes already kept stay
     TAKEOVER = "takeover"  # toggle: the operator's actions replace a policy's (see workflow.takeover.Takeover)
     ESTOP = "estop"  # latch the robot's e-stop (deployment); clearing it is a deliberate act on the robot side
+    PAUSE = "pause"  # toggle: the robot holds and nothing is recorded until the operator resumes
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ EVENT_KEYS: dict[str, TeleopEvent] = {
     "x": TeleopEvent.DISCARD,
     "backspace": TeleopEvent.DISCARD,
     "t": TeleopEvent.TAKEOVER,
+    "p": TeleopEvent.PAUSE,
     "q": TeleopEvent.QUIT,
     "e": TeleopEvent.ESTOP,
     "esc": TeleopEvent.ESTOP,
@@ -139,7 +140,7 @@ def controls_text(mapping: ActionMapping, motion: bool = True) -> str:
         lines.append("keys  move: " + ", ".join(moves))
     lines.append(
         "keys  episode: enter start / stop+keep (task decides success), y stop+keep as success, "
-        "n stop+keep as failure, x or backspace discard+redo, t takeover, e or esc e-stop, q quit (kept episodes stay)"
+        "n stop+keep as failure, x or backspace discard+redo, t takeover, p pause/resume, e or esc e-stop, q quit (kept episodes stay)"
     )
     return "\n".join(lines)
 
