@@ -305,3 +305,39 @@ def test_a_learner_with_another_token_is_one_clear_line(policy, learner_process,
     result = CliRunner().invoke(app, ["train", "online", "--policy", str(policy), "--out", str(tmp_path / "o"), "--task", "push",
                                       "--learner", learner_process, "--iterations", "1", "--select-episodes", "0"])  # fmt: skip
     assert result.exit_code == 2 and "refused our token" in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------ offline rounds on a robot
+
+
+def test_an_offline_round_rolls_out_and_verifies_on_a_stand_in_with_the_scripted_operator(policy, tmp_path, monkeypatch):
+    from policies.critics import CriticConfig
+    from policies.dynamics import DynamicsConfig
+    from workflow.offline import OfflineConfig, train_offline
+    from workflow.ope import GateConfig
+
+    demos = Path(str(policy)).parent / "push.zarr"
+    out = tmp_path / "offline"
+    config = OfflineConfig(
+        policy=str(policy), data=str(demos), out=str(out), rounds=1, critic=CriticConfig(hidden_dims=(32, 32)), critic_steps=50,
+        dynamics=DynamicsConfig(hidden_dims=(32, 32), max_epochs=2), ppo_updates=4, ppo_batch=32, gate_every=2,
+        gate=GateConfig(horizon=2, start_states=32, delta_relative=0.0, z=0.0), rollout_episodes=3, rollout_std=0.1, verify_episodes=2, seed=1,
+        robot="xarm:standin:push", hz=0, max_steps=30, operator=OperatorConfig(device="scripted", takeover_rate=1.0, drift_after=10, takeover_steps=5),
+    )  # fmt: skip
+    train_offline(config, show_progress=False)
+    with ZarrEpisodeStore.open(out / "data.zarr") as store:
+        rolled = [(i, m) for i, m in enumerate(store.metas) if m.source == "offline-rollout"]
+        assert len(rolled) == 3 and all(m.robot.startswith("xarm") for _, m in rolled)
+        assert all(store.episode(i).data[INTERVENTION].any() or m.success for i, m in rolled)  # the operator took over the drifting ones
+    import workflow.offline as offline
+
+    opened = []
+    real = offline.open_control
+
+    def recording(spec, *args, **kwargs):
+        opened.append(spec)
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(offline, "open_control", recording)
+    report = offline.run_verification(policy, config, 0)  # the deterministic policy on the round's verification seeds
+    assert opened == ["xarm:standin:push"] and report.episodes == 2 and report.seeds[0] == offline.verify_seed(config, 0)

@@ -26,7 +26,7 @@ from workflow.episode import Act, Ending, Episode
 from workflow.planner import Planner
 from workflow.policy import DiffusionController
 from workflow.rate import RateLoop
-from workflow.takeover import Takeover
+from workflow.takeover import OperatorConfig, Takeover, make_operator
 
 REAL_ROBOT_MAX_STEPS = 600  # episode cap when the robot comes without a task (real arms)
 INFERENCE_MODES = ("auto", "inline", "background")
@@ -171,6 +171,20 @@ class ChunkActor:
         self.plan_ages.append(t - plan.planned_at)
         if self.loop.period > 0:
             self.latency_ticks = 0.8 * self.latency_ticks + 0.2 * (plan.inference_s / self.loop.period)
+
+
+def open_control(spec: str, controller: DiffusionController, operator: OperatorConfig, *, hz: float | None = None, max_steps: int | None = None,
+                 seed: int = 0, stream: TextIO | None = None) -> tuple[Any, Task | None, ControlStack, TeleopDevice | None]:
+    """``(robot, task, control, device)``: the robot a spec names and the task it comes with (None on a real arm),
+    deploy's control stack over it, and the operator's device (not yet connected). ``hz`` None: unthrottled in sim,
+    the policy's data rate on an arm (stand-ins included). What scores the episodes is ``operator.reward``'s."""
+    robot, task = open_robot_for(spec, controller)
+    controller.check_robot(robot.name, robot.observation_features, robot.action_features)
+    device = make_operator(operator, robot, task, seed=seed)
+    scoring = operator.scoring_task(task)  # None: the operator's label scores each episode
+    sim = spec.startswith("sim:") or ":" not in spec
+    rate = loop_rate(hz if hz is not None or not sim else 0.0, controller, task, robot, stream or sys.stderr)
+    return robot, task, ControlStack(robot, scoring, controller, hz=rate, operator=device, max_steps=max_steps), device
 
 
 def open_robot_for(spec: str, controller: DiffusionController) -> tuple[Any, Task | None]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +41,7 @@ from robot.checkpoint import load_checkpoint
 from robot.config import to_dict
 from robot.store import ZarrEpisodeStore
 from workflow.diagnostics.probes import CriticProbe, ProbeConfig, advantage_metrics, critic_metrics, make_critic_probe, policy_gap_metrics, save_critic_snapshot
+from workflow.control import open_control
 from workflow.critic_checkpoint import save_critics
 from workflow.distributed import Distributed, init_distributed
 from workflow.envs import make_sim_for
@@ -51,6 +53,7 @@ from workflow.policy import KIND, DiffusionController, build_from_checkpoint, po
 from workflow.ppo import StepSchedule, chain_ppo_loss, denoiser_parameters, normalize_advantages, per_state_centred
 from workflow.rollout import EvalReport, evaluate
 from workflow.run import RunDir, check_finite_loss, progress, resolve_device, seed_everything
+from workflow.takeover import OperatorConfig
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,17 @@ class OfflineConfig:
     """Run directory; its data.zarr holds the demonstrations plus every round's rollouts."""
     task: str | None = None
     """Simulated task the rollouts between rounds run on; None: the checkpoint's task."""
+    robot: str | None = None
+    """Robot the rounds' rollouts and verification episodes run on, any spec `robot deploy` takes (ur5e:HOST,
+    franka:standin:lift, remote:HOST:PORT...), through deploy's fixed-rate loop, chunk queue and safety layer;
+    None: sim:<task>, unthrottled."""
+    hz: float | None = None
+    """Control rate on ``robot``; None: the policy's data rate on an arm (stand-ins included), unthrottled in sim."""
+    max_steps: int | None = None
+    """Ticks per episode on ``robot``; None: the task's limit (real arms: 600)."""
+    operator: OperatorConfig = field(default_factory=OperatorConfig)
+    """Who watches the episodes on ``robot`` (a person or the scripted operator: start, labels, takeovers) and what
+    scores them."""
     rounds: int = 2
     """Offline rounds M."""
     critic: CriticConfig = field(default_factory=CriticConfig)
@@ -207,6 +221,8 @@ class OfflineReport:
 def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> OfflineReport:
     started = time.perf_counter()
     ddp, device = init_distributed(resolve_device(config.device))  # torchrun: batches and rollouts split over ranks
+    if ddp.enabled and on_robot(config):
+        raise ValueError(f"torchrun splits simulated rollouts over ranks; robot {config.robot} is one arm: run the offline rounds in one process")
     config = replace(config, task=policy_task(config.policy, config.task, warn=ddp.is_main))  # the run's config.json names it
     run = RunDir(config.out, config, write=ddp.is_main)
     seed_everything(config.seed)
@@ -482,8 +498,8 @@ def ppo_round(
 
 
 def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: int, ddp: Distributed | None = None) -> EvalReport:
-    """Run the accepted policy in sim and append its episodes to the merged store (under
-    torchrun each rank runs its share of the episodes; rank 0 appends them all)."""
+    """Run the accepted policy and append its episodes to the merged store (in sim under torchrun each rank runs
+    its share of the episodes; rank 0 appends them all; on ``config.robot``, through deploy's control stack)."""
     ddp = ddp or Distributed()
     controller = DiffusionController.load(policy_path, device=config.device, seed=config.seed + m, deterministic=config.rollout_std is None, min_std=config.rollout_std)
     store = ZarrEpisodeStore.open(store_path, mode="a" if ddp.is_main else "r")
@@ -491,15 +507,39 @@ def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: 
     if not ddp.is_main:
         store.close()
         store = None
-    robot, task = make_sim_for(policy_task(policy_path, config.task, meta=controller.meta, warn=False), features)
+    seed = config.seed + 10_000 * (m + 1)
     try:
+        if on_robot(config):
+            return robot_episodes(controller, config, episodes=config.rollout_episodes, seed=seed, store=store, source="offline-rollout")
+        robot, task = make_sim_for(policy_task(policy_path, config.task, meta=controller.meta, warn=False), features)
         with robot:
-            return evaluate(robot, task, controller, episodes=config.rollout_episodes, seed=config.seed + 10_000 * (m + 1), store=store,
-                            source="offline-rollout", ddp=ddp)  # fmt: skip
+            return evaluate(robot, task, controller, episodes=config.rollout_episodes, seed=seed, store=store, source="offline-rollout", ddp=ddp)
     finally:
         if store is not None:
             store.close()
         ddp.barrier()  # the merged store is complete before anyone reads it
+
+
+def on_robot(config: OfflineConfig) -> bool:
+    """Whether the rounds' episodes run through deploy's control stack (a robot spec or an operator given)."""
+    return config.robot is not None or config.operator.device is not None
+
+
+def robot_episodes(controller: DiffusionController, config: OfflineConfig, *, episodes: int, seed: int, store=None, source: str = "offline-rollout") -> EvalReport:
+    """``episodes`` episodes of ``controller`` on ``config.robot`` with its operator (one process: one arm)."""
+    spec = config.robot or f"sim:{config.task}"
+    robot, task, control, device = open_control(spec, controller, config.operator, hz=config.hz, max_steps=config.max_steps, seed=config.seed)
+    with robot:
+        try:
+            if device is not None:
+                device.connect()
+                print(device.controls, file=sys.stderr)
+            report = evaluate(robot, control.task, controller, episodes=episodes, seed=seed, store=store, source=source, control=control)
+        finally:
+            control.close()
+            if device is not None:
+                device.close()
+    return report
 
 
 VERIFY_SEED_OFFSET = 5_000
@@ -516,6 +556,9 @@ def run_verification(policy_path: str | Path, config: OfflineConfig, m: int) -> 
     (not stored; under torchrun each rank runs its share)."""
     from workflow.evaluate import evaluate_policy
 
+    if on_robot(config):
+        controller = DiffusionController.load(policy_path, device=config.device, seed=config.seed)
+        return robot_episodes(controller, config, episodes=config.verify_episodes, seed=verify_seed(config, m))
     return evaluate_policy(policy_path, config.task, episodes=config.verify_episodes, seed=verify_seed(config, m), device=config.device, show_progress=False)
 
 

@@ -44,7 +44,7 @@ from robot.types import EpisodeMeta
 from workflow.distill import distill, make_head_optimizer
 from workflow.distributed import Distributed, init_distributed
 from workflow.latent import encode_store
-from workflow.control import ControlStack, loop_rate, open_robot_for
+from workflow.control import ControlStack, open_control
 from workflow.online_collect import Collected, Decisions, collect_episodes
 from workflow.online_resume import EpisodeLog, Progress, load_state, save_state
 from workflow.online_update import OnlineLearner
@@ -53,7 +53,7 @@ from workflow.policy import KIND, DiffusionController, build_from_checkpoint, po
 from workflow.ppo import StepSchedule
 from workflow.rollout import episode_features, evaluate
 from workflow.run import RunDir, progress, resolve_device, seed_everything
-from workflow.takeover import OperatorConfig, OperatorStop, make_operator
+from workflow.takeover import OperatorConfig, OperatorStop
 
 SELECTION_SEED = 500_000  # first sim seed of the selection episodes (apart from rollout and evaluation seeds)
 
@@ -294,17 +294,12 @@ def open_session(config: OnlineConfig, controller: DiffusionController, ddp: Dis
     """The robot the config names, its task (None on a real arm), the control stack the episodes run on (deploy's
     loop, chunk queue and safety layer) and the operator's device (not yet connected)."""
     spec = config.robot or f"sim:{config.task}"
-    sim = spec.startswith("sim:")
-    if ddp.enabled and not sim:
+    if ddp.enabled and not spec.startswith("sim:"):
         raise ValueError(f"torchrun runs one simulated rollout worker per rank; robot {spec} is one arm: run it in one process")
-    robot, task = open_robot_for(spec, controller)
-    controller.check_robot(robot.name, robot.observation_features, robot.action_features)
+    robot, task, control, operator = open_control(spec, controller, config.operator, hz=config.hz, max_steps=config.max_steps, seed=config.seed)
     if task is None and config.select_episodes:
         raise ValueError(f"robot {robot.name} has no task to score the selection episodes with; pass --select-episodes 0 (the last iteration is handed on)")
-    operator = make_operator(config.operator, robot, task, seed=config.seed)
-    scoring = config.operator.scoring_task(task)  # None: the operator's label scores each episode
-    hz = loop_rate(config.hz if config.hz is not None or not sim else 0.0, controller, task, robot, sys.stderr)
-    return robot, task, ControlStack(robot, scoring, controller, hz=hz, operator=operator, max_steps=config.max_steps), operator
+    return robot, task, control, operator
 
 
 def _remote_learner(config: OnlineConfig, local: OnlineLearner, ddp: Distributed):

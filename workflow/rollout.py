@@ -20,6 +20,7 @@ from robot.types import ACTION, DONE, INTERVENTION, REWARD, SUCCESS, EpisodeMeta
 from workflow.episode import Episode, PolicyActor, Step
 
 if TYPE_CHECKING:
+    from workflow.control import ControlStack
     from workflow.distributed import Distributed
 
 
@@ -73,9 +74,11 @@ def run_episode(
     seed: int,
     max_steps: int | None = None,
     on_step: Callable[[Step], None] | None = None,
+    control: "ControlStack | None" = None,
 ) -> EpisodeResult:
-    """One episode of ``policy`` alone from ``robot.reset(seed)`` until success or ``max_steps`` (the task's by default)."""
-    episode = Episode(robot, task, PolicyActor(policy), seed=seed, max_steps=max_steps)
+    """One episode of ``policy`` alone from ``robot.reset(seed)`` until success or ``max_steps`` (the task's by default);
+    with ``control``, of its policy through its rate loop, chunk queue and operator (an arm, ``workflow.control``)."""
+    episode = control.episode(seed) if control is not None else Episode(robot, task, PolicyActor(policy), seed=seed, max_steps=max_steps)
     latencies = []
     for step in episode:
         if step.policy is not None and step.policy.chunk_started:
@@ -98,8 +101,11 @@ def evaluate(
     show_progress: bool = False,
     on_step: Callable[[Step], None] | None = None,
     ddp: "Distributed | None" = None,
+    control: "ControlStack | None" = None,
 ) -> EvalReport:
-    """Success rate, return and inference latency over ``episodes`` seeds ``seed, seed + 1, ...``.
+    """Success rate, return and inference latency over ``episodes`` seeds ``seed, seed + 1, ...``; with
+    ``control`` every episode runs through it (an arm: its rate loop, chunk queue and operator; ``task`` may then be
+    None, the operator's label scoring each episode).
 
     With ``store``, every episode is appended to it with ``source``. With ``ddp`` (a
     torchrun job), each rank runs its share of the seeds in its own sim and every rank
@@ -112,9 +118,9 @@ def evaluate(
     ddp = ddp or Distributed()
     mine = ddp.shard(episodes)
     local, frames = [], {}
-    bar = progress(len(mine), 0, f"eval {task.name}", show_progress and ddp.is_main)
+    bar = progress(len(mine), 0, f"eval {_name(robot, task)}", show_progress and ddp.is_main)
     for i in mine:
-        res = run_episode(robot, task, policy, seed=seed + i, on_step=on_step)
+        res = run_episode(robot, task, policy, seed=seed + i, on_step=on_step, control=control)
         if store is not None and not ddp.enabled:  # one process: stored as it ends (a kill loses no finished episode)
             _store_episode(store, robot, task, res, source)
         if ddp.enabled:  # to rank 0 once every rank is done
@@ -134,7 +140,7 @@ def evaluate(
                 _store_episode(store, robot, task, res, source)
     latencies = [ms for r in results for ms in r.inference_ms]
     return EvalReport(
-        task=task.name,
+        task=_name(robot, task),
         episodes=episodes,
         success_rate=float(np.mean([r.success for r in results])),
         mean_return=float(np.mean([r.ret for r in results])),
@@ -148,5 +154,10 @@ def evaluate(
     )
 
 
-def _store_episode(store: ZarrEpisodeStore, robot: Robot, task: Task, res: EpisodeResult, source: str) -> None:
-    store.append_episode(res.frames, EpisodeMeta(task=task.name, robot=robot.name, fps=task.fps, success=res.success, source=source, seed=res.seed))
+def _store_episode(store: ZarrEpisodeStore, robot: Robot, task: Task | None, res: EpisodeResult, source: str) -> None:
+    fps = task.fps if task is not None else 0.0
+    store.append_episode(res.frames, EpisodeMeta(task=_name(robot, task), robot=robot.name, fps=fps, success=res.success, source=source, seed=res.seed))
+
+
+def _name(robot: Robot, task: Task | None) -> str:
+    return task.name if task is not None else robot.name
