@@ -13,21 +13,17 @@ from hardware.teleop import TeleopCommand, TeleopEvent
 from robot.types import ACTION, DONE, INTERVENTION, SUCCESS
 from workflow.control import ControlStack
 from workflow.episode import IDLE, Act, Ending, Episode, PolicyActor
-from workflow.imitation import ImitationConfig, train_imitation
 from workflow.online_collect import Decisions, collect_episode
 from workflow.policy import DiffusionController
 from workflow.takeover import NOT_STARTED, Takeover
 
-from tests.test_imitation import TINY, ExpertPolicy, record_demos
+from tests.test_imitation import ExpertPolicy, tiny_push_policy
 from tests.test_rollout import StillPolicy
 
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("episode")
-    demos = record_demos(root / "push.zarr", 4)
-    train_imitation(ImitationConfig(data=str(demos), out=str(root / "run"), policy=TINY, steps=30, batch_size=16, eval_every=30, checkpoint_every=30), show_progress=False)
-    return root / "run"
+    return tiny_push_policy(tmp_path_factory.mktemp("episode"))
 
 
 def test_an_episode_ends_on_success_and_its_frames_are_its_steps():

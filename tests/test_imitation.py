@@ -191,3 +191,10 @@ def test_policy_refuses_a_robot_without_its_camera(tmp_path):
     with pytest.raises(ValueError, match="observation.images.top \\(uint8 32x32x3\\) is missing") as err:
         controller.check_robot(robot.name, robot.observation_features, robot.action_features)
     assert "provides observation.state" in str(err.value)
+
+
+def tiny_push_policy(root: Path, demos: int = 4, steps: int = 30) -> Path:
+    """A tiny push policy (``root/run``) trained for ``steps`` on ``demos`` scripted demonstrations (``root/push.zarr``)."""
+    path = record_demos(root / "push.zarr", demos)
+    train_imitation(ImitationConfig(data=str(path), out=str(root / "run"), policy=TINY, steps=steps, batch_size=16, eval_every=steps, checkpoint_every=steps), show_progress=False)
+    return root / "run"

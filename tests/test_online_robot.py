@@ -22,17 +22,12 @@ from workflow.online_collect import Decisions, collect_episode
 from workflow.policy import DiffusionController
 from workflow.takeover import LABEL_REWARD, OperatorConfig
 
-from workflow.imitation import ImitationConfig, train_imitation
-
-from tests.test_imitation import TINY, record_demos
+from tests.test_imitation import tiny_push_policy
 
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("online-robot")
-    demos = record_demos(root / "push.zarr", 4)
-    train_imitation(ImitationConfig(data=str(demos), out=str(root / "run"), policy=TINY, steps=30, batch_size=16, eval_every=30, checkpoint_every=30), show_progress=False)
-    return root / "run"
+    return tiny_push_policy(tmp_path_factory.mktemp("online-robot"))
 
 
 def learner(policy_path, seed=5) -> DiffusionController:
