@@ -244,7 +244,8 @@ def _train_online(values: dict) -> None:
     from workflow.online import OnlineConfig, train_online as run
 
     report = _run_or_fail(lambda: run(build(OnlineConfig, _online_flags(), values)))  # no --task: the checkpoint's
-    _say(f"rollout success {report.success_first:.1%} -> {report.success_last:.1%}; kept {report.selected}; policy written to {report.policy}")
+    _say(f"rollout success {report.success_first:.1%} -> {report.success_last:.1%} over {report.iterations} iterations ({report.robot_minutes:.1f} robot minutes); "
+         f"kept {report.selected}; policy written to {report.policy}")
 
 
 GENERATED["online"] = lambda: generated_command(_online_flags(), _train_online, doc=(

@@ -336,3 +336,13 @@ def test_an_offline_round_rolls_out_and_verifies_on_a_stand_in_with_the_scripted
     monkeypatch.setattr(offline, "open_control", recording)
     report = offline.run_verification(policy, config, 0)  # the deterministic policy on the round's verification seeds
     assert opened == ["xarm:standin:push"] and report.episodes == 2 and report.seeds[0] == offline.verify_seed(config, 0)
+
+
+def test_a_robot_time_budget_ends_the_stage_after_the_iteration_that_spends_it(policy, tmp_path):
+    from workflow.online import train_online
+
+    report = train_online(_online(policy, tmp_path / "budget", iterations=5, robot_minutes=1e-6), show_progress=False)
+    assert report.iterations == 1 and report.episodes == 3 and report.robot_minutes > 0
+    assert (tmp_path / "budget" / "policy").exists()
+    logged = [json.loads(line) for line in (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines()]
+    assert [d["charts/robot_minutes"] for d in logged if "charts/robot_minutes" in d] == [pytest.approx(report.robot_minutes)]

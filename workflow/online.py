@@ -76,6 +76,9 @@ class OnlineConfig:
     """Ticks per episode; None: the task's limit (real arms: 600)."""
     operator: OperatorConfig = field(default_factory=OperatorConfig)
     """Who watches the episodes (a person or the scripted operator: start, labels, takeovers) and what scores them."""
+    robot_minutes: float | None = None
+    """Budget of robot time (the episodes' wall time, resets and the operator's starts included): no iteration
+    starts once it is spent, and the stage hands on what it has; None: ``iterations`` alone decides."""
     learner: str | None = None
     """HOST:PORT of a `robot learn` process (another process, or a GPU machine) that runs each iteration's update,
     authenticated with ROBOT_TOKEN; None: the updates run in this process."""
@@ -181,6 +184,8 @@ class OnlineConfig:
         if self.select_episodes < 0 or self.confirm_episodes < 0 or self.select_episodes + self.confirm_episodes > 1000:
             raise ValueError(f"select_episodes and confirm_episodes must be >= 0 and together at most 1000 (a run seed's selection seeds), "
                              f"got {self.select_episodes} and {self.confirm_episodes}")
+        if self.robot_minutes is not None and not self.robot_minutes > 0:
+            raise ValueError(f"robot_minutes must be > 0 (or None: no time budget), got {self.robot_minutes}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ValueError(f"gamma must be in (0, 1] and gae_lambda in [0, 1], got {self.gamma}, {self.gae_lambda}")
 
@@ -196,6 +201,7 @@ class OnlineReport:
     minutes: float
     selected: str = "last"  # "start" or "iteration N": the policy this stage hands on
     selection: tuple[tuple[str, float, float], ...] = ()  # (candidate, deterministic success, return) on the selection seeds
+    robot_minutes: float = 0.0  # wall time the robot spent on the iterations' episodes (resumed runs: all sessions)
 
 
 def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineReport:
@@ -234,6 +240,9 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     bar = progress(config.iterations, done.iteration, "online", show_progress and ddp.is_main)
     with robot, _session_closed(store, control, operator, learner):
         for it in range(done.iteration, config.iterations):
+            if config.robot_minutes is not None and done.robot_seconds >= 60 * config.robot_minutes:
+                print(f"online: the robot-time budget ({config.robot_minutes:g} min) is spent after {it} iterations", file=sys.stderr)
+                break
             # 1. collect: each rank its share of the episodes, then everyone has all decisions in episode order
             model.eval()
             seeds = [first_seed + it * config.episodes_per_iteration + i for i in range(config.episodes_per_iteration)]
@@ -256,8 +265,9 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
             # 2. advantages, 3. PPO and value epochs, 4. the one-step head follows the updated policy
             stats = learner.step(batch, it)
             interventions = sum(e.interventions for e in episodes)
-            run.metrics.log({**stats, "charts/success": successes[-1], "charts/interventions": interventions}, it)
-            done = Progress(it + 1, first_seed, successes, batch.cond)
+            robot_minutes = (done.robot_seconds + sum(e.seconds for e in episodes)) / 60
+            run.metrics.log({**stats, "charts/success": successes[-1], "charts/interventions": interventions, "charts/robot_minutes": robot_minutes}, it)
+            done = Progress(it + 1, first_seed, successes, batch.cond, done.robot_seconds + sum(e.seconds for e in episodes))
             if ddp.is_main:
                 save_policy(run.snapshot_dir(it), model, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "iteration": it})
                 save_state(run.state_dir, done, learner)
@@ -270,20 +280,22 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
         ddp.barrier()  # every snapshot is on disk before the selection loads them
 
         # 5. hand on the best of the start and the scored snapshots (deterministic, as deployed), its head distilled
-        final, head, selected, selection = hand_on(model, head, ckpt, done.last_cond, robot, task, config, run, learner.distill_gen, ddp, device)
+        ran = replace(config, iterations=done.iteration)  # fewer than asked when the robot-time budget ran out
+        final, head, selected, selection = hand_on(model, head, ckpt, done.last_cond, robot, task, ran, run, learner.distill_gen, ddp, device)
     if ddp.is_main:
         save_policy(run.policy_dir, final, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "selected": selected})
     ddp.barrier()  # the other ranks return once the policy is on disk
     report = OnlineReport(
         run=str(run.path),
         policy=str(run.policy_dir),
-        iterations=config.iterations,
-        episodes=config.iterations * config.episodes_per_iteration,
+        iterations=done.iteration,
+        episodes=done.iteration * config.episodes_per_iteration,
         success_first=successes[0],
         success_last=successes[-1],
         minutes=(time.perf_counter() - started) / 60,
         selected=selected,
         selection=selection,
+        robot_minutes=done.robot_seconds / 60,
     )
     run.write_report(report)
     run.close()

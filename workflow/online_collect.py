@@ -8,6 +8,7 @@ collects its share of an iteration's episodes and every rank ends with all decis
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -92,6 +93,8 @@ class Collected:
     """Steps the operator drove."""
     stop: str | None = None
     """estop or quit: the session stops after this episode."""
+    seconds: float = 0.0
+    """Wall time the robot spent on it, from the reset (home, the operator's start) to its end."""
 
 
 def collect_episodes(control: ControlStack, seeds: list[int], gamma: float, ddp: Distributed, *, commit: Callable[[Collected], None] | None = None) -> list[Collected]:
@@ -135,6 +138,7 @@ ran to its end just before the takeover); after the
     operator's label ends the episode (no future value), as does the task's success; the step limit, an e-stop
     or a quit truncate it.
     """
+    started = time.perf_counter()
     episode = control.episode(seed)
     controller = control.controller
     reward, n, open_decision, interventions = 0.0, 0, False, 0
@@ -164,7 +168,7 @@ ran to its end just before the takeover); after the
         terminal = episode.success or ending.label == "operator"
         _add_outcome(out, reward, gamma**n, terminal=terminal, last=True, next_cond=controller.peek_condition(episode.last.next_observation))
     frames = episode.frames.arrays() if len(episode.frames) else {}
-    return Collected(seed, frames, episode.success, out, ending.label, interventions, ending.stop)
+    return Collected(seed, frames, episode.success, out, ending.label, interventions, ending.stop, time.perf_counter() - started)
 
 
 def _cut(out: Decisions) -> None:

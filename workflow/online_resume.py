@@ -41,11 +41,13 @@ class Progress:
     """Each finished iteration's rollout success."""
     last_cond: torch.Tensor | None
     """(N, Dc) the last finished iteration's states (the final distillation's, without ``distill_data``)."""
+    robot_seconds: float = 0.0
+    """Wall time the robot spent on the finished iterations' episodes."""
 
 
 def save_state(path: Path, progress: Progress, learner: OnlineLearner) -> None:
     """Write the learner's whole state after an update (atomically: a kill leaves the previous one)."""
-    extra = {"iteration": progress.iteration, "first_seed": progress.first_seed, "successes": progress.successes}
+    extra = {"iteration": progress.iteration, "first_seed": progress.first_seed, "successes": progress.successes, "robot_seconds": progress.robot_seconds}
     modules = {"last": {"cond": progress.last_cond}} if progress.last_cond is not None else {}
     save_checkpoint(path, Checkpoint(kind=STATE_KIND, config={}, modules=modules, extra=extra, state=learner.state_dict()))
 
@@ -58,7 +60,7 @@ def load_state(path: Path, learner: OnlineLearner) -> Progress | None:
     learner.load_state_dict(saved.state, what=str(path))
     last = saved.modules.get("last", {}).get("cond")
     extra = saved.extra
-    return Progress(int(extra["iteration"]), int(extra["first_seed"]), [float(s) for s in extra["successes"]], last)
+    return Progress(int(extra["iteration"]), int(extra["first_seed"]), [float(s) for s in extra["successes"]], last, float(extra.get("robot_seconds", 0.0)))
 
 
 class EpisodeLog:
@@ -73,6 +75,7 @@ class EpisodeLog:
         chains = d.chains
         record = {
             "seed": episode.seed, "success": episode.success, "label": episode.label, "interventions": episode.interventions, "stop": episode.stop,
+            "seconds": episode.seconds,
             "frames": {k: torch.from_numpy(v) for k, v in episode.frames.items()},
             "cond": torch.cat(d.cond) if d.cond else None, "next_cond": torch.cat(d.next_cond) if d.next_cond else None,
             "samples": torch.cat([c.samples for c in chains]) if chains else None, "log_probs": torch.cat([c.log_probs for c in chains]) if chains else None,
@@ -95,7 +98,7 @@ class EpisodeLog:
                 d.next_cond = list(r["next_cond"].split(1))
                 d.chains = [Chain(s, lp, r["timesteps"], self.sampler) for s, lp in zip(r["samples"].split(1), r["log_probs"].split(1))]
             frames = {k: v.numpy() for k, v in r["frames"].items()}
-            out[int(r["seed"])] = Collected(int(r["seed"]), frames, bool(r["success"]), d, r["label"], int(r["interventions"]), r["stop"])
+            out[int(r["seed"])] = Collected(int(r["seed"]), frames, bool(r["success"]), d, r["label"], int(r["interventions"]), r["stop"], float(r["seconds"]))
         return out
 
     def clear_before(self, iteration: int) -> None:
