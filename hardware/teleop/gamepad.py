@@ -4,7 +4,7 @@ Default layout (:class:`GamepadLayout`, SDL2 joystick numbering of an Xbox pad o
 Linux): left stick moves in x/y, right stick up/down moves in z and left/right
 turns about z, the d-pad turns about y (up/down) and x (left/right). Buttons:
 A start / stop-and-keep, B discard, Y keep as success, X keep as failure,
-LB takeover, RB toggles the gripper, Back quits. Pads that number their
+LB takeover, left stick press pause/resume, RB toggles the gripper, Back quits. Pads that number their
 controls differently take another :class:`GamepadLayout`.
 
 :func:`apply_events` and :func:`gamepad_twist` are pure functions of a recorded
@@ -59,6 +59,7 @@ class GamepadLayout:
             4: TeleopEvent.TAKEOVER,  # LB
             6: TeleopEvent.QUIT,  # Back
             7: TeleopEvent.ESTOP,  # Start
+            8: TeleopEvent.PAUSE,  # left stick press
         }
     )
     gripper_button: int = 5  # RB
@@ -129,7 +130,7 @@ class GamepadDevice:
     def controls(self) -> str:
         return (
             "gamepad  left stick x/y, right stick z and turn about z, d-pad turn about x/y, RB gripper; "
-            "A start / stop+keep, Y keep as success, X keep as failure, B discard, LB takeover, Back quit"
+            "A start / stop+keep, Y keep as success, X keep as failure, B discard, LB takeover, left stick press pause, Back quit"
         )
 
     def connect(self) -> None:
