@@ -346,3 +346,16 @@ def test_a_robot_time_budget_ends_the_stage_after_the_iteration_that_spends_it(p
     assert (tmp_path / "budget" / "policy").exists()
     logged = [json.loads(line) for line in (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines()]
     assert [d["charts/robot_minutes"] for d in logged if "charts/robot_minutes" in d] == [pytest.approx(report.robot_minutes)]
+
+
+def test_a_rerun_may_move_the_learner_but_not_change_what_it_computes(tmp_path):
+    import dataclasses
+
+    from workflow.online import OnlineConfig
+    from workflow.run import RunDir
+
+    config = OnlineConfig(policy="p", out=str(tmp_path), task="push")
+    RunDir(tmp_path, config).close()
+    RunDir(tmp_path, dataclasses.replace(config, learner="gpu-box:8766", device="cpu")).close()  # resumes
+    with pytest.raises(ValueError, match="differs in iterations"):
+        RunDir(tmp_path, dataclasses.replace(config, iterations=3))

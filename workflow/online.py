@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -60,6 +60,9 @@ SELECTION_SEED = 500_000  # first sim seed of the selection episodes (apart from
 
 @dataclass(frozen=True)
 class OnlineConfig:
+    RESUME_MAY_CHANGE: ClassVar[tuple[str, ...]] = ("learner", "device")
+    """Fields a rerun may change and still resume the run: where the updates run, not what they compute."""
+
     policy: str
     """Run directory or policy checkpoint to fine-tune (usually the offline stage's)."""
     out: str

@@ -50,9 +50,11 @@ class RunDir:
         (self.path / "checkpoints").mkdir(exist_ok=True)
         config_path = self.path / "config.json"
         if config_path.exists():
-            previous = _with_defaults(type(config), read_json_object(config_path))
-            if previous != to_dict(config):
-                changed = sorted(k for k in set(previous) | set(to_dict(config)) if previous.get(k) != to_dict(config).get(k))
+            free = set(getattr(type(config), "RESUME_MAY_CHANGE", ()))  # where the work runs, not what it computes
+            previous = {k: v for k, v in _with_defaults(type(config), read_json_object(config_path)).items() if k not in free}
+            now = {k: v for k, v in to_dict(config).items() if k not in free}
+            if previous != now:
+                changed = sorted(k for k in set(previous) | set(now) if previous.get(k) != now.get(k))
                 raise ValueError(
                     f"{self.path} holds a run with another config (differs in {', '.join(changed)}); "
                     "resume with the same options or choose a new --out"
