@@ -34,10 +34,13 @@ class ActionLayout:
     position deltas along x, y (and z), ``rotation`` those of the axis-angle rotation
     delta. ``mode="joint_position"``: ``joints`` holds the action index of each
     joint's absolute target, in the order of ``ArmState.joint_positions``.
+    ``mode="direct"``: entries the arm applies as they are (a gymnasium env's own actions, a
+    torque): the safety layer bounds them and rejects NaN, and its watchdog and e-stop hold,
+    but there is no end effector or joint target to guard.
     ``gripper`` is the index of the gripper command (-1 open .. 1 closed), if any.
     """
 
-    mode: Literal["ee_delta", "joint_position"]
+    mode: Literal["ee_delta", "joint_position", "direct"]
     size: int
     translation: tuple[int, ...] = ()
     rotation: tuple[int, ...] = ()
@@ -45,8 +48,8 @@ class ActionLayout:
     gripper: int | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("ee_delta", "joint_position"):
-            raise ValueError(f"action layout mode {self.mode!r} is unknown; use 'ee_delta' or 'joint_position'")
+        if self.mode not in ("ee_delta", "joint_position", "direct"):
+            raise ValueError(f"action layout mode {self.mode!r} is unknown; use 'ee_delta', 'joint_position' or 'direct'")
         used = [*self.translation, *self.rotation, *self.joints, *([] if self.gripper is None else [self.gripper])]
         if len(set(used)) != len(used) or any(not 0 <= i < self.size for i in used):
             raise ValueError(f"action layout indices {used} must be distinct and within [0, {self.size})")
@@ -54,6 +57,8 @@ class ActionLayout:
             raise ValueError(f"an ee_delta layout needs 1-3 translation indices, got {self.translation}")
         if self.mode == "joint_position" and not self.joints:
             raise ValueError("a joint_position layout needs the action index of every joint in `joints`")
+        if self.mode == "direct" and (self.translation or self.rotation or self.joints):
+            raise ValueError("a direct layout has no translation, rotation or joint indices (only an optional gripper)")
 
     @property
     def motion(self) -> tuple[int, ...]:
@@ -97,6 +102,15 @@ class ActionLayout:
             )
         translation, rotation, gripper = by_size[size]
         return ActionLayout("ee_delta", size, translation=translation, rotation=rotation, gripper=gripper)
+
+    @staticmethod
+    def of_scene(feature: Feature) -> "ActionLayout":
+        """A simulated scene's layout: :meth:`ee_delta` unless the entries are named and no name is a
+        translation (``dx``, ``x``...); then ``direct`` (a gymnasium env's ``a0 a1 ...``, a torque)."""
+        names = tuple(n.lower() for n in feature.names) if feature.names else ()
+        if len(feature.shape) == 1 and names and not _indices(names, _TRANSLATION_NAMES):
+            return ActionLayout("direct", feature.shape[0], gripper=names.index("gripper") if "gripper" in names else None)
+        return ActionLayout.ee_delta(feature)
 
 
 def _indices(names: tuple[str, ...], vocabularies: tuple[tuple[str, ...], ...]) -> tuple[int, ...]:

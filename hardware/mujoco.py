@@ -26,14 +26,15 @@ class MujocoArm:
 
     :meth:`hold` keeps the end-effector position it had when the hold began:
     delta controllers re-base on the current pose every step, so plain zero
-    deltas let small tracking errors add up (a robosuite UR5e creeps ~4 mm/s).
+    deltas let small tracking errors add up (a robosuite UR5e creeps ~4 mm/s). A ``direct`` layout
+    (a gymnasium env's own actions) holds with zeros and the last gripper command.
     """
 
     def __init__(self, scene: SimScene):
         self.scene = scene
         self.name = f"sim:{scene.name}"
         self.fps = float(scene.fps)
-        self._layout = ActionLayout.ee_delta(action_feature(self))
+        self._layout = ActionLayout.of_scene(action_feature(self))
         self._gripper = OPEN_GRIPPER
         self._held_at: np.ndarray | None = None  # EE position latched by the first of a run of holds
         self._connected = False
@@ -51,6 +52,12 @@ class MujocoArm:
     @property
     def limits(self) -> ArmLimits:
         return self.scene.limits
+
+    @property
+    def joint_names(self) -> tuple[str, ...] | None:
+        """The scene's arm joint names (what safety warnings call joints), when it declares them."""
+        names = getattr(self.scene, "joint_names", None)
+        return tuple(names) if names is not None else None
 
     @property
     def layout(self) -> ActionLayout:

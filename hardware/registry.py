@@ -17,25 +17,25 @@ from typing import Any, Callable
 from hardware.safety import SafeRobot, SafetyConfig
 from robot.protocols import Task
 
-# (target, safety, opts) -> (robot, task or None)
-RobotFactory = Callable[[str, SafetyConfig, dict[str, Any]], tuple[SafeRobot, Task | None]]
+# (target, safety or None for the default, opts) -> (robot, task or None)
+RobotFactory = Callable[[str, "SafetyConfig | None", dict[str, Any]], tuple[SafeRobot, Task | None]]
 
 
-def _sim_robot(target: str, safety: SafetyConfig, opts: dict[str, Any]) -> tuple[SafeRobot, Task | None]:
-    return make_sim(target, safety=safety, **opts)
+def _sim_robot(target: str, safety: SafetyConfig | None, opts: dict[str, Any]) -> tuple[SafeRobot, Task | None]:
+    return make_sim(target, safety=safety, **opts)  # None: the task's own safety config
 
 
-def _remote_robot(target: str, safety: SafetyConfig, opts: dict[str, Any]) -> tuple[SafeRobot, Task | None]:
+def _remote_robot(target: str, safety: SafetyConfig | None, opts: dict[str, Any]) -> tuple[SafeRobot, Task | None]:
     from hardware.remote.client import open_remote
 
-    return open_remote(target, safety, opts), None  # type: ignore[return-value]  # proxies the server's SafeRobot
+    return open_remote(target, safety or SafetyConfig(), opts), None  # type: ignore[return-value]  # proxies the server's SafeRobot
 
 
 def _arm_robot(kind: str) -> RobotFactory:
-    def factory(target: str, safety: SafetyConfig, opts: dict[str, Any]) -> tuple[SafeRobot, Task | None]:
+    def factory(target: str, safety: SafetyConfig | None, opts: dict[str, Any]) -> tuple[SafeRobot, Task | None]:
         from hardware.drivers.specs import open_arm
 
-        return open_arm(kind, target, safety, opts)
+        return open_arm(kind, target, safety or SafetyConfig(), opts)
 
     return factory
 
@@ -57,7 +57,8 @@ def robot_kinds() -> tuple[str, ...]:
 def open_robot(spec: str, *, safety: SafetyConfig | None = None, **opts: Any) -> tuple[SafeRobot, Task | None]:
     """A robot behind the safety layer from ``kind:target``, and the task it can score itself on (or ``None``).
 
-    A bare ``push`` means ``sim:push``. ``opts`` go to the backend (scene options for ``sim``).
+    A bare ``push`` means ``sim:push``. ``opts`` go to the backend (scene options for ``sim``). ``safety``
+    None means the default: a simulated task's own limits (:func:`make_sim`), else ``SafetyConfig()``.
     """
     kind, sep, target = spec.partition(":")
     if not sep:
@@ -68,7 +69,7 @@ def open_robot(spec: str, *, safety: SafetyConfig | None = None, **opts: Any) ->
     if not target:
         raise ValueError(f"robot spec {spec!r} names no target; write it as {_KINDS[kind][1]}")
     factory, _ = _KINDS[kind]
-    return factory(target, safety or SafetyConfig(), opts)
+    return factory(target, safety, opts)
 
 
 def make_robot(spec: str, *, safety: SafetyConfig | None = None, **opts: Any) -> SafeRobot:
@@ -79,11 +80,28 @@ def make_robot(spec: str, *, safety: SafetyConfig | None = None, **opts: Any) ->
 def make_sim(task: str, *, safety: SafetyConfig | None = None, **opts: Any) -> tuple[SafeRobot, Task]:
     """A simulated robot and the task over the same scene: ``robot, task = make_sim("push")``.
 
-    ``opts`` go to ``sim.registry.make_scene`` (scene options such as ``max_steps``).
+    ``opts`` go to ``sim.registry.make_scene`` (scene options such as ``max_steps``). The safety layer
+    uses ``safety`` when given, else the task's own limits (:func:`task_safety`: a Meta-World Sawyer
+    brings a narrower joint margin than the default), else ``SafetyConfig()``.
     """
     from hardware.mujoco import MujocoArm
     from sim.registry import make_scene
     from sim.scene import SceneTask
 
     scene = make_scene(task, **opts)
-    return SafeRobot(MujocoArm(scene), safety or SafetyConfig()), SceneTask(scene)
+    try:
+        robot = SafeRobot(MujocoArm(scene), safety if safety is not None else task_safety(scene))
+    except BaseException:
+        scene.close()
+        raise
+    return robot, SceneTask(scene)
+
+
+def task_safety(scene: Any) -> SafetyConfig:
+    """The safety config a simulated scene brings (its optional ``safety`` attribute), else the default."""
+    own = getattr(scene, "safety", None)
+    if own is None:
+        return SafetyConfig()
+    if not isinstance(own, SafetyConfig):
+        raise TypeError(f"task {getattr(scene, 'name', scene)!r}: its scene's safety must be a robot.types.SafetyConfig, got {type(own).__name__}")
+    return own

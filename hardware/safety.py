@@ -8,7 +8,10 @@ joint velocity limits (cancel motion). Between commands a watchdog holds the
 arm whenever the command stream goes silent for longer than its timeout. Every
 intervention is counted in :class:`SafetyCounters`;
 :attr:`SafeRobot.last_interventions` says which ones fired on the last command.
-``send_action`` returns what was really sent.
+``send_action`` returns what was really sent. A guard that fires on most commands
+of an episode is a configuration problem, not a safety event: at the episode's end
+(:meth:`SafeRobot.end_episode`, called by the episode engine, by the next reset and
+by disconnect) one warning line names the guard, the joint or axis, and the limit.
 
 End-effector delta actions cannot be clamped per joint without inverse
 kinematics, so the joint-limit check learns from the arm itself: when a joint
@@ -24,8 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
@@ -33,60 +38,13 @@ import numpy as np
 
 from hardware.arm import ActionLayout, Arm, ArmLimits, ArmState, action_feature
 from robot.protocols import Observation
-from robot.types import TIMESTAMP, Feature, SafetyCounters  # noqa: F401  (SafetyCounters: re-exported, its old home)
+from robot.types import TIMESTAMP, Feature, SafetyConfig, SafetyCounters  # noqa: F401  (both re-exported: their old home)
 
 _MAX_DIRECTIONS = 3  # remembered pushing directions per joint
-
-
-@dataclass(frozen=True)
-class SafetyConfig:
-    """How strict the safety layer is on top of the limits the arm declares."""
-
-    workspace_low: tuple[float, float, float] | None = None
-    """Lower corner (m, base frame) of a box that narrows the arm's declared workspace; never widens it."""
-    workspace_high: tuple[float, float, float] | None = None
-    """Upper corner of that box; give both corners or neither."""
-    workspace_approach: float = 0.5
-    """Fraction of the remaining distance to a workspace wall one command may cover: the arm brakes near walls."""
-    max_step: tuple[float, ...] | None = None
-    """Per action dimension bound on one command; the smaller of this and the arm's own applies."""
-    joint_margin: float = 0.02
-    """Fraction of each joint's range next to its limits inside which motion driving it further is cancelled."""
-    velocity_scale: float = 1.0
-    """Fraction of the arm's max joint velocity above which motion commands are cancelled."""
-    watchdog_timeout_s: float | None = None
-    """Hold position whenever no command arrived for this long (s); None turns the watchdog off."""
-    reject_nonfinite: bool = True
-    """NaN/inf commands are never forwarded: True holds and counts, False raises ValueError (debugging)."""
-
-    def __post_init__(self) -> None:
-        if (self.workspace_low is None) != (self.workspace_high is None):
-            raise ValueError("SafetyConfig: give workspace_low and workspace_high together, or neither")
-        if self.workspace_low is not None and self.workspace_high is not None:
-            if len(self.workspace_low) != 3 or len(self.workspace_high) != 3:
-                raise ValueError(
-                    f"SafetyConfig: workspace corners must be (x, y, z), "
-                    f"got {self.workspace_low}, {self.workspace_high}",
-                )
-            if any(lo >= hi for lo, hi in zip(self.workspace_low, self.workspace_high)):
-                raise ValueError(
-                    f"SafetyConfig: workspace_low {self.workspace_low} must be below "
-                    f"workspace_high {self.workspace_high}",
-                )
-        if self.max_step is not None and any(not s > 0 for s in self.max_step):
-            raise ValueError(f"SafetyConfig: max_step entries must be positive, got {self.max_step}")
-        if not 0 < self.workspace_approach <= 1:
-            raise ValueError(f"SafetyConfig: workspace_approach must be in (0, 1], got {self.workspace_approach}")
-        if not 0 <= self.joint_margin < 0.5:
-            raise ValueError(
-                f"SafetyConfig: joint_margin is a fraction of the joint range in [0, 0.5), got {self.joint_margin}",
-            )
-        if not 0 < self.velocity_scale <= 1:
-            raise ValueError(f"SafetyConfig: velocity_scale must be in (0, 1], got {self.velocity_scale}")
-        if self.watchdog_timeout_s is not None and not self.watchdog_timeout_s > 0:
-            raise ValueError(
-                f"SafetyConfig: watchdog_timeout_s must be positive or None, got {self.watchdog_timeout_s}",
-            )
+DOMINANT_FRACTION = 0.5
+"""A guard that fired on more than this fraction of an episode's commands gets a warning at the episode's end."""
+DOMINANT_MIN_COMMANDS = 10
+"""Episodes shorter than this many commands are never warned about."""
 
 
 class SafeRobot:
@@ -114,6 +72,8 @@ class SafeRobot:
         self._watchdog: _Watchdog | None = None
         self._pushing: dict[int, list[np.ndarray]] = {}  # joint -> unit motions that drove it toward its limit
         self._previous: _Command | None = None  # the last command applied since the last hold or reset
+        self._episode = _GuardTally()  # commands and guard firings since the last reset
+        self._warned: set[tuple[str, str]] = set()  # (guard, where) warned about once per robot
 
     # -- Robot contract -------------------------------------------------------------------
 
@@ -144,6 +104,7 @@ class SafeRobot:
     def disconnect(self) -> None:
         self._stop_watchdog()  # outside the lock: the watchdog thread may be waiting for it
         with self._lock:
+            self.end_episode()
             if self.arm.is_connected:
                 self.arm.disconnect()
 
@@ -166,6 +127,7 @@ class SafeRobot:
         with self._lock:
             if self._estopped:
                 raise RuntimeError(f"robot {self.name} is e-stopped; call clear_estop() before reset()")
+            self.end_episode()
             observation = self.arm.reset(seed)
             self._pushing.clear()
             self._previous = None
@@ -191,7 +153,7 @@ class SafeRobot:
                     raise ValueError(f"robot {self.name} got a non-finite action {command}; fix the policy output")
                 return self._hold("nonfinite")
             state = self.arm.arm_state()
-            applied, fired = self._clamp(command, state)
+            applied, fired, where = self._clamp(command, state)
             applied = applied.astype(self._feature.dtype)
             self.arm.apply(applied)
             self._previous = _Command(
@@ -202,7 +164,33 @@ class SafeRobot:
             for reason in fired:
                 setattr(self.counters, reason, getattr(self.counters, reason) + 1)
             self.last_interventions = fired
+            self._episode.add(where)
             return applied.copy()
+
+    def end_episode(self) -> tuple[str, ...]:
+        """Close the episode's guard tally: for each guard that fired on most of its commands (more than
+        :data:`DOMINANT_FRACTION`, at least :data:`DOMINANT_MIN_COMMANDS` commands), print one warning line
+        naming the guard, where it fired (joint, axis or action entry) and the limit, once per robot and
+        guard; return the lines printed. The next episode starts a fresh tally."""
+        with self._lock:
+            tally, self._episode = self._episode, _GuardTally()
+            lines = []
+            for reason, where, text, count in tally.dominant():
+                if (reason, where) in self._warned:
+                    continue
+                self._warned.add((reason, where))
+                line = (f"warning: safety guard {reason} fired on {count} of {tally.commands} commands of robot {self.name}'s "
+                        f"episode, mostly on {text}; if the task needs that motion this limit is too strict: give the task "
+                        "its own safety config (the scene's `safety`, a robot.types.SafetyConfig) or pass safety=SafetyConfig(...)")  # fmt: skip
+                print(line, file=sys.stderr)
+                lines.append(line)
+            return tuple(lines)
+
+    @property
+    def episode_guards(self) -> dict[str, int]:
+        """Commands and guard firings since the last reset: ``{"commands": n, "<guard>": count, ...}``."""
+        with self._lock:
+            return {"commands": self._episode.commands, **self._episode.fired}
 
     # -- safety controls ------------------------------------------------------------------
 
@@ -280,8 +268,9 @@ class SafeRobot:
             self.last_interventions = (reason,)
         return held
 
-    def _clamp(self, command: np.ndarray, state: ArmState) -> tuple[np.ndarray, tuple[str, ...]]:
-        """Run the clamps in order; return the clamped action and the names of those that changed it."""
+    def _clamp(self, command: np.ndarray, state: ArmState) -> tuple[np.ndarray, tuple[str, ...], dict[str, tuple[str, str]]]:
+        """Run the clamps in order; return the clamped action, the names of those that changed it, and for
+        each of those where it acted and on which limit (for :meth:`end_episode`'s warning)."""
         if self._layout.mode == "joint_position":
             stages = self._joint_target_stages(state)
         else:
@@ -293,13 +282,47 @@ class SafeRobot:
                 ("joint_limited", lambda a: self._cancel_joint_pushing(a, state, low, high)),
                 ("velocity_limited", lambda a: self._cancel_when_too_fast(a, state)),
             )
-        action, fired, dtype = command, [], self._feature.dtype
+        action, fired, where, dtype = command, [], {}, self._feature.dtype
         for reason, stage in stages:
             clamped = stage(action)
-            if np.any(clamped.astype(dtype) != action.astype(dtype)):  # float32 0.025 is not "over" 0.025
+            changed = np.flatnonzero(clamped.astype(dtype) != action.astype(dtype))  # float32 0.025 is not "over" 0.025
+            if changed.size:
                 fired.append(reason)
+                where[reason] = self._where(reason, changed, action, state)
             action = clamped
-        return action, tuple(fired)
+        return action, tuple(fired), where
+
+    def _where(self, reason: str, changed: np.ndarray, action: np.ndarray, state: ArmState) -> tuple[str, str]:
+        """Where guard ``reason`` acted (the joint, axis or action entry: the first it changed) and, in words,
+        that place with its reading and limit."""
+        names = self._feature.names or tuple(f"a{i}" for i in range(self._layout.size))
+        joints = getattr(self.arm, "joint_names", None) or tuple(str(j) for j in range(len(self.limits.joint_low)))
+        if reason == "joint_limited" and self._layout.mode != "joint_position" and self._pushing:
+            j = min(self._pushing)
+            low, high = self._joint_band()
+            q = float(np.asarray(state.joint_positions)[j])
+            side, limit, band = ("high", self.limits.joint_high[j], high[j]) if q >= high[j] else ("low", self.limits.joint_low[j], low[j])
+            return f"joint {joints[j]}", (f"joint {joints[j]} (at {q:.3f}, inside joint_margin {self.config.joint_margin:g} of its "
+                                          f"{side} limit {limit:.3f}: the guard starts at {band:.3f})")  # fmt: skip
+        if reason == "velocity_limited" and self._layout.mode != "joint_position":
+            qd = np.abs(np.asarray(state.joint_velocities, dtype=np.float64))
+            limit = np.asarray(self.limits.max_joint_velocity) * self.config.velocity_scale
+            j = int(np.argmax(qd / limit))
+            return f"joint {joints[j]}", (f"joint {joints[j]} (moving at {qd[j]:.2f}, over its limit {limit[j]:.2f}: "
+                                          f"max_joint_velocity x velocity_scale {self.config.velocity_scale:g})")  # fmt: skip
+        i = int(changed[0])
+        if reason == "workspace_clipped" and i in self._layout.translation:
+            k = self._layout.translation.index(i)
+            return f"axis {'xyz'[k]}", (f"axis {'xyz'[k]} (action {names[i]}; workspace {self.limits.workspace_low[k]:.3f}.."
+                                        f"{self.limits.workspace_high[k]:.3f} m, braking at workspace_approach {self.config.workspace_approach:g})")  # fmt: skip
+        if reason == "step_clipped":
+            low, high = self._step_bounds()
+            return f"action {names[i]}", f"action {names[i]} (asked {action[i]:.4g}, bounded to {low[i]:.4g}..{high[i]:.4g})"
+        if self._layout.mode == "joint_position" and i in self._layout.joints:
+            lows, highs = self._joint_band()
+            j = self._layout.joints.index(i)
+            return f"joint {joints[j]}", f"joint {joints[j]} (action {names[i]}; limits less joint_margin {lows[j]:.3f}..{highs[j]:.3f})"
+        return f"action {names[i]}", f"action {names[i]}"
 
     def _step_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Per action entry: the action feature's bounds within +-max_step."""
@@ -373,6 +396,8 @@ class SafeRobot:
         """Remove the motion components that drove a near-limit joint further (learnt from the last
         command), then shrink the motion uniformly back inside ``low``..``high`` (which the removal
         may have left; uniform shrinking keeps every removed component removed)."""
+        if not self.config.guard_joint_limits:
+            return action
         self._learn_pushing_directions(state)
         if not self._pushing:
             return action
@@ -444,7 +469,7 @@ class SafeRobot:
 
         return (
             ("step_clipped", step_clip),
-            ("joint_limited", lambda a: with_joints(a, np.clip(a[idx], np.minimum(lows, q), np.maximum(highs, q)))),
+            ("joint_limited", lambda a: with_joints(a, np.clip(a[idx], np.minimum(lows, q), np.maximum(highs, q))) if self.config.guard_joint_limits else a),
             ("velocity_limited", lambda a: with_joints(a, q + np.clip(a[idx] - q, -reach, reach))),
         )
 
@@ -465,6 +490,35 @@ class SafeRobot:
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None
+
+
+class _GuardTally:
+    """One episode's commands and, per guard, how often it fired and where (its most frequent description)."""
+
+    def __init__(self) -> None:
+        self.commands = 0
+        self.fired: dict[str, int] = {}
+        self._where: dict[str, Counter[str]] = {}  # guard -> how often it acted on each joint / axis / entry
+        self._text: dict[tuple[str, str], str] = {}  # (guard, where) -> its first description
+
+    def add(self, where: Mapping[str, tuple[str, str]]) -> None:
+        self.commands += 1
+        for reason, (key, text) in where.items():
+            self.fired[reason] = self.fired.get(reason, 0) + 1
+            self._where.setdefault(reason, Counter())[key] += 1
+            self._text.setdefault((reason, key), text)
+
+    def dominant(self) -> list[tuple[str, str, str, int]]:
+        """``(guard, where, description, count)`` for each guard that fired on most commands; ``where`` is the
+        joint, axis or action entry it acted on most often, ``description`` its first reading and limit."""
+        if self.commands < DOMINANT_MIN_COMMANDS:
+            return []
+        out = []
+        for reason, count in self.fired.items():
+            if count > DOMINANT_FRACTION * self.commands:
+                key = self._where[reason].most_common(1)[0][0]
+                out.append((reason, key, self._text[(reason, key)], count))
+        return out
 
 
 @dataclass(frozen=True)

@@ -349,9 +349,9 @@ def _eval(values: dict) -> None:
     report = _run_or_fail(evaluate_policy, config.policy, task, sampler=config.sampler, save=config.save, view=config.view, rrd=config.rrd,
                           critics=config.critics, **common)  # fmt: skip
     _say(format_table(
-        ["task", "sampler", "episodes", "success", "return", "length", "inference ms (mean)", "inference ms (p95)"],
+        ["task", "sampler", "episodes", "success", "return", "length", "inference ms (mean)", "inference ms (p95)", "safety interventions"],
         [[report.task, report.sampler, report.episodes, f"{report.success_rate:.1%}", report.mean_return, report.mean_length, report.inference_ms_mean,
-          report.inference_ms_p95]],
+          report.inference_ms_p95, ", ".join(f"{k} {v}" for k, v in report.safety.items()) or "none"]],
     ))
 
 
@@ -442,7 +442,7 @@ def tasks(
 ) -> None:
     """Every simulated task: observation and action features, cameras, scripted expert, episode limit, where it comes from."""
     from sim.catalog import describe_task, task_details, tasks_table
-    from sim.registry import ENTRY_POINT_GROUP, resolve_task, task_names
+    from sim.registry import ENTRY_POINT_GROUP, FAMILIES, FAMILY_USAGE, resolve_task, task_names
 
     if name is not None:
         source = _run_or_fail(resolve_task, name).source
@@ -459,6 +459,7 @@ def tasks(
         except Exception as e:
             typer.secho(f"warning: task {n}: its scene does not build, left out: {type(e).__name__}: {e}", fg=typer.colors.YELLOW, err=True)
     typer.echo(tasks_table(summaries, title="tasks (images come with --cameras; `robot tasks NAME` names every feature's entries)"))
+    typer.echo("\nfamilies, tasks by prefix (`robot tasks <prefix>:<name>` shows one): " + "; ".join(FAMILY_USAGE.get(f, f"{f}:<name>") for f in FAMILIES))
     typer.echo(f"\nadd one: sim.registry.register_task(name, factory) in your code, an entry point in the {ENTRY_POINT_GROUP!r} group "
                "of an installed package, or --task pkg.module:factory on any command (README: Bring your own task)")
 

@@ -154,6 +154,64 @@ class EpisodeMeta:
         )
 
 
+@dataclass(frozen=True)
+class SafetyConfig:
+    """How strict the safety layer is on top of the limits the arm declares.
+
+    Lives here, not in ``hardware.safety``, so that a simulated task can bring its own (a scene's optional
+    ``safety`` attribute, which ``hardware.registry.make_sim`` uses unless its caller passes one)."""
+
+    workspace_low: tuple[float, float, float] | None = None
+    """Lower corner (m, base frame) of a box that narrows the arm's declared workspace; never widens it."""
+    workspace_high: tuple[float, float, float] | None = None
+    """Upper corner of that box; give both corners or neither."""
+    workspace_approach: float = 0.5
+    """Fraction of the remaining distance to a workspace wall one command may cover: the arm brakes near walls."""
+    max_step: tuple[float, ...] | None = None
+    """Per action dimension bound on one command; the smaller of this and the arm's own applies."""
+    joint_margin: float = 0.02
+    """Fraction of each joint's range next to its limits inside which motion driving it further is cancelled."""
+    guard_joint_limits: bool = True
+    """Cancel motion that drives a joint into its limit (``joint_margin``); False leaves joint limits to the arm:
+    for a simulated arm whose joint constraints hold them and which leans on a limit in normal work (Meta-World's
+    mocap-driven Sawyer rests on ``right_j1``'s limit in 40-95% of its expert's steps)."""
+    velocity_scale: float = 1.0
+    """Fraction of the arm's max joint velocity above which motion commands are cancelled."""
+    watchdog_timeout_s: float | None = None
+    """Hold position whenever no command arrived for this long (s); None turns the watchdog off."""
+    reject_nonfinite: bool = True
+    """NaN/inf commands are never forwarded: True holds and counts, False raises ValueError (debugging)."""
+
+    def __post_init__(self) -> None:
+        if (self.workspace_low is None) != (self.workspace_high is None):
+            raise ValueError("SafetyConfig: give workspace_low and workspace_high together, or neither")
+        if self.workspace_low is not None and self.workspace_high is not None:
+            if len(self.workspace_low) != 3 or len(self.workspace_high) != 3:
+                raise ValueError(
+                    f"SafetyConfig: workspace corners must be (x, y, z), "
+                    f"got {self.workspace_low}, {self.workspace_high}",
+                )
+            if any(lo >= hi for lo, hi in zip(self.workspace_low, self.workspace_high)):
+                raise ValueError(
+                    f"SafetyConfig: workspace_low {self.workspace_low} must be below "
+                    f"workspace_high {self.workspace_high}",
+                )
+        if self.max_step is not None and any(not s > 0 for s in self.max_step):
+            raise ValueError(f"SafetyConfig: max_step entries must be positive, got {self.max_step}")
+        if not 0 < self.workspace_approach <= 1:
+            raise ValueError(f"SafetyConfig: workspace_approach must be in (0, 1], got {self.workspace_approach}")
+        if not 0 <= self.joint_margin < 0.5:
+            raise ValueError(
+                f"SafetyConfig: joint_margin is a fraction of the joint range in [0, 0.5), got {self.joint_margin}",
+            )
+        if not 0 < self.velocity_scale <= 1:
+            raise ValueError(f"SafetyConfig: velocity_scale must be in (0, 1], got {self.velocity_scale}")
+        if self.watchdog_timeout_s is not None and not self.watchdog_timeout_s > 0:
+            raise ValueError(
+                f"SafetyConfig: watchdog_timeout_s must be positive or None, got {self.watchdog_timeout_s}",
+            )
+
+
 @dataclass
 class SafetyCounters:
     """How often each intervention fired since construction or the last :meth:`reset`."""

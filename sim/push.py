@@ -117,6 +117,7 @@ class PushScene:
 
     name = "push"
     robot_name = "pusher"
+    joint_names = ("pusher_x", "pusher_y")  # what safety warnings call the joints of arm_state()
     fps = 10.0
 
     def __init__(self, config: PushConfig = PushConfig()):

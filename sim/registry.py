@@ -10,8 +10,9 @@ tasks never imports robosuite or creates a GL context. A name resolves, first ma
    (``my-push = mypkg.tasks:make_task`` under ``[project.entry-points."robot.tasks"]``), found with
    ``importlib.metadata`` on the first lookup that misses 1 and 2, or the first listing; one that
    does not load is skipped with one warning line naming its package;
-4. a name with a colon: a family ``prefix:rest`` when :data:`FAMILIES` holds ``prefix``, else a module
-   path ``pkg.module:factory``, imported and used as it is (nothing is registered).
+4. a name with a colon: a family ``prefix:rest`` when :data:`FAMILIES` holds ``prefix`` (``gym:<env-id>``, any
+   gymnasium env; ``metaworld:<task>``, each Meta-World task), else a module path ``pkg.module:factory``,
+   imported and used as it is (nothing is registered).
 
 :func:`make_scene` builds the scene and adds the convenience options every command line offers
 (``cameras``, ``image_size``, ``pointcloud``), turned into a :class:`~sim.cameras.CameraConfig`.
@@ -71,9 +72,30 @@ TASKS: dict[str, TaskFactory] = {
 }
 """The built-in tasks."""
 
-FAMILIES: dict[str, Callable[[str], TaskFactory]] = {}
+def _gym(env_id: str) -> TaskFactory:
+    from sim.gym_task import gym_family
+
+    return gym_family(env_id)
+
+
+def _metaworld(task: str) -> TaskFactory:
+    from sim.metaworld_scene import metaworld_family
+
+    return metaworld_family(task)
+
+
+FAMILIES: dict[str, Callable[[str], TaskFactory]] = {
+    "gym": _gym,  # gym:<env-id>, any id gymnasium.make knows (sim/gym_task.py)
+    "metaworld": _metaworld,  # metaworld:<task>, every Meta-World MT1 task with its expert; pip install -e ".[metaworld]"
+}
 """Task families by prefix: ``FAMILIES[prefix](rest)`` is the factory of ``prefix:rest`` (a ValueError naming the
 family's tasks when ``rest`` is none of them). A family prefix takes precedence over a module of the same name."""
+
+FAMILY_USAGE: dict[str, str] = {
+    "gym": "gym:<env-id> (any gymnasium id, e.g. gym:Pendulum-v1)",
+    "metaworld": 'metaworld:<task> (e.g. metaworld:button-press-v3; pip install -e ".[metaworld]")',
+}
+"""How to write a task of each built-in family (``robot tasks`` shows it)."""
 
 _registered: dict[str, TaskFactory] = {}
 _entry_points: dict[str, importlib.metadata.EntryPoint] | None = None  # name -> entry point; None until first needed

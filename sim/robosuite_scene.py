@@ -178,6 +178,7 @@ class RobosuiteScene:
         self._qpos = np.asarray(robot._ref_arm_joint_pos_indexes)
         self._qvel = np.asarray(robot._ref_arm_joint_vel_indexes)
         self._arm_joints = np.asarray([self._id(mujoco.mjtObj.mjOBJ_JOINT, j) for j in robot.robot_arm_joints])
+        self.joint_names = tuple(str(j) for j in robot.robot_arm_joints)  # what safety warnings call the joints
         self._gripper_qpos = np.asarray(robot._ref_gripper_joint_pos_indexes["right"])
         self._home_quat = self._to_base_quat(self._data.site_xmat[self._eef_site])  # EE quaternion sign reference
         self._limits = self._arm_limits()

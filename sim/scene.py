@@ -102,6 +102,10 @@ class SimScene(Protocol):
 
     # Optional, listed by `robot tasks` when a scene has it: ``camera_names: tuple[str, ...]``, the cameras its
     # ``camera`` option can render (``sim.cameras.model_cameras(model)`` for a MuJoCo model).
+    # Optional: ``safety: robot.types.SafetyConfig``, the task's own safety limits, which
+    # ``hardware.registry.make_sim`` uses unless its caller passes a config (Meta-World's Sawyer leans on a
+    # joint limit in normal work, so its task turns the joint-limit guard off); ``joint_names: tuple[str, ...]``,
+    # what safety warnings call the joints of ``arm_state()``.
 
 
 class SceneTask:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from hardware.registry import make_sim
+from robot.types import SafetyConfig
 from workflow.distributed import Distributed
 from workflow.rollout import evaluate, run_episode
 
@@ -15,10 +16,10 @@ from tests.test_imitation import ExpertPolicy
 
 
 class StillPolicy:
-    """Never moves: every episode fails and runs the task's whole step limit."""
+    """Sends one constant action (zero: never moves, every episode fails and runs the task's whole step limit)."""
 
-    def __init__(self, action_dim: int):
-        self.action = np.zeros(action_dim, dtype=np.float32)
+    def __init__(self, action_dim: int, value: float = 0.0):
+        self.action = np.full(action_dim, value, dtype=np.float32)
 
     def reset(self) -> None:
         pass
@@ -40,6 +41,15 @@ def test_an_evaluation_reports_each_episode_s_length_and_return_in_seed_order():
     assert report.mean_length == pytest.approx(np.mean(report.lengths)) and report.mean_return == pytest.approx(np.mean(report.returns))
     assert still.successes == (False, False) and still.lengths == (task.max_steps, task.max_steps)
     assert all(isinstance(n, int) for n in report.lengths) and all(isinstance(r, float) for r in report.returns)
+
+
+def test_an_evaluation_reports_the_safety_interventions_per_guard():
+    robot, task = make_sim("push", safety=SafetyConfig(workspace_low=(-0.05, -0.05, -1.0), workspace_high=(0.05, 0.05, 1.0)))
+    with robot:
+        robot.counters.step_clipped = 7  # earlier use of the robot is not this evaluation's
+        report = evaluate(robot, task, StillPolicy(2, value=1.0), episodes=2, seed=5)
+    assert report.safety["step_clipped"] == 2 * task.max_steps and report.safety["workspace_clipped"] > 0
+    assert set(report.safety) <= {"step_clipped", "workspace_clipped", "joint_limited", "velocity_limited"}  # only guards that fired
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,35 @@ def test_workspace_override_narrows_the_box() -> None:
         assert np.all(np.abs(ee(robot)[:2]) <= np.maximum(start, 0.1) + 2e-3)
 
 
+def test_a_guard_firing_on_most_steps_is_one_warning_naming_the_guard_the_axis_and_the_limit(capsys) -> None:
+    box = SafetyConfig(workspace_low=(-0.1, -0.1, -1.0), workspace_high=(0.1, 0.1, 1.0))
+    with make_robot("push", safety=box) as robot:
+        for episode in range(2):
+            robot.reset(3)
+            for _ in range(40):  # pushes into the x = 0.1 wall: the box clips dx on most steps
+                robot.send_action(np.array([0.02, 0.0], dtype=np.float32))
+            assert robot.episode_guards["commands"] == 40 and robot.episode_guards["workspace_clipped"] > 20
+        robot.reset(3)  # ends the second episode: the same guard and axis are not warned about twice
+        for _ in range(40):  # a quiet episode: nothing to say
+            robot.send_action(np.array([-0.005, 0.0], dtype=np.float32))
+        assert robot.end_episode() == ()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: safety guard")]
+    assert len(lines) == 1, lines
+    assert "workspace_clipped fired on" in lines[0] and "of 40 commands" in lines[0]
+    assert "axis x (action dx; workspace -0.100..0.100 m" in lines[0] and "SafetyConfig" in lines[0]
+
+
+def test_a_joint_guard_warning_names_the_joint_and_its_limit(capsys) -> None:
+    with make_robot("push", safety=SafetyConfig(joint_margin=0.4)) as robot:  # the pusher's slides: most of the range is "near"
+        robot.reset(0)
+        for _ in range(30):
+            robot.send_action(np.array([0.02, 0.0], dtype=np.float32))
+        lines = robot.end_episode()
+    assert len(lines) == 1 and "joint_limited" in lines[0] and "joint_margin 0.4" in lines[0], lines
+    assert "mostly on joint pusher_x (at " in lines[0] and "of its high limit 0.250" in lines[0]
+    assert lines[0] in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -213,6 +213,9 @@ class Episode:
             self.ending = Ending(self.ending.label, bool(self.last is not None and self.last.success), self.ending.stop)
         if self.frames is not None:
             self.frames.finish(self.ending.success)
+        end_episode = getattr(robot, "end_episode", None)  # the safety layer warns about a guard that fired on most steps
+        if callable(end_episode):
+            end_episode()
 
     def run(self) -> "Episode":
         """Run to the end without looking at the steps."""

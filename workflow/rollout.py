@@ -33,6 +33,8 @@ class EpisodeResult:
     frames: dict[str, np.ndarray] = field(repr=False)
     terms: dict[str, float] = field(default_factory=dict)
     inference_ms: list[float] = field(default_factory=list, repr=False)
+    safety: dict[str, int] = field(default_factory=dict)
+    """Safety-layer interventions per guard in this episode, those that fired."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class EvalReport:
     """Steps of each episode, in ``seeds`` order (a successful episode ends at the step it succeeded)."""
     returns: tuple[float, ...] = ()
     """Return of each episode, in ``seeds`` order."""
+    safety: dict[str, int] = field(default_factory=dict)
+    """Safety-layer interventions per guard over these episodes, those that fired (``robot.counters``)."""
 
 
 def episode_features(robot: Robot) -> dict[str, Feature]:
@@ -79,14 +83,17 @@ def run_episode(
     """One episode of ``policy`` alone from ``robot.reset(seed)`` until success or ``max_steps`` (the task's by default);
     with ``control``, of its policy through its rate loop, chunk queue and operator (an arm, ``workflow.control``)."""
     episode = control.episode(seed) if control is not None else Episode(robot, task, PolicyActor(policy), seed=seed, max_steps=max_steps)
+    counters = getattr(robot, "counters", None)  # a safety layer's; a bare robot has none
+    before = counters.as_dict() if counters is not None else {}
     latencies = []
     for step in episode:
         if step.policy is not None and step.policy.chunk_started:
             latencies.append(1e3 * step.policy.inference_s)
         if on_step is not None:
             on_step(step)
+    after = counters.as_dict() if counters is not None else {}
     return EpisodeResult(seed=seed, success=episode.success, ret=episode.ret, length=episode.length, frames=episode.frames.arrays(),
-                         terms=episode.terms, inference_ms=latencies)  # fmt: skip
+                         terms=episode.terms, inference_ms=latencies, safety={k: v - before[k] for k, v in after.items() if v != before[k]})  # fmt: skip
 
 
 def evaluate(
@@ -139,6 +146,10 @@ def evaluate(
                 res.frames = by_seed[res.seed]
                 _store_episode(store, robot, task, res, source)
     latencies = [ms for r in results for ms in r.inference_ms]
+    safety: dict[str, int] = {}
+    for res in results:
+        for k, v in res.safety.items():
+            safety[k] = safety.get(k, 0) + v
     return EvalReport(
         task=_name(robot, task),
         episodes=episodes,
@@ -151,6 +162,7 @@ def evaluate(
         successes=tuple(r.success for r in results),
         lengths=tuple(int(r.length) for r in results),
         returns=tuple(float(r.ret) for r in results),
+        safety=safety,
     )
 
 

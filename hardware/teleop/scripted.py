@@ -29,6 +29,14 @@ def scene_with_expert(task: Any, who: str) -> Any:
     return scene
 
 
+def expert_of(scene: Any, who: str, **options: Any) -> Any:
+    """``scene.expert(**options)``; a scene without one (a gymnasium task given no expert) is a ValueError naming the fix."""
+    try:
+        return scene.expert(**options)
+    except NotImplementedError as e:
+        raise ValueError(f"{who} needs a scripted expert: {e}; or drive with a person's device (keyboard, spacemouse, gamepad)") from None
+
+
 class ScriptedDevice:
     """Wraps ``task.scene.expert(noise, seed, style)``; ``task`` is a ``sim.scene.SceneTask``."""
 
@@ -41,7 +49,7 @@ class ScriptedDevice:
         self.scene = scene
         self.noise = noise
         self.style = check_expert_style(style)
-        self._expert = scene.expert(noise=noise, seed=seed, style=style)
+        self._expert = expert_of(scene, "the scripted device", noise=noise, seed=seed, style=style)
         self._started = False
 
     @property
@@ -94,7 +102,7 @@ class ScriptedOperator:
         self.scene = scene
         self.takeover_rate, self.takeover_steps, self.seed = takeover_rate, takeover_steps, seed
         self.drift_after = drift_after if drift_after is not None else task.max_steps // 2
-        self._expert = scene.expert()
+        self._expert = expert_of(scene, "the scripted operator")
         self._tick = 0
         self._takes_over = False  # this episode, once it drifts
         self._driving = 0  # ticks left to drive; 0: the policy drives
