@@ -505,5 +505,5 @@ def test_in_sim_a_checkpoint_chosen_from_held_out_curves_is_checked_and_a_disagr
     print(f"sim success over 100 episodes: {sim}")
     assert set(sim) == {v.checkpoint_step, 1500}
     assert d.sim_best_step == 1500 and sim[1500] > sim[v.checkpoint_step] and d.sim_confirms is False, sim
-    assert f"sim disagrees: step 1500 did better" in report.table()
+    assert "sim disagrees: step 1500 did better" in report.table()
     assert "sim best" in report.candidates_table()

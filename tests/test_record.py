@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from hardware.registry import make_sim
-from hardware.teleop import ActionMapping, DeviceUnavailable, TeleopCommand, TeleopEvent
+from hardware.teleop import ActionMapping, DeviceUnavailable
 from hardware.teleop.keyboard import KeyboardDevice
 from robot.store import StoreError, ZarrEpisodeStore
 from robot.types import ACTION, DONE, INTERVENTION, REWARD, STATE, SUCCESS

@@ -223,6 +223,7 @@ def _finish(robot: Robot, task: Task, controller: DiffusionController, chunk: np
     controller.seed_episode(seed)  # the continuation's noise: the same for every candidate
     ret, k, success = 0.0, 0, False
     queued = list(chunk)
+    obs = robot.get_observation()  # where the replay left the robot
     while step < task.max_steps and not success:
         action = queued.pop(0) if queued else controller.select_action(obs).action
         applied = robot.send_action(action)
