@@ -2,16 +2,20 @@
 
 Each iteration reads top to bottom (``train_online``):
 
-1. roll out the stochastic policy on the episode engine (:mod:`workflow.online_collect`): at each chunk
-   decision the frozen-encoder features, the sampled denoising chain and its per-step log-probs, then
-   the chunk's ``Ta`` actions and their discounted reward; every episode is appended to the run's store
-   as ``online-rollout``;
+1. roll out the stochastic policy through deploy's control stack (:mod:`workflow.control`, on ``sim:TASK``
+   or any arm, with an operator when one is given) and read its chunk decisions
+   (:mod:`workflow.online_collect`): the frozen-encoder features, the sampled denoising chain and its
+   per-step log-probs, then the chunk's ``Ta`` actions and their discounted reward (steps the operator
+   drove stay out); every episode is kept as it ends and appended to the run's store as ``online-rollout``;
 2. GAE over chunk decisions (discount gamma^n for an n-step chunk, lambda 0.95),
    bootstrapping time-limit ends from V and not success ends (:mod:`workflow.online_update`);
 3. a few epochs of the clipped objective over the denoising steps (one normalised
    advantage per decision shared by its K steps) and of the value regression;
 4. a few consistency-distillation steps on this iteration's states.
 
+Steps 2-4 are ``OnlineLearner.step`` (:mod:`workflow.online_update`), here or in a ``robot learn`` process
+(:mod:`workflow.learner_link`). After each update the learner's whole state is checkpointed, so a rerun
+of the same command resumes where a crash, an e-stop or a quit stopped it (:mod:`workflow.online_resume`).
 At the end the stage hands on the start or a snapshot, whichever the paired selection episodes
 say (``hand_on``), and distils its one-step head.
 
