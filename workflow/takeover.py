@@ -8,6 +8,10 @@ pressed again, and then the inner actor replans. While the operator drives, the 
 and the step is flagged ``intervention``, and the inner actor only watches (``observe``); handing back
 interrupts it (``interrupt``: a queued chunk was planned before the operator moved the robot). A tick
 where the device has no action leaves the inner actor in charge of that tick.
+
+For the RL stages on a robot, :class:`OperatorConfig` says who watches the episodes (a person's device or the
+scripted operator, :func:`make_operator`) and what scores them: the task, or the operator's label
+(:data:`LABEL_REWARD` at a labelled success), as on a real arm.
 """
 
 from __future__ import annotations
