@@ -174,14 +174,18 @@ class SafeRobot:
         guard; return the lines printed. The next episode starts a fresh tally."""
         with self._lock:
             tally, self._episode = self._episode, _GuardTally()
-            lines = []
+            by_guard: dict[str, list[tuple[str, int]]] = {}
             for reason, where, text, count in tally.dominant():
-                if (reason, where) in self._warned:
-                    continue
-                self._warned.add((reason, where))
+                if (reason, where) not in self._warned:
+                    self._warned.add((reason, where))
+                    by_guard.setdefault(reason, []).append((text, count))
+            lines = []
+            for reason, places in by_guard.items():  # one line per guard, naming every place it dominated
+                count = max(c for _, c in places)
                 line = (f"warning: safety guard {reason} fired on {count} of {tally.commands} commands of robot {self.name}'s "
-                        f"episode, mostly on {text}; if the task needs that motion this limit is too strict: give the task "
-                        "its own safety config (the scene's `safety`, a robot.types.SafetyConfig) or pass safety=SafetyConfig(...)")  # fmt: skip
+                        f"episode, mostly on {' and on '.join(text for text, _ in places)}; if the task needs that motion this limit is "
+                        "too strict: give the task its own safety config (the scene's `safety`, a robot.types.SafetyConfig) or pass "
+                        "safety=SafetyConfig(...)")  # fmt: skip
                 print(line, file=sys.stderr)
                 lines.append(line)
             return tuple(lines)

@@ -320,6 +320,7 @@ def test_an_offline_round_rolls_out_and_verifies_on_a_stand_in_with_the_scripted
         robot="xarm:standin:push", hz=0, max_steps=30, operator=OperatorConfig(device="scripted", takeover_rate=1.0, drift_after=10, takeover_steps=5),
     )  # fmt: skip
     train_offline(config, show_progress=False)
+    assert json.loads((out / "report.json").read_text())["rounds"][0]["robot_minutes"] > 0  # the robot's time, reported
     with ZarrEpisodeStore.open(out / "data.zarr") as store:
         rolled = [(i, m) for i, m in enumerate(store.metas) if m.source == "offline-rollout"]
         assert len(rolled) == 3 and all(m.robot.startswith("xarm") for _, m in rolled)

@@ -207,6 +207,8 @@ class RoundReport:
     """Verification episodes run in this round, every policy's together."""
     verify_steps: int = 0
     """Sim steps of those episodes (not stored: they judge, the rollouts teach)."""
+    robot_minutes: float = 0.0
+    """Wall time of the round's rollouts and verification episodes on ``OfflineConfig.robot`` (0 in sim)."""
 
 
 @dataclass(frozen=True)
@@ -342,6 +344,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
             rollouts_success=rolled.success_rate if rolled else None,
             verify_episodes=sum(r.episodes for r in verified.values()),
             verify_steps=sum(sum(r.lengths) for r in verified.values()),
+            robot_minutes=sum(r.seconds for r in [*verified.values(), *([rolled] if rolled else [])]) / 60 if on_robot(config) else 0.0,
             refused=refused,
             retrained=retrained,
             retrained_success=check.success_rate if check else None,

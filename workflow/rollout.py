@@ -9,6 +9,7 @@ success and intervention flags, so rollouts can be appended to a store as
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -56,6 +57,8 @@ class EvalReport:
     """Return of each episode, in ``seeds`` order."""
     safety: dict[str, int] = field(default_factory=dict)
     """Safety-layer interventions per guard over these episodes, those that fired (``robot.counters``)."""
+    seconds: float = 0.0
+    """Wall time of this process's episodes (a robot's time, on an arm: resets and the operator's starts included)."""
 
 
 def episode_features(robot: Robot) -> dict[str, Feature]:
@@ -123,6 +126,7 @@ def evaluate(
     from workflow.run import progress
 
     ddp = ddp or Distributed()
+    started = time.perf_counter()
     mine = ddp.shard(episodes)
     local, frames = [], {}
     bar = progress(len(mine), 0, f"eval {_name(robot, task)}", show_progress and ddp.is_main)
@@ -163,6 +167,7 @@ def evaluate(
         lengths=tuple(int(r.length) for r in results),
         returns=tuple(float(r.ret) for r in results),
         safety=safety,
+        seconds=time.perf_counter() - started,
     )
 
 
