@@ -123,7 +123,7 @@ class RemoteLearner:
             self.sock = socket.create_connection((host, int(port)), timeout=10.0)
         except OSError as e:
             raise LearnerLinkError(f"cannot reach the learner at {address} ({e}); is `robot learn --port {port}` running there?") from None
-        hello = self._read(10.0, signed=False)
+        hello, _ = self._read(10.0, signed=False)
         if hello.get("hello") != HELLO or hello.get("protocol") != PROTOCOL:
             self.close()
             raise LearnerLinkError(f"{address} did not greet like `robot learn` (protocol {PROTOCOL}); is it another service, or another kit version?")
@@ -152,7 +152,7 @@ class RemoteLearner:
         try:
             self.sock.settimeout(self.timeout_s)
             self.sock.sendall(encode_frame({"seq": self.seq, "op": op, "args": args}, arrays, key=self.key, direction=TO_SERVER, nonce=self.nonce))
-            header = self._read(self.timeout_s, signed=True)
+            header, arrays = self._read(self.timeout_s, signed=True)
         except (OSError, PeerClosed) as e:
             raise LearnerLinkError(f"the connection to the learner at {self.where} dropped during {op} ({e}); "
                                    "rerun the command to resume from the last finished update") from None  # fmt: skip
@@ -160,9 +160,10 @@ class RemoteLearner:
             raise LearnerLinkError(f"the learner at {self.where} answered request {header.get('seq')!r} while we waited for {self.seq}")
         if header.get("ok") is not True:
             raise LearnerLinkError(f"the learner at {self.where} refused {op}: {header.get('error', 'no reason given')}")
-        return header.get("result") or {}, self._arrays
+        return header.get("result") or {}, arrays
 
-    def _read(self, timeout: float, *, signed: bool) -> dict:
+    def _read(self, timeout: float, *, signed: bool) -> tuple[dict, dict[str, np.ndarray]]:
+        """One frame's header and (signed frames only) its arrays."""
         raw = read_frame(self.sock, self.limits, timeout)
         if raw is None:
             raise PeerClosed("the learner closed the connection")
@@ -170,8 +171,7 @@ class RemoteLearner:
         if signed and not verify(raw, self.key, TO_CLIENT, self.nonce):
             raise LearnerLinkError(f"the learner at {self.where} refused our token ({header.get('error', 'a reply failed authentication')}); "
                                    "both sides need the same ROBOT_TOKEN")  # fmt: skip
-        self._arrays = decode_arrays(header, raw, self.limits) if signed else {}
-        return header
+        return header, (decode_arrays(header, raw, self.limits) if signed else {})
 
 
 # ------------------------------------------------------------------ the learner side
