@@ -360,3 +360,10 @@ def test_a_rerun_may_move_the_learner_but_not_change_what_it_computes(tmp_path):
     RunDir(tmp_path, dataclasses.replace(config, learner="gpu-box:8766", device="cpu")).close()  # resumes
     with pytest.raises(ValueError, match="differs in iterations"):
         RunDir(tmp_path, dataclasses.replace(config, iterations=3))
+
+
+def test_scored_by_label_a_stand_in_keeps_its_task_s_step_limit(policy):
+    from workflow.control import open_control
+
+    robot, task, control, _ = open_control("xarm:standin:push", learner(policy), OperatorConfig(device="scripted", reward="label"), hz=0)
+    assert control.task is None and control.max_steps == task.max_steps < 600  # not a real arm's 600

@@ -184,7 +184,8 @@ def open_control(spec: str, controller: DiffusionController, operator: OperatorC
     scoring = operator.scoring_task(task)  # None: the operator's label scores each episode
     sim = spec.startswith("sim:") or ":" not in spec
     rate = loop_rate(hz if hz is not None or not sim else 0.0, controller, task, robot, stream or sys.stderr)
-    return robot, task, ControlStack(robot, scoring, controller, hz=rate, operator=device, max_steps=max_steps), device
+    limit = max_steps or (task.max_steps if task is not None else None)  # scored by label, a stand-in keeps its task's limit
+    return robot, task, ControlStack(robot, scoring, controller, hz=rate, operator=device, max_steps=limit), device
 
 
 def open_robot_for(spec: str, controller: DiffusionController) -> tuple[Any, Task | None]:
