@@ -20,9 +20,10 @@ from policies.consistency import ConsistencyHead
 from policies.diffusion import DiffusionPolicy
 from robot.checkpoint import load_checkpoint
 from robot.store import ZarrEpisodeStore
+from workflow.distill_onpolicy import ONPOLICY_SEED, StatePool, distill_onpolicy, head_visits
 from workflow.distributed import init_distributed
 from workflow.latent import encode_store
-from workflow.policy import KIND, build_from_checkpoint, policy_dir, save_policy
+from workflow.policy import KIND, build_from_checkpoint, policy_dir, policy_task, save_policy
 from workflow.run import RunDir, check_finite_loss, progress, resolve_device, seed_everything
 
 
@@ -72,8 +73,12 @@ def distill(
     local: slice = slice(None),
     trainable: torch.nn.Module | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    draw: Callable[[int, torch.Generator], torch.Tensor] | None = None,
+    first_step: int = 0,
 ) -> float:
     """``steps`` regression steps of ``head`` onto ``teacher`` on batches of ``states``; the last loss.
+    ``draw(n, generator)`` picks a batch's states instead of uniformly from ``states`` (the on-policy pool,
+    ``workflow.distill_onpolicy``); ``first_step`` numbers ``on_step``'s steps after earlier phases.
 
     The teacher's K-step chain costs about three times the student's forward and backward
     pass, so targets are drawn ``pool_batches`` batches at a time and each batch is
@@ -84,10 +89,11 @@ def distill(
     if steps < 0 or reuse < 1 or pool_batches < 1:
         raise ValueError(f"steps must be >= 0, reuse and pool_batches >= 1, got {steps}, {reuse}, {pool_batches}")
     batch_size = min(batch_size, len(states))
+    draw = draw or (lambda n, gen: states[torch.randint(0, len(states), (n,), generator=gen).to(states.device)])
     done, loss = 0, float("nan")
     while done < steps:
         pool = [
-            distill_targets(teacher, states[torch.randint(0, len(states), (batch_size,), generator=generator).to(states.device)], generator, local=local)
+            distill_targets(teacher, draw(batch_size, generator), generator, local=local)
             for _ in range(min(pool_batches, -(-(steps - done) // reuse)))
         ]  # the global batches are the same on every rank (one generator), each rank keeps its rows
         for _ in range(reuse):
@@ -97,7 +103,7 @@ def distill(
                 loss = regress_step(head, optimizer, pool[b], trainable=trainable)
                 done += 1
                 if on_step is not None:
-                    on_step(done, loss)
+                    on_step(first_step + done, loss)
     return loss
 
 
@@ -121,6 +127,16 @@ class DistillConfig:
     """On push, 1,200 steps at 3e-4 brought the head within 2 points of its teacher; at 1e-4, 6 short."""
     target_reuse: int = 4
     """Regression steps per teacher target batch (the teacher's chain is the expensive part)."""
+    onpolicy_rounds: int = 0
+    """DAgger rounds: the steps are split into this many + 1 phases, and after each but the last the head is
+    rolled out in sim and the teacher labels the states it planned at (``workflow.distill_onpolicy``). 0: the
+    store's states alone."""
+    onpolicy_episodes: int = 32
+    """Sim episodes of the head per on-policy round."""
+    onpolicy_fraction: float = 0.5
+    """Share of each batch drawn from the head's own states once it has some."""
+    task: str | None = None
+    """Sim task of the on-policy rounds; None: the checkpoint's."""
     drop_nonfinite: bool = False
     """Leave out episodes holding NaN or inf (named on stderr) instead of refusing the data."""
     seed: int = 0
@@ -131,6 +147,9 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.target_reuse < 1 or not 0 < self.lr < 1:
             raise ValueError(f"steps, batch_size and target_reuse must be >= 1 and lr in (0, 1), got {self}")
+        if self.onpolicy_rounds < 0 or self.onpolicy_episodes < 1 or not 0 <= self.onpolicy_fraction <= 1:
+            raise ValueError(f"onpolicy_rounds must be >= 0, onpolicy_episodes >= 1 and onpolicy_fraction in [0, 1], got "
+                             f"{self.onpolicy_rounds}, {self.onpolicy_episodes}, {self.onpolicy_fraction}")
 
 
 @dataclass(frozen=True)
@@ -166,8 +185,25 @@ def train_distill(config: DistillConfig, *, show_progress: bool = True) -> Disti
 
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     local = ddp.local_slice(min(config.batch_size, len(states)))
-    loss = ddp.mean(distill(teacher, head, optimizer, states, config.steps, gen, batch_size=config.batch_size, reuse=config.target_reuse,
-                            local=local, trainable=trainable, on_step=logged))  # fmt: skip
+    pool, done = StatePool(states, config.onpolicy_fraction), [0]
+    task = policy_task(config.policy, config.task, meta=ckpt.extra) if config.onpolicy_rounds else None
+
+    def phase(n: int) -> float:
+        loss = distill(teacher, head, optimizer, states, n, gen, batch_size=config.batch_size, reuse=config.target_reuse, local=local,
+                       trainable=trainable, on_step=logged, draw=pool.draw, first_step=done[0])  # fmt: skip
+        done[0] += n
+        return loss
+
+    def visit(r: int) -> tuple[torch.Tensor, float]:  # every rank rolls out the same seeds: the pools stay identical
+        return head_visits(teacher, head, ckpt.normalizer, task, episodes=config.onpolicy_episodes,
+                           seed=ONPOLICY_SEED + 1000 * config.seed + r * config.onpolicy_episodes, device=str(device))  # fmt: skip
+
+    def visited(r: int, states_now: int, success: float) -> None:
+        run.metrics.log({"charts/onpolicy_success": success, "charts/onpolicy_states": states_now}, done[0])
+        if ddp.is_main:
+            bar.write(f"on-policy round {r}: the head succeeded in {success:.0%} of {config.onpolicy_episodes} episodes; {states_now} of its states in the pool")
+
+    loss = ddp.mean(distill_onpolicy(phase, visit, pool, config.steps, config.onpolicy_rounds, on_round=visited))
     bar.close()
     if ddp.is_main:
         save_policy(run.policy_dir, teacher, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "distill"})

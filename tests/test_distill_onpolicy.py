@@ -1,0 +1,92 @@
+"""On-policy (DAgger) distillation of the one-step head: what the head visits joins what it is distilled on."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from policies.consistency import ConsistencyHead
+from robot.metrics import read_metrics
+from workflow.distill import DistillConfig, train_distill
+from workflow.distill_onpolicy import StatePool, distill_onpolicy, head_visits, onpolicy_schedule
+from workflow.policy import DiffusionController
+from tests.test_imitation import tiny_push_policy
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dagger")
+    return tiny_push_policy(root, demos=4, steps=30), root / "push.zarr"
+
+
+def test_the_schedule_splits_the_steps_around_the_rounds():
+    assert onpolicy_schedule(10, 2) == [4, 3, 3]
+    assert onpolicy_schedule(7, 0) == [7]
+    assert sum(onpolicy_schedule(2500, 4)) == 2500
+
+
+def test_rounds_roll_out_between_phases_and_feed_the_pool():
+    calls, pool = [], StatePool(torch.zeros(8, 3), 0.5)
+
+    def visit(r):
+        calls.append(("visit", r))
+        return torch.full((r + 1, 3), float(r + 1)), 0.25
+
+    def phase(n):
+        calls.append(("distill", n, len(pool.visited)))
+        return float(n)
+
+    seen = []
+    assert distill_onpolicy(phase, visit, pool, 10, 2, on_round=lambda r, k, s: seen.append((r, k, s))) == 3.0
+    assert calls == [("distill", 4, 0), ("visit", 0), ("distill", 3, 1), ("visit", 1), ("distill", 3, 3)]
+    assert seen == [(0, 1, 0.25), (1, 3, 0.25)]
+
+
+def test_batches_are_drawn_from_the_head_s_states_in_their_share():
+    pool = StatePool(torch.zeros(100, 2), 0.25)
+    gen = torch.Generator().manual_seed(0)
+    assert pool.draw(40, gen).sum() == 0  # nothing visited yet: all stored
+    pool.add(torch.ones(3, 2))
+    drawn = pool.draw(40, gen)
+    assert drawn.shape == (40, 2) and int(drawn[:, 0].sum()) == 10
+    with pytest.raises(ValueError, match="onpolicy_fraction"):
+        StatePool(torch.zeros(1, 2), 1.5)
+
+
+def test_the_head_s_visits_are_the_conditions_it_planned_at(teacher):
+    controller = DiffusionController.load(teacher[0])
+    head = ConsistencyHead.from_policy(controller.model).train()
+    visited, success = head_visits(controller.model, head, controller.normalizer, "push", episodes=2, seed=5)
+    assert head.training  # the rollouts leave the head in the mode distillation had it in
+
+    # the same head as a plain controller on the same seeds plans at exactly these states
+    plain = DiffusionController(controller.model, controller.normalizer, consistency=head, sampler="consistency", seed=5)
+    from workflow.envs import make_sim_for
+    from workflow.rollout import evaluate
+
+    robot, task = make_sim_for("push", plain.input_features)
+    conds = []
+    with robot:
+        report = evaluate(robot, task, plain, episodes=2, seed=5, on_step=lambda s: s.policy.chunk_started and conds.append(plain.condition()))
+    assert report.success_rate == success
+    assert len(visited) == sum(math.ceil(n / plain.n_action_steps) for n in report.lengths) == len(conds)
+    torch.testing.assert_close(visited, torch.cat(conds))
+    head.eval()
+
+
+def test_onpolicy_distillation_logs_its_rounds_and_refuses_bad_settings(teacher, tmp_path):
+    policy, demos = teacher
+    report = train_distill(DistillConfig(policy=str(policy), data=str(demos), out=str(tmp_path / "d"), steps=9, batch_size=16, onpolicy_rounds=2,
+                                         onpolicy_episodes=1), show_progress=False)  # fmt: skip
+    assert report.steps == 9 and math.isfinite(report.final_loss)
+    rows = [r for r in read_metrics(tmp_path / "d" / "metrics.jsonl") if "charts/onpolicy_states" in r]
+    assert [r["step"] for r in rows] == [3, 6]  # after each phase but the last
+    assert 0 < rows[0]["charts/onpolicy_states"] < rows[1]["charts/onpolicy_states"]
+    distilled = [r["step"] for r in read_metrics(tmp_path / "d" / "metrics.jsonl") if "losses/distill" in r]
+    assert distilled == list(range(1, 10))  # the phases number their steps on from each other
+    DiffusionController.load(report.policy, sampler="consistency")
+    for bad in ({"onpolicy_rounds": -1}, {"onpolicy_episodes": 0}, {"onpolicy_fraction": 2.0}):
+        with pytest.raises(ValueError, match="onpolicy"):
+            DistillConfig(policy="p", data="d", out="o", **bad)
