@@ -39,9 +39,9 @@ def test_rounds_roll_out_between_phases_and_feed_the_pool():
         return float(n)
 
     seen = []
-    assert distill_onpolicy(phase, visit, pool, 10, 2, on_round=lambda r, k, s: seen.append((r, k, s))) == 3.0
+    assert distill_onpolicy(phase, visit, pool, 10, 2, on_round=lambda r, k, s, n: seen.append((r, k, s, n))) == 3.0
     assert calls == [("distill", 4, 0), ("visit", 0), ("distill", 3, 1), ("visit", 1), ("distill", 3, 3)]
-    assert seen == [(0, 1, 0.25), (1, 3, 0.25)]
+    assert seen == [(0, 1, 0.25, 4), (1, 3, 0.25, 7)]
 
 
 def test_batches_are_drawn_from_the_head_s_states_in_their_share():
@@ -90,3 +90,20 @@ def test_onpolicy_distillation_logs_its_rounds_and_refuses_bad_settings(teacher,
     for bad in ({"onpolicy_rounds": -1}, {"onpolicy_episodes": 0}, {"onpolicy_fraction": 2.0}):
         with pytest.raises(ValueError, match="onpolicy"):
             DistillConfig(policy="p", data="d", out="o", **bad)
+
+
+def test_online_rl_distils_the_handed_on_head_on_its_own_visits(teacher, tmp_path):
+    from policies.critics import CriticConfig
+    from workflow.online import OnlineConfig, train_online
+
+    policy, demos = teacher
+    cfg = OnlineConfig(policy=str(policy), out=str(tmp_path / "on"), iterations=1, episodes_per_iteration=2, epochs=1, critic=CriticConfig(hidden_dims=(16, 16)),
+                       distill_steps=2, value_warmup_epochs=1, select_episodes=0, distill_data=str(demos), distill_final_steps=6,
+                       distill_onpolicy_rounds=2, distill_onpolicy_episodes=1)  # fmt: skip
+    report = train_online(cfg, show_progress=False)
+    rounds = [r for r in read_metrics(tmp_path / "on" / "metrics.jsonl") if "charts/onpolicy_round" in r]
+    assert [r["charts/onpolicy_round"] for r in rounds] == [0, 1] and 0 < rounds[0]["charts/onpolicy_states"] < rounds[1]["charts/onpolicy_states"]
+    DiffusionController.load(report.policy, sampler="consistency")
+    with pytest.raises(ValueError, match="distill-onpolicy-rounds 0"):
+        OnlineConfig(policy="p", out="o", robot="ur5e:10.0.0.2", distill_onpolicy_rounds=1)
+    OnlineConfig(policy="p", out="o", robot="sim:push", distill_onpolicy_rounds=1)

@@ -20,7 +20,7 @@ from policies.consistency import ConsistencyHead
 from policies.diffusion import DiffusionPolicy
 from robot.checkpoint import load_checkpoint
 from robot.store import ZarrEpisodeStore
-from workflow.distill_onpolicy import ONPOLICY_SEED, StatePool, distill_onpolicy, head_visits
+from workflow.distill_onpolicy import ONPOLICY_SEED, distill_visiting
 from workflow.distributed import init_distributed
 from workflow.latent import encode_store
 from workflow.policy import KIND, build_from_checkpoint, policy_dir, policy_task, save_policy
@@ -185,25 +185,17 @@ def train_distill(config: DistillConfig, *, show_progress: bool = True) -> Disti
 
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     local = ddp.local_slice(min(config.batch_size, len(states)))
-    pool, done = StatePool(states, config.onpolicy_fraction), [0]
     task = policy_task(config.policy, config.task, meta=ckpt.extra) if config.onpolicy_rounds else None
 
-    def phase(n: int) -> float:
-        loss = distill(teacher, head, optimizer, states, n, gen, batch_size=config.batch_size, reuse=config.target_reuse, local=local,
-                       trainable=trainable, on_step=logged, draw=pool.draw, first_step=done[0])  # fmt: skip
-        done[0] += n
-        return loss
-
-    def visit(r: int) -> tuple[torch.Tensor, float]:  # every rank rolls out the same seeds: the pools stay identical
-        return head_visits(teacher, head, ckpt.normalizer, task, episodes=config.onpolicy_episodes,
-                           seed=ONPOLICY_SEED + 1000 * config.seed + r * config.onpolicy_episodes, device=str(device))  # fmt: skip
-
-    def visited(r: int, states_now: int, success: float) -> None:
-        run.metrics.log({"charts/onpolicy_success": success, "charts/onpolicy_states": states_now}, done[0])
+    def visited(r: int, states_now: int, success: float, step: int) -> None:
+        run.metrics.log({"charts/onpolicy_success": success, "charts/onpolicy_states": states_now}, step)
         if ddp.is_main:
             bar.write(f"on-policy round {r}: the head succeeded in {success:.0%} of {config.onpolicy_episodes} episodes; {states_now} of its states in the pool")
 
-    loss = ddp.mean(distill_onpolicy(phase, visit, pool, config.steps, config.onpolicy_rounds, on_round=visited))
+    loss = ddp.mean(distill_visiting(teacher, head, ckpt.normalizer, optimizer, states, config.steps, gen, rounds=config.onpolicy_rounds,
+                                     episodes=config.onpolicy_episodes, task=task, seed=ONPOLICY_SEED + 1000 * config.seed,
+                                     fraction=config.onpolicy_fraction, device=str(device), on_round=visited, on_step=logged,
+                                     batch_size=config.batch_size, reuse=config.target_reuse, local=local, trainable=trainable))  # fmt: skip
     bar.close()
     if ddp.is_main:
         save_policy(run.policy_dir, teacher, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "distill"})

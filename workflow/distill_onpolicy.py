@@ -14,6 +14,7 @@ some (``onpolicy_fraction``), so a few hundred visited states are not drowned by
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,23 +84,67 @@ def onpolicy_schedule(steps: int, rounds: int) -> list[int]:
     return [steps // (rounds + 1) + (i < steps % (rounds + 1)) for i in range(rounds + 1)]
 
 
+RoundHook = Callable[[int, int, float, int], None]
+"""``(round, states visited so far, the head's success in this round's episodes, distillation steps done)``."""
+
+
 def distill_onpolicy(
     distill_phase: Callable[[int], float],
     visit: Callable[[int], tuple[torch.Tensor, float]],
     pool: StatePool,
     steps: int,
     rounds: int,
-    on_round: Callable[[int, int, float], None] | None = None,
+    on_round: RoundHook | None = None,
 ) -> float:
     """``steps`` distillation steps in ``rounds + 1`` phases (``distill_phase(n)`` runs n of them on ``pool``); after
     each of the first ``rounds`` the head is rolled out (``visit(round)``) and its states join the pool. The last loss."""
-    loss = float("nan")
+    loss, done = float("nan"), 0
     for r, n in enumerate(onpolicy_schedule(steps, rounds)):
         if n:
             loss = distill_phase(n)
+            done += n
         if r < rounds:
             visited, success = visit(r)
             pool.add(visited)
             if on_round is not None:
-                on_round(r, len(pool.visited), success)
+                on_round(r, len(pool.visited), success, done)
     return loss
+
+
+def distill_visiting(
+    teacher: DiffusionPolicy,
+    head: ConsistencyHead,
+    normalizer: Normalizer,
+    optimizer: torch.optim.Optimizer,
+    states: torch.Tensor,
+    steps: int,
+    generator: torch.Generator,
+    *,
+    rounds: int,
+    episodes: int,
+    task: str | None,
+    seed: int,
+    fraction: float = 0.5,
+    device: str = "cpu",
+    on_round: RoundHook | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    **batches: Any,
+) -> float:
+    """:func:`workflow.distill.distill` of ``head`` onto ``teacher`` for ``steps`` on ``states`` and, from the first
+    of ``rounds`` on, on the states the head visits in ``episodes`` sim episodes of ``task`` per round (seeds from
+    ``seed``). ``batches``: ``distill``'s batch keywords (``batch_size``, ``reuse``, ``local``, ``trainable``)."""
+    from workflow.distill import distill
+
+    if rounds and task is None:
+        raise ValueError("on-policy distillation rolls the head out in sim: it needs a sim task")
+    pool, done = StatePool(states, fraction), [0]
+
+    def phase(n: int) -> float:
+        loss = distill(teacher, head, optimizer, states, n, generator, draw=pool.draw, first_step=done[0], on_step=on_step, **batches)
+        done[0] += n
+        return loss
+
+    def visit(r: int) -> tuple[torch.Tensor, float]:  # every rank rolls out the same seeds: the pools stay identical
+        return head_visits(teacher, head, normalizer, task, episodes=episodes, seed=seed + r * episodes, device=device)
+
+    return distill_onpolicy(phase, visit, pool, steps, rounds, on_round)

@@ -45,7 +45,8 @@ from policies.diffusion import LOG_PROB_REDUCTIONS
 from robot.checkpoint import load_checkpoint
 from robot.store import ZarrEpisodeStore
 from robot.types import EpisodeMeta
-from workflow.distill import distill, make_head_optimizer
+from workflow.distill import make_head_optimizer
+from workflow.distill_onpolicy import ONPOLICY_SEED, distill_visiting
 from workflow.distributed import Distributed, init_distributed
 from workflow.latent import encode_store
 from workflow.control import ControlStack, open_control
@@ -150,6 +151,12 @@ class OnlineConfig:
     states, for what its snapshot has not had. The demonstrations' states and the rollouts' together cover what the
     policy meets; either alone left the head short of its teacher (docs/RESULTS.md: the quick pipeline with gated RL
     stages, and session 12)."""
+    distill_onpolicy_rounds: int = 0
+    """DAgger rounds of the handed-on head's final distillation (``workflow.distill_onpolicy``): between phases the
+    head runs ``distill_onpolicy_episodes`` sim episodes of the task and the teacher labels the states it planned
+    at. Sim only (on an arm they would spend robot time on a head that is not deployed yet); 0: none."""
+    distill_onpolicy_episodes: int = 32
+    """Sim episodes of the head per on-policy round."""
     select_episodes: int = 16
     """Deterministic episodes scoring the starting policy and every ``select_every``-th snapshot at the end, on
     the same seeds; the best-scoring snapshot replaces the start only if it wins beyond the evaluation's noise
@@ -191,6 +198,11 @@ class OnlineConfig:
         if self.select_episodes < 0 or self.confirm_episodes < 0 or self.select_episodes + self.confirm_episodes > 1000:
             raise ValueError(f"select_episodes and confirm_episodes must be >= 0 and together at most 1000 (a run seed's selection seeds), "
                              f"got {self.select_episodes} and {self.confirm_episodes}")
+        if self.distill_onpolicy_rounds < 0 or self.distill_onpolicy_episodes < 1:
+            raise ValueError(f"distill_onpolicy_rounds must be >= 0 and distill_onpolicy_episodes >= 1, got {self.distill_onpolicy_rounds}, "
+                             f"{self.distill_onpolicy_episodes}")
+        if self.distill_onpolicy_rounds and self.robot is not None and not self.robot.startswith("sim:"):
+            raise ValueError(f"on-policy distillation rolls the one-step head out in sim; robot {self.robot} is an arm: pass --distill-onpolicy-rounds 0")
         if self.robot_minutes is not None and not self.robot_minutes > 0:
             raise ValueError(f"robot_minutes must be > 0 (or None: no time budget), got {self.robot_minutes}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
@@ -374,7 +386,12 @@ def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, r
             states = torch.cat([_features(path, final, ckpt.normalizer, device) for path in (config.distill_data, run.path / "rollouts.zarr")])
             steps = total
         if steps:
-            loss = distill(final, head, make_head_optimizer(head, config.distill_lr), states, steps, gen, reuse=config.distill_reuse)
+            def visited(r: int, states_now: int, success: float, step: int) -> None:
+                run.metrics.log({"charts/onpolicy_success": success, "charts/onpolicy_states": states_now, "charts/onpolicy_round": r}, config.iterations)
+
+            loss = distill_visiting(final, head, ckpt.normalizer, make_head_optimizer(head, config.distill_lr), states, steps, gen, reuse=config.distill_reuse,
+                                    rounds=config.distill_onpolicy_rounds, episodes=config.distill_onpolicy_episodes, task=config.task,
+                                    seed=ONPOLICY_SEED + 1000 * config.seed, device=str(device), on_round=visited)  # fmt: skip
             run.metrics.log({"losses/distill_final": loss, "charts/distill_final_steps": steps, "charts/distill_final_states": len(states)}, config.iterations)
     return final, head, selected, selection
 
