@@ -99,11 +99,11 @@ def robosuite_family(rest: str) -> Callable[..., RobosuiteScene]:
     env, colon, arm = rest.partition(":")
     usage = "write robosuite:<Env>:<Robot>, e.g. robosuite:Lift:IIWA"
     if env not in ENVIRONMENTS:
-        close = difflib.get_close_matches(env, ENVIRONMENTS, n=1)
+        close = _close(env, ENVIRONMENTS)
         hint = f"did you mean {close[0]}? " if close else ""
         raise ValueError(f"unknown robosuite environment {env!r} in robosuite:{rest}; {hint}environments: {', '.join(ENVIRONMENTS)} ({usage})")
     if not colon or arm not in ARMS:
-        close = difflib.get_close_matches(arm, ARMS, n=1)
+        close = _close(arm, ARMS)
         hint = f"did you mean {close[0]}? " if close else ""
         what = f"unknown robosuite arm {arm!r}" if colon else "no arm"
         raise ValueError(f"{what} in robosuite:{rest}; {hint}arms: {', '.join(ARMS)} ({usage})")
@@ -135,6 +135,12 @@ def family_config(env: str, arm: str) -> Any:
         env_kwargs=kwargs,
         safety=robot.safety,
     )
+
+
+def _close(name: str, names: Mapping[str, Any]) -> list[str]:
+    """The valid name ``name`` differs from only in case, else the closest one (or none)."""
+    same = [n for n in names if n.lower() == name.lower()]
+    return same or difflib.get_close_matches(name, names, n=1)
 
 
 def _expert(env: str, arm: str) -> ExpertFactory:
