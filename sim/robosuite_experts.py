@@ -80,6 +80,9 @@ class PickExpertConfig:
     """Radians the fingers tilt outward, away from the robot's base, from the carry to the retreat: the wrist then
     stands nearer the base, which brings a place point at the edge of a long gripper's reach within it (an IIWA or a
     Kinova3 with a Robotiq 2F-140 cannot hold it straight down over PickPlaceCan's far compartment)."""
+    grasp_tilt: float = 0.0
+    """Radians the fingers tilt outward, away from the base, from the approach to the lift: as ``carry_tilt``, for an
+    object at the edge of reach."""
     regrasp: bool = False
     """When the object has not come up with the gripper 4 cm into the lift (a grasp that slipped or closed on a
     neighbour), open and start again from the approach, at most twice an episode."""
@@ -266,6 +269,7 @@ class PickExpert:
                 self._enter("approach")
             return target
         if self.phase in ("approach", "descend"):
+            self._outward = obj[:2] / max(float(np.linalg.norm(obj[:2])), 1e-6)
             if c.yaw_symmetry is not None:
                 self._yaw = self._face_yaw(obj_quat)
             aim = obj + self._miss
@@ -355,9 +359,10 @@ class PickExpert:
         """Axis-angle (base frame) from the current to the target gripper orientation."""
         assert self._down is not None
         target = Rotation.from_rotvec([0.0, 0.0, self._yaw]) * self._down
-        if self.config.carry_tilt and self.phase in ("carry", "lower", "release", "retreat"):
+        tilt = self.config.carry_tilt if self.phase in ("carry", "lower", "release", "retreat") else self.config.grasp_tilt
+        if tilt:
             axis = np.cross([0.0, 0.0, -1.0], [*self._outward, 0.0])  # turns straight down toward the outward direction
-            target = Rotation.from_rotvec(self.config.carry_tilt * axis) * target
+            target = Rotation.from_rotvec(tilt * axis) * target
         return (target * current.inv()).as_rotvec()
 
     def _action(self, motion: np.ndarray) -> np.ndarray:

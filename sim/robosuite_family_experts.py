@@ -21,6 +21,10 @@ ROBOTIQ_140 = "Robotiq140Gripper"
 CAN_CARRY_TILT = {"Kinova3": 0.4}
 """``PickExpertConfig.carry_tilt`` per arm on PickPlaceCan: held straight down, the Kinova3's 2F-140 stopped 2-3 cm
 short of the compartment's near corner with the arm at full stretch (0 of 6 episodes)."""
+CAN_GRASP_TILT = {"UR5e": 0.3, "Kinova3": 0.3}
+"""``PickExpertConfig.grasp_tilt`` per arm on PickPlaceCan: a can in the far half of the bin put the Kinova3's joint 6 on
+its limit (50 seeds: 35 straight down, 48 leant 0.3 rad; the UR5e 44 -> 45; the IIWA fell from 47 to 39, so not it)."""
+
 
 def _wide_gripper(scene: RobosuiteScene) -> bool:
     return scene.config.env_kwargs.get("gripper_types") == ROBOTIQ_140
@@ -46,8 +50,10 @@ def stack_expert(scene: RobosuiteScene, noise: float, seed: int | None, style: s
 
 def can_expert(scene: RobosuiteScene, noise: float, seed: int | None, style: str = "iid") -> PickExpert:
     """PickPlaceCan's expert (``can``'s) grasping again when the can stayed behind (the UR5e's 2F-140 closed beside it
-    in 1 of 12 episodes), its fingers leant outward over the far bin on the arms of :data:`CAN_CARRY_TILT`."""
-    return _can_expert(scene, noise, seed, style, carry_tilt=CAN_CARRY_TILT.get(scene.config.robot, 0.0), regrasp=True)
+    in 1 of 12 episodes), its fingers leant outward on the arms of :data:`CAN_GRASP_TILT` and :data:`CAN_CARRY_TILT`."""
+    arm = scene.config.robot
+    tilts = {"carry_tilt": CAN_CARRY_TILT.get(arm, 0.0), "grasp_tilt": CAN_GRASP_TILT.get(arm, 0.0)}
+    return _can_expert(scene, noise, seed, style, regrasp=True, **tilts)
 
 
 def door_expert(scene: RobosuiteScene, noise: float, seed: int | None, style: str = "iid") -> DoorExpert:

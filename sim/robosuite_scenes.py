@@ -87,9 +87,9 @@ def lift_ur5e_expert(scene: RobosuiteScene, noise: float, seed: int | None, styl
 
 
 def can_expert(scene: RobosuiteScene, noise: float, seed: int | None, style: str = "iid", *, carry_tilt: float = 0.0,
-               regrasp: bool = False) -> PickExpert:  # fmt: skip
-    """Grasp the can round its middle, carry it above the walls and drop it in its compartment (``carry_tilt`` and
-    ``regrasp``: see :class:`PickExpertConfig`)."""
+               grasp_tilt: float = 0.0, regrasp: bool = False) -> PickExpert:  # fmt: skip
+    """Grasp the can round its middle, carry it above the walls and drop it in its compartment (``carry_tilt``,
+    ``grasp_tilt`` and ``regrasp``: see :class:`PickExpertConfig`)."""
     x, y = _place_point(scene)
     place = scene.to_base(np.array([x, y, CAN_RELEASE_Z]))
     config = PickExpertConfig(
@@ -98,6 +98,7 @@ def can_expert(scene: RobosuiteScene, noise: float, seed: int | None, style: str
         place_target=(float(place[0]), float(place[1]), float(place[2])),
         carry_z=float(scene.to_base(np.array([x, y, CAN_CARRY_Z]))[2]),
         carry_tilt=carry_tilt,
+        grasp_tilt=grasp_tilt,
         regrasp=regrasp,
         noise=noise,
         style=style,

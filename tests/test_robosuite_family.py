@@ -24,11 +24,7 @@ from sim.registry import make_scene, resolve_task  # noqa: E402
 from sim.robosuite_family import ARMS, ENVIRONMENTS  # noqa: E402
 
 EXPERT_ARMS = ("Panda", "IIWA", "UR5e", "Kinova3")
-BELOW_90 = {
-    ("Door", "UR5e"): "4/50: the UR5e's forearm and wrist meet the door panel over the lever",
-    ("PickPlaceCan", "UR5e"): "44/50: grasps that close beside the can, twice in a row",
-    ("PickPlaceCan", "Kinova3"): "35/50: a can in the far half of its bin lies beyond the stretched arm's reach",
-}
+BELOW_90 = {("Door", "UR5e"): "4/50: the UR5e's forearm and wrist meet the door panel over the lever"}
 """Environment and arm pairs whose expert stays under 90% over 50 seeds, and why (docs/RESULTS.md)."""
 CELLS = [(env, arm) for env in ("Lift", "Stack", "PickPlaceCan", "Door") for arm in EXPERT_ARMS if (env, arm) != ("Door", "UR5e")]
 CELLS_90 = [cell for cell in CELLS if cell not in BELOW_90]
