@@ -12,10 +12,15 @@ success).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator, Mapping
 
 from hardware.safety import SafeRobot, SafetyConfig
 from robot.protocols import Task
+
+_OVERRIDES: ContextVar[Mapping[str, Any]] = ContextVar("safety_overrides", default={})
 
 # (target, safety or None for the default, opts) -> (robot, task or None)
 RobotFactory = Callable[[str, "SafetyConfig | None", dict[str, Any]], tuple[SafeRobot, Task | None]]
@@ -28,14 +33,14 @@ def _sim_robot(target: str, safety: SafetyConfig | None, opts: dict[str, Any]) -
 def _remote_robot(target: str, safety: SafetyConfig | None, opts: dict[str, Any]) -> tuple[SafeRobot, Task | None]:
     from hardware.remote.client import open_remote
 
-    return open_remote(target, safety or SafetyConfig(), opts), None  # type: ignore[return-value]  # proxies the server's SafeRobot
+    return open_remote(target, with_overrides(safety or SafetyConfig()), opts), None  # type: ignore[return-value]  # proxies the server's SafeRobot
 
 
 def _arm_robot(kind: str) -> RobotFactory:
     def factory(target: str, safety: SafetyConfig | None, opts: dict[str, Any]) -> tuple[SafeRobot, Task | None]:
         from hardware.drivers.specs import open_arm
 
-        return open_arm(kind, target, safety or SafetyConfig(), opts)
+        return open_arm(kind, target, safety, opts)  # None: a stand-in's task's own config, a real arm's default
 
     return factory
 
@@ -82,7 +87,8 @@ def make_sim(task: str, *, safety: SafetyConfig | None = None, **opts: Any) -> t
 
     ``opts`` go to ``sim.registry.make_scene`` (scene options such as ``max_steps``). The safety layer
     uses ``safety`` when given, else the task's own limits (:func:`task_safety`: a Meta-World Sawyer
-    brings a narrower joint margin than the default), else ``SafetyConfig()``.
+    brings a narrower joint margin than the default), else ``SafetyConfig()``; :func:`safety_overrides` in force
+    replace fields of it.
     """
     from hardware.mujoco import MujocoArm
     from sim.registry import make_scene
@@ -90,7 +96,7 @@ def make_sim(task: str, *, safety: SafetyConfig | None = None, **opts: Any) -> t
 
     scene = make_scene(task, **opts)
     try:
-        robot = SafeRobot(MujocoArm(scene), safety if safety is not None else task_safety(scene))
+        robot = SafeRobot(MujocoArm(scene), with_overrides(safety if safety is not None else task_safety(scene)))
     except BaseException:
         scene.close()
         raise
@@ -105,3 +111,26 @@ def task_safety(scene: Any) -> SafetyConfig:
     if not isinstance(own, SafetyConfig):
         raise TypeError(f"task {getattr(scene, 'name', scene)!r}: its scene's safety must be a robot.types.SafetyConfig, got {type(own).__name__}")
     return own
+
+
+@contextmanager
+def safety_overrides(**fields: Any) -> Iterator[None]:
+    """Within the block, every robot this module builds (sim, stand-in, real arm) has these :class:`SafetyConfig`
+    fields replaced in the config it would otherwise get (the task's own, or the default): what the command line's
+    ``--safety-*`` flags do, so they reach every robot a command builds (evaluations, rollouts, stand-ins) whatever
+    stage builds it. A remote robot's safety is the server's: overriding it is an error."""
+    names = {f.name for f in dataclasses.fields(SafetyConfig)}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise ValueError(f"no safety setting {', '.join(unknown)}; SafetyConfig has {', '.join(sorted(names))}")
+    token = _OVERRIDES.set({**_OVERRIDES.get(), **fields})
+    try:
+        yield
+    finally:
+        _OVERRIDES.reset(token)
+
+
+def with_overrides(config: SafetyConfig) -> SafetyConfig:
+    """``config`` with the fields of the :func:`safety_overrides` in force replaced (checked as any SafetyConfig is)."""
+    fields = _OVERRIDES.get()
+    return dataclasses.replace(config, **fields) if fields else config

@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from robot.cli_config import build, config_flags, generated_command
+from robot.cli_safety import safety_parameters, with_safety
 
 COMMANDS: dict[str, Callable[[], Callable[..., None]]] = {}
 """Top-level commands whose options are generated from a config dataclass (``robot.cli_config``)."""
@@ -130,7 +131,7 @@ def _record(values: dict) -> None:
     typer.echo(report.summary())
 
 
-COMMANDS["record"] = lambda: generated_command(_record_flags(), _record, doc=(
+COMMANDS["record"] = lambda: generated_command(_record_flags(), with_safety(_record, _fail), extra=safety_parameters(), doc=(
     "Teleoperate (keyboard, SpaceMouse, gamepad or the scripted expert), label success, write episodes.\n\nEvery RecordConfig field is a flag."))
 
 
@@ -229,7 +230,7 @@ def _train_offline(values: dict) -> None:
     _say(f"final policy: {report.policy}; gate record: {Path(report.run) / 'gate.jsonl'}")
 
 
-GENERATED["offline"] = lambda: generated_command(_offline_flags(), _train_offline, doc=(
+GENERATED["offline"] = lambda: generated_command(_offline_flags(), with_safety(_train_offline, _fail), extra=safety_parameters(), doc=(
     "Offline RL rounds: IQL critics, PPO on the denoising chain, AM-Q gate, verification in sim.\n\n"
     "Every OfflineConfig field is a flag; the critics' discount horizon follows the policy's chunk unless --critic-* says otherwise."))
 
@@ -248,7 +249,7 @@ def _train_online(values: dict) -> None:
          f"kept {report.selected}; policy written to {report.policy}")
 
 
-GENERATED["online"] = lambda: generated_command(_online_flags(), _train_online, doc=(
+GENERATED["online"] = lambda: generated_command(_online_flags(), with_safety(_train_online, _fail), extra=safety_parameters(), doc=(
     "Online RL: PPO over denoising chains on live rollouts, one-step head distilled alongside.\n\n"
     "Every OnlineConfig field is a flag. Under `torchrun --nproc_per_node N` each process rolls out its share of the episodes in its own sim."))
 
@@ -265,7 +266,7 @@ def _run_pipeline(values: dict) -> None:
     _run_or_fail(run_pipeline, _run_or_fail(build, PipelineConfig, _pipeline_flags(), values))
 
 
-COMMANDS["pipeline"] = lambda: generated_command(_pipeline_flags(), _run_pipeline, doc=(
+COMMANDS["pipeline"] = lambda: generated_command(_pipeline_flags(), with_safety(_run_pipeline, _fail), extra=safety_parameters(), doc=(
     "The whole recipe end to end in sim, with gates, a per-stage table and a report.\n\nEvery PipelineConfig field is a flag."))
 
 
@@ -314,7 +315,7 @@ def _critic_ranking(values: dict) -> None:
         typer.echo(f"per-state values in {report.save(values['out'])}")
 
 
-COMMANDS["critic-ranking"] = lambda: generated_command(_ranking_flags(), _critic_ranking, extra=[OUT_OPTION], doc=(
+COMMANDS["critic-ranking"] = lambda: generated_command(_ranking_flags(), with_safety(_critic_ranking, _fail), extra=[OUT_OPTION, *safety_parameters()], doc=(
     "Do the critics order a state's candidate chunks like their Monte Carlo returns in sim? What offline PPO relies on.\n\n"
     "Every RankingConfig field is a flag."))
 
@@ -355,7 +356,8 @@ def _eval(values: dict) -> None:
     ))
 
 
-COMMANDS["eval"] = lambda: generated_command(_eval_flags(), _eval, doc="Success rate, return and latency of a policy in sim.\n\nEvery EvalConfig field is a flag.")
+COMMANDS["eval"] = lambda: generated_command(_eval_flags(), with_safety(_eval, _fail), extra=safety_parameters(),
+                                              doc="Success rate, return and latency of a policy in sim.\n\nEvery EvalConfig field is a flag.")
 
 
 def _deploy_flags():
@@ -380,7 +382,7 @@ def _deploy(values: dict) -> None:
         _fail("stopped by the e-stop; it stays latched on the robot until cleared there")
 
 
-COMMANDS["deploy"] = lambda: generated_command(_deploy_flags(), _deploy, doc=(
+COMMANDS["deploy"] = lambda: generated_command(_deploy_flags(), with_safety(_deploy, _fail), extra=safety_parameters(), doc=(
     "The on-robot runner: fixed-rate loop, chunk queue with latency compensation, safety layer, e-stop, records what it does.\n\n"
     "Every DeployConfig field is a flag."))
 

@@ -11,7 +11,8 @@ tasks never imports robosuite or creates a GL context. A name resolves, first ma
    ``importlib.metadata`` on the first lookup that misses 1 and 2, or the first listing; one that
    does not load is skipped with one warning line naming its package;
 4. a name with a colon: a family ``prefix:rest`` when :data:`FAMILIES` holds ``prefix`` (``gym:<env-id>``, any
-   gymnasium env; ``metaworld:<task>``, each Meta-World task), else a module path ``pkg.module:factory``,
+   gymnasium env; ``metaworld:<task>``, each Meta-World task; ``robosuite:<Env>:<Robot>``, a single-arm robosuite
+   environment on one of its arms), else a module path ``pkg.module:factory``,
    imported and used as it is (nothing is registered).
 
 :func:`make_scene` builds the scene and adds the convenience options every command line offers
@@ -84,9 +85,16 @@ def _metaworld(task: str) -> TaskFactory:
     return metaworld_family(task)
 
 
+def _robosuite(rest: str) -> TaskFactory:
+    from sim.robosuite_family import robosuite_family
+
+    return robosuite_family(rest)
+
+
 FAMILIES: dict[str, Callable[[str], TaskFactory]] = {
     "gym": _gym,  # gym:<env-id>, any id gymnasium.make knows (sim/gym_task.py)
     "metaworld": _metaworld,  # metaworld:<task>, every Meta-World MT1 task with its expert; pip install -e ".[metaworld]"
+    "robosuite": _robosuite,  # robosuite:<Env>:<Robot>, single-arm robosuite environments on their arms (sim/robosuite_family.py)
 }
 """Task families by prefix: ``FAMILIES[prefix](rest)`` is the factory of ``prefix:rest`` (a ValueError naming the
 family's tasks when ``rest`` is none of them). A family prefix takes precedence over a module of the same name."""
@@ -94,6 +102,7 @@ family's tasks when ``rest`` is none of them). A family prefix takes precedence 
 FAMILY_USAGE: dict[str, str] = {
     "gym": "gym:<env-id> (any gymnasium id, e.g. gym:Pendulum-v1)",
     "metaworld": 'metaworld:<task> (e.g. metaworld:button-press-v3; pip install -e ".[metaworld]")',
+    "robosuite": "robosuite:<Env>:<Robot> (e.g. robosuite:Stack:IIWA; experts for Lift, Stack, PickPlaceCan, Door)",
 }
 """How to write a task of each built-in family (``robot tasks`` shows it)."""
 

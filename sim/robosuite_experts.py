@@ -69,8 +69,23 @@ class PickExpertConfig:
     """Turn the fingers to the object's yaw modulo this angle (pi/2 for a box); ``None`` for round objects."""
     place_target: tuple[float, float, float] | None = None
     """End-effector position at which to release the object; ``None`` = pick and hold."""
+    place_on_target: tuple[float, float, float] | None = None
+    """Place the *object* at the state's ``target_pos`` (a scene with a ``target_body``) plus this offset, metres, base
+    frame, read afresh each episode: e.g. Stack's cube A on cube B. The held object is servoed rather than the
+    gripper, so a grasp that closed off the object's centre still lands it there. Excludes ``place_target``."""
     carry_z: float = 0.2
-    """End-effector height while carrying to ``place_target`` (clears walls between the bins)."""
+    """End-effector height while carrying to ``place_target`` (clears walls between the bins); with
+    ``place_on_target`` the gripper carries ``hover`` above its place point instead."""
+    carry_tilt: float = 0.0
+    """Radians the fingers tilt outward, away from the robot's base, from the carry to the retreat: the wrist then
+    stands nearer the base, which brings a place point at the edge of a long gripper's reach within it (an IIWA or a
+    Kinova3 with a Robotiq 2F-140 cannot hold it straight down over PickPlaceCan's far compartment)."""
+    grasp_tilt: float = 0.0
+    """Radians the fingers tilt outward, away from the base, from the approach to the lift: as ``carry_tilt``, for an
+    object at the edge of reach."""
+    regrasp: bool = False
+    """When the object has not come up with the gripper 4 cm into the lift (a grasp that slipped or closed on a
+    neighbour), open and start again from the approach, at most twice an episode."""
     retreat_back: float = 0.1
     """Metres the gripper pulls back toward the robot base while rising after release (a stretched arm nears
     its joint limits)."""
@@ -114,6 +129,9 @@ class PickExpertConfig:
                 f"PickExpertConfig hesitant_speed, hesitant_pause_rate and detour_speed must be in (0, 1], "
                 f"got {self.hesitant_speed}, {self.hesitant_pause_rate}, {self.detour_speed}"
             )
+        if self.place_target is not None and self.place_on_target is not None:
+            raise ValueError("PickExpertConfig: give place_target (a fixed gripper position) or place_on_target (an offset from "
+                             "the state's target_pos), not both")  # fmt: skip
         if self.close_steps < 1 or self.release_steps < 1:
             raise ValueError(
                 f"PickExpertConfig close_steps/release_steps must be >= 1, got {self.close_steps}/{self.release_steps}"
@@ -130,7 +148,8 @@ class PickExpert:
     """
 
     def __init__(self, fields: Mapping[str, slice], config: PickExpertConfig, seed: int | None = None):
-        missing = {"eef_pos", "eef_quat", "obj_pos", "obj_quat"} - set(fields)
+        needed = {"eef_pos", "eef_quat", "obj_pos", "obj_quat"} | ({"target_pos"} if config.place_on_target is not None else set())
+        missing = needed - set(fields)
         if missing:
             raise ValueError(f"PickExpert needs state fields {sorted(missing)} that the scene does not declare")
         self.fields = dict(fields)
@@ -149,10 +168,15 @@ class PickExpert:
         self._grasp_xy = np.zeros(2)
         self._grasp_z = 0.0
         self._grip = -1.0
+        self._outward = np.zeros(2)  # carry_tilt: the horizontal direction away from the base (latched at the carry)
         self._pause = 0
         self._miss = np.zeros(3)  # offset of the aimed grasp point (noisy experts only)
         self._paused = False  # hesitant: this step was a still one
         self._side = 0.0  # mixed, detour: +1 out to +y of the object, -1 to -y (latched at its first step)
+        self._target = np.zeros(3)  # place_on_target: the state's target_pos this step
+        self._place: np.ndarray | None = None  # place_on_target: the gripper's place point, fixed from the release on
+        self._held = np.zeros(3)  # place_on_target: end effector minus object, measured once the object is held
+        self._retries = 0  # regrasp: approaches started over this episode
         self.episode_style = self._draw_style()
         if self.episode_style.get("strategy") == "detour":
             self.phase = "detour"
@@ -172,6 +196,8 @@ class PickExpert:
         state = np.asarray(observation[STATE], dtype=np.float64)
         eef, quat = state[self.fields["eef_pos"]], state[self.fields["eef_quat"]]
         obj, obj_quat = state[self.fields["obj_pos"]], state[self.fields["obj_quat"]]
+        if self.config.place_on_target is not None:
+            self._target = state[self.fields["target_pos"]]
         current = Rotation.from_quat(quat, scalar_first=True)
         if self._down is None:
             self._start_episode(current)
@@ -243,6 +269,7 @@ class PickExpert:
                 self._enter("approach")
             return target
         if self.phase in ("approach", "descend"):
+            self._outward = obj[:2] / max(float(np.linalg.norm(obj[:2])), 1e-6)
             if c.yaw_symmetry is not None:
                 self._yaw = self._face_yaw(obj_quat)
             aim = obj + self._miss
@@ -262,18 +289,28 @@ class PickExpert:
         if self.phase == "grasp":
             self._grip = 1.0
             if self._phase_steps >= c.close_steps:
+                self._held = eef - obj
                 self._enter("lift")
             return np.array([*self._grasp_xy, self._grasp_z])
-        if c.place_target is None:
+        if self.phase == "lift" and c.regrasp and self._retries < 2 and eef[2] > self._grasp_z + 0.04:
+            if np.linalg.norm(eef - obj - self._held) > 0.03:  # the object stayed behind
+                self._retries += 1
+                self._grip = -1.0
+                self._enter("approach")
+                return np.array([*self._grasp_xy, self._grasp_z + c.hover])
+        if c.place_target is None and c.place_on_target is None:
             return np.array([*self._grasp_xy, self._grasp_z + c.lift_dz])
-        place = np.asarray(c.place_target, dtype=np.float64)
+        place = self._place_point(eef, obj)
+        carry_z = c.carry_z if c.place_on_target is None else float(place[2]) + c.hover
         if self.phase == "lift":
-            target = np.array([*self._grasp_xy, c.carry_z])
-            if eef[2] > c.carry_z - 0.03:
+            target = np.array([*self._grasp_xy, carry_z])
+            if eef[2] > carry_z - 0.03:
+                self._held = eef - obj  # lifted: how the object hangs in the fingers
                 self._enter("carry")
             return target
         if self.phase == "carry":
-            target = np.array([place[0], place[1], c.carry_z])
+            self._outward = place[:2] / max(float(np.linalg.norm(place[:2])), 1e-6)
+            target = np.array([place[0], place[1], carry_z])
             if self._reached(eef[:2], target[:2], 0.015):
                 self._enter("lower")
             return target
@@ -287,7 +324,18 @@ class PickExpert:
                 self._enter("retreat")
             return place
         back = place[:2] * max(0.0, 1.0 - c.retreat_back / max(float(np.linalg.norm(place[:2])), 1e-6))
-        return np.array([back[0], back[1], c.carry_z])
+        return np.array([back[0], back[1], carry_z])
+
+    def _place_point(self, eef: np.ndarray, obj: np.ndarray) -> np.ndarray:
+        """Where the gripper lets go: ``place_target``, or the point that puts the held object at the state's target
+        plus ``place_on_target`` (the grasp's offset from the object's centre, measured when the fingers closed and
+        again once lifted), fixed once the release begins."""
+        c = self.config
+        if c.place_on_target is None:
+            return np.asarray(c.place_target, dtype=np.float64)
+        if self._place is None or self.phase not in ("release", "retreat"):
+            self._place = self._target + np.asarray(c.place_on_target) + self._held
+        return self._place
 
     def _enter(self, phase: str) -> None:
         self.phase = phase
@@ -310,7 +358,12 @@ class PickExpert:
     def _rotation_error(self, current: Rotation) -> np.ndarray:
         """Axis-angle (base frame) from the current to the target gripper orientation."""
         assert self._down is not None
-        return (Rotation.from_rotvec([0.0, 0.0, self._yaw]) * self._down * current.inv()).as_rotvec()
+        target = Rotation.from_rotvec([0.0, 0.0, self._yaw]) * self._down
+        tilt = self.config.carry_tilt if self.phase in ("carry", "lower", "release", "retreat") else self.config.grasp_tilt
+        if tilt:
+            axis = np.cross([0.0, 0.0, -1.0], [*self._outward, 0.0])  # turns straight down toward the outward direction
+            target = Rotation.from_rotvec(tilt * axis) * target
+        return (target * current.inv()).as_rotvec()
 
     def _action(self, motion: np.ndarray) -> np.ndarray:
         action = np.append(motion, self._grip)

@@ -29,7 +29,7 @@ import mujoco
 import numpy as np
 
 from robot.protocols import Observation
-from robot.types import ACTION, STATE, ArmLimits, ArmState, Feature
+from robot.types import ACTION, STATE, ArmLimits, ArmState, Feature, SafetyConfig
 from sim.scene import ScriptedExpert
 
 if TYPE_CHECKING:
@@ -43,6 +43,10 @@ GRIPPER_MAX_STEP = 2.0  # the gripper command may swing from fully open to fully
 MAX_JOINT_VELOCITY: dict[str, tuple[float, ...]] = {
     "Panda": (2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61),
     "UR5e": (3.1416,) * 6,
+    "IIWA": (1.710, 1.710, 1.745, 2.269, 2.443, 3.142, 3.142),  # LBR iiwa 7 R800: 98, 98, 100, 130, 140, 180, 180 deg/s
+    "Kinova3": (1.396,) * 4 + (1.222,) * 3,  # Gen3 7-DoF: large actuators 80 deg/s, small ones 70 deg/s
+    "Sawyer": (1.74, 1.328, 1.957, 1.957, 3.485, 3.485, 4.545),  # Rethink's sawyer_description URDF
+    "XArm7": (3.1416,) * 7,  # xArm 7: 180 deg/s per joint
 }
 
 
@@ -66,6 +70,8 @@ class RobosuiteSceneConfig:
     """Lower corner (x, y, z) of the end-effector box, metres, world frame."""
     workspace_high: tuple[float, float, float]
     """Upper corner (x, y, z) of the end-effector box, metres, world frame."""
+    target_body: str | None = None
+    """MuJoCo body whose position is the place target in the state (``target_x/y/z``), e.g. Stack's ``cubeB_main``."""
     max_steps: int = 150
     """Episode length in control steps."""
     fps: float = 20.0
@@ -85,6 +91,8 @@ class RobosuiteSceneConfig:
     rendering (EGL on Mesa) of an 84x84 frame is 3-4x faster and the objects look the same."""
     env_kwargs: Mapping[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for ``robosuite.make``."""
+    safety: SafetyConfig | None = None
+    """The task's own safety config (``hardware.registry.make_sim`` uses it unless its caller passes one); None: the default."""
 
     def __post_init__(self) -> None:
         if self.max_steps <= 0:
@@ -108,6 +116,8 @@ class RobosuiteSceneConfig:
                 f"robot {self.robot!r} has no rated joint speeds here ({sorted(MAX_JOINT_VELOCITY)} do); "
                 "pass max_joint_velocity=(...) in rad/s, one per arm joint"
             )
+        if self.safety is not None and not isinstance(self.safety, SafetyConfig):
+            raise ValueError(f"RobosuiteSceneConfig.safety must be a robot.types.SafetyConfig, got {type(self.safety).__name__}")
         reserved = {"robots", "controller_configs", "control_freq", "horizon", "seed", "use_camera_obs"}
         clash = sorted(reserved & set(self.env_kwargs))
         if clash:
@@ -139,6 +149,7 @@ class RobosuiteScene:
         self.robot_name = config.robot.lower()
         self.fps = float(config.fps)
         self.max_steps = int(config.max_steps)
+        self.safety = config.safety
         self._expert_factory = expert_factory
 
         controller = load_composite_controller_config(controller=None, robot=config.robot)
@@ -174,7 +185,10 @@ class RobosuiteScene:
         robot = self.env.robots[0]
         self._eef_site = int(robot.eef_site_id["right"])
         self._base_site = self._id(mujoco.mjtObj.mjOBJ_SITE, f"{robot.robot_model.naming_prefix}right_center")
+        self._pinned_base = self._fixed_base()
+        self._pin_controller_base()
         self._object = self._id(mujoco.mjtObj.mjOBJ_BODY, config.object_body)
+        self._target = None if config.target_body is None else self._id(mujoco.mjtObj.mjOBJ_BODY, config.target_body)
         self._qpos = np.asarray(robot._ref_arm_joint_pos_indexes)
         self._qvel = np.asarray(robot._ref_arm_joint_vel_indexes)
         self._arm_joints = np.asarray([self._id(mujoco.mjtObj.mjOBJ_JOINT, j) for j in robot.robot_arm_joints])
@@ -224,13 +238,14 @@ class RobosuiteScene:
             + grip
             + ("obj_x", "obj_y", "obj_z", "obj_qw", "obj_qx", "obj_qy", "obj_qz")
             + ("obj_to_eef_x", "obj_to_eef_y", "obj_to_eef_z")
+            + (() if self._target is None else ("target_x", "target_y", "target_z"))
         )
 
     @property
     def state_fields(self) -> dict[str, slice]:
         """Where each quantity sits in ``observation.state`` (what the scripted experts read)."""
         g = len(self._gripper_qpos)
-        return {
+        fields = {
             "eef_pos": slice(0, 3),
             "eef_quat": slice(3, 7),
             "gripper_qpos": slice(7, 7 + g),
@@ -238,6 +253,9 @@ class RobosuiteScene:
             "obj_quat": slice(10 + g, 14 + g),
             "obj_to_eef": slice(14 + g, 17 + g),
         }
+        if self._target is not None:
+            fields["target_pos"] = slice(17 + g, 20 + g)
+        return fields
 
     @property
     def observation_features(self) -> Mapping[str, Feature]:
@@ -264,10 +282,12 @@ class RobosuiteScene:
         return self._limits
 
     def _arm_limits(self) -> ArmLimits:
-        """Workspace in the base frame, OSC step bounds, the model's joint ranges, rated joint speeds."""
+        """Workspace in the base frame, OSC step bounds, the model's joint ranges (unlimited joints, such as four of
+        the Kinova Gen3's, -inf..inf), rated joint speeds."""
         low = self.to_base(np.asarray(self.config.workspace_low))
         high = self.to_base(np.asarray(self.config.workspace_high))
-        ranges = self._model.jnt_range[self._arm_joints]
+        limited = self._model.jnt_limited[self._arm_joints].astype(bool)[:, None]
+        ranges = np.where(limited, self._model.jnt_range[self._arm_joints], [-np.inf, np.inf])
         velocity = self.config.max_joint_velocity or MAX_JOINT_VELOCITY[self.config.robot]
         if len(velocity) != len(self._arm_joints):
             raise ValueError(
@@ -294,6 +314,7 @@ class RobosuiteScene:
         # The placement sampler and the robots hold this very Generator, so reseed it in place.
         self.env.rng.bit_generator.state = np.random.default_rng(int(seed)).bit_generator.state
         self.env.reset()
+        self._pin_controller_base()  # robosuite builds a new controller on every reset
         self._prev_action = self._last_action = None
         self._shaped = 0.0
 
@@ -315,9 +336,10 @@ class RobosuiteScene:
     def observe(self) -> Observation:
         eef_pos, eef_quat = self._eef_pose()
         obj_pos, obj_quat = self._object_pose()
-        state = np.concatenate(
-            [eef_pos, eef_quat, self._data.qpos[self._gripper_qpos], obj_pos, obj_quat, eef_pos - obj_pos]
-        ).astype(np.float32)
+        parts = [eef_pos, eef_quat, self._data.qpos[self._gripper_qpos], obj_pos, obj_quat, eef_pos - obj_pos]
+        if self._target is not None:
+            parts.append(self.to_base(self._data.xpos[self._target]))
+        state = np.concatenate(parts).astype(np.float32)
         obs: Observation = {STATE: state}
         if self._rig is not None:
             obs.update(self._rig.render())
@@ -351,7 +373,36 @@ class RobosuiteScene:
 
     def base_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """World position (3,) and rotation matrix (3, 3) of the robot base frame (the OSC reference)."""
-        return self._data.site_xpos[self._base_site].copy(), self._data.site_xmat[self._base_site].reshape(3, 3).copy()
+        if self._pinned_base is None:
+            return self._data.site_xpos[self._base_site].copy(), self._data.site_xmat[self._base_site].reshape(3, 3).copy()
+        parent, offset, turn = self._pinned_base
+        rot = self._data.xmat[parent].reshape(3, 3)
+        return self._data.xpos[parent] + rot @ offset, rot @ turn
+
+    def _fixed_base(self) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """None when the arm's ``right_center`` site (robosuite's OSC reference) sits on a fixed body; else the fixed
+        parent body and the site's pose in it at joint angle 0.
+
+        The IIWA's and the xArm 7's site rides on link 1, so robosuite's base frame turns with joint 1: a goal held in
+        that frame moves by its distance times joint 1's turn within each control period, and on PickPlaceCan the
+        IIWA chased it until joint 1 sat on its limit; the state and workspace box turned with it too."""
+        body = int(self._model.site_bodyid[self._base_site])
+        if self._model.body_jntnum[body] == 0:
+            return None
+        parent = int(self._model.body_parentid[body])
+        if self._model.body_jntnum[parent] != 0:
+            raise ValueError(f"robot {self.config.robot}: its right_center site rides two joints deep; the scene cannot pin its base frame")
+        body_rot, site_rot = np.empty(9), np.empty(9)
+        mujoco.mju_quat2Mat(body_rot, self._model.body_quat[body])
+        mujoco.mju_quat2Mat(site_rot, self._model.site_quat[self._base_site])
+        body_rot, site_rot = body_rot.reshape(3, 3), site_rot.reshape(3, 3)
+        return parent, self._model.body_pos[body] + body_rot @ self._model.site_pos[self._base_site], body_rot @ site_rot
+
+    def _pin_controller_base(self) -> None:
+        """Make robosuite's OSC read its reference frame from :meth:`base_pose` when the site's own turns (see
+        :meth:`_fixed_base`)."""
+        if self._pinned_base is not None:
+            self.env.robots[0].composite_controller.get_controller_base_pose = lambda controller_name: self.base_pose()
 
     def to_base(self, world_point: np.ndarray) -> np.ndarray:
         """A world-frame point (3,) in the robot base frame."""

@@ -52,20 +52,20 @@ CAN_RELEASE_Z = 0.91  # world z of the gripper at release: the can drops ~5 cm; 
 
 def make_lift(camera: CameraConfig | None = None, **opts: Any) -> RobosuiteScene:
     """Lift the cube (Panda). ``opts`` override :class:`RobosuiteSceneConfig` fields."""
-    return RobosuiteScene(_configure(LIFT, opts), _lift_expert, camera)
+    return RobosuiteScene(configure(LIFT, opts), lift_expert, camera)
 
 
 def make_lift_ur5e(camera: CameraConfig | None = None, **opts: Any) -> RobosuiteScene:
     """Lift the cube (UR5e, Robotiq 2F-140 gripper). ``opts`` override :class:`RobosuiteSceneConfig` fields."""
-    return RobosuiteScene(_configure(LIFT_UR5E, opts), _lift_ur5e_expert, camera)
+    return RobosuiteScene(configure(LIFT_UR5E, opts), lift_ur5e_expert, camera)
 
 
 def make_can(camera: CameraConfig | None = None, **opts: Any) -> RobosuiteScene:
     """Pick the can and place it in its bin (Panda). ``opts`` override :class:`RobosuiteSceneConfig` fields."""
-    return RobosuiteScene(_configure(CAN, opts), _can_expert, camera)
+    return RobosuiteScene(configure(CAN, opts), can_expert, camera)
 
 
-def _configure(defaults: RobosuiteSceneConfig, opts: dict[str, Any]) -> RobosuiteSceneConfig:
+def configure(defaults: RobosuiteSceneConfig, opts: dict[str, Any]) -> RobosuiteSceneConfig:
     names = {f.name for f in dataclasses.fields(RobosuiteSceneConfig)}
     unknown = sorted(set(opts) - names)
     if unknown:
@@ -73,12 +73,12 @@ def _configure(defaults: RobosuiteSceneConfig, opts: dict[str, Any]) -> Robosuit
     return dataclasses.replace(defaults, **opts)
 
 
-def _lift_expert(scene: RobosuiteScene, noise: float, seed: int | None, style: str = "iid") -> PickExpert:
+def lift_expert(scene: RobosuiteScene, noise: float, seed: int | None, style: str = "iid") -> PickExpert:
     """Approach above the cube, turn to its faces, descend, close and lift 15 cm."""
     return PickExpert(scene.state_fields, PickExpertConfig(max_step=scene.limits.max_step, noise=noise, style=style), seed)
 
 
-def _lift_ur5e_expert(scene: RobosuiteScene, noise: float, seed: int | None, style: str = "iid") -> PickExpert:
+def lift_ur5e_expert(scene: RobosuiteScene, noise: float, seed: int | None, style: str = "iid") -> PickExpert:
     """The lift expert, its biased grasp scaled to the UR5e's wider, more forgiving gripper."""
     config = PickExpertConfig(
         max_step=scene.limits.max_step, noise=noise, style=style, bias_offset=(0.03, 0.0, 0.0)
@@ -86,8 +86,10 @@ def _lift_ur5e_expert(scene: RobosuiteScene, noise: float, seed: int | None, sty
     return PickExpert(scene.state_fields, config, seed)
 
 
-def _can_expert(scene: RobosuiteScene, noise: float, seed: int | None, style: str = "iid") -> PickExpert:
-    """Grasp the can round its middle, carry it above the walls and drop it in its compartment."""
+def can_expert(scene: RobosuiteScene, noise: float, seed: int | None, style: str = "iid", *, carry_tilt: float = 0.0,
+               grasp_tilt: float = 0.0, regrasp: bool = False) -> PickExpert:  # fmt: skip
+    """Grasp the can round its middle, carry it above the walls and drop it in its compartment (``carry_tilt``,
+    ``grasp_tilt`` and ``regrasp``: see :class:`PickExpertConfig`)."""
     x, y = _place_point(scene)
     place = scene.to_base(np.array([x, y, CAN_RELEASE_Z]))
     config = PickExpertConfig(
@@ -95,6 +97,9 @@ def _can_expert(scene: RobosuiteScene, noise: float, seed: int | None, style: st
         yaw_symmetry=None,  # a can is round
         place_target=(float(place[0]), float(place[1]), float(place[2])),
         carry_z=float(scene.to_base(np.array([x, y, CAN_CARRY_Z]))[2]),
+        carry_tilt=carry_tilt,
+        grasp_tilt=grasp_tilt,
+        regrasp=regrasp,
         noise=noise,
         style=style,
         # the styles' flaws, scaled to a round can and a 300-step task (calibration in sim/robosuite_experts.py)

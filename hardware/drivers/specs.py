@@ -39,16 +39,19 @@ def vendors() -> dict[str, Vendor]:
     return {"ur5e": Vendor(URConfig, URArm), "franka": Vendor(FrankaConfig, FrankaArm), "xarm": Vendor(XArmConfig, XArmArm)}
 
 
-def open_arm(kind: str, target: str, safety: SafetyConfig, opts: dict[str, Any]) -> tuple[SafeRobot, Task | None]:
+def open_arm(kind: str, target: str, safety: SafetyConfig | None, opts: dict[str, Any]) -> tuple[SafeRobot, Task | None]:
     """``target`` is a host, or ``standin:<task>`` (a simulated cell, built by :mod:`hardware.standins.cell`,
-    which production arms never import); see :func:`open_real` and ``open_standin`` for ``opts``."""
+    which production arms never import); see :func:`open_real` and ``open_standin`` for ``opts``. ``safety`` None:
+    a stand-in's task's own config, a real arm's ``SafetyConfig()``; the command line's overrides apply to either."""
+    from hardware.registry import with_overrides
+
     vendor = vendors()[kind]
     head, sep, task = target.partition(":")
     if head == STANDIN_HOST and sep:
         from hardware.standins.cell import open_standin
 
         return open_standin(kind, vendor, task, safety, **opts)
-    return open_real(kind, vendor, target, safety, **opts), None
+    return open_real(kind, vendor, target, with_overrides(safety or SafetyConfig()), **opts), None
 
 
 def open_real(

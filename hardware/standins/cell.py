@@ -44,7 +44,7 @@ def open_standin(
     kind: str,
     vendor: Vendor,
     task: str,
-    safety: SafetyConfig,
+    safety: SafetyConfig | None,
     *,
     state_names: tuple[str, ...] | None = None,
     state_aliases: dict[str, str] | None = None,
@@ -53,7 +53,10 @@ def open_standin(
     **scene_options: Any,
 ) -> tuple[SafeRobot, Task]:
     """The ``kind`` driver over its stand-in over the sim ``task``; ``cameras`` name scene cameras,
-    ``state_names`` default to the scene's own, other options go to the scene (``max_steps``...)."""
+    ``state_names`` default to the scene's own, other options go to the scene (``max_steps``...). ``safety`` None:
+    the task's own config (``hardware.registry.task_safety``, as ``sim:<task>`` gets), the command line's
+    ``--safety-*`` overrides applied on top (its workspace box is in the task frame, the driver's too)."""
+    from hardware.registry import task_safety, with_overrides
     from hardware.standins.sensors import SceneCamera, SceneTracker
     from hardware.standins.servo import SceneServo
     from sim.registry import make_scene
@@ -62,6 +65,7 @@ def open_standin(
     standin = standins()[kind]
     scene = make_scene(task, cameras=tuple(cameras) or None, image_size=image_size, **scene_options)
     try:
+        safety = with_overrides(safety if safety is not None else task_safety(scene))
         servo = SceneServo(scene, mount=standin.mount)
         sdk = standin.sdk(servo, STANDIN_HOST)
         names = servo.state_names if state_names is None else tuple(state_names)
