@@ -166,7 +166,7 @@ def test_robot_train_online_runs_on_a_stand_in_with_the_scripted_operator(policy
     assert (out / "policy").exists()
 
 
-def test_a_real_arm_without_selection_task_is_refused_before_it_moves(policy, tmp_path: Path):
+def test_a_real_arm_that_cannot_be_opened_is_one_clear_line_before_it_moves(policy, tmp_path: Path):
     result = CliRunner().invoke(app, ["train", "online", "--policy", str(policy), "--out", str(tmp_path / "o"), "--robot", "remote:127.0.0.1:1",
                                       "--operator-device", "keyboard"])  # fmt: skip
     assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output
@@ -450,3 +450,28 @@ def test_a_killed_offline_round_on_a_stand_in_resumes_to_the_uninterrupted_resul
     mine, theirs = _weights(out), _weights(offline_uninterrupted)
     for name in theirs:
         torch.testing.assert_close(mine[name], theirs[name], rtol=0, atol=0, msg=f"{name} differs from the uninterrupted run's")
+
+
+# ------------------------------------------------------------------ selection scored by the operator
+
+
+@pytest.mark.parametrize("takeovers", [False, True])
+def test_selection_on_a_stand_in_is_scored_by_the_operator_s_labels_and_a_takeover_is_a_failure(policy, tmp_path, monkeypatch, takeovers):
+    from workflow.online import train_online
+
+    real = ScriptedOperator.poll
+
+    def labels_early(self, observation):  # an operator who calls every episode a success at its fourth tick
+        command = real(self, observation)
+        if self._tick >= 4 and not self._driving and not command.events:
+            return TeleopCommand(events=frozenset({TeleopEvent.SUCCESS}))
+        return command
+
+    monkeypatch.setattr(ScriptedOperator, "poll", labels_early)
+    operator = OperatorConfig(device="scripted", reward="label", takeover_rate=1.0 if takeovers else 0.0, drift_after=2, takeover_steps=3)
+    report = train_online(_online(policy, tmp_path / "run", task=None, robot="xarm:standin:push", hz=0, iterations=1, episodes_per_iteration=2,
+                                  select_episodes=3, distill_steps=0, operator=operator), show_progress=False)  # fmt: skip
+    assert [name for name, _, _ in report.selection] == ["start", "iteration 0"]
+    # the task would fail these four-tick episodes; the labels pass them, unless the operator drove a step
+    assert [rate for _, rate, _ in report.selection] == ([0.0, 0.0] if takeovers else [1.0, 1.0])
+    assert report.selected == "start"  # a tie keeps the start
