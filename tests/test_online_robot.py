@@ -475,3 +475,24 @@ def test_selection_on_a_stand_in_is_scored_by_the_operator_s_labels_and_a_takeov
     # the task would fail these four-tick episodes; the labels pass them, unless the operator drove a step
     assert [rate for _, rate, _ in report.selection] == ([0.0, 0.0] if takeovers else [1.0, 1.0])
     assert report.selected == "start"  # a tie keeps the start
+
+
+def test_an_offline_round_on_a_stand_in_retrains_on_the_operator_s_intervention_steps_when_asked(policy, tmp_path, monkeypatch):
+    import workflow.offline as offline
+
+    reports, real = [], offline.train_imitation
+
+    def recording(config, **kwargs):
+        assert config.rollout_steps == "interventions"
+        reports.append(real(config, **kwargs))
+        return reports[-1]
+
+    monkeypatch.setattr(offline, "train_imitation", recording)
+    out = tmp_path / "run"
+    config = _offline(policy, out, retrain_rollout_steps="interventions", operator=OperatorConfig(device="scripted", takeover_rate=1.0, drift_after=5, takeover_steps=4))
+    offline.train_offline(config, show_progress=False)
+    with ZarrEpisodeStore.open(out / "data.zarr") as store:
+        operated = sum(int(store.episode(i).data[INTERVENTION].sum()) for i, m in enumerate(store.metas) if m.source == "offline-rollout")
+    assert len(reports) == 1 and reports[0].intervention_steps == operated > 0
+    with pytest.raises(ValueError, match="retrain_rollout_steps"):
+        _offline(policy, out, retrain_rollout_steps="whole")

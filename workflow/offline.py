@@ -14,7 +14,8 @@ Each round reads top to bottom:
 4. verify an accepted policy in sim: it and the reference run with their deterministic sampler on
    ``verify_episodes`` seeds of the round's own, and it is kept only when its paired wins there are
    beyond noise (the OPE can be fooled);
-5. optionally retrain imitation on demonstrations + successful rollouts, warm-started from the kept
+5. optionally retrain imitation on demonstrations + successful rollouts (or only the rollouts' steps the operator
+   drove, ``retrain_rollout_steps``), warm-started from the kept
    policy, verified the same way against it (``retrain_steps``; the rounds as RL-100's data
    flywheel). Measured here it has only lost (docs/RESULTS.md, session 15), so the pipeline's
    budgets leave it off.
@@ -131,6 +132,11 @@ class OfflineConfig:
     retrain_steps: int = 0
     """Imitation steps on demonstrations + successful rollouts after each round, warm-started from the kept policy
     (RL-100's data flywheel); 0 keeps the round's policy as is. Off by default: measured here it has only lost."""
+    retrain_rollout_steps: Literal["episodes", "interventions"] = "episodes"
+    """What the rollouts teach the retraining (``ImitationConfig.rollout_steps``): ``episodes``, every successful
+    rollout whole, as RL-100; ``interventions``, only the steps the operator drove (flagged ``intervention``) of every
+    rollout, with the demonstrations: HIL-SERL's demonstration buffer, for a policy whose own steps should not be
+    imitated back (its failures and detours) while the operator's corrections should."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     """Diagnostics: critic episodes held out for validation, probe rows, critic snapshots (``workflow.diagnostics.probes``)."""
     save_candidates: bool = True
@@ -175,6 +181,8 @@ class OfflineConfig:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
         if self.anchor_coef < 0 or (self.rollout_std is not None and self.rollout_std < 0):
             raise ValueError(f"anchor_coef and rollout_std must be >= 0, got {self.anchor_coef} and {self.rollout_std}")
+        if self.retrain_rollout_steps not in ("episodes", "interventions"):
+            raise ValueError(f"retrain_rollout_steps must be 'episodes' or 'interventions', got {self.retrain_rollout_steps!r}")
         if self.verify_episodes < 1:
             raise ValueError(f"verify_episodes must be >= 1, got {self.verify_episodes}")
         if not 0 < self.verify_max_p <= 1:
@@ -302,6 +310,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
                 warmup_steps=min(100, config.retrain_steps),
                 lr=1e-4,
                 drop_nonfinite=config.drop_nonfinite,
+                rollout_steps=config.retrain_rollout_steps,
             )
             retrained_policy = Path(train_imitation(retrain, show_progress=show_progress, init=warm_start, normalizer=normalizer).policy)
             # the retrained policy is a change like any other: on the same seeds it must do at least as well as what it replaces
