@@ -496,3 +496,20 @@ def test_an_offline_round_on_a_stand_in_retrains_on_the_operator_s_intervention_
     assert len(reports) == 1 and reports[0].intervention_steps == operated > 0
     with pytest.raises(ValueError, match="retrain_rollout_steps"):
         _offline(policy, out, retrain_rollout_steps="whole")
+
+
+def test_an_e_stop_during_the_selection_episodes_stops_the_session(policy):
+    from workflow.online import scored_on_robot
+    from workflow.takeover import OperatorStop
+
+    class EStopper(Labeller):  # starts the episode, then presses the e-stop
+        def poll(self, observation):
+            self.tick += 1
+            return TeleopCommand(events=frozenset({0: {TeleopEvent.START}, 3: {TeleopEvent.ESTOP}}.get(self.tick, set())))
+
+    robot, _ = open_robot_for("xarm:standin:push", learner(policy))
+    control = ControlStack(robot, None, learner(policy), hz=0, operator=EStopper(after=0, success=False))
+    with robot:
+        with pytest.raises(OperatorStop, match="e-stop"):
+            scored_on_robot(control, DiffusionController.load(policy, seed=0), episodes=2, seed=0)
+        assert robot.is_estopped
