@@ -45,12 +45,29 @@ def split_episodes(num_episodes: int, val_fraction: float, seed: int = 0) -> tup
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def flagged_segments(flags: np.ndarray, episode_ends: np.ndarray, episodes: Sequence[int]) -> list[tuple[int, int, int]]:
+    """``(episode start, first, end)`` of every run of consecutive flagged frames (``flags``: (T,) bool over
+    the concatenated episodes, e.g. ``intervention``) in ``episodes``; a run never crosses an episode's end."""
+    ends = np.asarray(episode_ends, dtype=np.int64)
+    out = []
+    for ep in episodes:
+        start, end = (int(ends[ep - 1]) if ep > 0 else 0), int(ends[ep])
+        f = np.concatenate([[False], np.asarray(flags[start:end], dtype=bool), [False]]).astype(np.int8)
+        edges = np.flatnonzero(np.diff(f))  # rises and falls, in pairs
+        out += [(start, start + int(a), start + int(b)) for a, b in zip(edges[::2], edges[1::2])]
+    return out
+
+
 class WindowSampler:
     """Random-access windows over in-memory episodes.
 
     ``data`` maps keys to arrays ``(T, ...)`` of concatenated episodes (as loaded by
     ``ZarrEpisodeStore.load``); ``episode_ends`` are the exclusive ends;
-    ``episodes`` selects which episodes to draw windows from (a train or val split).
+    ``episodes`` selects which episodes to draw windows from (a train or val split);
+    ``segments`` adds windows at the steps of parts of episodes, each ``(episode start, first, end)``:
+    a window at step t in [first, end) reads observations back to the episode's start and action
+    targets up to ``end`` only, padded with the last one after it (an operator's intervention inside a
+    policy's rollout, :func:`flagged_segments`).
     """
 
     def __init__(
@@ -60,17 +77,19 @@ class WindowSampler:
         config: WindowConfig,
         episodes: Sequence[int] | None = None,
         obs_keys: Sequence[str] | None = None,
+        segments: Sequence[tuple[int, int, int]] = (),
     ):
         self.data = dict(data)
         self.config = config
         ends = np.asarray(episode_ends, dtype=np.int64)
         starts = np.concatenate([[0], ends[:-1]])
         chosen = np.arange(len(ends)) if episodes is None else np.asarray(episodes, dtype=np.int64)
-        if len(chosen) == 0:
+        if len(chosen) == 0 and not segments:
             raise ValueError("WindowSampler needs at least one episode")
         self.obs_keys = tuple(k for k in data if k.startswith("observation.")) if obs_keys is None else tuple(obs_keys)
         # One row per window: (current step, episode start, episode end).
         rows = [(t, int(starts[ep]), int(ends[ep])) for ep in chosen for t in range(int(starts[ep]), int(ends[ep]))]
+        rows += [(t, int(start), int(end)) for start, first, end in segments for t in range(int(first), int(end))]
         self._rows = np.asarray(rows, dtype=np.int64)  # (N, 3)
 
     def __len__(self) -> int:

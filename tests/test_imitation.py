@@ -198,3 +198,44 @@ def tiny_push_policy(root: Path, demos: int = 4, steps: int = 30) -> Path:
     path = record_demos(root / "push.zarr", demos)
     train_imitation(ImitationConfig(data=str(path), out=str(root / "run"), policy=TINY, steps=steps, batch_size=16, eval_every=steps, checkpoint_every=steps), show_progress=False)
     return root / "run"
+
+
+@pytest.mark.parametrize("rollout_steps", ["interventions", "episodes"])
+def test_imitation_from_intervention_windows_learns_the_operator_s_steps_and_never_the_policy_s(demos, tmp_path, monkeypatch, rollout_steps):
+    """HIL-SERL's demonstration buffer: with ``rollout_steps="interventions"`` a rollout teaches only the steps
+    its operator drove, as windows whose action targets stop where the operator handed back."""
+    import shutil
+    from dataclasses import replace
+
+    import workflow.imitation as imitation
+    from robot.types import ACTION, INTERVENTION
+
+    POLICY, OPERATOR = 0.77, -0.66  # marker actions of the policy's and the operator's steps in the rollouts
+    data = Path(shutil.copytree(demos, tmp_path / "merged.zarr"))
+    with ZarrEpisodeStore.open(data, mode="a") as store:
+        for i in (0, 1):  # two successful rollouts, each with an operator's run of 7 steps in the middle
+            frames = dict(store.episode(i).data)
+            flags = np.zeros(len(frames[ACTION]), dtype=bool)
+            flags[10:17] = True
+            frames[ACTION] = np.where(flags[:, None], OPERATOR, POLICY).astype(frames[ACTION].dtype) * np.ones_like(frames[ACTION])
+            frames[INTERVENTION] = flags
+            store.append_episode(frames, replace(store.metas[i], source="offline-rollout"))
+    seen = []
+
+    class Recording(imitation.WindowSampler):
+        def sample(self, batch_size, rng):
+            batch = super().sample(batch_size, rng)
+            seen.append(batch[ACTION])
+            return batch
+
+    monkeypatch.setattr(imitation, "WindowSampler", Recording)
+    report = train_imitation(ImitationConfig(data=str(data), out=str(tmp_path / "il"), policy=TINY, steps=40, batch_size=32, eval_every=40,
+                                             checkpoint_every=40, rollout_steps=rollout_steps), show_progress=False)  # fmt: skip
+    targets = np.concatenate(seen)  # (N, horizon, Da) every action target drawn
+    operator_windows = np.all(targets == np.float32(OPERATOR), axis=(1, 2)).sum()
+    if rollout_steps == "interventions":
+        assert report.intervention_steps == 14
+        assert not np.any(targets == np.float32(POLICY))  # no policy step, not even as a target after the hand-back
+        assert operator_windows > 0  # the operator's steps are trained on
+    else:
+        assert report.intervention_steps == 0 and np.any(targets == np.float32(POLICY))  # whole rollouts, the policy's steps too

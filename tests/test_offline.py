@@ -271,7 +271,8 @@ def test_stochastic_rollouts_vary_the_actions_and_repeat_on_the_same_seeds(tmp_p
 
     def actions(name: str, rollout_std: float | None) -> np.ndarray:
         store = shutil.copytree(demos, tmp_path / name)
-        cfg = OfflineConfig(policy=str(tmp_path / "il"), data=str(demos), out=str(tmp_path / "off"), rollout_episodes=1, rollout_std=rollout_std)
+        # each its own run: a run's rollouts resume from the episodes it committed
+        cfg = OfflineConfig(policy=str(tmp_path / "il"), data=str(demos), out=str(tmp_path / f"off-{name}"), rollout_episodes=1, rollout_std=rollout_std)
         rollout_into(store, tmp_path / "il" / "policy", cfg, 0)
         s = ZarrEpisodeStore.open(store)
         return s.episode(s.num_episodes - 1).data["action"][:20]

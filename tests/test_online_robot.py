@@ -166,7 +166,7 @@ def test_robot_train_online_runs_on_a_stand_in_with_the_scripted_operator(policy
     assert (out / "policy").exists()
 
 
-def test_a_real_arm_without_selection_task_is_refused_before_it_moves(policy, tmp_path: Path):
+def test_a_real_arm_that_cannot_be_opened_is_one_clear_line_before_it_moves(policy, tmp_path: Path):
     result = CliRunner().invoke(app, ["train", "online", "--policy", str(policy), "--out", str(tmp_path / "o"), "--robot", "remote:127.0.0.1:1",
                                       "--operator-device", "keyboard"])  # fmt: skip
     assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output
@@ -367,3 +367,149 @@ def test_scored_by_label_a_stand_in_keeps_its_task_s_step_limit(policy):
 
     robot, task, control, _ = open_control("xarm:standin:push", learner(policy), OperatorConfig(device="scripted", reward="label"), hz=0)
     assert control.task is None and control.max_steps == task.max_steps < 600  # not a real arm's 600
+
+
+def _offline(policy_path, out, **over):
+    from policies.critics import CriticConfig
+    from policies.dynamics import DynamicsConfig
+    from workflow.offline import OfflineConfig
+    from workflow.ope import GateConfig
+
+    cfg = dict(
+        policy=str(policy_path), data=str(Path(str(policy_path)).parent / "push.zarr"), out=str(out), rounds=1, critic=CriticConfig(hidden_dims=(32, 32)),
+        critic_steps=30, dynamics=DynamicsConfig(hidden_dims=(32, 32), max_epochs=2), ppo_updates=4, ppo_batch=32, gate_every=2,
+        gate=GateConfig(horizon=2, start_states=32, delta_relative=0.0, z=0.0), rollout_episodes=3, rollout_std=0.1, verify_episodes=2, seed=1,
+        retrain_steps=3, robot="xarm:standin:push", hz=0, max_steps=25,
+        operator=OperatorConfig(device="scripted", takeover_rate=0.5, drift_after=10, takeover_steps=5),
+    )  # fmt: skip
+    cfg.update(over)
+    return OfflineConfig(**cfg)
+
+
+@pytest.fixture(scope="module")
+def offline_uninterrupted(policy, tmp_path_factory):
+    from workflow.offline import train_offline
+
+    out = tmp_path_factory.mktemp("offline-uninterrupted") / "run"
+    train_offline(_offline(policy, out), show_progress=False)
+    return out
+
+
+def _round_outcome(run: Path) -> dict:
+    report = json.loads((run / "report.json").read_text())["rounds"][0]
+    return {k: v for k, v in report.items() if k not in ("robot_minutes", "policy")}
+
+
+@pytest.mark.parametrize("where", ["mid-rollout", "between-the-two-writes", "mid-ppo", "mid-verification"])
+def test_a_killed_offline_round_on_a_stand_in_resumes_to_the_uninterrupted_result_losing_and_repeating_nothing(
+    policy, offline_uninterrupted, tmp_path, monkeypatch, where
+):
+    import workflow.offline as offline
+    import workflow.rollout as rollout
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        if where == "mid-rollout":  # the second rollout never finishes
+            _kill_at(patch, rollout, "run_episode", 2)
+        elif where == "between-the-two-writes":  # the second rollout is in the round's journal, not yet in the store
+            _kill_at(patch, ZarrEpisodeStore, "append_episode", 2)
+        elif where == "mid-ppo":  # the critics are on disk, the PPO stage is not finished
+            _kill_at(patch, offline, "gate", 2)
+        else:  # the PPO stage is done, the first verification episode is committed, the second never finishes
+            _kill_at(patch, rollout, "run_episode", 5)
+        with pytest.raises(Killed):
+            offline.train_offline(_offline(policy, out), show_progress=False)
+    counted = {"episodes": 0, "critics": 0, "ppo": 0}
+
+    def counting(name, module, attribute):
+        real = getattr(module, attribute)
+
+        def wrapped(*args, **kwargs):
+            counted[name] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, attribute, wrapped)
+
+    counting("episodes", rollout, "run_episode")
+    counting("critics", offline, "fit_critics")
+    counting("ppo", offline, "ppo_round")
+    offline.train_offline(_offline(policy, out), show_progress=False)  # the same command again
+    outcome = _round_outcome(out)
+    verified = outcome["verify_episodes"]
+    assert verified >= 4  # the reference and the retrained policy at least: the kill points above fall where they should
+    ran_before = {"mid-rollout": 1, "between-the-two-writes": 2, "mid-ppo": 3, "mid-verification": 4}[where]
+    assert counted["episodes"] == 3 + verified - ran_before  # no committed episode runs again
+    assert counted["critics"] == (0 if where in ("mid-ppo", "mid-verification") else 1)  # fitted critics on disk are loaded
+    assert counted["ppo"] == (0 if where == "mid-verification" else 1)  # a finished PPO stage is not redone
+    with ZarrEpisodeStore.open(out / "data.zarr") as store:
+        seeds = [m.seed for m in store.metas if m.source == "offline-rollout"]
+    with ZarrEpisodeStore.open(offline_uninterrupted / "data.zarr") as store:
+        assert seeds == [m.seed for m in store.metas if m.source == "offline-rollout"] and len(set(seeds)) == 3  # none lost, none twice, in order
+    assert outcome == _round_outcome(offline_uninterrupted)
+    assert not (out / "round-0" / "episodes").exists()  # the journal goes with the round's report
+    mine, theirs = _weights(out), _weights(offline_uninterrupted)
+    for name in theirs:
+        torch.testing.assert_close(mine[name], theirs[name], rtol=0, atol=0, msg=f"{name} differs from the uninterrupted run's")
+
+
+# ------------------------------------------------------------------ selection scored by the operator
+
+
+@pytest.mark.parametrize("takeovers", [False, True])
+def test_selection_on_a_stand_in_is_scored_by_the_operator_s_labels_and_a_takeover_is_a_failure(policy, tmp_path, monkeypatch, takeovers):
+    from workflow.online import train_online
+
+    real = ScriptedOperator.poll
+
+    def labels_early(self, observation):  # an operator who calls every episode a success at its fourth tick
+        command = real(self, observation)
+        if self._tick >= 4 and not self._driving and not command.events:
+            return TeleopCommand(events=frozenset({TeleopEvent.SUCCESS}))
+        return command
+
+    monkeypatch.setattr(ScriptedOperator, "poll", labels_early)
+    operator = OperatorConfig(device="scripted", reward="label", takeover_rate=1.0 if takeovers else 0.0, drift_after=2, takeover_steps=3)
+    report = train_online(_online(policy, tmp_path / "run", task=None, robot="xarm:standin:push", hz=0, iterations=1, episodes_per_iteration=2,
+                                  select_episodes=3, distill_steps=0, operator=operator), show_progress=False)  # fmt: skip
+    assert [name for name, _, _ in report.selection] == ["start", "iteration 0"]
+    # the task would fail these four-tick episodes; the labels pass them, unless the operator drove a step
+    assert [rate for _, rate, _ in report.selection] == ([0.0, 0.0] if takeovers else [1.0, 1.0])
+    assert report.selected == "start"  # a tie keeps the start
+
+
+def test_an_offline_round_on_a_stand_in_retrains_on_the_operator_s_intervention_steps_when_asked(policy, tmp_path, monkeypatch):
+    import workflow.offline as offline
+
+    reports, real = [], offline.train_imitation
+
+    def recording(config, **kwargs):
+        assert config.rollout_steps == "interventions"
+        reports.append(real(config, **kwargs))
+        return reports[-1]
+
+    monkeypatch.setattr(offline, "train_imitation", recording)
+    out = tmp_path / "run"
+    config = _offline(policy, out, retrain_rollout_steps="interventions", operator=OperatorConfig(device="scripted", takeover_rate=1.0, drift_after=5, takeover_steps=4))
+    offline.train_offline(config, show_progress=False)
+    with ZarrEpisodeStore.open(out / "data.zarr") as store:
+        operated = sum(int(store.episode(i).data[INTERVENTION].sum()) for i, m in enumerate(store.metas) if m.source == "offline-rollout")
+    assert len(reports) == 1 and reports[0].intervention_steps == operated > 0
+    with pytest.raises(ValueError, match="retrain_rollout_steps"):
+        _offline(policy, out, retrain_rollout_steps="whole")
+
+
+def test_an_e_stop_during_the_selection_episodes_stops_the_session(policy):
+    from workflow.online import scored_on_robot
+    from workflow.takeover import OperatorStop
+
+    class EStopper(Labeller):  # starts the episode, then presses the e-stop
+        def poll(self, observation):
+            self.tick += 1
+            return TeleopCommand(events=frozenset({0: {TeleopEvent.START}, 3: {TeleopEvent.ESTOP}}.get(self.tick, set())))
+
+    robot, _ = open_robot_for("xarm:standin:push", learner(policy))
+    control = ControlStack(robot, None, learner(policy), hz=0, operator=EStopper(after=0, success=False))
+    with robot:
+        with pytest.raises(OperatorStop, match="e-stop"):
+            scored_on_robot(control, DiffusionController.load(policy, seed=0), episodes=2, seed=0)
+        assert robot.is_estopped

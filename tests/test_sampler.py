@@ -65,3 +65,16 @@ def test_split_never_costs_a_demonstration_when_there_are_few():
 def test_config_is_validated():
     with pytest.raises(ValueError, match="must be >= 1"):
         WindowConfig(n_obs_steps=0, horizon=4)
+
+
+def test_flagged_segments_are_runs_of_flags_that_stop_at_episode_ends():
+    from robot.sampler import flagged_segments
+
+    flags = np.array([0, 1, 1, 0, 1, 1, 1, 0, 0, 1], dtype=bool)  # episodes [0, 5) and [5, 10)
+    assert flagged_segments(flags, np.array([5, 10]), [0, 1]) == [(0, 1, 3), (0, 4, 5), (5, 5, 7), (5, 9, 10)]
+    assert flagged_segments(flags, np.array([5, 10]), [1]) == [(5, 5, 7), (5, 9, 10)]
+    sampler = WindowSampler({"observation.state": np.arange(10.0)[:, None], "action": np.arange(10.0)[:, None]}, np.array([5, 10]),
+                            WindowConfig(n_obs_steps=2, horizon=3), episodes=[], segments=[(5, 5, 7)])  # fmt: skip
+    batch = sampler.batch(np.arange(len(sampler)))
+    assert batch["action"][:, :, 0].tolist() == [[5, 6, 6], [6, 6, 6]]  # targets stop at the segment's end
+    assert batch["observation.state"][:, :, 0].tolist() == [[5, 5], [5, 6]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -20,9 +21,9 @@ from policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
 from policies.ema import EmaConfig, EmaModel
 from robot.checkpoint import Checkpoint, load_checkpoint, load_module_state, save_checkpoint
 from robot.normalize import Normalizer
-from robot.sampler import WindowConfig, WindowSampler, split_episodes
+from robot.sampler import WindowConfig, WindowSampler, flagged_segments, split_episodes
 from robot.store import ZarrEpisodeStore
-from robot.types import ACTION, POINTCLOUD, Feature, is_image_key
+from robot.types import ACTION, INTERVENTION, POINTCLOUD, Feature, is_image_key
 from workflow.distributed import init_distributed
 from workflow.diagnostics.probes import imitation_metrics
 from workflow.policy import save_policy
@@ -41,6 +42,13 @@ class ImitationConfig:
     """Observation keys the policy sees; empty = every observation.* key of the store."""
     successful_only: bool = True
     """Train on episodes labelled successful only (failed demonstrations teach failure)."""
+    rollout_steps: Literal["episodes", "interventions"] = "episodes"
+    """What an episode the policy ran (any source but ``demo``: offline or online rollouts, deployments) teaches.
+    ``episodes``: the whole episode, like a demonstration (successful ones only with ``successful_only``).
+    ``interventions``: only the steps the operator drove (flagged ``intervention``), from every such episode,
+    successful or not, with the demonstrations: HIL-SERL's demonstration buffer. The policy's own steps never
+    enter then, not even as the action targets of a window that starts in an intervention (they are padded with
+    the operator's last action); its observations before the takeover are still the window's history."""
     drop_nonfinite: bool = False
     """Leave out episodes whose frames hold NaN or inf (named on stderr) instead of refusing the store."""
     steps: int = 3000
@@ -68,6 +76,8 @@ class ImitationConfig:
     """Torch device: cpu, cuda or cuda:N."""
 
     def __post_init__(self) -> None:
+        if self.rollout_steps not in ("episodes", "interventions"):
+            raise ValueError(f"rollout_steps must be 'episodes' or 'interventions', got {self.rollout_steps!r}")
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
             raise ValueError(f"steps, batch_size, eval_every and checkpoint_every must be >= 1, got {self}")
         if not 0 < self.lr < 1 or self.grad_clip <= 0:
@@ -85,6 +95,8 @@ class ImitationReport:
     final_val_loss: float | None
     best_val_step: int | None
     minutes: float
+    intervention_steps: int = 0
+    """Operator-driven steps of rollouts trained on (``rollout_steps="interventions"``)."""
 
 
 def normalizer_modes(features: dict[str, Feature]) -> dict[str, str]:
@@ -123,17 +135,19 @@ def train_imitation(
     if missing:
         raise ValueError(f"{config.data} has no {missing[0]}; it has {', '.join(store.features)}")
     data = store.load(obs_keys + [ACTION])
-    usable = [i for i, m in enumerate(metas) if m.success or not config.successful_only]
+    whole = config.rollout_steps == "episodes"  # else rollouts teach only their intervention steps
+    usable = [i for i, m in enumerate(metas) if (whole or m.source == "demo") and (m.success or not config.successful_only)]
     usable = finite_episodes(config.data, data, store.episode_ends, usable, drop=config.drop_nonfinite)
     if len(usable) < 2:
         raise ValueError(f"{config.data}: {len(usable)} usable episodes (successful_only={config.successful_only}); record at least 2")
     train_idx, val_idx = split_episodes(len(usable), config.val_fraction, config.seed)
     train_eps, val_eps = [usable[i] for i in train_idx], [usable[i] for i in val_idx]
+    interventions = [] if whole else intervention_segments(config, store, data)
     window = WindowConfig(n_obs_steps=config.policy.n_obs_steps, horizon=config.policy.horizon)
-    train_windows = WindowSampler(data, store.episode_ends, window, episodes=train_eps, obs_keys=obs_keys)
+    train_windows = WindowSampler(data, store.episode_ends, window, episodes=train_eps, obs_keys=obs_keys, segments=interventions)
     val_windows = WindowSampler(data, store.episode_ends, window, episodes=val_eps, obs_keys=obs_keys) if val_eps else None
     features = {k: store.features[k] for k in obs_keys}
-    train_frames = np.concatenate([np.arange(*store.episode_bounds(e)) for e in train_eps])
+    train_frames = np.concatenate([np.arange(*store.episode_bounds(e)) for e in train_eps] + [np.arange(a, b) for _, a, b in interventions])
     if normalizer is None:
         normalizer = Normalizer.fit(
             {k: data[k][train_frames] for k in obs_keys + [ACTION]},
@@ -233,10 +247,21 @@ def train_imitation(
         final_val_loss=val_loss,
         best_val_step=best[1],
         minutes=(time.perf_counter() - started) / 60,
+        intervention_steps=sum(b - a for _, a, b in interventions),
     )
     run.write_report(report)
     run.close()
     return report
+
+
+def intervention_segments(config: ImitationConfig, store: ZarrEpisodeStore, data: dict[str, np.ndarray]) -> list[tuple[int, int, int]]:
+    """``(episode start, first, end)`` of each run of steps the operator drove in the store's rollouts
+    (every episode whose source is not ``demo``; one with NaN or inf left out as ``drop_nonfinite`` says)."""
+    if INTERVENTION not in store.features:
+        return []
+    rollouts = [i for i, m in enumerate(store.metas) if m.source != "demo"]
+    rollouts = finite_episodes(config.data, data, store.episode_ends, rollouts, drop=config.drop_nonfinite) if rollouts else []
+    return flagged_segments(store.load([INTERVENTION])[INTERVENTION], store.episode_ends, rollouts)
 
 
 class _DenoisingObjective(torch.nn.Module):

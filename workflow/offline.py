@@ -14,10 +14,15 @@ Each round reads top to bottom:
 4. verify an accepted policy in sim: it and the reference run with their deterministic sampler on
    ``verify_episodes`` seeds of the round's own, and it is kept only when its paired wins there are
    beyond noise (the OPE can be fooled);
-5. optionally retrain imitation on demonstrations + successful rollouts, warm-started from the kept
+5. optionally retrain imitation on demonstrations + successful rollouts (or only the rollouts' steps the operator
+   drove, ``retrain_rollout_steps``), warm-started from the kept
    policy, verified the same way against it (``retrain_steps``; the rounds as RL-100's data
    flywheel). Measured here it has only lost (docs/RESULTS.md, session 15), so the pipeline's
    budgets leave it off.
+
+Each robot episode is committed as it ends, and the critics and the PPO stage's outcome as they finish
+(:mod:`workflow.offline_resume`): rerunning the same command after a crash, an e-stop or a quit finishes the round
+without running a committed episode or a finished stage again.
 """
 
 from __future__ import annotations
@@ -40,13 +45,15 @@ from policies.dynamics import DynamicsConfig, DynamicsEnsemble
 from robot.checkpoint import load_checkpoint
 from robot.config import to_dict
 from robot.store import ZarrEpisodeStore
+from robot.types import EpisodeMeta
 from workflow.diagnostics.probes import CriticProbe, ProbeConfig, advantage_metrics, critic_metrics, make_critic_probe, policy_gap_metrics, save_critic_snapshot
 from workflow.control import open_control
-from workflow.critic_checkpoint import save_critics
+from workflow.critic_checkpoint import load_critics, save_critics
 from workflow.distributed import Distributed, init_distributed
 from workflow.envs import make_sim_for
 from workflow.imitation import ImitationConfig, train_imitation
 from workflow.latent import LatentTransitions, encode_store
+from workflow.offline_resume import RolloutCommit, RoundJournal, load_ppo_outcome, save_ppo_outcome
 from workflow.paired import pick_beyond_noise, sign_test_p, wins_losses
 from workflow.ope import GateConfig, GateDecision, gate, horizon_warning
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, policy_task, save_policy
@@ -125,6 +132,11 @@ class OfflineConfig:
     retrain_steps: int = 0
     """Imitation steps on demonstrations + successful rollouts after each round, warm-started from the kept policy
     (RL-100's data flywheel); 0 keeps the round's policy as is. Off by default: measured here it has only lost."""
+    retrain_rollout_steps: Literal["episodes", "interventions"] = "episodes"
+    """What the rollouts teach the retraining (``ImitationConfig.rollout_steps``): ``episodes``, every successful
+    rollout whole, as RL-100; ``interventions``, only the steps the operator drove (flagged ``intervention``) of every
+    rollout, with the demonstrations: HIL-SERL's demonstration buffer, for a policy whose own steps should not be
+    imitated back (its failures and detours) while the operator's corrections should."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     """Diagnostics: critic episodes held out for validation, probe rows, critic snapshots (``workflow.diagnostics.probes``)."""
     save_candidates: bool = True
@@ -169,6 +181,8 @@ class OfflineConfig:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
         if self.anchor_coef < 0 or (self.rollout_std is not None and self.rollout_std < 0):
             raise ValueError(f"anchor_coef and rollout_std must be >= 0, got {self.anchor_coef} and {self.rollout_std}")
+        if self.retrain_rollout_steps not in ("episodes", "interventions"):
+            raise ValueError(f"retrain_rollout_steps must be 'episodes' or 'interventions', got {self.retrain_rollout_steps!r}")
         if self.verify_episodes < 1:
             raise ValueError(f"verify_episodes must be >= 1, got {self.verify_episodes}")
         if not 0 < self.verify_max_p <= 1:
@@ -246,51 +260,26 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
         normalizer = ckpt.normalizer
         reference.requires_grad_(False).eval()
 
+        journal = RoundJournal(round_dir)  # the round's robot episodes, each committed as it ends (a rerun resumes)
+
         # 0. the reference's own rollouts: the flywheel's data
-        rolled = rollout_into(merged, policy_dir(policy_path), config, m, ddp) if config.rollout_episodes > 0 else None
+        rolled = rollout_into(merged, policy_dir(policy_path), config, m, ddp, journal) if config.rollout_episodes > 0 else None
         verified: dict[str, EvalReport] = {}
 
         def verify(name: str, path: str | Path) -> EvalReport:
             """``path``'s deterministic episodes on the round's verification seeds (once per policy)."""
             if name not in verified:
-                verified[name] = run_verification(path, config, m)
+                verified[name] = run_verification(path, config, m, journal, name)
             return verified[name]
 
-        # 1. frozen features of every dataset step
-        store = ZarrEpisodeStore.open(merged)
-        data = encode_store(store, reference, normalizer, gamma=config.critic.gamma, device=device, drop_nonfinite=config.drop_nonfinite)
-        store.close()
-        ta = reference.config.n_action_steps
-        warning = horizon_warning(data.steps_to_go, data.success, config.gate.horizon, ta) or warning
-        if warning and m == 0:
-            print(f"warning: {warning}")
-
-        # 2. critics and latent dynamics (a held-out episode split and fixed probe rows watch the critics)
-        probe = make_critic_probe(data, reference, config.probe, n_action_steps=ta)
-        this_round = Round(config, run, m, data, probe, device, show_progress, ddp)
-        critics = fit_critics(this_round)
-        if ddp.is_main:
-            save_critics(round_dir / "critics", critics)
-        # every rank fits the same ensemble from the same seed (not split: it is a small part of a round)
-        dynamics = DynamicsEnsemble(data.features.shape[1], data.actions.shape[1], config.dynamics).to(device)
-        fit = dynamics.fit(data.features, data.actions, data.next_features, data.returns, seed=config.seed + m)
-        run.metrics.log({f"dynamics/{k}": float(v) for k, v in _numbers(fit).items()}, m)
-
-        # 3. PPO on the denoising chain, gated by AM-Q
-        def save_candidate(update: int, policy: DiffusionPolicy) -> None:
-            save_policy(round_dir / "candidates" / f"update-{update:05d}", policy, normalizer, extra={**ckpt.extra, "stage": "offline", "round": m, "update": update})
-
-        accepted_policy, decisions = ppo_round(this_round, reference, critics, dynamics,
-                                               on_accept=save_candidate if config.save_candidates and ddp.is_main else None)  # fmt: skip
-        if ddp.is_main:
-            with open(run.path / "gate.jsonl", "a") as f:
-                for d in decisions:
-                    f.write(json.dumps({"round": m, **to_dict(d), "gain": d.gain}) + "\n")
+        finished = load_ppo_outcome(round_dir) if not ddp.enabled else None  # the PPO stage ran before a kill: not again
+        if finished is None:
+            accepted_policy, decisions, warning = offline_stages(config, run, m, reference, ckpt, merged, device, show_progress, ddp, warning)
+        else:
+            decisions, warning = finished
+            accepted_policy = build_from_checkpoint(load_checkpoint(round_dir / "accepted", kind=KIND), device=str(device))[0].requires_grad_(False).eval()
 
         # 4. roll an accepted policy out on the reference's seeds, 5. retrain imitation on the merged data
-        if ddp.is_main:
-            save_policy(round_dir / "accepted", accepted_policy, normalizer, extra={**ckpt.extra, "stage": "offline", "round": m})
-        ddp.barrier()
         accepted = any(d.accepted for d in decisions)
         before = verify("reference", policy_dir(policy_path)) if accepted and config.verify_rollouts else None
         rollout = verify("accepted", round_dir / "accepted") if before is not None else None
@@ -321,6 +310,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
                 warmup_steps=min(100, config.retrain_steps),
                 lr=1e-4,
                 drop_nonfinite=config.drop_nonfinite,
+                rollout_steps=config.retrain_rollout_steps,
             )
             retrained_policy = Path(train_imitation(retrain, show_progress=show_progress, init=warm_start, normalizer=normalizer).policy)
             # the retrained policy is a change like any other: on the same seeds it must do at least as well as what it replaces
@@ -356,6 +346,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
         )
         if ddp.is_main:
             (round_dir / "report.json").write_text(json.dumps(to_dict(report), indent=2))
+            journal.clear()
         rounds.append(report)
         policy_path = str(next_policy)
 
@@ -368,6 +359,53 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
     run.write_report(out)
     run.close()
     return out
+
+
+def offline_stages(config: OfflineConfig, run: RunDir, m: int, reference: DiffusionPolicy, ckpt, merged: Path, device: torch.device, show_progress: bool,
+                   ddp: Distributed, warning: str | None) -> tuple[DiffusionPolicy, list[GateDecision], str | None]:
+    """Steps 1-3 of round ``m``: features, critics and dynamics, PPO gated by AM-Q. Returns the last accepted
+    policy (the reference when none was), the gate's decisions and the horizon warning. Critics already on disk
+    (a rerun after a kill) are loaded, not fitted again; ``round-M/accepted`` then ``ppo.json`` mark the end."""
+    round_dir, normalizer = run.path / f"round-{m}", ckpt.normalizer
+    # 1. frozen features of every dataset step
+    store = ZarrEpisodeStore.open(merged)
+    data = encode_store(store, reference, normalizer, gamma=config.critic.gamma, device=device, drop_nonfinite=config.drop_nonfinite)
+    store.close()
+    ta = reference.config.n_action_steps
+    warning = horizon_warning(data.steps_to_go, data.success, config.gate.horizon, ta) or warning
+    if warning and m == 0:
+        print(f"warning: {warning}")
+
+    # 2. critics and latent dynamics (a held-out episode split and fixed probe rows watch the critics)
+    seed_everything(config.seed + 7919 * (m + 1))  # the networks' initial weights: the same whether or not a kill came before
+    probe = make_critic_probe(data, reference, config.probe, n_action_steps=ta)
+    this_round = Round(config, run, m, data, probe, device, show_progress, ddp)
+    if (round_dir / "critics" / "checkpoint.json").is_file() and not ddp.enabled:  # fitted before a kill
+        critics = load_critics(round_dir / "critics").to(device).requires_grad_(False)
+    else:
+        critics = fit_critics(this_round)
+        if ddp.is_main:
+            save_critics(round_dir / "critics", critics)
+    # every rank fits the same ensemble from the same seed (not split: it is a small part of a round)
+    seed_everything(config.seed + 7919 * (m + 1) + 1)
+    dynamics = DynamicsEnsemble(data.features.shape[1], data.actions.shape[1], config.dynamics).to(device)
+    fit = dynamics.fit(data.features, data.actions, data.next_features, data.returns, seed=config.seed + m)
+    run.metrics.log({f"dynamics/{k}": float(v) for k, v in _numbers(fit).items()}, m)
+
+    # 3. PPO on the denoising chain, gated by AM-Q
+    def save_candidate(update: int, policy: DiffusionPolicy) -> None:
+        save_policy(round_dir / "candidates" / f"update-{update:05d}", policy, normalizer, extra={**ckpt.extra, "stage": "offline", "round": m, "update": update})
+
+    accepted_policy, decisions = ppo_round(this_round, reference, critics, dynamics,
+                                           on_accept=save_candidate if config.save_candidates and ddp.is_main else None)  # fmt: skip
+    if ddp.is_main:
+        save_policy(round_dir / "accepted", accepted_policy, normalizer, extra={**ckpt.extra, "stage": "offline", "round": m})
+        save_ppo_outcome(round_dir, decisions, warning)
+        with open(run.path / "gate.jsonl", "a") as f:
+            for d in decisions:
+                f.write(json.dumps({"round": m, **to_dict(d), "gain": d.gain}) + "\n")
+    ddp.barrier()
+    return accepted_policy, decisions, warning
 
 
 @dataclass(frozen=True)
@@ -500,9 +538,10 @@ def ppo_round(
     return reference.eval(), decisions
 
 
-def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: int, ddp: Distributed | None = None) -> EvalReport:
+def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: int, ddp: Distributed | None = None, journal: RoundJournal | None = None) -> EvalReport:
     """Run the accepted policy and append its episodes to the merged store (in sim under torchrun each rank runs
-    its share of the episodes; rank 0 appends them all; on ``config.robot``, through deploy's control stack)."""
+    its share of the episodes; rank 0 appends them all; on ``config.robot``, through deploy's control stack). In one
+    process each episode is committed to ``journal`` as it ends, and a rerun runs only the seeds a kill left."""
     ddp = ddp or Distributed()
     controller = DiffusionController.load(policy_path, device=config.device, seed=config.seed + m, deterministic=config.rollout_std is None, min_std=config.rollout_std)
     store = ZarrEpisodeStore.open(store_path, mode="a" if ddp.is_main else "r")
@@ -511,16 +550,28 @@ def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: 
         store.close()
         store = None
     seed = config.seed + 10_000 * (m + 1)
+    journal = journal or RoundJournal(Path(config.out) / f"round-{m}")
     try:
         if on_robot(config):
-            return robot_episodes(controller, config, episodes=config.rollout_episodes, seed=seed, store=store, source="offline-rollout")
+            return robot_episodes(controller, config, episodes=config.rollout_episodes, seed=seed, journal=journal, kind="rollout", store=store)
         robot, task = make_sim_for(policy_task(policy_path, config.task, meta=controller.meta, warn=False), features)
         with robot:
-            return evaluate(robot, task, controller, episodes=config.rollout_episodes, seed=seed, store=store, source="offline-rollout", ddp=ddp)
+            if ddp.enabled:
+                return evaluate(robot, task, controller, episodes=config.rollout_episodes, seed=seed, store=store, source="offline-rollout", ddp=ddp)
+            done, commit = rollout_commit(journal, store, EpisodeMeta(task=task.name, robot=robot.name, fps=task.fps, success=False, source="offline-rollout"))
+            return evaluate(robot, task, controller, episodes=config.rollout_episodes, seed=seed, done=done, commit=commit)
     finally:
         if store is not None:
             store.close()
         ddp.barrier()  # the merged store is complete before anyone reads it
+
+
+def rollout_commit(journal: RoundJournal, store: ZarrEpisodeStore, meta: EpisodeMeta) -> tuple[dict, RolloutCommit]:
+    """The round's committed rollouts (those a kill kept out of the store appended now) and the commit of the next."""
+    done = journal.done("rollout")
+    commit = RolloutCommit(journal, "rollout", store, meta)
+    commit.restore(done)
+    return done, commit
 
 
 def on_robot(config: OfflineConfig) -> bool:
@@ -528,16 +579,25 @@ def on_robot(config: OfflineConfig) -> bool:
     return config.robot is not None or config.operator.device is not None
 
 
-def robot_episodes(controller: DiffusionController, config: OfflineConfig, *, episodes: int, seed: int, store=None, source: str = "offline-rollout") -> EvalReport:
-    """``episodes`` episodes of ``controller`` on ``config.robot`` with its operator (one process: one arm)."""
+def robot_episodes(controller: DiffusionController, config: OfflineConfig, *, episodes: int, seed: int, journal: RoundJournal, kind: str,
+                   store: ZarrEpisodeStore | None = None) -> EvalReport:
+    """``episodes`` episodes of ``controller`` on ``config.robot`` with its operator (one process: one arm). Each is
+    committed to ``journal`` as ``kind`` as it ends (with ``store``, then appended to it as ``offline-rollout``); the
+    seeds a killed run committed are not run again."""
     spec = config.robot or f"sim:{config.task}"
     robot, task, control, device = open_control(spec, controller, config.operator, hz=config.hz, max_steps=config.max_steps, seed=config.seed)
+    if store is not None:
+        fps = control.loop.hz or float(controller.meta.get("fps") or 0.0) or (task.fps if task is not None else 0.0) or 10.0
+        meta = EpisodeMeta(task=task.name if task is not None else config.task or robot.name, robot=robot.name, fps=fps, success=False, source="offline-rollout")
+        done, commit = rollout_commit(journal, store, meta)
+    else:  # verification episodes judge; they are not stored
+        done, commit = journal.done(kind), lambda result: journal.save(kind, result, keep_frames=False)
     with robot:
         try:
             if device is not None:
                 device.connect()
                 print(device.controls, file=sys.stderr)
-            report = evaluate(robot, control.task, controller, episodes=episodes, seed=seed, store=store, source=source, control=control)
+            report = evaluate(robot, control.task, controller, episodes=episodes, seed=seed, control=control, done=done, commit=commit)
         finally:
             control.close()
             if device is not None:
@@ -554,14 +614,16 @@ def verify_seed(config: OfflineConfig, m: int) -> int:
     return config.seed + 10_000 * (m + 1) + VERIFY_SEED_OFFSET
 
 
-def run_verification(policy_path: str | Path, config: OfflineConfig, m: int) -> EvalReport:
+def run_verification(policy_path: str | Path, config: OfflineConfig, m: int, journal: RoundJournal | None = None, name: str = "policy") -> EvalReport:
     """``policy_path`` with the deterministic sampler it deploys with on round ``m``'s verification seeds
-    (not stored; under torchrun each rank runs its share)."""
+    (not stored; under torchrun each rank runs its share; on a robot each committed to ``journal`` as
+    ``verify-<name>``, so a rerun runs only the seeds a kill left)."""
     from workflow.evaluate import evaluate_policy
 
     if on_robot(config):
         controller = DiffusionController.load(policy_path, device=config.device, seed=config.seed)
-        return robot_episodes(controller, config, episodes=config.verify_episodes, seed=verify_seed(config, m))
+        journal = journal or RoundJournal(Path(config.out) / f"round-{m}")
+        return robot_episodes(controller, config, episodes=config.verify_episodes, seed=verify_seed(config, m), journal=journal, kind=f"verify-{name}")
     return evaluate_policy(policy_path, config.task, episodes=config.verify_episodes, seed=verify_seed(config, m), device=config.device, show_progress=False)
 
 

@@ -44,7 +44,7 @@ from policies.critics import CriticConfig
 from policies.diffusion import LOG_PROB_REDUCTIONS
 from robot.checkpoint import load_checkpoint
 from robot.store import ZarrEpisodeStore
-from robot.types import EpisodeMeta
+from robot.types import INTERVENTION, EpisodeMeta
 from workflow.distill import make_head_optimizer
 from workflow.distill_onpolicy import ONPOLICY_SEED, distill_visiting
 from workflow.distributed import Distributed, init_distributed
@@ -300,7 +300,8 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
 
         # 5. hand on the best of the start and the scored snapshots (deterministic, as deployed), its head distilled
         ran = replace(config, iterations=done.iteration)  # fewer than asked when the robot-time budget ran out
-        final, head, selected, selection = hand_on(model, head, ckpt, done.last_cond, robot, task, ran, run, learner.distill_gen, ddp, device)
+        stack = control if config.robot is not None or config.operator.device is not None else None  # an arm: selection through its stack
+        final, head, selected, selection = hand_on(model, head, ckpt, done.last_cond, robot, task, ran, run, learner.distill_gen, ddp, device, stack)
     if ddp.is_main:
         save_policy(run.policy_dir, final, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "selected": selected})
     ddp.barrier()  # the other ranks return once the policy is on disk
@@ -328,8 +329,6 @@ def open_session(config: OnlineConfig, controller: DiffusionController, ddp: Dis
     if ddp.enabled and not spec.startswith("sim:"):
         raise ValueError(f"torchrun runs one simulated rollout worker per rank; robot {spec} is one arm: run it in one process")
     robot, task, control, operator = open_control(spec, controller, config.operator, hz=config.hz, max_steps=config.max_steps, seed=config.seed)
-    if task is None and config.select_episodes:
-        raise ValueError(f"robot {robot.name} has no task to score the selection episodes with; pass --select-episodes 0 (the last iteration is handed on)")
     return robot, task, control, operator
 
 
@@ -363,14 +362,15 @@ def _session_closed(store, control: ControlStack, operator, learner):
             store.close()
 
 
-def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, run: RunDir, gen: torch.Generator, ddp: Distributed, device):
+def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, run: RunDir, gen: torch.Generator, ddp: Distributed, device,
+            control: ControlStack | None = None):
     """The policy this stage hands on (the last iteration's, or the selection's pick: the start or a snapshot)
     and its one-step head with the whole distillation budget: ``(policy, head, selected, selection)``."""
     selected, selection = "last", ()
     final = model
     done = config.distill_steps * config.iterations  # distillation steps the handed-on head has had
     if config.select_episodes:
-        selected, selection, path = select_policy(robot, task, config, run, ddp)
+        selected, selection, path = select_policy(robot, task, config, run, ddp, control)
         if selected == "start":
             final = build_from_checkpoint(ckpt, device=str(device))[0]
             head, done = (ConsistencyHead.from_policy(final), 0) if head is not None else (None, 0)
@@ -396,19 +396,25 @@ def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, r
     return final, head, selected, selection
 
 
-def select_policy(robot, task, config: OnlineConfig, run: RunDir, ddp: Distributed | None = None) -> tuple[str, tuple[tuple[str, float, float], ...], Path]:
+def select_policy(robot, task, config: OnlineConfig, run: RunDir, ddp: Distributed | None = None,
+                  control: ControlStack | None = None) -> tuple[str, tuple[tuple[str, float, float], ...], Path]:
     """Score the starting policy and the snapshots on the same seeds; the best snapshot replaces the start only
     when its paired wins are beyond noise (``workflow.paired.pick_beyond_noise``), on fresh seeds when
     ``confirm_episodes`` is set. Under torchrun the seeds are split over the ranks; every rank reaches the same
-    choice."""
+    choice. With ``control`` (an arm) the episodes run through its stack and operator (:func:`scored_on_robot`)."""
     last = config.iterations - 1
     candidates = [("start", policy_dir(config.policy))] + [
         (f"iteration {it}", run.snapshot_dir(it)) for it in range(config.iterations) if (it + 1) % config.select_every == 0 or it == last
     ]
+    def score(path: Path, episodes: int, seed: int):
+        controller = DiffusionController.load(path, device=config.device, seed=config.seed)
+        if control is not None:
+            return scored_on_robot(control, controller, episodes=episodes, seed=seed)
+        return evaluate(robot, task, controller, episodes=episodes, seed=seed, ddp=ddp)
+
     scored, outcomes = [], []
     for name, path in candidates:
-        controller = DiffusionController.load(path, device=config.device, seed=config.seed)
-        r = evaluate(robot, task, controller, episodes=config.select_episodes, seed=SELECTION_SEED + 1000 * config.seed, ddp=ddp)
+        r = score(path, config.select_episodes, SELECTION_SEED + 1000 * config.seed)
         scored.append((name, r.success_rate, r.mean_return))
         outcomes.append(r.successes)
     if not config.confirm_episodes:
@@ -420,12 +426,34 @@ def select_policy(robot, task, config: OnlineConfig, run: RunDir, ddp: Distribut
         return "start", tuple(scored), candidates[0][1]
     confirm = []
     for i in (0, top):
-        controller = DiffusionController.load(candidates[i][1], device=config.device, seed=config.seed)
-        r = evaluate(robot, task, controller, episodes=config.confirm_episodes, seed=SELECTION_SEED + 1000 * config.seed + config.select_episodes, ddp=ddp)
+        r = score(candidates[i][1], config.confirm_episodes, SELECTION_SEED + 1000 * config.seed + config.select_episodes)
         scored.append((f"{candidates[i][0]} confirming", r.success_rate, r.mean_return))
         confirm.append(r.successes)
     best = top if pick_beyond_noise(confirm, config.select_max_p) == 1 else 0
     return candidates[best][0], tuple(scored), candidates[best][1]
+
+
+def scored_on_robot(control: ControlStack, controller: DiffusionController, *, episodes: int, seed: int):
+    """``controller``'s deterministic episodes through ``control``'s robot, rate and operator: success is the
+    operator's label where no task scores them (a real arm), and an episode the operator took over (any step
+    flagged ``intervention``) counts as a failure, since the policy did not finish it alone. An e-stop ends the
+    selection (:class:`OperatorStop`)."""
+    stack = ControlStack(control.robot, control.task, controller, hz=control.loop.hz, operator=control.operator, max_steps=control.max_steps)
+    helped: set[int] = set()
+
+    def judged(episode) -> None:
+        if control.robot.is_estopped:
+            raise OperatorStop("the e-stop was pressed during the selection episodes: clear it and run the same command again "
+                               "(the finished iterations are kept; the selection runs again)")  # fmt: skip
+        if np.any(episode.frames.get(INTERVENTION, False)):
+            helped.add(episode.seed)
+
+    try:
+        r = evaluate(control.robot, control.task, controller, episodes=episodes, seed=seed, control=stack, commit=judged)
+    finally:
+        stack.close()
+    successes = tuple(s and seed not in helped for seed, s in zip(r.seeds, r.successes))
+    return replace(r, successes=successes, success_rate=float(np.mean(successes)))
 
 
 def _features(path: str | Path, model, normalizer, device) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
@@ -36,6 +36,8 @@ class EpisodeResult:
     inference_ms: list[float] = field(default_factory=list, repr=False)
     safety: dict[str, int] = field(default_factory=dict)
     """Safety-layer interventions per guard in this episode, those that fired."""
+    seconds: float = 0.0
+    """Wall time of the episode, from its reset (an arm's move home, the operator's start) to its end."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ def run_episode(
 ) -> EpisodeResult:
     """One episode of ``policy`` alone from ``robot.reset(seed)`` until success or ``max_steps`` (the task's by default);
     with ``control``, of its policy through its rate loop, chunk queue and operator (an arm, ``workflow.control``)."""
+    started = time.perf_counter()
     episode = control.episode(seed) if control is not None else Episode(robot, task, PolicyActor(policy), seed=seed, max_steps=max_steps)
     counters = getattr(robot, "counters", None)  # a safety layer's; a bare robot has none
     before = counters.as_dict() if counters is not None else {}
@@ -96,7 +99,8 @@ def run_episode(
             on_step(step)
     after = counters.as_dict() if counters is not None else {}
     return EpisodeResult(seed=seed, success=episode.success, ret=episode.ret, length=episode.length, frames=episode.frames.arrays(),
-                         terms=episode.terms, inference_ms=latencies, safety={k: v - before[k] for k, v in after.items() if v != before[k]})  # fmt: skip
+                         terms=episode.terms, inference_ms=latencies, safety={k: v - before[k] for k, v in after.items() if v != before[k]},
+                         seconds=time.perf_counter() - started)  # fmt: skip
 
 
 def evaluate(
@@ -112,6 +116,8 @@ def evaluate(
     on_step: Callable[[Step], None] | None = None,
     ddp: "Distributed | None" = None,
     control: "ControlStack | None" = None,
+    done: Mapping[int, EpisodeResult] | None = None,
+    commit: Callable[[EpisodeResult], None] | None = None,
 ) -> EvalReport:
     """Success rate, return and inference latency over ``episodes`` seeds ``seed, seed + 1, ...``; with
     ``control`` every episode runs through it (an arm: its rate loop, chunk queue and operator; ``task`` may then be
@@ -121,6 +127,9 @@ def evaluate(
     torchrun job), each rank runs its share of the seeds in its own sim and every rank
     gets the whole report; only rank 0 writes to ``store``. The report is the same for
     any number of ranks when the policy seeds its noise per episode (``EpisodeSeeded``).
+
+    A resumed session passes the episodes it already ran as ``done`` (by seed: not run again, counted in the
+    report) and ``commit`` gets each episode it runs as soon as it ends (one process), frames included.
     """
     from workflow.distributed import Distributed
     from workflow.run import progress
@@ -130,9 +139,15 @@ def evaluate(
     mine = ddp.shard(episodes)
     local, frames = [], {}
     bar = progress(len(mine), 0, f"eval {_name(robot, task)}", show_progress and ddp.is_main)
+    done = done or {}
     for i in mine:
-        res = run_episode(robot, task, policy, seed=seed + i, on_step=on_step, control=control)
-        if store is not None and not ddp.enabled:  # one process: stored as it ends (a kill loses no finished episode)
+        if seed + i in done:
+            res = done[seed + i]
+        else:
+            res = run_episode(robot, task, policy, seed=seed + i, on_step=on_step, control=control)
+            if commit is not None:
+                commit(res)
+        if store is not None and not ddp.enabled and seed + i not in done:  # one process: stored as it ends (a kill loses no finished episode)
             _store_episode(store, robot, task, res, source)
         if ddp.enabled:  # to rank 0 once every rank is done
             frames[res.seed] = res.frames
@@ -167,7 +182,7 @@ def evaluate(
         lengths=tuple(int(r.length) for r in results),
         returns=tuple(float(r.ret) for r in results),
         safety=safety,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started + sum(r.seconds for r in done.values() if r.seed in {seed + i for i in mine}),
     )
 
 
