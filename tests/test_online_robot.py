@@ -20,7 +20,8 @@ from workflow.control import ControlStack, open_robot_for
 from workflow.episode import Episode, PolicyActor
 from workflow.online_collect import Decisions, collect_episode
 from workflow.policy import DiffusionController
-from workflow.takeover import LABEL_REWARD, OperatorConfig
+from workflow.episode import LABEL_REWARD
+from workflow.takeover import OperatorConfig
 
 from tests.test_imitation import tiny_push_policy
 
@@ -126,7 +127,9 @@ def test_scored_by_label_an_episode_earns_its_reward_from_the_operator_on_a_stan
     with robot:
         collected = collect_episode(control, out, 0.9, seed=3)
     assert collected.label == "operator" and collected.success == success and len(collected.frames[REWARD]) == 9
-    assert float(np.abs(collected.frames[REWARD]).sum()) == 0.0  # nothing scores the steps on a real arm
+    rewards = collected.frames[REWARD]
+    assert float(np.abs(rewards[:-1]).sum()) == 0.0  # nothing scores the steps on a real arm
+    assert rewards[-1] == (LABEL_REWARD if success else 0.0)  # the label's reward is stored: the offline rounds' critics read it
     ta = controller.n_action_steps
     last_chunk_steps = 9 - (len(out.rewards) - 1) * ta
     assert out.rewards[-1] == pytest.approx(0.9 ** (last_chunk_steps - 1) * LABEL_REWARD if success else 0.0)

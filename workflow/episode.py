@@ -27,6 +27,8 @@ from robot.types import ACTION, DONE, INTERVENTION, REWARD, SUCCESS
 
 NO_TASK = StepOutcome(terms={}, success=False)
 """A robot without a task (a real arm): no reward terms, success only from the operator's label."""
+LABEL_REWARD = 1.0
+"""Reward of an episode the operator labels a success, at its last step (no task scores it: a real arm)."""
 
 
 @dataclass(frozen=True)
@@ -130,11 +132,13 @@ class EpisodeFrames:
         self.rows[DONE].append(step.done)
         self.rows[INTERVENTION].append(step.intervention)
 
-    def finish(self, success: bool) -> None:
-        """The episode ended: its last frame is done, with the episode's success (an operator's label included)."""
+    def finish(self, success: bool, reward: float = 0.0) -> None:
+        """The episode ended: its last frame is done, with the episode's success (an operator's label included) and
+        ``reward`` added (a labelled success's, so that critics reading the store's rewards see it)."""
         if self.rows[ACTION]:
             self.rows[DONE][-1] = True
             self.rows[SUCCESS][-1] = success
+            self.rows[REWARD][-1] += reward
 
     def __len__(self) -> int:
         return len(self.rows[ACTION])
@@ -211,8 +215,10 @@ class Episode:
             self.ending = Ending("max-steps", None)
         if self.ending.success is None:
             self.ending = Ending(self.ending.label, bool(self.last is not None and self.last.success), self.ending.stop)
+        label_reward = LABEL_REWARD if self.task is None and self.ending.success else 0.0
+        self.ret += label_reward
         if self.frames is not None:
-            self.frames.finish(self.ending.success)
+            self.frames.finish(self.ending.success, label_reward)
         end_episode = getattr(robot, "end_episode", None)  # the safety layer warns about a guard that fired on most steps
         if callable(end_episode):
             end_episode()

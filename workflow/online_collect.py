@@ -18,7 +18,7 @@ import torch
 from policies.diffusion import Chain
 from workflow.control import ControlStack
 from workflow.distributed import Distributed
-from workflow.takeover import LABEL_REWARD
+from workflow.episode import LABEL_REWARD
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ where the device has no action leaves the inner actor in charge of that tick.
 
 For the RL stages on a robot, :class:`OperatorConfig` says who watches the episodes (a person's device or the
 scripted operator, :func:`make_operator`) and what scores them: the task, or the operator's label
-(:data:`LABEL_REWARD` at a labelled success), as on a real arm.
+(:data:`workflow.episode.LABEL_REWARD` at a labelled success), as on a real arm.
 """
 
 from __future__ import annotations
@@ -132,8 +132,6 @@ class OperatorStop(RuntimeError):
 
 
 REWARDS = ("auto", "task", "label")
-LABEL_REWARD = 1.0
-"""Reward of an episode the operator labels a success, at its last step (sessions scored by label)."""
 
 
 @dataclass(frozen=True)
