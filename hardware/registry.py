@@ -130,6 +130,11 @@ def safety_overrides(**fields: Any) -> Iterator[None]:
         _OVERRIDES.reset(token)
 
 
+def overrides_in_force() -> dict[str, Any]:
+    """The :func:`safety_overrides` fields in force (empty outside one): what a run directory records."""
+    return dict(_OVERRIDES.get())
+
+
 def with_overrides(config: SafetyConfig) -> SafetyConfig:
     """``config`` with the fields of the :func:`safety_overrides` in force replaced (checked as any SafetyConfig is)."""
     fields = _OVERRIDES.get()

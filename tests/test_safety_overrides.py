@@ -108,3 +108,16 @@ def _options(command: str) -> dict:
 def test_every_command_that_builds_a_robot_takes_the_safety_flags(command: str) -> None:
     options = _options(command)
     assert {"--safety-joint-margin", "--safety-velocity-scale", "--safety-max-speed", "--safety-workspace-high"} <= set(options)
+
+
+def test_a_run_directory_records_the_overrides_it_ran_under(tmp_path) -> None:
+    import json
+
+    from workflow.run import RunDir
+
+    config = SafetyConfig()  # any config dataclass
+    RunDir(tmp_path / "plain", config)
+    assert not (tmp_path / "plain" / "safety_overrides.json").exists()
+    with safety_overrides(joint_margin=0.05, workspace_low=(-0.3, -0.3, 0.0)):
+        RunDir(tmp_path / "careful", config)
+    assert json.loads((tmp_path / "careful" / "safety_overrides.json").read_text()) == {"joint_margin": 0.05, "workspace_low": [-0.3, -0.3, 0.0]}

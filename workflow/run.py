@@ -60,7 +60,16 @@ class RunDir:
                     "resume with the same options or choose a new --out"
                 )
         save_json(config, config_path)
+        self._record_safety_overrides()
         self.metrics = JsonlMetrics(self.path / "metrics.jsonl")
+
+    def _record_safety_overrides(self) -> None:
+        """The ``--safety-*`` overrides the command ran under, next to its config (``safety_overrides.json``)."""
+        from hardware.registry import overrides_in_force
+
+        overrides = overrides_in_force()
+        if overrides:
+            (self.path / "safety_overrides.json").write_text(json.dumps(overrides, indent=2) + "\n")
 
     @property
     def state_dir(self) -> Path:
