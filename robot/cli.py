@@ -387,8 +387,7 @@ COMMANDS["deploy"] = lambda: generated_command(_deploy_flags(), with_safety(_dep
     "Every DeployConfig field is a flag."))
 
 
-@app.command()
-def serve(
+def _serve(
     robot: str = typer.Option("sim:push", help="Robot spec to serve (sim:push, ur5e:IP, ...; see hardware.registry)."),
     port: int = typer.Option(8765, min=0, max=65535, help="TCP port; 0 picks a free one (printed)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback exposes the arm to that network."),
@@ -411,6 +410,11 @@ def serve(
         _run_or_fail(run, robot, token, config, robot_options=options, echo=typer.echo)
     except OSError as e:
         _fail(str(e))
+
+
+# the served arm's safety layer is the one that decides (clients cannot override it): its --safety-* flags are here
+COMMANDS["serve"] = lambda: generated_command([], with_safety(lambda values: _serve(**values), _fail), doc=_serve.__doc__,
+                                              extra=[*inspect.signature(_serve).parameters.values(), *safety_parameters()])
 
 
 @app.command()

@@ -104,7 +104,7 @@ def _options(command: str) -> dict:
     return {o: p for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
 
 
-@pytest.mark.parametrize("command", ["eval", "deploy", "pipeline", "critic-ranking", "train offline", "train online"])
+@pytest.mark.parametrize("command", ["eval", "deploy", "pipeline", "critic-ranking", "train offline", "train online", "serve"])
 def test_every_command_that_builds_a_robot_takes_the_safety_flags(command: str) -> None:
     options = _options(command)
     assert {"--safety-joint-margin", "--safety-velocity-scale", "--safety-max-speed", "--safety-workspace-high"} <= set(options)
@@ -121,3 +121,9 @@ def test_a_run_directory_records_the_overrides_it_ran_under(tmp_path) -> None:
     with safety_overrides(joint_margin=0.05, workspace_low=(-0.3, -0.3, 0.0)):
         RunDir(tmp_path / "careful", config)
     assert json.loads((tmp_path / "careful" / "safety_overrides.json").read_text()) == {"joint_margin": 0.05, "workspace_low": [-0.3, -0.3, 0.0]}
+
+
+def test_serve_refuses_a_bad_safety_flag_in_one_line_before_it_binds_a_port() -> None:
+    result = CliRunner().invoke(app, ["serve", "--robot", "sim:push", "--port", "0", "--safety-joint-margin", "-1"], env={"ROBOT_TOKEN": "x" * 32})
+    assert result.exit_code != 0 and "joint_margin" in result.output and "Traceback" not in result.output
+    assert "listening" not in result.output.lower()
