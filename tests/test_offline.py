@@ -73,9 +73,9 @@ def test_verification_refuses_a_gate_accepted_policy_that_succeeds_less_often(im
 
     real, verified = offline.run_verification, []
 
-    def run_verification(policy, config, m):  # real deterministic episodes, but the sim "says" the accepted policy is worse
+    def run_verification(policy, config, m, journal=None, name="policy"):  # real deterministic episodes, but the sim "says" the accepted policy is worse
         verified.append(Path(policy))
-        report = real(policy, config, m)
+        report = real(policy, config, m, journal, name)
         won = len(verified) == 1
         return replace(report, success_rate=0.9 if won else 0.1, successes=(won,) * report.episodes)
 
