@@ -10,38 +10,13 @@ after Meta-World's 500 steps. Needs ``pip install -e ".[metaworld]"``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import time
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+from bench.experts import run_expert  # noqa: E402
 from robot.report import format_table  # noqa: E402
-
-
-def run_expert(task: str, seeds: int, noise: float) -> tuple[int, int, dict[str, int]]:
-    """(successes, steps, guard counts) of the expert with ``noise`` on seeds 0..seeds-1."""
-    from hardware.registry import make_sim
-    from workflow.episode import Act, Episode
-
-    robot, sim_task = make_sim(f"metaworld:{task}")
-    expert = sim_task.scene.expert(noise=noise, seed=0)
-
-    class Actor:
-        def begin(self, seed, observation):
-            expert.reset()
-
-        def act(self, t, observation):
-            return Act(expert.act(observation))
-
-    wins = steps = 0
-    with contextlib.redirect_stderr(io.StringIO()), robot:  # the guard warnings: the table counts them
-        for seed in range(seeds):
-            episode = Episode(robot, sim_task, Actor(), seed=seed, keep_frames=False).run()
-            wins, steps = wins + int(episode.success), steps + episode.length
-    robot.close()
-    return wins, steps, {k: v for k, v in robot.counters.as_dict().items() if v}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,8 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     tasks = metaworld_tasks() if a.tasks == "all" else tuple(a.tasks.split(","))
     rows, total, start = [], [0, 0], time.perf_counter()
     for task in tasks:
-        clean, steps, guards = run_expert(task, a.seeds, 0.0)
-        noisy, _, _ = run_expert(task, a.seeds, a.noise) if a.noise else (None, 0, {})
+        clean, steps, guards = run_expert(f"metaworld:{task}", a.seeds, 0.0)
+        noisy, _, _ = run_expert(f"metaworld:{task}", a.seeds, a.noise) if a.noise else (None, 0, {})
         total[0] += clean
         total[1] += noisy or 0
         guard_text = ", ".join(f"{k} {v / steps:.0%}" for k, v in guards.items()) or "none"

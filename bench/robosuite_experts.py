@@ -12,41 +12,16 @@ guard's count over all the cell's steps.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import time
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+from bench.experts import run_expert  # noqa: E402
 from robot.report import format_table  # noqa: E402
 
 EXPERT_ENVS = ("Lift", "Stack", "PickPlaceCan", "Door")
 ARMS = ("Panda", "IIWA", "UR5e", "Kinova3")
-
-
-def run_expert(task: str, seeds: int, noise: float = 0.0) -> tuple[int, int, dict[str, int]]:
-    """(successes, steps, guard counts) of ``task``'s expert with ``noise`` on seeds 0..seeds-1."""
-    from hardware.registry import make_sim
-    from workflow.episode import Act, Episode
-
-    robot, sim_task = make_sim(task)
-    expert = sim_task.scene.expert(noise=noise, seed=0)
-
-    class Actor:
-        def begin(self, seed, observation):
-            expert.reset()
-
-        def act(self, t, observation):
-            return Act(expert.act(observation))
-
-    wins = steps = 0
-    with contextlib.redirect_stderr(io.StringIO()), robot:  # the guard warnings: the table counts them
-        for seed in range(seeds):
-            episode = Episode(robot, sim_task, Actor(), seed=seed, keep_frames=False).run()
-            wins, steps = wins + int(episode.success), steps + episode.length
-    robot.close()
-    return wins, steps, {k: v for k, v in robot.counters.as_dict().items() if v}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,7 @@ pytest.importorskip("robosuite")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from bench.robosuite_experts import run_expert  # noqa: E402
+from bench.experts import run_expert  # noqa: E402
 from hardware.registry import make_sim  # noqa: E402
 from robot.cli import app  # noqa: E402
 from robot.types import STATE, SafetyConfig  # noqa: E402
