@@ -97,7 +97,7 @@ def test_online_stores_rollouts_logs_diagnostics_and_keeps_a_one_step_head(polic
 
 def test_online_hands_on_the_best_scorer_of_the_start_and_its_snapshots(policy, tmp_path):
     cfg = OnlineConfig(policy=str(policy[1]), out=str(tmp_path / "on"), iterations=2, episodes_per_iteration=2, epochs=2,
-                       critic=CriticConfig(hidden_dims=(32, 32)), distill_steps=2, value_warmup_epochs=2, select_episodes=2, select_every=1,
+                       critic=CriticConfig(hidden_dims=(32, 32)), distill_steps=2, value_warmup_epochs=2, select_episodes=2, select_every=1, challengers="snapshots",
                        distill_data=str(policy[0]), distill_final_steps=7)  # fmt: skip
     report = train_online(cfg, show_progress=False)
     final = [row for row in read_metrics(tmp_path / "on" / "metrics.jsonl") if "charts/distill_final_steps" in row]
@@ -213,7 +213,8 @@ def test_a_screened_snapshot_replaces_the_start_only_when_fresh_episodes_confirm
 
     monkeypatch.setattr(online, "evaluate", scripted)
     monkeypatch.setattr(online.DiffusionController, "load", staticmethod(lambda path, **kw: path))
-    cfg = OnlineConfig(policy=str(tmp_path / "start"), out=str(tmp_path / "on"), iterations=2, select_episodes=8, select_every=1, confirm_episodes=20, seed=1)
+    cfg = OnlineConfig(policy=str(tmp_path / "start"), out=str(tmp_path / "on"), iterations=2, select_episodes=8, select_every=1, confirm_episodes=20,
+                       challengers="snapshots", seed=1)
     selected, scored, path = online.select_policy(None, None, cfg, Run())
     assert selected == kept and [name for name, _, _ in scored][:3] == ["start", "iteration 0", "iteration 1"]
     assert path == (tmp_path / "step-0" if kept == "iteration 0" else online.policy_dir(tmp_path / "start"))
@@ -223,3 +224,42 @@ def test_a_screened_snapshot_replaces_the_start_only_when_fresh_episodes_confirm
         assert [name for name, _, _ in scored][3:] == ["start confirming", "iteration 0 confirming"]
     with pytest.raises(ValueError, match="at most 1000"):
         OnlineConfig(policy="p", out="o", select_episodes=500, confirm_episodes=501)
+    assert online.selection_episodes(cfg, scored) == 8 * 3 + (20 * 2 if confirm else 0)
+
+
+@pytest.mark.parametrize(
+    "last, kept",
+    [
+        (24, "iteration 2"),  # 4 won, 0 lost over all 28 seeds: p = 0.0625
+        (21, "start"),  # 1 won, 0 lost: no evidence
+        (19, "start"),  # worse
+    ],
+)
+def test_only_the_last_snapshot_challenges_the_start_on_every_selection_seed(monkeypatch, tmp_path, last, kept):
+    """``challengers="last"``: no screen among snapshots (which picks the luckiest), the start and the last
+    snapshot run on the selection and confirmation seeds together and one sign test reads them all."""
+    import workflow.online as online
+    from workflow.rollout import EvalReport
+
+    calls = []
+
+    def scripted(robot, task, controller, *, episodes, seed, ddp=None):
+        wins = 20 if controller == online.policy_dir(tmp_path / "start") else last
+        calls.append((controller, seed, episodes))
+        successes = tuple([True] * wins + [False] * (episodes - wins))
+        return EvalReport("push", episodes, wins / episodes, 0.0, 10.0, None, None, tuple(range(seed, seed + episodes)), successes)
+
+    class Run:
+        def snapshot_dir(self, it):
+            return tmp_path / f"step-{it}"
+
+    monkeypatch.setattr(online, "evaluate", scripted)
+    monkeypatch.setattr(online.DiffusionController, "load", staticmethod(lambda path, **kw: path))
+    cfg = OnlineConfig(policy=str(tmp_path / "start"), out=str(tmp_path / "on"), iterations=3, select_episodes=8, confirm_episodes=20, seed=1)
+    assert cfg.challengers == "last"  # the default
+    selected, scored, path = online.select_policy(None, None, cfg, Run())
+    seed = online.SELECTION_SEED + 1000
+    assert calls == [(online.policy_dir(tmp_path / "start"), seed, 28), (tmp_path / "step-2", seed, 28)]  # iterations 0 and 1 never run
+    assert selected == kept and [name for name, _, _ in scored] == ["start", "iteration 2"]
+    assert path == (tmp_path / "step-2" if kept == "iteration 2" else online.policy_dir(tmp_path / "start"))
+    assert online.selection_episodes(cfg, scored) == 56

@@ -158,21 +158,30 @@ class OnlineConfig:
     distill_onpolicy_episodes: int = 32
     """Sim episodes of the head per on-policy round."""
     select_episodes: int = 16
-    """Deterministic episodes scoring the starting policy and every ``select_every``-th snapshot at the end, on
-    the same seeds; the best-scoring snapshot replaces the start only if it wins beyond the evaluation's noise
+    """Deterministic episodes scoring the starting policy and its challengers (``challengers``) at the end, on
+    the same seeds; a challenger replaces the start only if it wins beyond the evaluation's noise
     (``select_max_p``), so the stage never hands on a policy that is not measurably better than the one it got.
     0 hands on the last iteration's policy unscored."""
+    challengers: Literal["last", "snapshots"] = "last"
+    """Which snapshots challenge the start. ``last``: the last iteration's alone, scored with the start on
+    ``select_episodes`` + ``confirm_episodes`` seeds and read by one sign test: with one challenger there is
+    nothing to screen, so every episode is evidence. ``snapshots``: every ``select_every``-th, screened on
+    ``select_episodes`` seeds, the best confirmed on ``confirm_episodes`` fresh ones. Screening picks the
+    luckiest of several on a few episodes, and in every run where online RL gained the last snapshot was the
+    best (docs/RESULTS.md, session 19: the screen picked iteration 1, 88.0% on 200 paired seeds, over iteration
+    7's 91.5%)."""
     select_max_p: float = 0.25
     """One-sided sign-test p-value (the best snapshot's wins vs losses against the start, episode by episode) at
     or under which it replaces the start: 2 wins and no loss, 4 to 1 or 5 to 2 pass; equal success never does."""
     select_every: int = 2
-    """Iterations between scored snapshots (the last iteration is always scored)."""
+    """Iterations between scored snapshots with ``challengers`` ``snapshots`` (the last iteration is always scored)."""
     confirm_episodes: int = 0
-    """0: the selection episodes decide. Otherwise they only screen: when the best-scoring snapshot won more of
-    them than it lost against the start, both run again on this many fresh seeds (right after the selection's)
-    and the sign test reads those alone, so neither the screen's luck nor a small sample decides: 32 selection
-    episodes alone have kept a start over a snapshot that 200 paired episodes found better (docs/RESULTS.md,
-    session 14)."""
+    """With ``challengers`` ``last``: more seeds (right after the selection's) on which the start and the last
+    snapshot both run, read together with the selection's. With ``snapshots``: 0, the selection episodes decide;
+    otherwise they only screen: when the best-scoring snapshot won more of them than it lost against the start,
+    both run again on this many fresh seeds and the sign test reads those alone, so neither the screen's luck
+    nor a small sample decides: 32 selection episodes alone have kept a start over a snapshot that 200 paired
+    episodes found better (docs/RESULTS.md, session 14)."""
     seed: int = 0
     """Seed of the rollouts, the chains and every update."""
     device: str = "cpu"
@@ -220,6 +229,7 @@ class OnlineReport:
     minutes: float
     selected: str = "last"  # "start" or "iteration N": the policy this stage hands on
     selection: tuple[tuple[str, float, float], ...] = ()  # (candidate, deterministic success, return) on the selection seeds
+    selection_episodes: int = 0  # deterministic episodes the selection ran, every candidate's together
     robot_minutes: float = 0.0  # wall time the robot spent on the iterations' episodes (resumed runs: all sessions)
 
 
@@ -315,6 +325,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
         minutes=(time.perf_counter() - started) / 60,
         selected=selected,
         selection=selection,
+        selection_episodes=selection_episodes(config, selection),
         robot_minutes=done.robot_seconds / 60,
     )
     run.write_report(report)
@@ -403,21 +414,22 @@ def select_policy(robot, task, config: OnlineConfig, run: RunDir, ddp: Distribut
     ``confirm_episodes`` is set. Under torchrun the seeds are split over the ranks; every rank reaches the same
     choice. With ``control`` (an arm) the episodes run through its stack and operator (:func:`scored_on_robot`)."""
     last = config.iterations - 1
-    candidates = [("start", policy_dir(config.policy))] + [
-        (f"iteration {it}", run.snapshot_dir(it)) for it in range(config.iterations) if (it + 1) % config.select_every == 0 or it == last
-    ]
+    scored_its = [last] if config.challengers == "last" else [it for it in range(config.iterations) if (it + 1) % config.select_every == 0 or it == last]
+    candidates = [("start", policy_dir(config.policy))] + [(f"iteration {it}", run.snapshot_dir(it)) for it in scored_its]
     def score(path: Path, episodes: int, seed: int):
         controller = DiffusionController.load(path, device=config.device, seed=config.seed)
         if control is not None:
             return scored_on_robot(control, controller, episodes=episodes, seed=seed)
         return evaluate(robot, task, controller, episodes=episodes, seed=seed, ddp=ddp)
 
+    first = SELECTION_SEED + 1000 * config.seed
     scored, outcomes = [], []
+    screen = config.select_episodes + (config.confirm_episodes if config.challengers == "last" else 0)  # one challenger: all seeds decide
     for name, path in candidates:
-        r = score(path, config.select_episodes, SELECTION_SEED + 1000 * config.seed)
+        r = score(path, screen, first)
         scored.append((name, r.success_rate, r.mean_return))
         outcomes.append(r.successes)
-    if not config.confirm_episodes:
+    if not config.confirm_episodes or config.challengers == "last":
         best = pick_beyond_noise(outcomes, config.select_max_p)
         return scored[best][0], tuple(scored), candidates[best][1]
     top = best_challenger(outcomes)
@@ -426,11 +438,17 @@ def select_policy(robot, task, config: OnlineConfig, run: RunDir, ddp: Distribut
         return "start", tuple(scored), candidates[0][1]
     confirm = []
     for i in (0, top):
-        r = score(candidates[i][1], config.confirm_episodes, SELECTION_SEED + 1000 * config.seed + config.select_episodes)
+        r = score(candidates[i][1], config.confirm_episodes, first + config.select_episodes)
         scored.append((f"{candidates[i][0]} confirming", r.success_rate, r.mean_return))
         confirm.append(r.successes)
     best = top if pick_beyond_noise(confirm, config.select_max_p) == 1 else 0
     return candidates[best][0], tuple(scored), candidates[best][1]
+
+
+def selection_episodes(config: OnlineConfig, selection: tuple[tuple[str, float, float], ...]) -> int:
+    """Deterministic episodes :func:`select_policy` ran to score ``selection``, every candidate's together."""
+    screen = config.select_episodes + (config.confirm_episodes if config.challengers == "last" else 0)
+    return sum(config.confirm_episodes if name.endswith(" confirming") else screen for name, _, _ in selection)
 
 
 def scored_on_robot(control: ControlStack, controller: DiffusionController, *, episodes: int, seed: int):

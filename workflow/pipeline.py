@@ -243,8 +243,7 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
     def online_stage() -> tuple[str, int, str]:
         report = train_online(online_cfg, show_progress=show_progress)
         scores = ", ".join(f"{name} {success:.0%}" for name, success, _ in report.selection)
-        confirming = sum(name.endswith(" confirming") for name, _, _ in report.selection)
-        used = report.episodes + (len(report.selection) - confirming) * online_cfg.select_episodes + confirming * online_cfg.confirm_episodes
+        used = report.episodes + report.selection_episodes
         return report.policy, used, f"kept {report.selected} ({scores})"
 
     stage("online", online_stage, latency=True)
