@@ -501,18 +501,64 @@ def test_an_offline_round_on_a_stand_in_retrains_on_the_operator_s_intervention_
         _offline(policy, out, retrain_rollout_steps="whole")
 
 
-def test_an_e_stop_during_the_selection_episodes_stops_the_session(policy):
+class Stopper(Labeller):
+    """Labels episodes a success after 2 ticks, but in its ``in_episode``-th presses ``event`` at tick ``at``
+    (tick 0: at the start prompt, before the episode runs)."""
+
+    def __init__(self, event: TeleopEvent, at: int, in_episode: int = 2):
+        super().__init__(after=2, success=True)
+        self.event, self.at, self.in_episode, self.episodes = event, at, in_episode, 0
+
+    def reset(self):
+        super().reset()
+        self.episodes += 1
+
+    def poll(self, observation):
+        if self.episodes == self.in_episode and self.tick + 1 == self.at:
+            self.tick += 1
+            return TeleopCommand(events=frozenset({self.event}))
+        return super().poll(observation)
+
+
+STOPS = [(TeleopEvent.ESTOP, 3, "e-stop was pressed"), (TeleopEvent.QUIT, 1, "operator quit"), (TeleopEvent.QUIT, 0, "operator quit")]
+
+
+@pytest.mark.parametrize("event, at, says", STOPS, ids=["e-stop", "quit-mid-episode", "quit-at-start"])
+def test_an_e_stop_or_a_quit_during_the_selection_episodes_stops_the_session(policy, event, at, says):
     from workflow.online import scored_on_robot
     from workflow.takeover import OperatorStop
 
-    class EStopper(Labeller):  # starts the episode, then presses the e-stop
-        def poll(self, observation):
-            self.tick += 1
-            return TeleopCommand(events=frozenset({0: {TeleopEvent.START}, 3: {TeleopEvent.ESTOP}}.get(self.tick, set())))
-
     robot, _ = open_robot_for("xarm:standin:push", learner(policy))
-    control = ControlStack(robot, None, learner(policy), hz=0, operator=EStopper(after=0, success=False))
+    control = ControlStack(robot, None, learner(policy), hz=0, operator=Stopper(event, at))
     with robot:
-        with pytest.raises(OperatorStop, match="e-stop"):
-            scored_on_robot(control, DiffusionController.load(policy, seed=0), episodes=2, seed=0)
-        assert robot.is_estopped
+        with pytest.raises(OperatorStop, match=f"{says} in episode 2 of 3.*selection runs again"):
+            scored_on_robot(control, DiffusionController.load(policy, seed=0), episodes=3, seed=0)
+        assert robot.is_estopped == (event == TeleopEvent.ESTOP)
+
+
+@pytest.mark.parametrize("event, at, says", STOPS, ids=["e-stop", "quit-mid-episode", "quit-at-start"])
+def test_an_offline_round_s_robot_episodes_stop_on_an_e_stop_or_a_quit_and_resume_from_the_committed(policy, tmp_path, monkeypatch, event, at, says):
+    """The episode the operator stopped in is not committed (the policy did not finish it); the rerun runs it
+    and the seeds after it, and none before it again."""
+    import workflow.offline as offline
+    from workflow.offline_resume import RoundJournal
+    from workflow.takeover import OperatorStop
+
+    operators = iter([Stopper(event, at), Labeller(after=2, success=True)])
+    ran: list[int] = []
+
+    def control_with_operator(spec, controller, operator, **kw):
+        robot, _ = open_robot_for(spec, controller)
+        stack = ControlStack(robot, None, controller, hz=0, operator=next(operators))
+        real = stack.episode
+        stack.episode = lambda seed: ran.append(seed) or real(seed)
+        return robot, None, stack, None
+
+    monkeypatch.setattr(offline, "open_control", control_with_operator)
+    config = _offline(policy, tmp_path / "run")
+    journal = RoundJournal(tmp_path / "run" / "round-0")
+    with pytest.raises(OperatorStop, match=f"verify-policy episodes stopped: the {says} in episode 2 of 3.*to resume the round"):
+        offline.robot_episodes(DiffusionController.load(policy, seed=0), config, episodes=3, seed=40, journal=journal, kind="verify-policy")
+    assert sorted(journal.done("verify-policy")) == [40]  # the stopped episode is not committed
+    report = offline.robot_episodes(DiffusionController.load(policy, seed=0), config, episodes=3, seed=40, journal=journal, kind="verify-policy")
+    assert ran == [40, 41, 41, 42] and report.seeds == (40, 41, 42) and report.success_rate == 1.0

@@ -60,7 +60,7 @@ from workflow.policy import KIND, DiffusionController, build_from_checkpoint, po
 from workflow.ppo import StepSchedule, chain_ppo_loss, denoiser_parameters, normalize_advantages, per_state_centred
 from workflow.rollout import EvalReport, evaluate
 from workflow.run import RunDir, check_finite_loss, progress, resolve_device, seed_everything
-from workflow.takeover import OperatorConfig
+from workflow.takeover import OperatorConfig, OperatorStop
 
 
 @dataclass(frozen=True)
@@ -598,6 +598,9 @@ def robot_episodes(controller: DiffusionController, config: OfflineConfig, *, ep
                 device.connect()
                 print(device.controls, file=sys.stderr)
             report = evaluate(robot, control.task, controller, episodes=episodes, seed=seed, control=control, done=done, commit=commit)
+        except OperatorStop as e:
+            again = "clear the e-stop and run the same command again" if robot.is_estopped else "run the same command again"
+            raise OperatorStop(f"{kind} episodes stopped: {e}; {again} to resume the round") from None
         finally:
             control.close()
             if device is not None:

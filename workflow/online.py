@@ -455,19 +455,20 @@ def scored_on_robot(control: ControlStack, controller: DiffusionController, *, e
     """``controller``'s deterministic episodes through ``control``'s robot, rate and operator: success is the
     operator's label where no task scores them (a real arm), and an episode the operator took over (any step
     flagged ``intervention``) counts as a failure, since the policy did not finish it alone. An e-stop ends the
-    selection (:class:`OperatorStop`)."""
+    selection, as does a quit (:class:`OperatorStop`): the finished iterations are kept, and a rerun runs the
+    selection again."""
     stack = ControlStack(control.robot, control.task, controller, hz=control.loop.hz, operator=control.operator, max_steps=control.max_steps)
     helped: set[int] = set()
 
     def judged(episode) -> None:
-        if control.robot.is_estopped:
-            raise OperatorStop("the e-stop was pressed during the selection episodes: clear it and run the same command again "
-                               "(the finished iterations are kept; the selection runs again)")  # fmt: skip
         if np.any(episode.frames.get(INTERVENTION, False)):
             helped.add(episode.seed)
 
     try:
         r = evaluate(control.robot, control.task, controller, episodes=episodes, seed=seed, control=stack, commit=judged)
+    except OperatorStop as e:
+        again = "clear the e-stop and run the same command again" if control.robot.is_estopped else "run the same command again"
+        raise OperatorStop(f"selection episodes stopped: {e}; {again} (the finished iterations are kept; the selection runs again)") from None
     finally:
         stack.close()
     successes = tuple(s and seed not in helped for seed, s in zip(r.seeds, r.successes))

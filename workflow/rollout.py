@@ -38,6 +38,8 @@ class EpisodeResult:
     """Safety-layer interventions per guard in this episode, those that fired."""
     seconds: float = 0.0
     """Wall time of the episode, from its reset (an arm's move home, the operator's start) to its end."""
+    stop: str | None = None
+    """``estop`` or ``quit`` when the operator stopped the session in this episode (an arm's, through a control stack)."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ def run_episode(
     after = counters.as_dict() if counters is not None else {}
     return EpisodeResult(seed=seed, success=episode.success, ret=episode.ret, length=episode.length, frames=episode.frames.arrays(),
                          terms=episode.terms, inference_ms=latencies, safety={k: v - before[k] for k, v in after.items() if v != before[k]},
-                         seconds=time.perf_counter() - started)  # fmt: skip
+                         seconds=time.perf_counter() - started, stop=episode.ending.stop if episode.ending is not None else None)  # fmt: skip
 
 
 def evaluate(
@@ -130,6 +132,10 @@ def evaluate(
 
     A resumed session passes the episodes it already ran as ``done`` (by seed: not run again, counted in the
     report) and ``commit`` gets each episode it runs as soon as it ends (one process), frames included.
+
+    An episode the operator stopped the session in (an e-stop, or a quit, before or during it) is neither
+    committed nor stored: the session ends there with :class:`~workflow.takeover.OperatorStop`, and a rerun
+    runs that seed again. Whatever stopped it, the operator did not let the policy finish it.
     """
     from workflow.distributed import Distributed
     from workflow.run import progress
@@ -145,6 +151,12 @@ def evaluate(
             res = done[seed + i]
         else:
             res = run_episode(robot, task, policy, seed=seed + i, on_step=on_step, control=control)
+            if res.stop is not None:
+                from workflow.takeover import OperatorStop
+
+                bar.close()
+                what = "the e-stop was pressed" if res.stop == "estop" else "the operator quit"
+                raise OperatorStop(f"{what} in episode {len(local) + 1} of {len(mine)} (seed {res.seed}); the episodes before it ({len(local)}) are kept")
             if commit is not None:
                 commit(res)
         if store is not None and not ddp.enabled and seed + i not in done:  # one process: stored as it ends (a kill loses no finished episode)
