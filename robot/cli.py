@@ -347,13 +347,24 @@ def _eval(values: dict) -> None:
         _say(paired_table(config.samplers, [r.successes for r in reports], [r.lengths for r in reports],
                           title=f"{config.policy} on {task}: {config.episodes} episodes from seed {config.seed}, every sampler on the same seeds"))  # fmt: skip
         return
+    from workflow.paired import SeedOutcomes
+
+    before = _run_or_fail(SeedOutcomes.read, config.against) if config.against else None  # a bad file fails before the episodes run
+    if before is not None and before.seeds != tuple(range(config.seed, config.seed + config.episodes)):
+        _fail(f"{config.against} ran on seeds {min(before.seeds)}-{max(before.seeds)} ({len(before.seeds)}); pass --seed {min(before.seeds)} "
+              f"--episodes {len(before.seeds)} to compare on the same seeds")  # fmt: skip
     report = _run_or_fail(evaluate_policy, config.policy, task, sampler=config.sampler, save=config.save, view=config.view, rrd=config.rrd,
                           critics=config.critics, **common)  # fmt: skip
+    outcomes = SeedOutcomes(str(config.policy), config.sampler, report.seeds, report.successes, report.lengths, report.returns)
+    if config.outcomes:
+        outcomes.write(config.outcomes)
     _say(format_table(
         ["task", "sampler", "episodes", "success", "return", "length", "inference ms (mean)", "inference ms (p95)", "safety interventions"],
         [[report.task, report.sampler, report.episodes, f"{report.success_rate:.1%}", report.mean_return, report.mean_length, report.inference_ms_mean,
           report.inference_ms_p95, ", ".join(f"{k} {v}" for k, v in report.safety.items()) or "none"]],
     ))
+    if before is not None:
+        _say(_run_or_fail(outcomes.table, before))
 
 
 COMMANDS["eval"] = lambda: generated_command(_eval_flags(), with_safety(_eval, _fail), extra=safety_parameters(),

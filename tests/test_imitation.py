@@ -22,6 +22,7 @@ from robot.metrics import read_metrics
 from robot.store import ZarrEpisodeStore
 from robot.types import EpisodeMeta
 from workflow.imitation import ImitationConfig, train_imitation
+from workflow.paired import wins_losses
 from workflow.policy import DiffusionController
 from workflow.rollout import episode_features, evaluate, run_episode
 
@@ -134,6 +135,31 @@ def test_the_stochastic_chain_deploys_and_samplers_compare_on_the_same_seeds(dem
     assert [line.split()[0] for line in lines[-3:]] == ["ddpm-mean", "ddim", "ddpm"] and "won" in lines[-1] and "lost" in lines[-1]
     result = CliRunner().invoke(app, ["eval", "--policy", str(tmp_path / "run"), "--episodes", "2", "--sampler", "ddim,bogus"])
     assert result.exit_code != 0 and result.output.strip().splitlines() == ["error: unknown sampler 'bogus'; known: ddim, ddpm-mean, ddpm, consistency"]
+
+
+def test_eval_writes_per_seed_outcomes_and_compares_against_another_policy_s(demos, tmp_path):
+    """``robot eval --outcomes`` keeps every episode's outcome; ``--against`` prints the paired comparison on the
+    same seeds, and refuses a file for other seeds or one that holds no outcomes, in one line, before running."""
+    from workflow.paired import SeedOutcomes
+
+    train_imitation(ImitationConfig(data=str(demos), out=str(tmp_path / "run"), policy=TINY, steps=5, batch_size=8), show_progress=False)
+    base = ["eval", "--policy", str(tmp_path / "run"), "--task", "push", "--episodes", "3", "--seed", "40"]
+    result = CliRunner().invoke(app, [*base, "--sampler", "ddpm", "--outcomes", str(tmp_path / "ddpm.json")])
+    assert result.exit_code == 0, result.output
+    ddpm = SeedOutcomes.read(tmp_path / "ddpm.json")
+    assert ddpm.seeds == (40, 41, 42) and len(ddpm.successes) == len(ddpm.lengths) == 3 and ddpm.sampler == "ddpm"
+    result = CliRunner().invoke(app, [*base, "--sampler", "ddim", "--outcomes", str(tmp_path / "ddim.json"), "--against", str(tmp_path / "ddpm.json")])
+    assert result.exit_code == 0, result.output
+    ddim = SeedOutcomes.read(tmp_path / "ddim.json")
+    wins, losses = wins_losses(ddpm.successes, ddim.successes)
+    assert "3 paired episodes, seeds 40-42" in result.output and f"{wins} won, {losses} lost" in result.output, result.output
+    for args, says in ((["--seed", "41"], "ran on seeds 40-42 (3); pass --seed 40 --episodes 3"), ([], "holds no per-seed outcomes")):
+        against = tmp_path / ("ddpm.json" if args else "bogus.json")
+        if not args:
+            against.write_text('{"policy": "x"}')
+        result = CliRunner().invoke(app, [*base, *args, "--against", str(against)])
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1].startswith("error: ") and says in result.output, result.output
+        assert "success" not in result.output  # refused before any episode ran
 
 
 def test_resumes_after_kill(demos, tmp_path):

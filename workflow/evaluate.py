@@ -44,10 +44,18 @@ class EvalConfig:
     """Write the same live view to this .rrd file (headless)."""
     critics: Path | None = None
     """Offline critics (runs/x/round-M/critics): show Q of each chunk and V in the view."""
+    outcomes: Path | None = None
+    """Write every episode's seed, success, length and return to this JSON file, for a later ``--against``."""
+    against: Path | None = None
+    """Outcomes of another policy on the same seeds (an earlier ``--outcomes`` file, or a ``python -m bench.recipe``
+    stage's ``.paired.json``): print success, mean steps to success, and this policy's wins, losses and the
+    sign-test p against it, episode by episode."""
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if (self.outcomes or self.against) and self.samplers:
+            raise ValueError("--outcomes and --against follow one sampler's episodes; give one --sampler with them")
 
     @property
     def samplers(self) -> list[str] | None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Literal, Sequence
 
 
@@ -106,3 +109,40 @@ def paired_table(names: Sequence[str], results: Sequence[Sequence[bool]], length
             versus = f"{wins} won, {losses} lost, p = {sign_test_p(wins, losses):.2g}"
         rows.append([name, f"{sum(map(bool, outcome)) / len(outcome):.1%}", f"{low:.1%}-{high:.1%}", mean_steps_to_success(outcome, steps), versus])
     return format_table(["", "success", "95% interval", "mean steps to success", f"vs {names[0]} (same seeds)"], rows, title=title)
+
+
+@dataclass(frozen=True)
+class SeedOutcomes:
+    """One policy's episodes on a run of seeds, episode by episode: what a paired comparison reads
+    (``robot eval --outcomes``; ``python -m bench.recipe``'s ``<stage>.paired.json`` files have the same keys)."""
+
+    policy: str
+    sampler: str | None
+    seeds: tuple[int, ...]
+    successes: tuple[bool, ...]
+    lengths: tuple[int, ...]
+    returns: tuple[float, ...]
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self)))
+
+    @staticmethod
+    def read(path: str | Path) -> "SeedOutcomes":
+        """The outcomes in ``path``; one clear ValueError for a file that holds none."""
+        try:
+            data = json.loads(Path(path).read_text())
+            return SeedOutcomes(**{f.name: tuple(data[f.name]) if isinstance(data[f.name], list) else data[f.name] for f in fields(SeedOutcomes)})
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} holds no per-seed outcomes (write them with `robot eval --outcomes FILE`): {e}") from None
+
+    def table(self, before: "SeedOutcomes", names: tuple[str, str] | None = None) -> str:
+        """:func:`paired_table` of ``before`` then this; both must cover the same seeds."""
+        if before.seeds != self.seeds:
+            raise ValueError(f"{before.policy} and {self.policy} ran on different seeds ({_span(before.seeds)} and {_span(self.seeds)}): "
+                             "a paired comparison needs the same")  # fmt: skip
+        names = names or (f"{before.policy} ({before.sampler or 'own sampler'})", f"{self.policy} ({self.sampler or 'own sampler'})")
+        return paired_table(names, [before.successes, self.successes], [before.lengths, self.lengths], title=f"{len(self.seeds)} paired episodes, seeds {_span(self.seeds)}")
+
+
+def _span(seeds: Sequence[int]) -> str:
+    return f"{min(seeds)}-{max(seeds)}" if seeds else "none"
