@@ -74,7 +74,8 @@ def check_seeds_apart(config, seeds: range) -> None:
     verification = range(verify_seed(config, 0), verify_seed(config, 0) + config.verify_episodes)
     with ZarrEpisodeStore.open(config.data) as store:
         demos = sorted({m.seed for m in store.metas if m.seed is not None} & set(seeds))
-    clash = [f"{name} ({r.start}-{r.stop - 1})" for name, r in (("rollouts", rollouts), ("verification", verification)) if max(r.start, seeds.start) < min(r.stop, seeds.stop)]
+    clash = [f"{name} ({r.start}-{r.stop - 1})" for name, r in (("rollouts", rollouts), ("verification", verification))
+             if max(r.start, seeds.start) < min(r.stop, seeds.stop)]  # fmt: skip
     clash += [f"demonstrations (seeds {', '.join(map(str, demos[:5]))}{'...' if len(demos) > 5 else ''})"] if demos else []
     if clash:
         raise ValueError(f"evaluation seeds {seeds.start}-{seeds.stop - 1} overlap the round's {', '.join(clash)}: choose another --first-seed")
@@ -199,8 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     if finished_before and summary_path.is_file():  # read back: the time the round took when it ran
         round_minutes = json.loads(summary_path.read_text()).get("round_minutes", round_minutes)
     known: dict = {}
-    start, result = (paired_episodes(a.out, a.task, StageResult(stage, str(policy), 0.0, 0.0, 0, 0.0), seeds, known=known, device=a.device, show_progress=True, log=log)
-                     for stage, policy in (("start", a.policy), ("offline", report.policy)))  # fmt: skip
+    start, result = (paired_episodes(a.out, a.task, StageResult(stage, str(policy), 0.0, 0.0, 0, 0.0), seeds, known=known, device=a.device,
+                                     show_progress=True, log=log) for stage, policy in (("start", a.policy), ("offline", report.policy)))  # fmt: skip
     summary = summarize(a, config, round_minutes, start, result)
     text = table(summary)
     if a.against is not None:
