@@ -143,3 +143,46 @@ def test_store_bench_times_commits_at_each_size(tmp_path: Path, capsys) -> None:
     assert [r[0] for r in rows] == ["3", "12"] and all(float(r[1]) > 0 for r in rows)
     assert rows[0][2] == rows[1][2] or abs(int(rows[0][2].replace(",", "")) - int(rows[1][2].replace(",", ""))) < 16
     assert not (tmp_path / "s.zarr").exists()
+
+
+# ---------------------------------------------------------------- bench.robot_round
+
+
+TINY_ROUND = ["--rollouts", "2", "--critic-steps", "5", "--ppo-updates", "2", "--gate-every", "1", "--ppo-batch", "8", "--chains-per-state", "2",
+              "--verify-episodes", "2", "--dynamics-epochs", "2", "--episodes", "3", "--max-steps", "25", "--takeover-rate", "1.0",
+              "--drift-after", "5", "--takeover-steps", "5"]  # fmt: skip
+
+
+def test_robot_round_runs_a_round_on_a_stand_in_evaluates_it_on_sim_seeds_and_pairs_it_with_sim(tmp_path: Path, capsys) -> None:
+    from bench.robot_round import main
+    from tests.test_imitation import tiny_push_policy
+
+    policy = tiny_push_policy(tmp_path)
+    common = ["--policy", str(policy), "--data", str(tmp_path / "push.zarr"), "--task", "push", *TINY_ROUND]
+    main([*common, "--robot", "xarm:standin:push", "--out", str(tmp_path / "arm")])
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "arm" / "robot_round.json").read_text())
+    assert "xarm:standin:push" in out and "result on sim seeds" in out and summary["table"] == out.strip()
+    assert summary["round"]["robot"] == "xarm:standin:push" and summary["round"]["operator"]["takeover_rate"] == 1.0
+    assert summary["rollouts_taken_over"] >= 1 and summary["operator_steps"] >= 5 and summary["robot_minutes"] > 0  # the operator drove
+    paired = json.loads((tmp_path / "arm" / "offline.paired.json").read_text())
+    assert paired["seeds"] == [2000, 2001, 2002] and len(paired["successes"]) == len(paired["lengths"]) == 3  # bench.recipe's format
+    assert json.loads((tmp_path / "arm" / "start.paired.json").read_text())["seeds"] == paired["seeds"]
+
+    main([*common, "--robot", "sim:push", "--out", str(tmp_path / "sim"), "--against", str(tmp_path / "arm" / "offline.paired.json")])
+    out = capsys.readouterr().out
+    assert "sim:push against" in out and " won, " in out and "p = " in out
+    assert json.loads((tmp_path / "sim" / "robot_round.json").read_text())["against"]["policy"] == paired["policy"]
+
+
+def test_robot_round_refuses_evaluation_seeds_the_round_or_the_demonstrations_use(tmp_path: Path, capsys) -> None:
+    from bench.robot_round import main
+    from tests.test_imitation import tiny_push_policy
+
+    policy = tiny_push_policy(tmp_path, steps=2)
+    common = ["--policy", str(policy), "--data", str(tmp_path / "push.zarr"), "--task", "push", "--robot", "sim:push", "--out", str(tmp_path / "o")]
+    for first, clash in (("0", "demonstrations (seeds 0, 1, 2, 3)"), ("10010", "rollouts (10000-10029)"), ("15000", "verification (15000-15049)")):
+        with pytest.raises(SystemExit):
+            main([*common, "--first-seed", first])
+        assert clash in capsys.readouterr().err
+    assert not (tmp_path / "o").exists(), "refused before anything ran"

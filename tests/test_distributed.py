@@ -88,14 +88,23 @@ def test_online_rl_on_two_gloo_processes_matches_one_process(tmp_path: Path) -> 
 
 OFFLINE = """
 import sys
+sys.path.insert(0, {root!r})
 from policies.critics import CriticConfig
 from workflow.offline import OfflineConfig, train_offline
 from workflow.ope import GateConfig
-policy, data, out = sys.argv[1:]
+policy, data, out = sys.argv[1:4]
+{before}
 train_offline(OfflineConfig(policy=policy, data=data, out=out, task="push", rounds=1, critic=CriticConfig.for_horizon(4), critic_steps=30,
                             ppo_updates=6, ppo_batch=16, gate_every=3, gate=GateConfig(horizon=2, start_states=16), actor_lr=1e-3,
                             rollout_episodes=3, retrain_steps=4, retrain_when_rejected=True, verify_episodes=3), show_progress=False)
+{after}
 """
+
+
+def _offline_script(path: Path, before: str = "", after: str = "") -> Path:
+    """The offline round both tests run, with code run before and after it in each process."""
+    path.write_text(OFFLINE.format(root=str(ROOT), before=before, after=after))
+    return path
 
 
 def test_offline_rl_on_two_gloo_processes_matches_one_process(tmp_path: Path) -> None:
@@ -105,8 +114,7 @@ def test_offline_rl_on_two_gloo_processes_matches_one_process(tmp_path: Path) ->
 
     demos = str(record_demos(tmp_path / "push.zarr", 4))
     _run([*TRAIN, "--data", demos, "--out", str(tmp_path / "il")])
-    script = tmp_path / "offline.py"
-    script.write_text(OFFLINE)
+    script = _offline_script(tmp_path / "offline.py")
     _run([str(script), str(tmp_path / "il"), demos, str(tmp_path / "off1")])
     _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "il"), demos, str(tmp_path / "off2")])
     for path in ("round-0/critics", "round-0/accepted", "policy"):
@@ -128,6 +136,83 @@ def test_offline_rl_on_two_gloo_processes_matches_one_process(tmp_path: Path) ->
         assert reports[0][key] == reports[1][key], key  # the verification episodes split over the ranks' sims decide the same
     for i in range(4, 7):
         assert np.allclose(one.episode(i).data["action"], two.episode(i).data["action"], atol=1e-5)
+
+
+# Each process of a killed run raises tests.test_online_robot's Killed at the same moment of the round (rank 0 alone
+# where only it gets there): torchrun then ends the job. The rerun counts, per process, what runs again.
+KILL = """
+import json, os
+import pytest
+import workflow.offline as offline
+import workflow.rollout as rollout
+from robot.store import ZarrEpisodeStore
+from tests.test_online_robot import _kill_at
+where, rank, patch = sys.argv[4], int(os.environ["RANK"]), pytest.MonkeyPatch()
+counted = dict(episodes=0, critics=0, ppo=0)
+if where == "between-the-two-writes":  # every rank's rollouts are in the round's journal, rank 0 has stored the first
+    _kill_at(patch, ZarrEpisodeStore, "append_episode", 2)
+elif where == "mid-ppo":  # the critics are on disk, both processes die at the second gate check
+    _kill_at(patch, offline, "gate", 2)
+elif where == "mid-verification" and rank == 0:  # the PPO stage is done; rank 0's second verification episode never ends
+    _kill_at(patch, rollout, "run_episode", 4)
+elif where == "rerun":
+    for name, module, attribute in (("episodes", rollout, "run_episode"), ("critics", offline, "fit_critics"), ("ppo", offline, "ppo_round")):
+        def wrapped(*args, _name=name, _real=getattr(module, attribute), **kwargs):
+            counted[_name] += 1
+            return _real(*args, **kwargs)
+        patch.setattr(module, attribute, wrapped)
+"""
+COUNTED = """
+open(os.path.join(out, f"counted-{rank}.json"), "w").write(json.dumps(counted))
+"""
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+@pytest.fixture(scope="module")
+def offline_on_two(tmp_path_factory) -> tuple[Path, list[str]]:
+    """An imitation policy and an uninterrupted offline round from it on two gloo processes."""
+    root = tmp_path_factory.mktemp("offline-on-two")
+    demos = str(record_demos(root / "push.zarr", 4))
+    _run([*TRAIN, "--data", demos, "--out", str(root / "il")])
+    args = [str(_offline_script(root / "offline.py")), str(root / "il"), demos]
+    _run([*TORCHRUN, *args, str(root / "uninterrupted")])
+    return root / "uninterrupted", args[1:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["between-the-two-writes", "mid-ppo", "mid-verification"])
+def test_an_offline_round_killed_under_torchrun_resumes_to_the_uninterrupted_result(offline_on_two, tmp_path: Path, where: str) -> None:
+    """Killed mid-round on two processes, the same command again finishes the round: the episodes every rank committed
+    are not run again and stored once, finished critics and PPO stage are not redone, and the result is the
+    uninterrupted run's, bit for bit."""
+    from robot.store import ZarrEpisodeStore
+
+    uninterrupted, (policy, demos) = offline_on_two
+    script = _offline_script(tmp_path / "offline.py", before=KILL, after=COUNTED)
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
+    killed = subprocess.run([sys.executable, *TORCHRUN, str(script), policy, demos, str(out), where], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode != 0 and "Killed" in killed.stderr, killed.stderr[-4000:]
+    assert not (out / "round-0" / "report.json").exists() and (out / "round-0" / "episodes").is_dir()
+    _run([*TORCHRUN, str(script), policy, demos, str(out), "rerun"])  # the same command again
+
+    counted = [json.loads((out / f"counted-{rank}.json").read_text()) for rank in (0, 1)]
+    report, expected = (json.loads((run / "report.json").read_text())["rounds"][0] for run in (out, uninterrupted))
+    # every rollout was committed before the kill: only the verification episodes (sim, not stored) run again
+    assert sum(c["episodes"] for c in counted) == report["verify_episodes"] >= 3
+    assert [c["critics"] for c in counted] == [int(where == "between-the-two-writes")] * 2  # critics on disk are loaded
+    assert [c["ppo"] for c in counted] == [int(where != "mid-verification")] * 2  # a finished PPO stage is not redone
+    with ZarrEpisodeStore.open(out / "data.zarr") as mine, ZarrEpisodeStore.open(uninterrupted / "data.zarr") as theirs:
+        assert [(m.seed, m.source) for m in mine.metas] == [(m.seed, m.source) for m in theirs.metas]  # none lost, none twice, in order
+        assert mine.num_episodes == 4 + 3
+        for i in range(4, 7):
+            assert np.array_equal(mine.episode(i).data["action"], theirs.episode(i).data["action"]), f"rollout {i} differs"
+    assert {k: v for k, v in report.items() if k != "policy"} == {k: v for k, v in expected.items() if k != "policy"}
+    assert (out / "gate.jsonl").read_text() == (uninterrupted / "gate.jsonl").read_text()  # each gate check once
+    assert not (out / "round-0" / "episodes").exists()  # the journal goes with the round's report
+    for path in ("round-0/critics", "round-0/accepted", "policy"):
+        a, b = (load_file(run / path / "tensors.safetensors") for run in (out, uninterrupted))
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), f"{path} differs from the uninterrupted run's"
 
 
 def test_local_slices_cover_the_global_batch_once() -> None:

@@ -53,7 +53,7 @@ from workflow.distributed import Distributed, init_distributed
 from workflow.envs import make_sim_for
 from workflow.imitation import ImitationConfig, train_imitation
 from workflow.latent import LatentTransitions, encode_store
-from workflow.offline_resume import RolloutCommit, RoundJournal, load_ppo_outcome, save_ppo_outcome
+from workflow.offline_resume import RolloutCommit, RoundJournal, load_ppo_outcome, save_gate_record, save_ppo_outcome
 from workflow.paired import pick_beyond_noise, sign_test_p, wins_losses
 from workflow.ope import GateConfig, GateDecision, gate, horizon_warning
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, policy_task, save_policy
@@ -272,7 +272,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
                 verified[name] = run_verification(path, config, m, journal, name)
             return verified[name]
 
-        finished = load_ppo_outcome(round_dir) if not ddp.enabled else None  # the PPO stage ran before a kill: not again
+        finished = ddp.broadcast(load_ppo_outcome(round_dir) if ddp.is_main else None)  # the PPO stage ran before a kill: not again
         if finished is None:
             accepted_policy, decisions, warning = offline_stages(config, run, m, reference, ckpt, merged, device, show_progress, ddp, warning)
         else:
@@ -380,7 +380,7 @@ def offline_stages(config: OfflineConfig, run: RunDir, m: int, reference: Diffus
     seed_everything(config.seed + 7919 * (m + 1))  # the networks' initial weights: the same whether or not a kill came before
     probe = make_critic_probe(data, reference, config.probe, n_action_steps=ta)
     this_round = Round(config, run, m, data, probe, device, show_progress, ddp)
-    if (round_dir / "critics" / "checkpoint.json").is_file() and not ddp.enabled:  # fitted before a kill
+    if ddp.broadcast((round_dir / "critics" / "checkpoint.json").is_file()):  # fitted before a kill (rank 0's view holds for every rank)
         critics = load_critics(round_dir / "critics").to(device).requires_grad_(False)
     else:
         critics = fit_critics(this_round)
@@ -400,10 +400,8 @@ def offline_stages(config: OfflineConfig, run: RunDir, m: int, reference: Diffus
                                            on_accept=save_candidate if config.save_candidates and ddp.is_main else None)  # fmt: skip
     if ddp.is_main:
         save_policy(round_dir / "accepted", accepted_policy, normalizer, extra={**ckpt.extra, "stage": "offline", "round": m})
+        save_gate_record(run.path, m, decisions)  # before the marker: a stage redone after a kill replaces the round's lines
         save_ppo_outcome(round_dir, decisions, warning)
-        with open(run.path / "gate.jsonl", "a") as f:
-            for d in decisions:
-                f.write(json.dumps({"round": m, **to_dict(d), "gain": d.gain}) + "\n")
     ddp.barrier()
     return accepted_policy, decisions, warning
 
@@ -540,8 +538,9 @@ def ppo_round(
 
 def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: int, ddp: Distributed | None = None, journal: RoundJournal | None = None) -> EvalReport:
     """Run the accepted policy and append its episodes to the merged store (in sim under torchrun each rank runs
-    its share of the episodes; rank 0 appends them all; on ``config.robot``, through deploy's control stack). In one
-    process each episode is committed to ``journal`` as it ends, and a rerun runs only the seeds a kill left."""
+    its share of the episodes; rank 0 appends them all; on ``config.robot``, through deploy's control stack). Each
+    episode is committed to ``journal`` as it ends (under torchrun by the rank that ran it; rank 0 then stores every
+    rank's from there), and a rerun runs only the seeds a kill left."""
     ddp = ddp or Distributed()
     controller = DiffusionController.load(policy_path, device=config.device, seed=config.seed + m, deterministic=config.rollout_std is None, min_std=config.rollout_std)
     store = ZarrEpisodeStore.open(store_path, mode="a" if ddp.is_main else "r")
@@ -555,10 +554,19 @@ def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: 
         if on_robot(config):
             return robot_episodes(controller, config, episodes=config.rollout_episodes, seed=seed, journal=journal, kind="rollout", store=store)
         robot, task = make_sim_for(policy_task(policy_path, config.task, meta=controller.meta, warn=False), features)
+        meta = EpisodeMeta(task=task.name, robot=robot.name, fps=task.fps, success=False, source="offline-rollout")
         with robot:
-            if ddp.enabled:
-                return evaluate(robot, task, controller, episodes=config.rollout_episodes, seed=seed, store=store, source="offline-rollout", ddp=ddp)
-            done, commit = rollout_commit(journal, store, EpisodeMeta(task=task.name, robot=robot.name, fps=task.fps, success=False, source="offline-rollout"))
+            if ddp.enabled:  # each rank commits its episodes to the journal as they end; rank 0 then stores them all, in seed order
+                done = journal.done("rollout")
+                commit = RolloutCommit(journal, "rollout", store, meta) if ddp.is_main else None
+                ddp.barrier()  # every rank has read what a killed run committed before any rank commits more
+                report = evaluate(robot, task, controller, episodes=config.rollout_episodes, seed=seed, ddp=ddp, done=done,
+                                  commit=lambda result: journal.save("rollout", result, keep_frames=True))  # fmt: skip
+                ddp.barrier()  # every rank's episodes are in the journal
+                if commit is not None:
+                    commit.restore(journal.done("rollout"))  # each seed once: those a killed run stored are skipped
+                return report
+            done, commit = rollout_commit(journal, store, meta)
             return evaluate(robot, task, controller, episodes=config.rollout_episodes, seed=seed, done=done, commit=commit)
     finally:
         if store is not None:

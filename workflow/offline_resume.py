@@ -7,8 +7,12 @@ Robot time is precious, so an offline round writes each thing the moment it fini
   only the seeds with no file, appends a rollout whose file is written but which the store lacks (a kill
   between the two writes), and the store never holds an episode twice;
 - the critics (``critics``, as before), so a rerun loads them instead of fitting them again;
-- the PPO stage's outcome: the accepted policy (``accepted``), then its gate decisions (``ppo.json``, the
-  marker written last), so a rerun goes straight to the verification episodes.
+- the PPO stage's outcome: the accepted policy (``accepted``), the round's lines of the run's ``gate.jsonl``, then its
+  gate decisions (``ppo.json``, the marker written last), so a rerun goes straight to the verification episodes.
+
+Under torchrun (sim only) each rank commits the rollouts it runs to the journal, and rank 0 stores them all once every
+rank's are in; rank 0's view of the critics and the PPO outcome on disk holds for every rank. The verification
+episodes there are sim episodes that are not stored: a rerun runs them again.
 
 Every episode's noise comes from its seed and every random stage reseeds from the round, so a resumed round
 takes the steps an uninterrupted one would. The journal goes once the round's report is written.
@@ -97,6 +101,17 @@ class RolloutCommit:
         meta = EpisodeMeta(**{**self.meta.to_dict(), "success": bool(result.success), "seed": result.seed})
         self.store.append_episode(result.frames, meta)
         self.stored.add(result.seed)
+
+
+def save_gate_record(run_dir: Path, m: int, decisions: list[GateDecision]) -> None:
+    """Round ``m``'s gate decisions as its lines of ``run_dir/gate.jsonl`` (atomically), replacing any a PPO stage
+    redone after a kill wrote before: every round's lines once, in round order."""
+    final = Path(run_dir) / "gate.jsonl"
+    kept = [line for line in (final.read_text().splitlines() if final.is_file() else []) if json.loads(line)["round"] < m]
+    lines = kept + [json.dumps({"round": m, **to_dict(d), "gain": d.gain}) for d in decisions]
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, final)
 
 
 def save_ppo_outcome(round_dir: Path, decisions: list[GateDecision], warning: str | None) -> None:
