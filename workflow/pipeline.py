@@ -62,9 +62,9 @@ class Budget:
     online_episodes: int
     eval_episodes: int
     select_episodes: int = 16
-    """Deterministic episodes scoring online RL's start and snapshots."""
+    """Deterministic episodes scoring online RL's start and its last snapshot (``OnlineConfig.select_episodes``)."""
     confirm_episodes: int = 0
-    """Fresh episodes on which online RL's start and best snapshot run again to decide (``OnlineConfig.confirm_episodes``)."""
+    """More seeds for the same two, read with the selection's by one sign test (``OnlineConfig.confirm_episodes``)."""
     distill_steps: int = 50
     """One-step-head distillation steps per online iteration (the head tracks the policy)."""
     distill_final_steps: int = 1200
