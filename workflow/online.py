@@ -188,6 +188,12 @@ class OnlineConfig:
     """Torch device: cpu, cuda or cuda:N."""
 
     @property
+    def screen_episodes(self) -> int:
+        """Episodes every candidate of the selection runs first: with one challenger (``last``) the selection's and
+        the confirmation's seeds together, with several (``snapshots``) the selection's alone."""
+        return self.select_episodes + (self.confirm_episodes if self.challengers == "last" else 0)
+
+    @property
     def step_schedule(self) -> StepSchedule:
         """PPO's treatment of the denoising steps (validated when the config is made)."""
         return StepSchedule(clip_first=self.clip_first, denoising_gamma=self.denoising_gamma)
@@ -409,8 +415,9 @@ def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, r
 
 def select_policy(robot, task, config: OnlineConfig, run: RunDir, ddp: Distributed | None = None,
                   control: ControlStack | None = None) -> tuple[str, tuple[tuple[str, float, float], ...], Path]:
-    """Score the starting policy and the snapshots on the same seeds; the best snapshot replaces the start only
-    when its paired wins are beyond noise (``workflow.paired.pick_beyond_noise``), on fresh seeds when
+    """Score the starting policy and its challengers (``config.challengers``: the last snapshot, or every
+    ``select_every``-th) on the same seeds; a challenger replaces the start only when its paired wins are beyond
+    noise (``workflow.paired.pick_beyond_noise``), with several challengers on fresh seeds when
     ``confirm_episodes`` is set. Under torchrun the seeds are split over the ranks; every rank reaches the same
     choice. With ``control`` (an arm) the episodes run through its stack and operator (:func:`scored_on_robot`)."""
     last = config.iterations - 1
@@ -424,9 +431,8 @@ def select_policy(robot, task, config: OnlineConfig, run: RunDir, ddp: Distribut
 
     first = SELECTION_SEED + 1000 * config.seed
     scored, outcomes = [], []
-    screen = config.select_episodes + (config.confirm_episodes if config.challengers == "last" else 0)  # one challenger: all seeds decide
     for name, path in candidates:
-        r = score(path, screen, first)
+        r = score(path, config.screen_episodes, first)
         scored.append((name, r.success_rate, r.mean_return))
         outcomes.append(r.successes)
     if not config.confirm_episodes or config.challengers == "last":
@@ -447,8 +453,7 @@ def select_policy(robot, task, config: OnlineConfig, run: RunDir, ddp: Distribut
 
 def selection_episodes(config: OnlineConfig, selection: tuple[tuple[str, float, float], ...]) -> int:
     """Deterministic episodes :func:`select_policy` ran to score ``selection``, every candidate's together."""
-    screen = config.select_episodes + (config.confirm_episodes if config.challengers == "last" else 0)
-    return sum(config.confirm_episodes if name.endswith(" confirming") else screen for name, _, _ in selection)
+    return sum(config.confirm_episodes if name.endswith(" confirming") else config.screen_episodes for name, _, _ in selection)
 
 
 def scored_on_robot(control: ControlStack, controller: DiffusionController, *, episodes: int, seed: int):
