@@ -182,6 +182,30 @@ def test_the_adaptive_learning_rate_follows_the_target_kl():
         OnlineConfig(policy="p", out="o", kl_stop=1.0)
 
 
+def scripted_selection(monkeypatch, tmp_path, wins_of):
+    """Selection without sims: ``evaluate`` returns ``wins_of(controller, episodes, call)`` successes (the first
+    episodes), policies load as their paths, and snapshots live in tmp_path/step-N. Returns the evaluations'
+    ``(controller, seed, episodes)`` calls and the run to select in."""
+    import workflow.online as online
+    from workflow.rollout import EvalReport
+
+    calls = []
+
+    def scripted(robot, task, controller, *, episodes, seed, ddp=None):
+        wins = wins_of(controller, episodes, len(calls))
+        calls.append((controller, seed, episodes))
+        successes = tuple([True] * wins + [False] * (episodes - wins))
+        return EvalReport("push", episodes, wins / episodes, 0.0, 10.0, None, None, tuple(range(seed, seed + episodes)), successes)
+
+    class Run:
+        def snapshot_dir(self, it):
+            return tmp_path / f"step-{it}"
+
+    monkeypatch.setattr(online, "evaluate", scripted)
+    monkeypatch.setattr(online.DiffusionController, "load", staticmethod(lambda path, **kw: path))
+    return calls, Run()
+
+
 @pytest.mark.parametrize(
     "confirm, kept",
     [
@@ -194,32 +218,18 @@ def test_a_screened_snapshot_replaces_the_start_only_when_fresh_episodes_confirm
     """Selection as screen then confirmation: the start and the snapshot that scored best on the selection
     episodes run again on the seeds after them, and the sign test reads those alone."""
     import workflow.online as online
-    from workflow.rollout import EvalReport
 
-    screen = [(4, 8), (6, 8), (5, 8)] if confirm else [(6, 8), (5, 8), (4, 8)]  # (successes, episodes): start, iteration 0, 1
-    script = screen + ([(confirm[0], 20), (confirm[1], 20)] if confirm else [])
-    calls = []
-
-    def scripted(robot, task, controller, *, episodes, seed, ddp=None):
-        wins, n = script[len(calls)]
-        calls.append((seed, episodes))
-        assert n == episodes
-        successes = tuple([True] * wins + [False] * (n - wins))
-        return EvalReport("push", n, wins / n, 0.0, 10.0, None, None, tuple(range(seed, seed + n)), successes)
-
-    class Run:
-        def snapshot_dir(self, it):
-            return tmp_path / f"step-{it}"
-
-    monkeypatch.setattr(online, "evaluate", scripted)
-    monkeypatch.setattr(online.DiffusionController, "load", staticmethod(lambda path, **kw: path))
+    screen = [4, 6, 5] if confirm else [6, 5, 4]  # successes of 8: start, iteration 0, 1
+    script = screen + (list(confirm) if confirm else [])
+    calls, run = scripted_selection(monkeypatch, tmp_path, lambda controller, episodes, call: script[call])
     cfg = OnlineConfig(policy=str(tmp_path / "start"), out=str(tmp_path / "on"), iterations=2, select_episodes=8, select_every=1, confirm_episodes=20,
                        challengers="snapshots", seed=1)
-    selected, scored, path = online.select_policy(None, None, cfg, Run())
+    selected, scored, path = online.select_policy(None, None, cfg, run)
     assert selected == kept and [name for name, _, _ in scored][:3] == ["start", "iteration 0", "iteration 1"]
     assert path == (tmp_path / "step-0" if kept == "iteration 0" else online.policy_dir(tmp_path / "start"))
     screen_seed = online.SELECTION_SEED + 1000
-    assert calls[:3] == [(screen_seed, 8)] * 3 and calls[3:] == ([(screen_seed + 8, 20)] * 2 if confirm else [])
+    seeds = [(seed, episodes) for _, seed, episodes in calls]
+    assert seeds[:3] == [(screen_seed, 8)] * 3 and seeds[3:] == ([(screen_seed + 8, 20)] * 2 if confirm else [])
     if confirm:
         assert [name for name, _, _ in scored][3:] == ["start confirming", "iteration 0 confirming"]
     with pytest.raises(ValueError, match="at most 1000"):
@@ -239,25 +249,11 @@ def test_only_the_last_snapshot_challenges_the_start_on_every_selection_seed(mon
     """``challengers="last"``: no screen among snapshots (which picks the luckiest), the start and the last
     snapshot run on the selection and confirmation seeds together and one sign test reads them all."""
     import workflow.online as online
-    from workflow.rollout import EvalReport
 
-    calls = []
-
-    def scripted(robot, task, controller, *, episodes, seed, ddp=None):
-        wins = 20 if controller == online.policy_dir(tmp_path / "start") else last
-        calls.append((controller, seed, episodes))
-        successes = tuple([True] * wins + [False] * (episodes - wins))
-        return EvalReport("push", episodes, wins / episodes, 0.0, 10.0, None, None, tuple(range(seed, seed + episodes)), successes)
-
-    class Run:
-        def snapshot_dir(self, it):
-            return tmp_path / f"step-{it}"
-
-    monkeypatch.setattr(online, "evaluate", scripted)
-    monkeypatch.setattr(online.DiffusionController, "load", staticmethod(lambda path, **kw: path))
+    calls, run = scripted_selection(monkeypatch, tmp_path, lambda controller, episodes, call: 20 if controller == online.policy_dir(tmp_path / "start") else last)
     cfg = OnlineConfig(policy=str(tmp_path / "start"), out=str(tmp_path / "on"), iterations=3, select_episodes=8, confirm_episodes=20, seed=1)
     assert cfg.challengers == "last"  # the default
-    selected, scored, path = online.select_policy(None, None, cfg, Run())
+    selected, scored, path = online.select_policy(None, None, cfg, run)
     seed = online.SELECTION_SEED + 1000
     assert calls == [(online.policy_dir(tmp_path / "start"), seed, 28), (tmp_path / "step-2", seed, 28)]  # iterations 0 and 1 never run
     assert selected == kept and [name for name, _, _ in scored] == ["start", "iteration 2"]

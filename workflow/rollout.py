@@ -19,6 +19,7 @@ from robot.protocols import Policy, Robot, Task
 from robot.store import ZarrEpisodeStore
 from robot.types import ACTION, DONE, INTERVENTION, REWARD, SUCCESS, EpisodeMeta, Feature
 from workflow.episode import Episode, PolicyActor, Step
+from workflow.takeover import OperatorStop
 
 if TYPE_CHECKING:
     from workflow.control import ControlStack
@@ -152,8 +153,6 @@ def evaluate(
         else:
             res = run_episode(robot, task, policy, seed=seed + i, on_step=on_step, control=control)
             if res.stop is not None:
-                from workflow.takeover import OperatorStop
-
                 bar.close()
                 what = "the e-stop was pressed" if res.stop == "estop" else "the operator quit"
                 raise OperatorStop(f"{what} in episode {len(local) + 1} of {len(mine)} (seed {res.seed}); the episodes before it ({len(local)}) are kept")
