@@ -68,7 +68,7 @@ def test_recipe_refuses_unknown_settings_and_seeds_the_pipeline_trains_on(tmp_pa
     assert "unknown setting(s) nope" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # seeds 0-199: the demonstrations' and online RL's
         main(["--setting", "push-hesitant", "--first-seed", "0", "--out", str(tmp_path)])
-    assert "overlap the pipeline's demonstrations (0-19)" in capsys.readouterr().err
+    assert "overlap the pipeline's demonstrations (0-99)" in capsys.readouterr().err
     assert not any(tmp_path.iterdir()), "refused before anything ran"
 
 
@@ -108,7 +108,7 @@ def test_recipe_runs_the_pipeline_and_pairs_every_stage_on_the_same_seeds(tmp_pa
     run = tmp_path / "push-hesitant"
     recipe = first.out[first.out.index("recipe push-hesitant:"):]  # after what the stages print themselves
     table = recipe.strip().splitlines()
-    assert table[0].startswith("recipe push-hesitant: task push, budget smoke, 20 demonstrations (hesitant operator), sampler ddpm-mean, "
+    assert table[0].startswith("recipe push-hesitant: task push, budget smoke, 100 demonstrations (hesitant operator), sampler ddpm-mean, "
                                "4 paired episodes (seeds 2000-2003)")  # fmt: skip
     assert table[1].split()[:4] == ["stage", "success", "95%", "CI"]
     assert [line.split()[0] for line in table[3:7]] == ["imitation", "offline", "online", "one-step"]
@@ -116,7 +116,7 @@ def test_recipe_runs_the_pipeline_and_pairs_every_stage_on_the_same_seeds(tmp_pa
     summary = json.loads((run / "recipe.json").read_text())
     rows = {r["stage"]: r for r in summary["stages"]}
     with ZarrEpisodeStore.open(run / "demos.zarr") as demos:
-        assert rows["imitation"]["env_steps"] == demos.num_steps > 0 and demos.num_episodes == 20
+        assert rows["imitation"]["env_steps"] == demos.num_steps > 0 and demos.num_episodes == 100
     with ZarrEpisodeStore.open(run / "online" / "rollouts.zarr") as rollouts:
         assert rows["online"]["env_steps"] == rollouts.num_steps > 0
     assert rows["offline"]["env_steps"] > 0 and rows["one-step"]["env_steps"] == 0
