@@ -35,6 +35,8 @@ PUSHER_RADIUS = 0.02
 BLOCK_HALF = 0.03  # half side of the square block
 HEIGHT = 0.02  # z of the pusher and block centres
 TARGET = (0.0, 0.0)
+OPEN_RANGE = 0.3  # how far the block's centre may slide on each axis on the open table: out of the pusher's reach
+RIM_RANGE = TABLE - 0.005 - 2 * PUSHER_RADIUS - BLOCK_HALF  # with a rim: the pusher always fits behind the block
 TIMESTEP = 0.005  # physics step, seconds
 STATE_NAMES = ("pusher_x", "pusher_y", "block_x", "block_y", "block_sin_yaw", "block_cos_yaw", "target_x", "target_y")
 
@@ -61,8 +63,8 @@ _MJCF = """
       <geom name="pusher" type="cylinder" size="{radius} {z}" mass="1" rgba="0.2 0.3 0.9 1" friction="0.5"/>
     </body>
     <body name="block" pos="0 0 {z}">
-      <joint name="block_x" type="slide" axis="1 0 0" range="-0.3 0.3" frictionloss="0.5" damping="0.1"/>
-      <joint name="block_y" type="slide" axis="0 1 0" range="-0.3 0.3" frictionloss="0.5" damping="0.1"/>
+      <joint name="block_x" type="slide" axis="1 0 0" range="-{block_range} {block_range}" frictionloss="0.5" damping="0.1"/>
+      <joint name="block_y" type="slide" axis="0 1 0" range="-{block_range} {block_range}" frictionloss="0.5" damping="0.1"/>
       <joint name="block_yaw" type="hinge" axis="0 0 1" frictionloss="0.01" damping="0.001"/>
       <geom name="block" type="box" size="{half} {half} {z}" mass="0.1" rgba="0.9 0.2 0.2 1" friction="0.5"/>
     </body>
@@ -97,6 +99,10 @@ class PushConfig:
     """Scale of ``jitter``: -||a_t - a_{t-1}||^2 / max_step^2 (action changes, in step units)."""
     progress_scale: float = 0.0
     """Scale of ``progress``: decrease of block-to-target distance this step, in max_step units."""
+    rim: bool = False
+    """A rim that stops the block (not the pusher) 17.5 cm from the centre on each axis, where the pusher can still
+    get behind it. On the open table a block pushed past about 19 cm is out of reach for good: 33 of the 44
+    failures of push-hesitant's online policy (78.0% over 200 seeds, session 21) ended so."""
 
     def __post_init__(self) -> None:
         if not 0 < self.max_step <= 0.05:
@@ -126,7 +132,10 @@ class PushScene:
         xml = _MJCF.format(
             timestep=TIMESTEP, table=TABLE, table_vis=TABLE + 0.05, tx=TARGET[0], ty=TARGET[1],
             tol=config.success_tolerance, z=HEIGHT, radius=PUSHER_RADIUS, half=BLOCK_HALF,
+            block_range=RIM_RANGE if config.rim else OPEN_RANGE,
         )  # fmt: skip
+        if config.rim:
+            self.name = "push-rim"
         self.model = mujoco.MjModel.from_xml_string(xml)
         self.data = mujoco.MjData(self.model)
         self._substeps = round(1.0 / (self.fps * TIMESTEP))

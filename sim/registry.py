@@ -47,6 +47,12 @@ def _push(camera: CameraConfig | None = None, **options: Any) -> SimScene:
     return make_push(camera=camera, **options)
 
 
+def _push_rim(camera: CameraConfig | None = None, **options: Any) -> SimScene:
+    from sim.push import make_push
+
+    return make_push(camera=camera, **{"rim": True, **options})
+
+
 def _lift(camera: CameraConfig | None = None, **options: Any) -> SimScene:
     from sim.robosuite_scenes import make_lift
 
@@ -67,6 +73,7 @@ def _can(camera: CameraConfig | None = None, **options: Any) -> SimScene:
 
 TASKS: dict[str, TaskFactory] = {
     "push": _push,  # planar pusher and block, own MJCF; the fast task for tests
+    "push-rim": _push_rim,  # the same with a rim that keeps the block within the pusher's reach
     "lift": _lift,  # robosuite Lift, Panda
     "lift-ur5e": _lift_ur5e,  # robosuite Lift, UR5e
     "can": _can,  # robosuite PickPlaceCan, Panda

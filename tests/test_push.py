@@ -97,6 +97,31 @@ def test_actions_are_clipped_and_bad_ones_rejected(scene: PushScene) -> None:
         scene.step(np.array([np.nan, 0.0]))
 
 
+def _shove_along_x(scene: PushScene, steps: int = 30) -> float:
+    """Block at x = 0.12 with the pusher behind it, then full steps in +x: where the block stops."""
+    scene.reset(0)
+    scene.data.qpos[:] = [0.06, 0.0, 0.12, 0.0, 0.0]
+    mujoco.mj_forward(scene.model, scene.data)
+    for _ in range(steps):
+        scene.step(np.array([scene.config.max_step, 0.0]))
+    return float(scene.data.qpos[2])
+
+
+def test_the_rim_keeps_the_block_where_the_pusher_can_get_behind_it() -> None:
+    from sim.push import BLOCK_HALF, PUSHER_RADIUS, TABLE
+
+    reach = TABLE - 0.005  # the pusher's servo targets stay inside its joint range
+    behind = BLOCK_HALF + PUSHER_RADIUS  # the pusher's centre behind the block's, touching it
+    open_table, rim = PushScene(), make_scene("push-rim")
+    try:
+        assert _shove_along_x(open_table) + behind > reach, "on the open table the block leaves the pusher's reach"
+        stopped = _shove_along_x(rim)
+        assert stopped + behind < reach and stopped > 0.17, stopped
+        assert rim.name == "push-rim" and all(_rollout(rim, seed, noise=0.0)[0] for seed in range(10))
+    finally:
+        open_table.close(), rim.close()
+
+
 def test_clean_expert_solves_push(scene: PushScene) -> None:
     results = [_rollout(scene, seed, noise=0.0) for seed in range(50)]
     assert np.mean([ok for ok, _ in results]) >= 0.95
@@ -263,12 +288,12 @@ def test_config_and_factory_errors() -> None:
 
 
 def test_registry_builds_push_and_names_unknown_tasks() -> None:
-    assert set(task_names()) >= {"push", "lift", "lift-ur5e", "can"} == set(TASKS)
+    assert set(task_names()) >= {"push", "push-rim", "lift", "lift-ur5e", "can"} == set(TASKS)
     scene = make_scene("push", cameras=("top",), image_size=32, pointcloud=True, max_steps=50)
     assert scene.max_steps == 50
     assert set(scene.observation_features) == {STATE, image_key("top"), POINTCLOUD}
     scene.close()
-    with pytest.raises(ValueError, match="unknown task 'pusht'.*push, lift"):
+    with pytest.raises(ValueError, match="unknown task 'pusht'.*push, push-rim, lift"):
         make_scene("pusht")
     with pytest.raises(ValueError, match="either camera"):
         make_scene("push", camera=CameraConfig(("top",)), cameras=("front",))

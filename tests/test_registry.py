@@ -90,7 +90,7 @@ def test_an_unknown_task_lists_the_known_ones_and_how_to_add_one(clean_registry,
     with pytest.raises(ValueError) as e:
         make_scene("pusht")
     message = str(e.value)
-    assert message.startswith("unknown task 'pusht'; did you mean 'push'? known tasks: push, lift, lift-ur5e, can; add one with ")
+    assert message.startswith("unknown task 'pusht'; did you mean 'push'? known tasks: push, push-rim, lift, lift-ur5e, can; add one with ")
     assert all(how in message for how in ("sim.registry.register_task(name, factory)", f"{ENTRY_POINT_GROUP!r} group", "--task pkg.module:factory"))
     with pytest.raises(ValueError, match="'nowhere.at_all' is neither an importable module nor a task family"):
         resolve_task("nowhere.at_all:make")
@@ -104,7 +104,7 @@ def test_an_installed_packages_task_appears_in_robot_tasks(third_party):
     result = CliRunner().invoke(app, ["tasks"])
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line.split() for line in result.output.splitlines() if line and line.split()[0] in (*registry.TASKS, "my-push")}
-    assert set(rows) == {"push", "lift", "lift-ur5e", "can", "my-push"}, result.output
+    assert set(rows) == {"push", "push-rim", "lift", "lift-ur5e", "can", "my-push"}, result.output
     assert rows["my-push"][1:] == ["pusher", "observation.state", "(8,)", "action", "(2,)", "top,front", "yes", "50", "10", "entry", "point", "my-push-pkg"]
     assert rows["push"][8:] == ["100", "10", "built-in"] and all(rows[t][-1] == "built-in" and "frontview" in rows[t][6] for t in ("lift", "lift-ur5e", "can"))
     assert "families" in result.output and "gym:<env-id>" in result.output and "metaworld:<task>" in result.output
@@ -119,7 +119,7 @@ def test_a_broken_entry_point_is_one_warning_naming_its_package_and_is_skipped(t
     broken = ENTRY_POINTS + "gone = mypkg.missing:make\nnumber = mypkg.tasks:NOT_A_FACTORY\npush = mypkg.tasks:make_task\n"
     monkeypatch.syspath_prepend(str(install(tmp_path / "site", broken)))
     try:
-        assert task_names() == ("push", "lift", "lift-ur5e", "can", "my-push")
+        assert task_names() == ("push", "push-rim", "lift", "lift-ur5e", "can", "my-push")
         task_names()  # warned once per process, not on every listing
         warnings = capsys.readouterr().err.strip().splitlines()
         assert len(warnings) == 3 and all(w.startswith("warning: ") and "my-push-pkg" in w for w in warnings), warnings

@@ -110,7 +110,7 @@ BUDGETS = {
 @dataclass(frozen=True)
 class PipelineConfig:
     task: str = "push"
-    """Simulated task: any name `robot tasks` lists (push, lift, lift-ur5e, can, registered and installed ones), or
+    """Simulated task: any name `robot tasks` lists (push, push-rim, lift, lift-ur5e, can, registered and installed ones), or
     pkg.module:factory."""
     out: str = "runs/pipeline"
     """Pipeline directory: one run directory per stage (a rerun resumes finished stages)."""
