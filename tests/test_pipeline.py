@@ -1,4 +1,4 @@
-"""The main job's recipe end to end on the fast push task from biased demonstrations (the ci budget: quick with a
+"""The quick recipe end to end on the fast push task from biased demonstrations (the ci budget: quick with a
 token online stage; slow: about 20 minutes on one core), and an offline round from its imitation policy pushed into
 overfitting, for the diagnostics (about 3 minutes)."""
 
@@ -25,7 +25,7 @@ PIPELINE = PipelineConfig(task="push", budget="ci", demo_style="biased", seed=0)
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """The main job's recipe on push from biased demonstrations, with the slow suite's budget (quick with a token
+    """The quick recipe on push from biased demonstrations, with the slow suite's budget (quick with a token
     online stage), run once for the tests of this module: (run directory, results, log lines)."""
     lines: list[str] = []
     out = tmp_path_factory.mktemp("pipeline") / "run"

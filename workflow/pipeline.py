@@ -82,10 +82,11 @@ class Budget:
 
 
 BUDGETS = {
-    # The README's main job (push from 100 biased demonstrations, `--demo-style biased`; docs/RESULTS.md, sessions 15
-    # and 19): 50 offline PPO updates reach what 150 did (90.0% against 91.0% from imitation's 71.5%) in 5.6 CPU
-    # minutes instead of 12.1; one round at 50 has also stopped at 84.0%, from where 8 x 32 online episodes reached
-    # 90.5%. No on-policy distillation rounds: at 1,200 steps the push heads scatter by several points either way.
+    # The README's main job (push-rim from 100 hesitant demonstrations: 54.0 -> 74.5 -> 80.0% over 200 paired seeds,
+    # session 21). Calibrated on push from 100 biased demonstrations (docs/RESULTS.md, sessions 15 and 19): 50 offline
+    # PPO updates reach what 150 did (90.0% against 91.0% from imitation's 71.5%) in 5.6 CPU minutes instead of 12.1;
+    # one round at 50 has also stopped at 84.0%, from where 8 x 32 online episodes reached 90.5%. No on-policy
+    # distillation rounds: at 1,200 steps the push heads scatter by several points either way.
     "quick": Budget(demos=100, demo_noise=0.0, imitation_steps=4000, offline_rounds=1, critic_steps=2000, ppo_updates=50, ppo_batch=128,
                     rollout_episodes=50, rollout_std=0.1, chains_per_state=4, verify_episodes=50, retrain_steps=0,
                     online_iterations=8, online_episodes=32, online_minibatch=128, select_episodes=32, confirm_episodes=100, eval_episodes=30),
