@@ -86,7 +86,8 @@ class Setting:
 # paired seeds with each setting's own budget (imitation -> offline -> online, each stage kept only when better):
 # push-rim-hesitant 54.0 -> 74.5 -> 80.0%, push-rim-biased 79.0 -> 95.5 -> 96.0% (session 21); push-hesitant
 # 51.0 -> 65.5 -> 78.0% (session 21); push-biased 72.5 -> 91.5 -> 91.5% (session 20); lift-biased 72.5 -> 79.0%
-# offline (session 17); push-mixed 38.0%, unmoved (session 15); can-biased on the quick budget: session 21.
+# offline (session 17); push-mixed 38.0%, unmoved (session 15); can-biased on the quick budget 74.0%, neither RL
+# stage changed it (session 21).
 SUITE: tuple[Setting, ...] = (
     Setting("push-rim-hesitant", "push-rim", demos=100, demo_style="hesitant", budget="quick"),  # the README's main job
     Setting("push-rim-biased", "push-rim", demos=100, demo_style="biased", budget="quick"),
