@@ -103,6 +103,8 @@ def test_online_rl_distils_the_handed_on_head_on_its_own_visits(teacher, tmp_pat
     report = train_online(cfg, show_progress=False)
     rounds = [r for r in read_metrics(tmp_path / "on" / "metrics.jsonl") if "charts/onpolicy_round" in r]
     assert [r["charts/onpolicy_round"] for r in rounds] == [0, 1] and 0 < rounds[0]["charts/onpolicy_states"] < rounds[1]["charts/onpolicy_states"]
+    spent = {k: v for r in read_metrics(tmp_path / "on" / "metrics.jsonl") for k, v in r.items() if k.startswith("cpu/")}
+    assert set(spent) == {"cpu/collect_s", "cpu/update_s", "cpu/distill_s", "cpu/distill_final_s"} and all(v > 0 for v in spent.values())  # where the CPU went
     DiffusionController.load(report.policy, sampler="consistency")
     with pytest.raises(ValueError, match="distill-onpolicy-rounds 0"):
         OnlineConfig(policy="p", out="o", robot="ur5e:10.0.0.2", distill_onpolicy_rounds=1)

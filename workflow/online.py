@@ -285,6 +285,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
             for episode in kept.values() if ddp.is_main else ():
                 commit(it, episode)  # in the store if a kill came between the two writes
             todo = [s for s in seeds if s not in kept]
+            cpu = time.process_time()
             fresh = collect_episodes(control, [todo[i] for i in ddp.shard(len(todo))], config.gamma, ddp, commit=lambda e, it=it: commit(it, e) if ddp.is_main else None)
             episodes = sorted([*kept.values(), *fresh], key=lambda e: e.seed)
             stop = next((e.stop for e in episodes if e.stop is not None), None)
@@ -296,9 +297,11 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
             if not decisions.cond:
                 raise ValueError(f"iteration {it}: the operator drove every step of every episode, so the policy made no decision to learn from")
             batch = decisions.batch(device)
+            collected = time.process_time()
 
             # 2. advantages, 3. PPO and value epochs, 4. the one-step head follows the updated policy
             stats = learner.step(batch, it)
+            stats |= {"cpu/collect_s": collected - cpu, "cpu/update_s": time.process_time() - collected}  # where an iteration's CPU goes
             interventions = sum(e.interventions for e in episodes)
             robot_minutes = (done.robot_seconds + sum(e.seconds for e in episodes)) / 60
             run.metrics.log({**stats, "charts/success": successes[-1], "charts/interventions": interventions, "charts/robot_minutes": robot_minutes}, it)
@@ -387,7 +390,9 @@ def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, r
     final = model
     done = config.distill_steps * config.iterations  # distillation steps the handed-on head has had
     if config.select_episodes:
+        cpu = time.process_time()
         selected, selection, path = select_policy(robot, task, config, run, ddp, control)
+        run.metrics.log({"cpu/select_s": time.process_time() - cpu}, config.iterations)
         if selected == "start":
             final = build_from_checkpoint(ckpt, device=str(device))[0]
             head, done = (ConsistencyHead.from_policy(final), 0) if head is not None else (None, 0)
@@ -406,10 +411,12 @@ def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, r
             def visited(r: int, states_now: int, success: float, step: int) -> None:
                 run.metrics.log({"charts/onpolicy_success": success, "charts/onpolicy_states": states_now, "charts/onpolicy_round": r}, config.iterations)
 
+            cpu = time.process_time()
             loss = distill_visiting(final, head, ckpt.normalizer, make_head_optimizer(head, config.distill_lr), states, steps, gen, reuse=config.distill_reuse,
                                     rounds=config.distill_onpolicy_rounds, episodes=config.distill_onpolicy_episodes, task=config.task,
                                     seed=ONPOLICY_SEED + 1000 * config.seed, device=str(device), on_round=visited)  # fmt: skip
-            run.metrics.log({"losses/distill_final": loss, "charts/distill_final_steps": steps, "charts/distill_final_states": len(states)}, config.iterations)
+            run.metrics.log({"losses/distill_final": loss, "charts/distill_final_steps": steps, "charts/distill_final_states": len(states),
+                             "cpu/distill_final_s": time.process_time() - cpu}, config.iterations)
     return final, head, selected, selection
 
 

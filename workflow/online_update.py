@@ -7,9 +7,11 @@ their gradients averaged, so N ranks take the steps one process would (up to flo
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 import torch
 import torch.nn.functional as F
 
@@ -60,11 +62,11 @@ class OnlineLearner:
         """One iteration's update: advantages, PPO and value epochs, then the one-step head follows the updated
         policy (only rank 0 saves it, so only rank 0 trains it); returns the iteration's charts."""
         stats = self.update(batch, iteration)
-        distill_loss = float("nan")
+        distill_loss, cpu = float("nan"), time.process_time()
         if self.head is not None and self.ddp.is_main:
             self.model.eval()
             distill_loss = distill(self.model, self.head, self.head_opt, batch.cond, self.config.distill_steps, self.distill_gen, reuse=self.config.distill_reuse)
-        return {**stats, "losses/distill": distill_loss}
+        return {**stats, "losses/distill": distill_loss, "cpu/distill_s": time.process_time() - cpu}
 
     def state_dict(self) -> dict:
         """Every tensor and counter an update reads or changes (nested dicts of tensors and numbers)."""
