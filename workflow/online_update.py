@@ -61,12 +61,14 @@ class OnlineLearner:
     def step(self, batch: Batch, iteration: int) -> dict[str, float]:
         """One iteration's update: advantages, PPO and value epochs, then the one-step head follows the updated
         policy (only rank 0 saves it, so only rank 0 trains it); returns the iteration's charts."""
+        cpu = time.process_time()
         stats = self.update(batch, iteration)
-        distill_loss, cpu = float("nan"), time.process_time()
+        updated = time.process_time()
+        distill_loss = float("nan")
         if self.head is not None and self.ddp.is_main:
             self.model.eval()
             distill_loss = distill(self.model, self.head, self.head_opt, batch.cond, self.config.distill_steps, self.distill_gen, reuse=self.config.distill_reuse)
-        return {**stats, "losses/distill": distill_loss, "cpu/distill_s": time.process_time() - cpu}
+        return {**stats, "losses/distill": distill_loss, "cpu/update_s": updated - cpu, "cpu/distill_s": time.process_time() - updated}
 
     def state_dict(self) -> dict:
         """Every tensor and counter an update reads or changes (nested dicts of tensors and numbers)."""
