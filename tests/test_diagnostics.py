@@ -69,6 +69,25 @@ def test_noise_alone_does_not_flip_a_healthy_run(seed):
     assert v.checkpoint_step == 1000 and v.turn_step is None
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_held_out_action_error_still_falling_asks_for_more_steps_and_a_flat_one_does_not(seed):
+    """The run that stopped too early (push-rim, 4,000 steps: 54% where 8,000 reach 93.5%) had flat losses and a
+    held-out action error still falling; the healthy verdict must not end the advice there."""
+    rng = np.random.default_rng(seed)
+    losses = imitation_curves(seed, overfit=False)
+    val_steps = np.arange(50, 1001, 50)
+
+    def action_error(level_at_end: float) -> Curve:  # falls from 0.1 to level_at_end along an exponential, with noise
+        return Curve("losses/action_mse_val", val_steps, level_at_end + (0.1 - level_at_end) * np.exp(-val_steps / 400) + rng.normal(0, 0.0005, len(val_steps)))
+
+    falling = diagnose_stage(stage("imitation", [*losses, action_error(0.03)], checkpoint_every=100, last=1000))
+    assert falling.regime == "healthy" and any("held-out action error fell" in a for a in falling.advice), falling.advice
+    assert falling.evidence["action_mse_val_drop_last_quarter"] > 0.05
+    flat = Curve("losses/action_mse_val", val_steps, 0.05 + rng.normal(0, 0.0005, len(val_steps)))
+    settled = diagnose_stage(stage("imitation", [*losses, flat], checkpoint_every=100, last=1000))
+    assert settled.regime == "healthy" and not any("held-out action error fell" in a for a in settled.advice), settled.advice
+
+
 def test_flat_high_loss_is_underfitting():
     rng = np.random.default_rng(0)
     v = diagnose_stage(stage("imitation", [curve("losses/denoise", 0.8 + rng.normal(0, 0.03, 200)), curve("losses/denoise_val", 0.82 + rng.normal(0, 0.01, 10), 200)],
