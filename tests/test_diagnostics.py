@@ -59,7 +59,7 @@ def test_rising_validation_loss_is_overfitting_and_the_checkpoint_precedes_the_t
     before = max(s for s in range(100, 1001, 100) if s <= v.turn_step)
     assert v.checkpoint_step in (before, before + 100)  # a neighbour of the turn (the one after it when it scores better)
     assert v.evidence["losses/denoise_val:end"] > 1.1 * v.evidence["losses/denoise_val:min"]
-    assert any("early stop" in a for a in v.advice) and any("dropout" in a for a in v.advice)
+    assert any("early stop only if sim agrees" in a and "--sim-eval" in a for a in v.advice) and any("dropout" in a for a in v.advice)
 
 
 @pytest.mark.parametrize("seed", range(10))

@@ -147,7 +147,8 @@ def diagnose_imitation(data: StageData, config: RulesConfig) -> Verdict:
     improving = still_improving(act_val, config)
     regime = finding.regime if finding else None
     advice = {
-        "overfitting": ["early stop: keep the chosen checkpoint (held-out error lowest near the turn)",
+        "overfitting": ["early stop only if sim agrees: score the chosen checkpoint against the last with robot diagnose RUN --sim-eval 100 "
+                        "(push-mixed, 30 demonstrations: 10% at the turn, step 2,000, and 55% at step 8,000)",
                         "more demonstrations, or less capacity: a smaller denoiser/encoder, dropout (DenoiserConfig.mlp_dropout), more weight decay"],
         "underfitting": ["more capacity: a wider/deeper denoiser (unet_down_dims, mlp_hidden_dim) and encoder",
                          "more steps" + (f" (the loss was still falling: {falling:.0%} of its start over the last quarter)" if more else ""),
