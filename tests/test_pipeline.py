@@ -1,6 +1,7 @@
-"""The quick recipe end to end on the fast push task from biased demonstrations (the ci budget: quick with a
-token online stage; slow: about 20 minutes on one core), and an offline round from its imitation policy pushed into
-overfitting, for the diagnostics (about 3 minutes)."""
+"""The recipe end to end on the fast push task from biased demonstrations (the ci budget: imitation short of
+convergence, which leaves the offline round a gain to find, and a token online stage; slow: about 20 minutes on
+one core), and an offline round from its imitation policy pushed into overfitting, for the diagnostics (about 3
+minutes)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ PIPELINE = PipelineConfig(task="push", budget="ci", demo_style="biased", seed=0)
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """The quick recipe on push from biased demonstrations, with the slow suite's budget (quick with a token
-    online stage), run once for the tests of this module: (run directory, results, log lines)."""
+    """The recipe on push from biased demonstrations, with the slow suite's budget (imitation short of
+    convergence, a token online stage), run once for the tests of this module: (run directory, results, log lines)."""
     lines: list[str] = []
     out = tmp_path_factory.mktemp("pipeline") / "run"
     results = run_pipeline(replace(PIPELINE, out=str(out)), show_progress=False, log=lines.append)
