@@ -119,8 +119,8 @@ class PipelineConfig:
     out: str = "runs/pipeline"
     """Pipeline directory: one run directory per stage (a rerun resumes finished stages)."""
     budget: str = "quick"
-    """quick (the main job), ci (the slow tests': quick with a token online stage), full, or smoke (every stage in
-    about a minute; learns nothing)."""
+    """quick (the main job), ci (the slow tests': imitation short of convergence and a token online stage), full, or
+    smoke (every stage in about a minute; learns nothing)."""
     policy: str = "chunk"
     """Policy preset: chunk (U-Net over 8 actions, 4 executed) or single."""
     sampler: str = "ddpm-mean"
