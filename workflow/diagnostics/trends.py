@@ -225,8 +225,7 @@ def still_falling(train: Curve | None, config: RulesConfig) -> float | None:
     if t is None:
         return None
     start = float(np.median(t.raw[:3]))
-    quarter = float(np.interp(t.steps[0] + 0.75 * (t.steps[-1] - t.steps[0]), t.steps, t.smooth))
-    return (quarter - float(t.smooth[-1])) / start if start > 0 else None
+    return _last_quarter_drop(t) / start if start > 0 else None
 
 
 def still_improving(curve: Curve | None, config: RulesConfig) -> float | None:
@@ -234,8 +233,13 @@ def still_improving(curve: Curve | None, config: RulesConfig) -> float | None:
     t = trend(curve, config)
     if t is None or t.smooth[-1] <= 0:
         return None
+    return _last_quarter_drop(t) / float(t.smooth[-1])
+
+
+def _last_quarter_drop(t: Trend) -> float:
+    """How far the smoothed curve fell from three quarters of the way along to its end."""
     quarter = float(np.interp(t.steps[0] + 0.75 * (t.steps[-1] - t.steps[0]), t.steps, t.smooth))
-    return (quarter - float(t.smooth[-1])) / float(t.smooth[-1])
+    return quarter - float(t.smooth[-1])
 
 
 def level_high(curve: Curve | None, bound: float, config: RulesConfig, what: str) -> Finding | None:
