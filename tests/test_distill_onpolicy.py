@@ -109,3 +109,24 @@ def test_online_rl_distils_the_handed_on_head_on_its_own_visits(teacher, tmp_pat
     with pytest.raises(ValueError, match="distill-onpolicy-rounds 0"):
         OnlineConfig(policy="p", out="o", robot="ur5e:10.0.0.2", distill_onpolicy_rounds=1)
     OnlineConfig(policy="p", out="o", robot="sim:push", distill_onpolicy_rounds=1)
+
+
+def test_without_in_loop_distillation_only_the_handed_on_policy_gets_a_head(teacher, tmp_path):
+    """``distill_steps`` 0 with a final budget: the iterations distil nothing (their snapshots carry no head,
+    rather than an untrained one) and the handed-on policy's head gets the whole final budget."""
+    from policies.critics import CriticConfig
+    from robot.checkpoint import load_checkpoint
+    from workflow.online import OnlineConfig, train_online
+    from workflow.policy import KIND
+
+    policy, demos = teacher
+    cfg = OnlineConfig(policy=str(policy), out=str(tmp_path / "on"), iterations=1, episodes_per_iteration=2, epochs=1, critic=CriticConfig(hidden_dims=(16, 16)),
+                       distill_steps=0, value_warmup_epochs=1, select_episodes=0, distill_data=str(demos), distill_final_steps=6)  # fmt: skip
+    report = train_online(cfg, show_progress=False)
+    rows = read_metrics(tmp_path / "on" / "metrics.jsonl")
+    assert all(math.isnan(r["losses/distill"]) for r in rows if "losses/distill" in r)  # nothing distilled in the loop
+    assert [r["charts/distill_final_steps"] for r in rows if "charts/distill_final_steps" in r] == [6]
+    assert "consistency" not in load_checkpoint(tmp_path / "on" / "checkpoints" / "step-0000000", kind=KIND).modules
+    DiffusionController.load(report.policy, sampler="consistency")
+    with pytest.raises(ValueError, match="distill_steps"):
+        OnlineConfig(policy="p", out="o", distill_steps=-1)

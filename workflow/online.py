@@ -136,7 +136,8 @@ class OnlineConfig:
     log_prob_reduction: Literal["sum", "mean"] = "sum"
     """Chain log-probs over chunk and action dims while fine-tuning: ``sum`` (exact) or ``mean`` (DPPO's, a far less sharp ratio)."""
     distill_steps: int = 50
-    """Consistency-distillation steps per iteration (0: no one-step head)."""
+    """Consistency-distillation steps per iteration, so every snapshot carries a head that tracks it (0: snapshots
+    carry none, and only the handed-on policy's head is distilled, with ``distill_final_steps``)."""
     distill_lr: float = 3e-4
     """Learning rate of the one-step head's distillation."""
     distill_final_steps: int | None = None
@@ -246,8 +247,8 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     seed_everything(config.seed)
     ckpt = load_checkpoint(policy_dir(config.policy), kind=KIND)
     model, head = build_from_checkpoint(ckpt, device=str(device))
-    head = head if head is not None else (ConsistencyHead.from_policy(model) if config.distill_steps else None)
-    learner = OnlineLearner(model, config, ddp, device, head)
+    head = head if head is not None else (ConsistencyHead.from_policy(model) if distils_head(config) else None)
+    learner = OnlineLearner(model, config, ddp, device, head if config.distill_steps else None)  # in-loop distillation
     controller = DiffusionController(model, ckpt.normalizer, deterministic=False, learning=True, chain_sampler=learner.sampler, seed=config.seed, device=str(device))
 
     robot, task, control, operator = open_session(config, controller, ddp)  # every check before anything is written
@@ -307,7 +308,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
             run.metrics.log({**stats, "charts/success": successes[-1], "charts/interventions": interventions, "charts/robot_minutes": robot_minutes}, it)
             done = Progress(it + 1, first_seed, successes, batch.cond, done.robot_seconds + sum(e.seconds for e in episodes))
             if ddp.is_main:
-                save_policy(run.snapshot_dir(it), model, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "iteration": it})
+                save_policy(run.snapshot_dir(it), model, ckpt.normalizer, consistency=learner.head, extra={**ckpt.extra, "stage": "online", "iteration": it})
                 save_state(run.state_dir, done, learner)
                 log.clear_before(it + 1)
             bar.update(1)
@@ -340,6 +341,11 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     run.write_report(report)
     run.close()
     return report
+
+
+def distils_head(config: OnlineConfig) -> bool:
+    """Whether the stage hands on a one-step head: distilled along the iterations, at the end, or both."""
+    return bool(config.distill_steps or config.distill_final_steps)
 
 
 def open_session(config: OnlineConfig, controller: DiffusionController, ddp: Distributed):
@@ -398,6 +404,7 @@ def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, r
             head, done = (ConsistencyHead.from_policy(final), 0) if head is not None else (None, 0)
         else:
             final, head = build_from_checkpoint(load_checkpoint(path, kind=KIND), device=str(device))
+            head = head if head is not None or not distils_head(config) else ConsistencyHead.from_policy(final)
             done = (int(selected.split()[1]) + 1) * config.distill_steps
         decisive = next(rate for name, rate, _ in reversed(selection) if name in (selected, f"{selected} confirming"))
         run.metrics.log({"charts/selected_success": decisive}, config.iterations)
