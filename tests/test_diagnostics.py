@@ -52,14 +52,21 @@ def imitation_curves(seed: int, *, overfit: bool, noise: float = 0.01) -> list[C
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_rising_validation_loss_is_overfitting_and_the_checkpoint_precedes_the_turn(seed):
-    v = diagnose_stage(stage("imitation", imitation_curves(seed, overfit=True), checkpoint_every=100, last=1000))
+def test_rising_validation_loss_is_overfitting_and_the_last_checkpoint_is_kept_with_the_turn_named(seed):
+    """Imitation keeps its last checkpoint on an overfitting verdict (every run measured in sim did worse at the
+    turn); the turn is the early-stopping candidate the advice names, and ``imitation_keep="turn"`` keeps it."""
+    data = stage("imitation", imitation_curves(seed, overfit=True), checkpoint_every=100, last=1000)
+    v = diagnose_stage(data)
     assert v.regime == "overfitting", v.reasons
     assert 300 <= v.turn_step <= 500, v.turn_step
-    before = max(s for s in range(100, 1001, 100) if s <= v.turn_step)
-    assert v.checkpoint_step in (before, before + 100)  # a neighbour of the turn (the one after it when it scores better)
+    assert v.checkpoint_step == 1000
     assert v.evidence["losses/denoise_val:end"] > 1.1 * v.evidence["losses/denoise_val:min"]
-    assert any("early stop only if sim agrees" in a and "--sim-eval" in a for a in v.advice) and any("dropout" in a for a in v.advice)
+    assert any(f"early stop at the turn (step {v.turn_step}) only if sim says" in a and "--sim-eval" in a for a in v.advice), v.advice
+    assert any("dropout" in a for a in v.advice)
+    turn = diagnose_stage(data, RulesConfig(imitation_keep="turn"))
+    before = max(s for s in range(100, 1001, 100) if s <= turn.turn_step)
+    assert turn.checkpoint_step in (before, before + 100)  # a neighbour of the turn (the one after it when it scores better)
+    assert any("early stop only if sim agrees" in a for a in turn.advice)
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -271,7 +278,7 @@ def test_checkpoint_choice_edges():
     val = curve("losses/denoise_val", [2.0, 0.5, 0.3, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6], 20)  # lowest at 60, checkpoints every 80
     data = stage("imitation", [curve("losses/denoise", np.linspace(1, 0.1, 161)), val], checkpoint_every=80, last=160)
     data.checkpoints[0] = Path("/run/checkpoints/step-0000000")
-    v = diagnose_stage(data)
+    v = diagnose_stage(data, RulesConfig(imitation_keep="turn"))
     assert v.regime == "overfitting" and v.turn_step == 60 and v.checkpoint_step == 80  # the one after the turn scores better than step 0
     assert candidate_steps({s: Path(str(s)) for s in range(10, 210, 10)}, 30, 4) == [30, 70, 140, 200]
 
@@ -288,6 +295,8 @@ def test_rank_agreement():
 def test_configs_refuse_bad_values():
     with pytest.raises(ValueError, match="min_points"):
         RulesConfig(min_points=2)
+    with pytest.raises(ValueError, match="imitation_keep"):
+        RulesConfig(imitation_keep="best")
     with pytest.raises(ValueError, match="val_fraction"):
         ProbeConfig(val_fraction=1.0)
     with pytest.raises(ValueError, match="steps"):
@@ -368,7 +377,9 @@ def test_imitation_runs_are_named_by_their_regime(imitation_runs, regime):
     v = diagnose_stage(data, RulesConfig(imitation_signal="denoise"))  # read on the held-out denoising loss
     assert v.regime == "overfitting", (v.reasons, v.evidence)
     assert v.evidence["losses/denoise_val:end"] > 1.5 * v.evidence["losses/denoise_val:min"]
-    assert v.checkpoint_step == v.turn_step < 100 and Path(v.checkpoint).is_dir()
+    assert v.checkpoint_step == IMITATION_RUNS[regime]["steps"] and v.turn_step < 100  # the last one kept, the turn named
+    at_turn = diagnose_stage(data, RulesConfig(imitation_signal="denoise", imitation_keep="turn"))
+    assert at_turn.checkpoint_step == at_turn.turn_step < 100 and Path(at_turn.checkpoint).is_dir()
     # the default reads the held-out action error, which kept falling here: healthy, with the denoising rise said
     default = diagnose_stage(data)
     assert default.regime == "healthy" and "but the held-out action error did not turn" in default.reasons[0]

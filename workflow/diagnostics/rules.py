@@ -93,18 +93,20 @@ def choose_checkpoint(checkpoints: dict[int, Path], turn: int | None, regime: st
     return step, checkpoints[step]
 
 
-def finish(data: StageData, finding: Finding | None, advice: list[str], extra: dict[str, float], notes: list[str], config: RulesConfig, *, enough: bool) -> Verdict:
-    """Build the verdict: regime from the finding (healthy without one, unknown without enough points)."""
+def finish(data: StageData, finding: Finding | None, advice: list[str], extra: dict[str, float], notes: list[str], config: RulesConfig, *, enough: bool,
+           keep_last: bool = False) -> Verdict:
+    """Build the verdict: regime from the finding (healthy without one, unknown without enough points);
+    ``keep_last``: the last checkpoint whatever turned."""
     regime = finding.regime if finding else ("healthy" if enough else "unknown")
     turn = finding.turn_step if finding else None
-    step, path = choose_checkpoint(data.checkpoints, turn, regime, finding, config)
+    step, path = choose_checkpoint(data.checkpoints, None if keep_last else turn, regime, finding, config)
     if step is None and data.final is not None:
         path = data.final
     reasons = ([finding.reason] if finding else []) + notes
     if regime == "unknown":
         reasons.append(f"fewer than {config.min_points} logged points on the curves the rules read")
         advice = [f"log more often (at least {config.min_points} points per curve) and run diagnose again"]
-    elif regime in ("overfitting", "diverging") and step is not None and turn is not None and step != turn:
+    elif regime in ("overfitting", "diverging") and step is not None and turn is not None and step != turn and not keep_last:
         advice.append(f"the nearest checkpoint is step {step}, the turn step {turn}: save checkpoints more often")
     evidence = {**(finding.evidence if finding else {}), **{k: v for k, v in extra.items() if v is not None and math.isfinite(v)}}
     return Verdict(data.stage, data.kind, regime, step, str(path) if path is not None else None, turn, tuple(reasons), tuple(advice), evidence)
@@ -146,9 +148,12 @@ def diagnose_imitation(data: StageData, config: RulesConfig) -> Verdict:
     more = falling is not None and falling > config.still_falling
     improving = still_improving(act_val, config)
     regime = finding.regime if finding else None
+    keep_last = regime == "overfitting" and config.imitation_keep == "last"
     advice = {
-        "overfitting": ["early stop only if sim agrees: score the chosen checkpoint against the last with robot diagnose RUN --sim-eval 100 "
-                        "(push-mixed, 30 demonstrations: 10% at the turn, step 2,000, and 55% at step 8,000)",
+        "overfitting": [(f"kept the last checkpoint; early stop at the turn (step {finding.turn_step}) only if sim says it is better: "
+                         if keep_last else "early stop only if sim agrees: ")
+                        + "score the checkpoints with robot diagnose RUN --sim-eval 100 (push-mixed, 30 demonstrations: 10% at the turn, "
+                        "step 2,000, and 55% at step 8,000)",
                         "more demonstrations, or less capacity: a smaller denoiser/encoder, dropout (DenoiserConfig.mlp_dropout), more weight decay"],
         "underfitting": ["more capacity: a wider/deeper denoiser (unet_down_dims, mlp_hidden_dim) and encoder",
                          "more steps" + (f" (the loss was still falling: {falling:.0%} of its start over the last quarter)" if more else ""),
@@ -167,7 +172,7 @@ def diagnose_imitation(data: StageData, config: RulesConfig) -> Verdict:
     extra = {"train_end": end_value(train), "train_probe_end": end_value(c.get("losses/denoise_train_probe")), "val_end": end_value(val),
              "action_mse_train_end": end_value(act_train), "action_mse_val_end": end_value(act_val), "train_drop_last_quarter": falling,
              "action_mse_val_drop_last_quarter": improving}  # fmt: skip
-    return finish(data, finding, advice, extra, notes, config, enough=trend(train, config) is not None)
+    return finish(data, finding, advice, extra, notes, config, enough=trend(train, config) is not None, keep_last=keep_last)
 
 
 def diagnose_critics(data: StageData, config: RulesConfig) -> Verdict:
