@@ -45,7 +45,7 @@ class ConsistencyHead(nn.Module):
     def from_policy(policy: DiffusionPolicy) -> "ConsistencyHead":
         """A head whose denoiser is ``policy.denoiser`` folded to t_K (warm start), on the policy's device."""
         head = ConsistencyHead(policy.config, policy.action_dim, policy.cond_dim).to(policy.alphas_cumprod.device)
-        head.denoiser.load_state_dict(policy.denoiser.fold_timestep(head.timestep).state_dict())
+        head.denoiser.load_state_dict(policy.denoiser_at(head.timestep).fold_timestep(head.timestep).state_dict())
         return head
 
     def upgrade_state(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -95,6 +95,10 @@ class DiffusionPolicyConfig:
     """How a denoising step's log-prob reduces over chunk and action dims: ``sum`` is the exact
     Gaussian log-density; ``mean`` (DPPO's implementation) makes each step's PPO ratio the geometric
     mean of per-dimension ratios, far less sharp when a chunk has many dimensions."""
+    frozen_steps: int = 0
+    """Leading denoising steps (of ``num_inference_steps``) run by a frozen copy of the denoiser, so RL fine-tunes
+    only the last ones (DPPO's ``ft_denoising_steps``; set by ``OnlineConfig.ft_steps``, never by imitation); 0: one
+    denoiser runs every step."""
 
     def __post_init__(self) -> None:
         if min(self.n_obs_steps, self.horizon, self.n_action_steps) < 1:
@@ -115,6 +119,8 @@ class DiffusionPolicyConfig:
             raise ValueError(f"deterministic_sampler must be one of {tuple(MEAN_ETA)}, got {self.deterministic_sampler!r}")
         if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
+        if not 0 <= self.frozen_steps < self.num_inference_steps:
+            raise ValueError(f"frozen_steps={self.frozen_steps} must be in [0, num_inference_steps={self.num_inference_steps})")
         if self.eta < 0 or self.clip_sample_range <= 0:
             raise ValueError(f"eta must be >= 0 and clip_sample_range > 0, got {self.eta}, {self.clip_sample_range}")
 
@@ -235,9 +241,13 @@ class DiffusionPolicy(nn.Module):
         self.action_dim = int(action.shape[0])
         self.encoder = ObservationEncoder(input_features, config.n_obs_steps, config.encoder)
         self.denoiser = build_denoiser(config.denoiser, self.action_dim, config.horizon, self.encoder.output_dim)
+        self.base_denoiser = (build_denoiser(config.denoiser, self.action_dim, config.horizon, self.encoder.output_dim).requires_grad_(False)
+                              if config.frozen_steps else None)  # fmt: skip
         self.noise_scheduler, self.sampler = make_schedulers(config)
         # (N,) cumulative alphas, as a buffer so it follows .to(device); derived from config, not saved
         self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone(), persistent=False)
+        # the frozen copy runs every timestep at or above the last frozen step's (any number of sampling steps)
+        self._frozen_from = int(self.timesteps()[config.frozen_steps - 1]) if config.frozen_steps else None
         self.to(device)
 
     @property
@@ -288,6 +298,20 @@ class DiffusionPolicy(nn.Module):
         sigmas = [self._ddim_sigma(t, p, eta) for t, p in self._pairs(self.timesteps(num_steps))]
         return torch.stack(sigmas).clamp(sampler.sigma_min, sampler.sigma_max)
 
+    def denoiser_at(self, t: int) -> nn.Module:
+        """The network that denoises at timestep ``t``: the frozen copy for the leading ``frozen_steps``, else ``denoiser``."""
+        return self.base_denoiser if self._frozen_from is not None and t >= self._frozen_from else self.denoiser
+
+    def with_frozen_steps(self, frozen_steps: int) -> "DiffusionPolicy":
+        """A copy of this policy whose first ``frozen_steps`` denoising steps run a frozen copy of its denoiser (the
+        rest run the denoiser RL updates): the same samples until the denoiser moves."""
+        if self.config.frozen_steps:
+            raise ValueError(f"this policy already freezes its first {self.config.frozen_steps} denoising steps")
+        policy = DiffusionPolicy(replace(self.config, frozen_steps=frozen_steps), self.input_features, self.action_features, self.alphas_cumprod.device)
+        policy.load_state_dict(self.state_dict(), strict=False)  # everything but the frozen copy
+        policy.base_denoiser.load_state_dict(self.denoiser.state_dict())
+        return policy
+
     def _alpha(self, t: int) -> Tensor:
         return self.alphas_cumprod[t] if t >= 0 else torch.ones((), device=self.alphas_cumprod.device)
 
@@ -300,7 +324,7 @@ class DiffusionPolicy(nn.Module):
         """Mean ``(B, T, Da)`` and std ``()`` clipped as ``sampler`` says (the policy's own by default) of
         p(x_{t_prev} | x_t, cond), as in diffusers' DDIM step."""
         cfg = self.config
-        out = self.denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), cond)
+        out = self.denoiser_at(t)(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), cond)
         a_t, a_prev = self._alpha(t), self._alpha(t_prev)
         if cfg.prediction_type == "epsilon":
             eps, x0 = out, (x - (1 - a_t).sqrt() * out) / a_t.sqrt()
@@ -370,23 +394,25 @@ class DiffusionPolicy(nn.Module):
             log_probs.append(gaussian_log_prob(self.executed(x), self.executed(mean), std, sampler.log_prob_reduction))
         return Chain(torch.stack(samples, dim=1), torch.stack(log_probs, dim=1), timesteps, sampler)
 
-    def chain_moments(self, cond: Tensor, chain: Chain) -> tuple[Tensor, Tensor]:
-        """Mean ``(B, K, T, Da)`` and clipped std ``(K,)`` of every step of a stored chain under the current
-        weights and the chain's own sampler (differentiable)."""
+    def chain_moments(self, cond: Tensor, chain: Chain, first: int = 0) -> tuple[Tensor, Tensor]:
+        """Mean ``(B, K - first, T, Da)`` and clipped std ``(K - first,)`` of the steps from ``first`` on of a stored
+        chain under the current weights and the chain's own sampler (differentiable)."""
         sampler = chain.sampler or self.chain_sampler()
-        moments = [self.step_moments(chain.samples[:, k], t, t_prev, cond, sampler.eta, sampler) for k, (t, t_prev) in enumerate(self._pairs(chain.timesteps))]
+        pairs = list(self._pairs(chain.timesteps))
+        moments = [self.step_moments(chain.samples[:, k], *pairs[k], cond, sampler.eta, sampler) for k in range(first, len(pairs))]
         return torch.stack([m for m, _ in moments], dim=1), torch.stack([s for _, s in moments])
 
-    def chain_log_prob(self, cond: Tensor, chain: Chain, moments: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """(B, K) log-probs of a stored chain's steps under the current weights and the chain's sampler
-        (differentiable); ``moments`` from ``chain_moments`` saves computing them twice.
+    def chain_log_prob(self, cond: Tensor, chain: Chain, moments: tuple[Tensor, Tensor] | None = None, first: int = 0) -> Tensor:
+        """(B, K - first) log-probs of a stored chain's steps from ``first`` on under the current weights and the
+        chain's sampler (differentiable); ``moments`` from ``chain_moments`` (with the same ``first``) saves
+        computing them twice.
 
         With unchanged weights, the same ``cond`` and the model in eval mode this
         reproduces ``chain.log_probs`` exactly, so PPO ratios start at 1.
         """
-        means, stds = self.chain_moments(cond, chain) if moments is None else moments
+        means, stds = self.chain_moments(cond, chain, first) if moments is None else moments
         reduction = (chain.sampler or self.chain_sampler()).log_prob_reduction
-        samples, means = self.executed(chain.samples), self.executed(means)
+        samples, means = self.executed(chain.samples[:, first:]), self.executed(means)
         return torch.stack([gaussian_log_prob(samples[:, k + 1], means[:, k], stds[k], reduction) for k in range(len(stds))], dim=1)
 
     def executed(self, x: Tensor) -> Tensor:

@@ -259,3 +259,21 @@ def test_only_the_last_snapshot_challenges_the_start_on_every_selection_seed(mon
     assert selected == kept and [name for name, _, _ in scored] == ["start", "iteration 2"]
     assert path == (tmp_path / "step-2" if kept == "iteration 2" else online.policy_dir(tmp_path / "start"))
     assert online.selection_episodes(cfg, scored) == 56
+
+
+def test_online_rl_can_fine_tune_only_the_last_denoising_steps(policy, tmp_path):
+    """``ft_steps``: the policy handed on freezes the leading steps in a copy of the start's denoiser (saved with it)
+    and RL moved only the denoiser of the last ones."""
+    cfg = OnlineConfig(policy=str(policy[1]), out=str(tmp_path / "on"), iterations=1, episodes_per_iteration=2, epochs=2, ft_steps=3,
+                       critic=CriticConfig(hidden_dims=(32, 32)), distill_steps=0, value_warmup_epochs=1, select_episodes=0)  # fmt: skip
+    report = train_online(cfg, show_progress=False)
+    start, tuned = DiffusionController.load(policy[1]).model, DiffusionController.load(report.policy).model
+    k = start.config.num_inference_steps
+    assert tuned.config.frozen_steps == k - 3 and start.config.frozen_steps == 0
+    assert all(torch.equal(a, b) for a, b in zip(start.denoiser.state_dict().values(), tuned.base_denoiser.state_dict().values()))
+    assert any(not torch.equal(a, b) for a, b in zip(start.denoiser.state_dict().values(), tuned.denoiser.state_dict().values()))
+    with pytest.raises(ValueError, match="ft_steps must be >= 1"):
+        OnlineConfig(policy="p", out="o", ft_steps=0)
+    again = OnlineConfig(policy=report.policy, out=str(tmp_path / "again"), iterations=1, episodes_per_iteration=1, ft_steps=4, select_episodes=0)
+    with pytest.raises(ValueError, match="pass --ft-steps 3"):
+        train_online(again, show_progress=False)

@@ -294,3 +294,40 @@ def test_config_validates_and_round_trips_through_json() -> None:
         DiffusionPolicyConfig(horizon=8, n_action_steps=9)
     with pytest.raises(ValueError, match="flat 'action'"):
         DiffusionPolicy(single, STATE_ONLY, {"joints": Feature((2,))})
+
+
+def test_frozen_leading_steps_run_a_copy_that_rl_does_not_move() -> None:
+    """DPPO's partial fine-tuning: ``with_frozen_steps`` samples exactly as before; once the denoiser moves, the
+    frozen steps' moments stay the start's, PPO scores only the fine-tuned steps, and the copy gets no gradient."""
+    from workflow.ppo import chain_ppo_loss, denoiser_parameters, fine_tuned_steps
+
+    torch.manual_seed(0)
+    policy = tiny_policy(kind="unet", horizon=4, n_action_steps=2).eval()
+    frozen = fine_tuned_steps(policy, 4).eval()  # the last 4 of 10 steps fine-tuned
+    assert frozen.config.frozen_steps == 6 and fine_tuned_steps(frozen, 4) is frozen and fine_tuned_steps(policy, None) is policy
+    cond = policy.encode(batch(STATE_ONLY, 5))
+    noise = policy.initial_noise(cond, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(frozen.sample(cond, deterministic=True, noise=noise), policy.sample(cond, deterministic=True, noise=noise), rtol=0, atol=0)
+    chain = frozen.sample_chain(cond, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(chain.samples, policy.sample_chain(cond, torch.Generator().manual_seed(2)).samples, rtol=0, atol=0)
+    assert frozen.chain_log_prob(cond, chain, first=6).shape == (5, 4)
+    torch.testing.assert_close(frozen.chain_log_prob(cond, chain, first=6), chain.log_probs[:, 6:])
+
+    with torch.no_grad():
+        for p in frozen.denoiser.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    moved, start = frozen.chain_moments(cond, chain)[0], policy.chain_moments(cond, chain)[0]
+    torch.testing.assert_close(moved[:, :6], start[:, :6], rtol=0, atol=0)  # the frozen copy's steps
+    assert not torch.allclose(moved[:, 6:], start[:, 6:])
+    frozen.requires_grad_(False)
+    for p in denoiser_parameters(frozen):
+        p.requires_grad_(True)
+    loss, stats = chain_ppo_loss(frozen, cond, chain, torch.randn(5), 0.2)
+    loss.backward()
+    assert all(p.grad is None for p in frozen.base_denoiser.parameters()) and any(p.grad is not None for p in frozen.denoiser.parameters())
+    with pytest.raises(ValueError, match="ft_steps must be in"):
+        fine_tuned_steps(policy, 11)
+    with pytest.raises(ValueError, match="already freezes its first 6"):
+        fine_tuned_steps(frozen, 5)
+    with pytest.raises(ValueError, match="frozen_steps"):
+        DiffusionPolicyConfig(frozen_steps=10)

@@ -77,6 +77,8 @@ class ImitationConfig:
     """Torch device: cpu, cuda or cuda:N."""
 
     def __post_init__(self) -> None:
+        if self.policy.frozen_steps:
+            raise ValueError("policy.frozen_steps is set by RL fine-tuning (OnlineConfig.ft_steps), not by imitation: pass 0")
         if self.rollout_steps not in ("episodes", "interventions"):
             raise ValueError(f"rollout_steps must be 'episodes' or 'interventions', got {self.rollout_steps!r}")
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1:

@@ -234,6 +234,7 @@ def _build_learner(config_dict: Mapping[str, Any], files: Mapping[str, np.ndarra
     from workflow.online import OnlineConfig
     from workflow.online_update import OnlineLearner
     from workflow.policy import KIND, build_from_checkpoint
+    from workflow.ppo import fine_tuned_steps
 
     config = from_dict(OnlineConfig, {**config_dict, "device": device})
     with tempfile.TemporaryDirectory() as tmp:
@@ -242,6 +243,7 @@ def _build_learner(config_dict: Mapping[str, Any], files: Mapping[str, np.ndarra
         ckpt = load_checkpoint(tmp, kind=KIND)
     ddp, dev = init_distributed(torch.device(device))
     model, head = build_from_checkpoint(ckpt, device=str(dev))
+    model = fine_tuned_steps(model, config.ft_steps)  # the robot computer's learner has the same frozen steps
     head = head if head is not None else (ConsistencyHead.from_policy(model) if config.distill_steps else None)
     return OnlineLearner(model, config, ddp, dev, head)
 

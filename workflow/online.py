@@ -55,7 +55,7 @@ from workflow.online_resume import EpisodeLog, Progress, load_state, save_state
 from workflow.online_update import OnlineLearner
 from workflow.paired import best_challenger, pick_beyond_noise, wins_losses
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, policy_task, save_policy
-from workflow.ppo import StepSchedule
+from workflow.ppo import StepSchedule, fine_tuned_steps
 from workflow.rollout import episode_features, evaluate
 from workflow.run import RunDir, progress, resolve_device, seed_everything
 from workflow.takeover import OperatorConfig, OperatorStop
@@ -131,6 +131,9 @@ class OnlineConfig:
     value_from: str | None = None
     """Checkpoint of offline critics (``round-M/critics``) whose V warm-starts the value function."""
     critic: CriticConfig = field(default_factory=CriticConfig)
+    ft_steps: int | None = None
+    """Fine-tune only the last this many denoising steps; the earlier ones run a frozen copy of the starting
+    denoiser, which keeps the action's coarse shape where imitation put it (DPPO: 10 of 20); None: every step."""
     min_std: float = 0.1
     """Floor on each denoising step's std while fine-tuning (``DiffusionPolicy.chain_sampler``)."""
     log_prob_reduction: Literal["sum", "mean"] = "sum"
@@ -221,6 +224,8 @@ class OnlineConfig:
             raise ValueError(f"on-policy distillation rolls the one-step head out in sim; robot {self.robot} is an arm: pass --distill-onpolicy-rounds 0")
         if self.robot_minutes is not None and not self.robot_minutes > 0:
             raise ValueError(f"robot_minutes must be > 0 (or None: no time budget), got {self.robot_minutes}")
+        if self.ft_steps is not None and self.ft_steps < 1:
+            raise ValueError(f"ft_steps must be >= 1 (or None: every denoising step), got {self.ft_steps}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ValueError(f"gamma must be in (0, 1] and gae_lambda in [0, 1], got {self.gamma}, {self.gae_lambda}")
 
@@ -247,6 +252,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     seed_everything(config.seed)
     ckpt = load_checkpoint(policy_dir(config.policy), kind=KIND)
     model, head = build_from_checkpoint(ckpt, device=str(device))
+    model = fine_tuned_steps(model, config.ft_steps)
     head = head if head is not None else (ConsistencyHead.from_policy(model) if distils_head(config) else None)
     learner = OnlineLearner(model, config, ddp, device, head if config.distill_steps else None)  # in-loop distillation
     controller = DiffusionController(model, ckpt.normalizer, deterministic=False, learning=True, chain_sampler=learner.sampler, seed=config.seed, device=str(device))

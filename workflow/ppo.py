@@ -90,7 +90,7 @@ def chain_ppo_loss(
     anchor_coef: float = 0.0,
     steps: StepSchedule = StepSchedule(),
 ) -> tuple[torch.Tensor, ChainLossStats]:
-    """Clipped surrogate over all K denoising steps.
+    """Clipped surrogate over the K denoising steps (those after a policy's ``frozen_steps``).
 
     ``cond (B, Dc)`` conditioning the chain was sampled with; ``chain`` with its
     sampling-time log-probs ``(B, K)``; ``advantages (B,)`` already normalised.
@@ -99,9 +99,10 @@ def chain_ppo_loss(
     round's start); ``anchor_coef`` times the per-step KL to it is added to the loss,
     which keeps the update near the policy the data was imitated into.
     """
-    moments = policy.chain_moments(cond, chain)
-    new_log_probs = policy.chain_log_prob(cond, chain, moments=moments)  # (B, K)
-    log_ratio = (new_log_probs - chain.log_probs).clamp(-20.0, 20.0)
+    first = policy.config.frozen_steps  # steps a frozen copy runs have ratio 1: only the fine-tuned ones are scored
+    moments = policy.chain_moments(cond, chain, first)
+    new_log_probs = policy.chain_log_prob(cond, chain, moments=moments, first=first)  # (B, K - first)
+    log_ratio = (new_log_probs - chain.log_probs[:, first:]).clamp(-20.0, 20.0)
     ratio = log_ratio.exp()
     k = ratio.shape[1]
     clip = steps.clips(k, clip_eps).to(ratio)[None, :]  # (1, K)
@@ -110,7 +111,7 @@ def chain_ppo_loss(
     loss = -surrogate.mean()
     anchor_kl = None
     if anchor_means is not None:
-        kl = step_kl(policy.executed(moments[0]), policy.executed(anchor_means), moments[1], (chain.sampler or policy.chain_sampler()).log_prob_reduction).mean()
+        kl = step_kl(policy.executed(moments[0]), policy.executed(anchor_means[:, first:]), moments[1], (chain.sampler or policy.chain_sampler()).log_prob_reduction).mean()
         loss = loss + anchor_coef * kl
         anchor_kl = float(kl.detach())
     with torch.no_grad():
@@ -124,5 +125,22 @@ def chain_ppo_loss(
 
 
 def denoiser_parameters(policy: DiffusionPolicy) -> list[torch.nn.Parameter]:
-    """The parameters RL updates: the denoiser's; the observation encoder stays frozen."""
+    """The parameters RL updates: the denoiser's; the observation encoder (and the frozen steps' copy) stay frozen."""
     return list(policy.denoiser.parameters())
+
+
+def fine_tuned_steps(policy: DiffusionPolicy, ft_steps: int | None) -> DiffusionPolicy:
+    """``policy`` with only its last ``ft_steps`` denoising steps left to RL (DPPO), the earlier ones run by a frozen
+    copy of its denoiser; None: every step. A policy that already freezes steps must freeze the same number."""
+    if ft_steps is None:
+        return policy
+    k = policy.config.num_inference_steps
+    if not 1 <= ft_steps <= k:
+        raise ValueError(f"ft_steps must be in [1, {k}] (the policy's denoising steps), got {ft_steps}")
+    frozen = k - ft_steps
+    if policy.config.frozen_steps == frozen:
+        return policy
+    if policy.config.frozen_steps:
+        raise ValueError(f"the policy already freezes its first {policy.config.frozen_steps} of {k} denoising steps: pass --ft-steps "
+                         f"{k - policy.config.frozen_steps}, or start from a policy that freezes none")  # fmt: skip
+    return policy.with_frozen_steps(frozen)
