@@ -517,17 +517,20 @@ def test_in_sim_a_checkpoint_chosen_from_held_out_curves_is_checked_and_a_disagr
     other way in every run measured: with 12 demonstrations and a big denoiser both held-out curves (the denoising
     loss and, since ddpm-mean is the sampler, the deterministic action error too) turn near step 700 and the rules
     call it overfitting, while sim success keeps rising (8-9% at step 700, 18% at 1000, 22-24% at 1500 on these
-    100 seeds; docs/RESULTS.md). So an overfitting verdict says to check in sim, and with sim episodes the diagnosis
-    reports that sim disagrees and names the later checkpoint that did better (paired sign test on the same seeds)."""
+    100 seeds; docs/RESULTS.md). So the default keeps the last checkpoint and an overfitting verdict says to check in
+    sim; with the turn kept (``imitation_keep="turn"``) and sim episodes, the diagnosis reports that sim disagrees and
+    names the later checkpoint that did better (paired sign test on the same seeds)."""
     demos = record_demos(tmp_path / "push12.zarr", 12)
     big = DiffusionPolicyConfig.single_action(n_obs_steps=2, denoiser=DenoiserConfig(kind="mlp", mlp_hidden_dim=256, mlp_num_blocks=3))
     cfg = ImitationConfig(data=str(demos), out=str(tmp_path / "run"), policy=big, steps=1500, batch_size=32, eval_every=100, checkpoint_every=100,
                           lr=1e-3, warmup_steps=100, val_fraction=0.25)  # fmt: skip
     train_imitation(cfg, show_progress=False)
     (data,) = load_stages(tmp_path / "run")
-    by_denoise = diagnose_stage(data, RulesConfig(imitation_signal="denoise"))
+    by_denoise = diagnose_stage(data, RulesConfig(imitation_signal="denoise", imitation_keep="turn"))
     assert by_denoise.regime == "overfitting" and by_denoise.checkpoint_step <= 1000, by_denoise.reasons
-    report = diagnose_run(DiagnoseConfig(run=str(tmp_path / "run"), sim_eval=100, max_candidates=2, plots=False))
+    default = diagnose_stage(data)
+    assert default.regime == "overfitting" and default.checkpoint_step == 1500 and default.turn_step <= 1000, default.reasons
+    report = diagnose_run(DiagnoseConfig(run=str(tmp_path / "run"), sim_eval=100, max_candidates=2, plots=False, rules=RulesConfig(imitation_keep="turn")))
     (d,) = report.stages
     v = d.verdict
     assert v.regime == "overfitting" and v.checkpoint_step <= 1000 and any("--sim-eval" in r for r in v.reasons), v.reasons
