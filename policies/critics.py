@@ -20,8 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policies.optim import adam
-
 
 @dataclass(frozen=True)
 class CriticConfig:
@@ -158,7 +156,7 @@ class IqlCritics(nn.Module):
         return [*self.q.parameters(), *self.v.parameters()]
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        return adam(self.trainable_parameters(), self.config.lr)
+        return torch.optim.Adam(self.trainable_parameters(), lr=self.config.lr)
 
     def losses(self, batch: CriticBatch | Mapping[str, Tensor]) -> dict[str, Tensor]:
         """IQL loss terms; ``losses/total`` is the one to backpropagate.

@@ -20,8 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policies.optim import adam
-
 
 @dataclass(frozen=True)
 class DynamicsConfig:
@@ -218,7 +216,8 @@ class DynamicsEnsemble(nn.Module):
 
         bounds = [self.max_log_var, self.min_log_var]
         weights = [p for p in self.parameters() if all(p is not b for b in bounds)]
-        optimizer = adam([{"params": weights}, {"params": bounds, "weight_decay": 0.0}], cfg.lr, weight_decay=cfg.weight_decay, decoupled=True)
+        optimizer = torch.optim.AdamW([{"params": weights}, {"params": bounds, "weight_decay": 0.0}],
+                                      lr=cfg.lr, weight_decay=cfg.weight_decay)
         best = self.member_mse(*held)
         best_params = [p.detach().clone() for p in weights]
         stale, nll, epoch = 0, float("nan"), 0

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from policies.consistency import ConsistencyHead
 from policies.diffusion import DiffusionPolicy
-from policies.optim import adam
 from robot.checkpoint import load_checkpoint
 from robot.store import ZarrEpisodeStore
 from workflow.distill_onpolicy import ONPOLICY_SEED, distill_visiting
@@ -109,7 +108,7 @@ def distill(
 
 
 def make_head_optimizer(head: ConsistencyHead, lr: float) -> torch.optim.Optimizer:
-    return adam(head.parameters(), lr)
+    return torch.optim.Adam(head.parameters(), lr=lr)
 
 
 @dataclass(frozen=True)

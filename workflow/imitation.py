@@ -19,7 +19,6 @@ import torch
 
 from policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
 from policies.ema import EmaConfig, EmaModel
-from policies.optim import adam
 from robot.checkpoint import Checkpoint, load_checkpoint, load_module_state, save_checkpoint
 from robot.normalize import Normalizer
 from robot.sampler import WindowConfig, WindowSampler, flagged_segments, split_episodes
@@ -163,7 +162,7 @@ def train_imitation(
         load_module_state(model, init.state_dict(), what="warm-start policy")
     ema = EmaModel(model, config.ema)
     objective = ddp.wrap(_DenoisingObjective(model))  # DDP averages the gradients of the ranks' slices
-    optimizer = adam(model.parameters(), config.lr, weight_decay=config.weight_decay, decoupled=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     def lr_at(step: int) -> float:
         if step < config.warmup_steps:

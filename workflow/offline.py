@@ -42,7 +42,6 @@ import torch
 from policies.critics import CriticConfig, IqlCritics
 from policies.diffusion import LOG_PROB_REDUCTIONS, DiffusionPolicy
 from policies.dynamics import DynamicsConfig, DynamicsEnsemble
-from policies.optim import adam
 from robot.checkpoint import load_checkpoint
 from robot.config import to_dict
 from robot.store import ZarrEpisodeStore
@@ -482,7 +481,7 @@ def ppo_round(
     params = denoiser_parameters(candidate)
     for p in params:
         p.requires_grad_(True)
-    optimizer = adam(params, config.actor_lr)
+    optimizer = torch.optim.Adam(params, lr=config.actor_lr)
     gen = torch.Generator(device="cpu").manual_seed(config.seed + 1000 * (m + 1))
     ope_gen = np.random.default_rng(config.seed + m)
     starts = data.features[torch.as_tensor(ope_gen.choice(len(data), size=min(config.gate.start_states, len(data)), replace=False))]
@@ -530,7 +529,7 @@ def ppo_round(
                     on_accept(update, reference)
             else:  # never keep a rejected update: restart from the reference
                 candidate.load_state_dict(reference.state_dict())
-                optimizer = adam(params, config.actor_lr)
+                optimizer = torch.optim.Adam(params, lr=config.actor_lr)
         run.metrics.log(metrics, update, round=m)
         bar.update(1)
     bar.close()

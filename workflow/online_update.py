@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from policies.consistency import ConsistencyHead
 from policies.critics import ValueNet
 from policies.diffusion import DiffusionPolicy
-from policies.optim import adam
 from robot.checkpoint import load_module_state
 from workflow.critic_checkpoint import load_critics
 from workflow.distill import distill, make_head_optimizer
@@ -49,11 +48,11 @@ class OnlineLearner:
         self.actor_params = denoiser_parameters(model)
         for p in self.actor_params:
             p.requires_grad_(True)
-        self.actor_opt = adam(self.actor_params, config.actor_lr)
+        self.actor_opt = torch.optim.Adam(self.actor_params, lr=config.actor_lr)
         self.value = ValueNet(model.cond_dim, config.critic).to(device)
         if config.value_from:  # the offline round's V
             load_module_state(self.value, load_critics(config.value_from).v.state_dict(), what=config.value_from)
-        self.value_opt = adam(self.value.parameters(), config.value_lr)
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=config.value_lr)
         self.gen = torch.Generator(device="cpu").manual_seed(config.seed)  # minibatch order: the same on every rank
         self.value_warm = False
         self.head_opt = make_head_optimizer(head, config.distill_lr) if head is not None else None

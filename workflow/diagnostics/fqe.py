@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 
 from policies.critics import mlp
-from policies.optim import adam
 from robot.checkpoint import load_checkpoint
 from robot.store import ZarrEpisodeStore
 from workflow.latent import LatentTransitions, encode_store
@@ -112,7 +111,7 @@ def fit_fqe(data: LatentTransitions, pi: torch.Tensor, config: FqeConfig) -> tup
     torch.manual_seed(config.seed)
     q = mlp(data.features.shape[1] + data.actions.shape[1], config.hidden_dims, 1, layer_norm=True).to(device)
     target = copy.deepcopy(q).requires_grad_(False)
-    optimizer = adam(q.parameters(), config.lr)
+    optimizer = torch.optim.Adam(q.parameters(), lr=config.lr)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     n = len(data)
     for _ in range(config.steps):
