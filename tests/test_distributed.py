@@ -76,8 +76,9 @@ def test_online_rl_on_two_gloo_processes_matches_one_process(tmp_path: Path) -> 
     gaps = np.concatenate([np.abs(w1[k] - w2[k]).reshape(-1) for k in denoiser])
     # A rank training on its half alone moves nearly every weight by ~1e-3 a step. In step, they differ by float
     # summation order (median ~1e-8), except a few weights whose gradient sits on a clamp's edge (clip_sample, most likely) in one
-    # run and not the other: Adam's first step moves those by the full lr. Measured: median 2e-9, 149 of 1.25M weights
-    # above 1e-4, where the update itself moved the median weight by 1e-3 and 99.8% of them by more than 1e-4.
+    # run and not the other: Adam's first step moves those by the full lr. Measured from one start (imitation trained
+    # with a fused Adam, since reverted): median 2e-9, 149 of 1.25M weights above 1e-4, where the update itself moved
+    # the median weight by 1e-3 and 99.8% of them by more than 1e-4. From today's start the largest gap was 1.9e-5.
     assert len(gaps) and float(np.median(gaps)) < 1e-6 and np.mean(gaps > 1e-4) < 1e-3, (float(np.median(gaps)), int(np.sum(gaps > 1e-4)))
     for i in second:  # those weights differ in the 5th digit: the same episodes, up to where the safety layer clamps
         a, b = one.episode(i).data["action"], two.episode(i).data["action"]
