@@ -66,7 +66,7 @@ class Budget:
     confirm_episodes: int = 0
     """More seeds for the same two, read with the selection's by one sign test (``OnlineConfig.confirm_episodes``)."""
     distill_steps: int = 0
-    """One-step-head distillation steps per online iteration, which give every snapshot a head. None by default: the
+    """One-step-head distillation steps per online iteration, which give every snapshot a head. 0 by default: the
     handed-on policy's head gets the whole ``distill_final_steps`` on the demonstrations' and rollouts' states anyway,
     so in-loop steps only cost time (1.7 of the quick budget's CPU minutes, session 22)."""
     distill_final_steps: int = 1200
