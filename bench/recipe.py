@@ -149,7 +149,7 @@ def pipeline_seeds(config: PipelineConfig) -> dict[str, range]:
     for m in range(b.offline_rounds):
         seeds[f"offline round {m} rollouts"] = range(s + 10_000 * (m + 1), s + 10_000 * (m + 1) + b.rollout_episodes)
         first = s + 10_000 * (m + 1) + VERIFY_SEED_OFFSET
-        seeds[f"offline round {m} verification"] = range(first, first + b.verify_episodes)
+        seeds[f"offline round {m} verification"] = range(first, first + b.verify_max_episodes)
     return seeds
 
 

@@ -20,9 +20,9 @@ OUT/robot_round.json; the round's own log goes to stderr. ``--against`` pairs th
 ``offline.paired.json`` (the same round on another robot): wins, losses and the exact two-sided sign test.
 
 The defaults are session 19's lift settings (docs/RESULTS.md, "An offline round on vendor stand-ins against the
-same in sim"): ``chains_per_state`` 4, ``rollout_std`` 0.1, PPO batch 128, OPE horizon 5, ``verify_max_p`` 0.25,
-30 rollouts, 2000 critic steps, 150 PPO updates gated every 50, 50 verification episodes per policy; the
-critics and the latent dynamics are the pipeline's (``workflow.pipeline``).
+same in sim"): ``chains_per_state`` 4, ``rollout_std`` 0.1, PPO batch 128, OPE horizon 5, 30 rollouts, 2000 critic steps, 150 PPO updates gated every 50; the
+critics and the latent dynamics are the pipeline's (``workflow.pipeline``). Verification is ``OfflineConfig``'s (looks of
+50 episodes per policy up to 200, p 0.1 at a look; session 19 ran one look of 50 at p 0.25).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def round_config(a: argparse.Namespace):
         rounds=1, critic=CriticConfig.for_horizon(n_action_steps), critic_steps=a.critic_steps,
         dynamics=DynamicsConfig(hidden_dims=(200, 200, 200), max_epochs=a.dynamics_epochs), ppo_updates=a.ppo_updates, ppo_batch=a.ppo_batch,
         chains_per_state=a.chains_per_state, gate_every=a.gate_every, gate=GateConfig(horizon=a.ope_horizon), rollout_episodes=a.rollouts,
-        rollout_std=a.rollout_std, verify_episodes=a.verify_episodes, verify_max_p=a.verify_max_p, retrain_steps=0, actor_lr=1e-5, seed=a.seed,
+        rollout_std=a.rollout_std, verify_episodes=a.verify_episodes, verify_max_episodes=a.verify_max_episodes, verify_max_p=a.verify_max_p, retrain_steps=0, actor_lr=1e-5, seed=a.seed,
         device=a.device,
     )  # fmt: skip
 
@@ -71,7 +71,7 @@ def check_seeds_apart(config, seeds: range) -> None:
     from workflow.offline import verify_seed
 
     rollouts = range(config.seed + 10_000, config.seed + 10_000 + config.rollout_episodes)
-    verification = range(verify_seed(config, 0), verify_seed(config, 0) + config.verify_episodes)
+    verification = range(verify_seed(config, 0), verify_seed(config, 0) + config.verify_max_episodes)
     with ZarrEpisodeStore.open(config.data) as store:
         demos = sorted({m.seed for m in store.metas if m.seed is not None} & set(seeds))
     clash = [f"{name} ({r.start}-{r.stop - 1})" for name, r in (("rollouts", rollouts), ("verification", verification))
@@ -145,6 +145,8 @@ def table(s: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from workflow.offline import OfflineConfig
+
     p = argparse.ArgumentParser(prog="python -m bench.robot_round", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", type=Path, required=True, help="imitation run directory or policy checkpoint the round starts from")
     p.add_argument("--data", type=Path, required=True, help="its demonstrations (episode store)")
@@ -162,8 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chains-per-state", type=int, default=4)
     p.add_argument("--rollout-std", type=float, default=0.1, help="std floor of the rollouts' stochastic chain")
     p.add_argument("--ope-horizon", type=int, default=5, help="AM-Q horizon in chunks")
-    p.add_argument("--verify-episodes", type=int, default=50, help="verification episodes per policy")
-    p.add_argument("--verify-max-p", type=float, default=0.25, help="one-sided sign-test p an accepted policy must reach on them")
+    p.add_argument("--verify-episodes", type=int, default=OfflineConfig.verify_episodes, help="verification episodes per policy and look")
+    p.add_argument("--verify-max-episodes", type=int, default=OfflineConfig.verify_max_episodes, help="most verification episodes per policy")
+    p.add_argument("--verify-max-p", type=float, default=OfflineConfig.verify_max_p, help="one-sided sign-test p an accepted policy must reach at a look")
     p.add_argument("--dynamics-epochs", type=int, default=50, help="latent dynamics ensemble epochs (the pipeline's 50)")
     p.add_argument("--takeover-rate", type=float, default=0.2, help="share of drifting episodes the scripted operator takes over")
     p.add_argument("--drift-after", type=int, default=75, help="ticks without success after which an episode is drifting")

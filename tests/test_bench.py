@@ -181,8 +181,22 @@ def test_robot_round_refuses_evaluation_seeds_the_round_or_the_demonstrations_us
 
     policy = tiny_push_policy(tmp_path, steps=2)
     common = ["--policy", str(policy), "--data", str(tmp_path / "push.zarr"), "--task", "push", "--robot", "sim:push", "--out", str(tmp_path / "o")]
-    for first, clash in (("0", "demonstrations (seeds 0, 1, 2, 3)"), ("10010", "rollouts (10000-10029)"), ("15000", "verification (15000-15049)")):
+    for first, clash in (("0", "demonstrations (seeds 0, 1, 2, 3)"), ("10010", "rollouts (10000-10029)"), ("15000", "verification (15000-15199)")):
         with pytest.raises(SystemExit):
             main([*common, "--first-seed", first])
         assert clash in capsys.readouterr().err
     assert not (tmp_path / "o").exists(), "refused before anything ran"
+
+
+def test_verification_power_keeps_real_gains_more_often_than_ties_and_losses(capsys) -> None:
+    import numpy as np
+
+    from bench.verification_power import main, trial
+
+    rng = np.random.default_rng(0)
+    kept = {name: np.mean([trial(rng, win, loss, 50, 200, 0.1)[0] for _ in range(300)]) for name, (win, loss) in
+            {"gain": (0.22, 0.105), "tie": (0.16, 0.16), "loss": (0.13, 0.18)}.items()}  # fmt: skip
+    assert kept["gain"] > 0.7 and kept["tie"] < 0.25 and kept["loss"] < 0.08, kept
+    main(["--trials", "20"])
+    out = capsys.readouterr().out
+    assert "looks of 50 up to 200, p 0.1 (default)" in out and "20 simulated verifications per row" in out

@@ -73,9 +73,9 @@ def test_verification_refuses_a_gate_accepted_policy_that_succeeds_less_often(im
 
     real, verified = offline.run_verification, []
 
-    def run_verification(policy, config, m, journal=None, name="policy"):  # real deterministic episodes, but the sim "says" the accepted policy is worse
+    def run_verification(policy, config, m, journal=None, name="policy", **seeds):  # real deterministic episodes, but the sim "says" the accepted policy is worse
         verified.append(Path(policy))
-        report = real(policy, config, m, journal, name)
+        report = real(policy, config, m, journal, name, **seeds)
         won = len(verified) == 1
         return replace(report, success_rate=0.9 if won else 0.1, successes=(won,) * report.episodes)
 
@@ -117,9 +117,12 @@ def test_verification_runs_the_deployed_sampler_on_seeds_of_its_own(tmp_path, mo
     assert (policy, task, kw["episodes"], kw["seed"]) == ("/pol", "lift", 7, verify_seed(config, 1))
     assert kw.get("sampler") is None  # the policy's own deterministic sampler, whatever the rollouts used
     rollouts = range(3 + 10_000 * 2, 3 + 10_000 * 2 + 40)
-    assert verify_seed(config, 1) >= rollouts.stop and verify_seed(config, 0) + 7 <= rollouts.start
-    with pytest.raises(ValueError, match="verify_episodes must be >= 1"):
-        OfflineConfig(policy="p", data="d", out=str(tmp_path), verify_episodes=0)
+    assert verify_seed(config, 1) >= rollouts.stop and verify_seed(config, 0) + config.verify_max_episodes <= rollouts.start
+    assert run_verification("/pol", config, 1, first=verify_seed(config, 1) + 7, episodes=5) == "report"  # a later look: the next seeds
+    assert (calls[-1][2]["episodes"], calls[-1][2]["seed"]) == (5, verify_seed(config, 1) + 7)
+    for bad in ({"verify_episodes": 0}, {"verify_episodes": 60, "verify_max_episodes": 50}, {"verify_max_episodes": 5001}):
+        with pytest.raises(ValueError, match="need 1 <= verify_episodes <= verify_max_episodes <= 5000"):
+            OfflineConfig(policy="p", data="d", out=str(tmp_path), **bad)
 
 
 @pytest.mark.slow
@@ -301,24 +304,6 @@ def test_the_gate_threshold_is_the_noise_of_the_paired_gains_not_a_share_of_J():
     assert gain_threshold(reference, noise_only, relative_only)[0] < 1e-3  # what the old 5%-of-|J| bar asked here
 
 
-def _report(successes: tuple[bool, ...]):
-    from workflow.rollout import EvalReport
-
-    n = len(successes)
-    return EvalReport("push", n, sum(successes) / n, 0.0, 10.0, None, None, tuple(range(n)), successes)
-
-
-def test_a_round_keeps_a_change_only_when_its_paired_wins_are_beyond_noise():
-    """The quick preset once kept a retrained policy on a 13-13 tie of 20 rollouts that then lost 13 points on the
-    evaluation seeds. A tie, or a one-episode edge, keeps what the round had; a clear paired win replaces it."""
-    from workflow.offline import beats, paired_line
-
-    reference = _report((True,) * 13 + (False,) * 7)
-    assert not beats(reference, _report((True,) * 13 + (False,) * 7), 0.25)  # a tie
-    assert not beats(reference, _report((False,) + (True,) * 13 + (False,) * 6), 0.25)  # same rate, other seeds: 1 won, 1 lost
-    assert not beats(reference, _report((True,) * 14 + (False,) * 6), 0.25)  # one episode better: p = 0.5
-    assert beats(reference, _report((True,) * 17 + (False,) * 3), 0.25)  # 4 won, 0 lost: p = 0.06
-    assert beats(reference, _report((True,) * 14 + (False,) * 6), 1.0)  # max_p 1: any net win
-    assert paired_line(reference, _report((True,) * 17 + (False,) * 3)) == "won 4, lost 0, p = 0.06"
+def test_a_verification_p_of_zero_is_refused():
     with pytest.raises(ValueError, match="verify_max_p"):
         OfflineConfig(policy="p", data="d", out="o", verify_max_p=0.0)

@@ -51,7 +51,7 @@ def test_the_pipeline_on_push_from_biased_demonstrations_gains_in_its_offline_ro
     wins, losses = round0["accepted_wins_losses"]
     assert wins > losses and sign_test_p(wins, losses, "greater") <= 0.25, round0
     assert round0["rollout_success"] > round0["reference_success"] and Path(round0["policy"]).resolve() != Path(imitation.policy).resolve()
-    assert round0["verify_episodes"] == 100 and round0["rollouts_success"] is not None
+    assert round0["verify_episodes"] in (100, 200, 300, 400) and round0["rollouts_success"] is not None  # both policies, in looks of 50
     assert offline.decision.startswith("AM-Q gate accepted") and ": kept" in offline.decision and online.decision.startswith("kept ")
     if online.decision.startswith("kept start"):
         assert online.success == offline.success, online.decision

@@ -12,8 +12,9 @@ Each round reads top to bottom:
    ``gate_every`` updates the AM-Q gate compares candidate and reference and only
    a clear gain makes the candidate the new reference (a rejected one is reset);
 4. verify an accepted policy in sim: it and the reference run with their deterministic sampler on
-   ``verify_episodes`` seeds of the round's own, and it is kept only when its paired wins there are
-   beyond noise (the OPE can be fooled);
+   seeds of the round's own, and it is kept only when its paired wins there are beyond noise (the OPE
+   can be fooled); a change that leads without being beyond noise gets more episodes, up to a cap
+   (:mod:`workflow.verification`);
 5. optionally retrain imitation on demonstrations + successful rollouts (or only the rollouts' steps the operator
    drove, ``retrain_rollout_steps``), warm-started from the kept
    policy, verified the same way against it (``retrain_steps``; the rounds as RL-100's data
@@ -54,13 +55,13 @@ from workflow.envs import make_sim_for
 from workflow.imitation import ImitationConfig, train_imitation
 from workflow.latent import LatentTransitions, encode_store
 from workflow.offline_resume import RolloutCommit, RoundJournal, load_ppo_outcome, save_gate_record, save_ppo_outcome
-from workflow.paired import pick_beyond_noise, sign_test_p, wins_losses
 from workflow.ope import GateConfig, GateDecision, gate, horizon_warning
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, policy_task, save_policy
 from workflow.ppo import StepSchedule, chain_ppo_loss, denoiser_parameters, normalize_advantages, per_state_centred
 from workflow.rollout import EvalReport, evaluate
 from workflow.run import RunDir, check_finite_loss, progress, resolve_device, seed_everything
 from workflow.takeover import OperatorConfig, OperatorStop
+from workflow.verification import Verifier
 
 
 @dataclass(frozen=True)
@@ -149,12 +150,16 @@ class OfflineConfig:
     success in sim falls (docs/RESULTS.md, session 5). A tie keeps the policy before it. The episodes are not
     stored: they judge, the rollouts teach."""
     verify_episodes: int = 50
-    """Deterministic episodes per verified policy, on seeds of their own (``verify_seed``). Fewer cannot tell a
-    real gain of ten points from noise (docs/RESULTS.md, session 15)."""
-    verify_max_p: float = 0.25
-    """One-sided sign-test p-value a change's wins over the policy it would replace must reach on the
-    verification seeds (``workflow.paired.pick_beyond_noise``, as online RL selects). 1.0 keeps any change that
-    wins more episodes than it loses, which lets noise through (docs/RESULTS.md, session 14)."""
+    """Deterministic episodes per verified policy and look, on seeds of their own (``verify_seed``): a change that
+    leads the policy it would replace without being beyond noise gets another look of as many, up to
+    ``verify_max_episodes`` (``workflow.verification``). One look of 50 refused a gain that 200 seeds showed at
+    p = 0.006 (docs/RESULTS.md, session 23)."""
+    verify_max_episodes: int = 200
+    """Most verification episodes per policy and judgement; ``verify_episodes`` makes it one look, as before session 24."""
+    verify_max_p: float = 0.1
+    """One-sided sign-test p-value a change's wins over the policy it would replace must reach at a look (the
+    test online RL selects with). 1.0 keeps any change that wins more episodes than it loses, which lets noise
+    through (docs/RESULTS.md, session 14)."""
     retrain_when_rejected: bool = True
     """Retrain on the merged data (demonstrations + every round's successful rollouts) even in a round whose gate
     accepted nothing, warm-started from the reference: the data flywheel. False: such a round hands on the
@@ -183,8 +188,9 @@ class OfflineConfig:
             raise ValueError(f"anchor_coef and rollout_std must be >= 0, got {self.anchor_coef} and {self.rollout_std}")
         if self.retrain_rollout_steps not in ("episodes", "interventions"):
             raise ValueError(f"retrain_rollout_steps must be 'episodes' or 'interventions', got {self.retrain_rollout_steps!r}")
-        if self.verify_episodes < 1:
-            raise ValueError(f"verify_episodes must be >= 1, got {self.verify_episodes}")
+        if not 1 <= self.verify_episodes <= self.verify_max_episodes <= VERIFY_SEED_OFFSET:
+            raise ValueError(f"need 1 <= verify_episodes <= verify_max_episodes <= {VERIFY_SEED_OFFSET} (the round's verification seeds), "
+                             f"got {self.verify_episodes} and {self.verify_max_episodes}")
         if not 0 < self.verify_max_p <= 1:
             raise ValueError(f"verify_max_p must be in (0, 1], got {self.verify_max_p}")
         if not 0 < self.actor_lr < 1 or not 0 < self.clip_eps < 1:
@@ -264,13 +270,9 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
 
         # 0. the reference's own rollouts: the flywheel's data
         rolled = rollout_into(merged, policy_dir(policy_path), config, m, ddp, journal) if config.rollout_episodes > 0 else None
-        verified: dict[str, EvalReport] = {}
-
-        def verify(name: str, path: str | Path) -> EvalReport:
-            """``path``'s deterministic episodes on the round's verification seeds (once per policy)."""
-            if name not in verified:
-                verified[name] = run_verification(path, config, m, journal, name)
-            return verified[name]
+        verifier = Verifier(lambda name, path, first, n: run_verification(path, config, m, journal, name, first=first, episodes=n), first_seed=verify_seed(config, m),
+                            look=config.verify_episodes, most=config.verify_max_episodes, max_p=config.verify_max_p)  # fmt: skip
+        reference_at = ("reference", policy_dir(policy_path))
 
         finished = ddp.broadcast(load_ppo_outcome(round_dir) if ddp.is_main else None)  # the PPO stage ran before a kill: not again
         if finished is None:
@@ -281,18 +283,17 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
 
         # 4. roll an accepted policy out on the reference's seeds, 5. retrain imitation on the merged data
         accepted = any(d.accepted for d in decisions)
-        before = verify("reference", policy_dir(policy_path)) if accepted and config.verify_rollouts else None
-        rollout = verify("accepted", round_dir / "accepted") if before is not None else None
-        refused = rollout is not None and not beats(before, rollout, config.verify_max_p)
+        verdict = verifier.judge(reference_at, ("accepted", round_dir / "accepted")) if accepted and config.verify_rollouts else None
+        refused = verdict is not None and not verdict.kept
         if ddp.is_main:
-            run.metrics.log({**({"rollouts/success": rolled.success_rate} if rolled else {}), **({"rollouts/reference_success": before.success_rate} if before else {}),
-                             **({"rollouts/accepted_success": rollout.success_rate} if rollout else {})}, m)  # fmt: skip
+            run.metrics.log({**({"rollouts/success": rolled.success_rate} if rolled else {}), **({"rollouts/reference_success": verdict.incumbent.success_rate} if verdict else {}),
+                             **({"rollouts/accepted_success": verdict.challenger.success_rate} if verdict else {})}, m)  # fmt: skip
             if rolled is not None:
                 print(f"round {m}: rollouts of the reference {rolled.success_rate:.0%} over {config.rollout_episodes} episodes"
                       + ("" if config.rollout_std is None else f" (stochastic chain, std floored at {config.rollout_std:g})"))  # fmt: skip
             if accepted:
-                print(f"round {m}: accepted policy " + ("not verified" if rollout is None else f"{rollout.success_rate:.0%} vs reference {before.success_rate:.0%} "
-                      f"over {config.verify_episodes} verification episodes ({paired_line(before, rollout)}): " + ("refused: the round keeps the reference" if refused else "kept")))  # fmt: skip
+                print(f"round {m}: accepted policy " + ("not verified" if verdict is None else f"{verdict.line()} against the reference: "
+                      + ("refused, the round keeps the reference" if refused else "kept")))  # fmt: skip
         keep_candidate = accepted and not refused
         warm_start = accepted_policy if keep_candidate else reference
         next_policy = round_dir / "accepted" if keep_candidate else Path(policy_path)
@@ -314,14 +315,13 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
             )
             retrained_policy = Path(train_imitation(retrain, show_progress=show_progress, init=warm_start, normalizer=normalizer).policy)
             # the retrained policy is a change like any other: on the same seeds it must do at least as well as what it replaces
-            bar = None
+            check = None
             if config.verify_rollouts:
-                bar = verify("accepted", round_dir / "accepted") if keep_candidate else verify("reference", policy_dir(policy_path))
-            check = verify("retrained", retrained_policy) if bar is not None else None
-            retrain_refused = check is not None and not beats(bar, check, config.verify_max_p)
+                check = verifier.judge(("accepted", round_dir / "accepted") if keep_candidate else reference_at, ("retrained", retrained_policy))
+            retrain_refused = check is not None and not check.kept
             if check is not None and ddp.is_main:
-                run.metrics.log({"rollouts/retrained_success": check.success_rate}, m)
-                print(f"round {m}: rollouts of the retrained policy {check.success_rate:.0%} vs {bar.success_rate:.0%} ({paired_line(bar, check)}): "
+                run.metrics.log({"rollouts/retrained_success": check.challenger.success_rate}, m)
+                print(f"round {m}: retrained policy {check.line()}: "
                       + ("refused, the round keeps " + ("the accepted policy" if keep_candidate else "the reference") if retrain_refused else "kept"))
             next_policy = next_policy if retrain_refused else retrained_policy
         report = RoundReport(
@@ -329,18 +329,18 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
             gate_checks=len(decisions),
             accepted=sum(d.accepted for d in decisions),
             last_j_reference=decisions[-1].j_reference if decisions else None,
-            rollout_success=rollout.success_rate if rollout else None,
-            reference_success=verified["reference"].success_rate if "reference" in verified else None,
+            rollout_success=verdict.challenger.success_rate if verdict else None,
+            reference_success=verdict.incumbent.success_rate if verdict else None,
             rollouts_success=rolled.success_rate if rolled else None,
-            verify_episodes=sum(r.episodes for r in verified.values()),
-            verify_steps=sum(sum(r.lengths) for r in verified.values()),
-            robot_minutes=sum(r.seconds for r in [*verified.values(), *([rolled] if rolled else [])]) / 60 if on_robot(config) else 0.0,
+            verify_episodes=verifier.episodes,
+            verify_steps=verifier.steps,
+            robot_minutes=(verifier.seconds + (rolled.seconds if rolled else 0.0)) / 60 if on_robot(config) else 0.0,
             refused=refused,
             retrained=retrained,
-            retrained_success=check.success_rate if check else None,
+            retrained_success=check.challenger.success_rate if check else None,
             retrain_refused=retrain_refused,
-            accepted_wins_losses=wins_losses(before.successes, rollout.successes) if rollout else None,
-            retrained_wins_losses=wins_losses(bar.successes, check.successes) if check else None,
+            accepted_wins_losses=verdict.wins_losses if verdict else None,
+            retrained_wins_losses=check.wins_losses if check else None,
             merged_episodes=ZarrEpisodeStore.open(merged).num_episodes,
             policy=str(next_policy),
         )
@@ -625,27 +625,20 @@ def verify_seed(config: OfflineConfig, m: int) -> int:
     return config.seed + 10_000 * (m + 1) + VERIFY_SEED_OFFSET
 
 
-def run_verification(policy_path: str | Path, config: OfflineConfig, m: int, journal: RoundJournal | None = None, name: str = "policy") -> EvalReport:
-    """``policy_path`` with the deterministic sampler it deploys with on round ``m``'s verification seeds
-    (not stored; under torchrun each rank runs its share; on a robot each committed to ``journal`` as
+def run_verification(policy_path: str | Path, config: OfflineConfig, m: int, journal: RoundJournal | None = None, name: str = "policy", *,
+                     first: int | None = None, episodes: int | None = None) -> EvalReport:
+    """``policy_path`` with the deterministic sampler it deploys with on ``episodes`` (``verify_episodes``) of round ``m``'s
+    verification seeds from ``first`` (the first of them) (not stored; under torchrun each rank runs its share; on a robot each committed to ``journal`` as
     ``verify-<name>``, so a rerun runs only the seeds a kill left)."""
     from workflow.evaluate import evaluate_policy
 
+    first = verify_seed(config, m) if first is None else first
+    episodes = config.verify_episodes if episodes is None else episodes
     if on_robot(config):
         controller = DiffusionController.load(policy_path, device=config.device, seed=config.seed)
         journal = journal or RoundJournal(Path(config.out) / f"round-{m}")
-        return robot_episodes(controller, config, episodes=config.verify_episodes, seed=verify_seed(config, m), journal=journal, kind=f"verify-{name}")
-    return evaluate_policy(policy_path, config.task, episodes=config.verify_episodes, seed=verify_seed(config, m), device=config.device, show_progress=False)
-
-
-def beats(incumbent: EvalReport, challenger: EvalReport, max_p: float) -> bool:
-    """Whether ``challenger``'s paired wins over ``incumbent`` on the same seeds are beyond noise (a tie is not)."""
-    return pick_beyond_noise([incumbent.successes, challenger.successes], max_p) == 1
-
-
-def paired_line(incumbent: EvalReport, challenger: EvalReport) -> str:
-    wins, losses = wins_losses(incumbent.successes, challenger.successes)
-    return f"won {wins}, lost {losses}, p = {sign_test_p(wins, losses, 'greater'):.2f}"
+        return robot_episodes(controller, config, episodes=episodes, seed=first, journal=journal, kind=f"verify-{name}")
+    return evaluate_policy(policy_path, config.task, episodes=episodes, seed=first, device=config.device, show_progress=False)
 
 
 def _numbers(obj: object) -> dict[str, float]:

@@ -82,7 +82,9 @@ class Budget:
     chains_per_state: int = 1
     """Offline PPO chains per dataset state (``OfflineConfig.chains_per_state``)."""
     verify_episodes: int = 50
-    """Deterministic episodes an offline round runs for each policy it verifies (``OfflineConfig.verify_episodes``)."""
+    """Deterministic episodes per look an offline round runs for each policy it verifies (``OfflineConfig.verify_episodes``)."""
+    verify_max_episodes: int = 200
+    """Most verification episodes per policy and judgement (``OfflineConfig.verify_max_episodes``)."""
 
 
 BUDGETS = {
@@ -109,12 +111,12 @@ BUDGETS = {
     # not beyond noise after 10 (71.0%; docs/RESULTS.md, session 23). Fine-tuning 5 of the 10 steps halves the
     # update's CPU. One offline round of 100 PPO updates: 50 reached what 150 did on push-biased (session 19).
     "full": Budget(demos=200, demo_noise=0.0, imitation_steps=8000, offline_rounds=1, critic_steps=3000, ppo_updates=100, ppo_batch=128,
-                   rollout_episodes=50, rollout_std=0.1, chains_per_state=4, verify_episodes=100, retrain_steps=0, online_iterations=40,
+                   rollout_episodes=50, rollout_std=0.1, chains_per_state=4, verify_episodes=50, retrain_steps=0, online_iterations=40,
                    online_episodes=32, online_minibatch=128, online_ft_steps=5, eval_episodes=100, distill_final_steps=2500, select_episodes=32,
                    confirm_episodes=100, distill_onpolicy_rounds=4),  # lift: the head 86.0% against its teacher's 85.0%; from stored states alone 82.0%
     # every stage, gate and hand-over in about a minute: checks an installation or a cluster launch, learns nothing
     "smoke": Budget(demos=4, demo_noise=0.0, imitation_steps=20, offline_rounds=1, critic_steps=20, ppo_updates=4, ppo_batch=16,
-                    rollout_episodes=2, retrain_steps=4, verify_episodes=2, online_iterations=2, online_episodes=2, eval_episodes=4,
+                    rollout_episodes=2, retrain_steps=4, verify_episodes=2, verify_max_episodes=2, online_iterations=2, online_episodes=2, eval_episodes=4,
                     select_episodes=2, distill_steps=5, distill_final_steps=10, online_minibatch=16, online_ft_steps=5),
 }  # fmt: skip
 
@@ -227,7 +229,7 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
         critic=CriticConfig.for_horizon(imitation_cfg.policy.n_action_steps), critic_steps=b.critic_steps,
         dynamics=DynamicsConfig(hidden_dims=(200, 200, 200), max_epochs=50), ppo_updates=b.ppo_updates, ppo_batch=b.ppo_batch,
         gate_every=max(10, b.ppo_updates // 3), gate=GateConfig(horizon=5), rollout_episodes=b.rollout_episodes, rollout_std=b.rollout_std,
-        chains_per_state=b.chains_per_state, verify_episodes=b.verify_episodes, retrain_steps=b.retrain_steps, actor_lr=1e-5, seed=config.seed,
+        chains_per_state=b.chains_per_state, verify_episodes=b.verify_episodes, verify_max_episodes=b.verify_max_episodes, retrain_steps=b.retrain_steps, actor_lr=1e-5, seed=config.seed,
         device=config.device,
     )  # fmt: skip
     def offline_stage() -> tuple[str, int, str]:

@@ -1,0 +1,111 @@
+"""Sequential paired verification (workflow.verification): looks of episodes until a change is beyond noise or is not ahead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workflow.paired import sign_test_p
+from workflow.rollout import EvalReport
+from workflow.verification import Verifier, joined, leading
+
+
+def _report(seeds: range, successes: list[bool]) -> EvalReport:
+    n = len(successes)
+    return EvalReport("push", n, sum(successes) / n, sum(successes) / n, 50.0, 2.0, 3.0, tuple(seeds), tuple(successes),
+                      lengths=tuple(50 for _ in seeds), returns=tuple(float(s) for s in successes), safety={"speed": 1}, seconds=1.0 * n)  # fmt: skip
+
+
+class Sim:
+    """Per-seed outcomes of named policies; records every run as (name, first seed, episodes)."""
+
+    def __init__(self, **outcomes: list[bool]):
+        self.outcomes, self.runs = outcomes, []
+
+    def __call__(self, name: str, path: Path, first: int, episodes: int) -> EvalReport:
+        self.runs.append((name, first, episodes))
+        seeds = range(first, first + episodes)
+        return _report(seeds, [self.outcomes[name][s - 100] for s in seeds])
+
+
+def _outcomes(wins: int, losses: int, n: int = 200, *, every: int = 1) -> tuple[list[bool], list[bool]]:
+    """Reference and challenger on ``n`` seeds: the challenger wins ``wins`` and loses ``losses`` episodes, spread
+    one every ``every`` seeds from the first, alternating win and loss while both are left."""
+    reference, challenger = [i % 2 == 0 for i in range(n)], [i % 2 == 0 for i in range(n)]
+    at = 1
+    for kind in ["w", "l"] * max(wins, losses):
+        if kind == "w" and wins:
+            wins -= 1
+            challenger[at] = True  # the reference fails odd seeds
+        elif kind == "l" and losses:
+            losses -= 1
+            challenger[at - 1] = False  # the reference solves even seeds
+        else:
+            continue
+        at += 2 * every
+    return reference, challenger
+
+
+def test_a_clear_gain_or_a_loss_is_settled_at_the_first_look():
+    sim = Sim(reference=[False] * 200, accepted=[True] * 200)
+    verifier = Verifier(sim, first_seed=100, look=50, most=200, max_p=0.1)
+    verdict = verifier.judge(("reference", "r"), ("accepted", "a"))
+    assert verdict.kept and verdict.episodes == 50 and verdict.wins_losses == (50, 0)
+    assert sim.runs == [("reference", 100, 50), ("accepted", 100, 50)] and verifier.episodes == 100
+
+    sim = Sim(reference=[True] * 200, accepted=[False] * 200)
+    verdict = Verifier(sim, first_seed=100, look=50, most=200, max_p=0.1).judge(("reference", "r"), ("accepted", "a"))
+    assert not verdict.kept and verdict.episodes == 50 and len(sim.runs) == 2
+
+
+def test_a_change_that_leads_without_being_beyond_noise_gets_more_episodes_until_it_is():
+    """The case session 23 met: an accepted push policy led 7 to 5 on 50 verification episodes (p = 0.39) and one
+    look refused it, though over 200 seeds the same kind of change won 44 and lost 21."""
+    reference, accepted = _outcomes(wins=28, losses=14, every=2)  # spread over 200 seeds: 7 won, 6 lost in the first 50
+    sim = Sim(reference=reference, accepted=accepted)
+    one_look = Verifier(sim, first_seed=100, look=50, most=50, max_p=0.1).judge(("reference", "r"), ("accepted", "a"))
+    wins, losses = one_look.wins_losses
+    assert wins > losses and sign_test_p(wins, losses, "greater") > 0.1 and not one_look.kept  # one look of 50: refused
+
+    sim.runs.clear()
+    verifier = Verifier(sim, first_seed=100, look=50, most=200, max_p=0.1)
+    verdict = verifier.judge(("reference", "r"), ("accepted", "a"))
+    wins, losses = verdict.wins_losses
+    assert verdict.kept and 50 < verdict.episodes <= 200 and sign_test_p(wins, losses, "greater") <= 0.1
+    assert verdict.incumbent.seeds == verdict.challenger.seeds == tuple(range(100, 100 + verdict.episodes))
+    assert [r[1:] for r in sim.runs if r[0] == "accepted"] == [(100 + e, 50) for e in range(0, verdict.episodes, 50)]  # each seed once
+
+
+def test_a_lead_that_never_gets_beyond_noise_is_refused_at_the_cap():
+    reference, accepted = _outcomes(wins=21, losses=19)  # 13 won, 12 lost in the first 50; 21 and 19 from 80 on
+    verdict = Verifier(Sim(reference=reference, accepted=accepted), first_seed=100, look=50, most=120, max_p=0.1).judge(
+        ("reference", "r"), ("accepted", "a"))  # fmt: skip
+    wins, losses = verdict.wins_losses
+    assert not verdict.kept and verdict.episodes == 120 and wins > losses  # looks at 50, 100 and the cap
+
+
+def test_a_policy_judged_twice_runs_only_the_seeds_it_lacks():
+    reference, accepted = _outcomes(wins=28, losses=14, every=2)
+    sim = Sim(reference=reference, accepted=[not s for s in reference], retrained=accepted)
+    verifier = Verifier(sim, first_seed=100, look=50, most=200, max_p=0.1)
+    assert not verifier.judge(("reference", "r"), ("accepted", "a")).kept  # refused at the first look
+    verdict = verifier.judge(("reference", "r"), ("retrained", "t"))  # the bar the retrained policy must clear
+    assert verdict.kept and verdict.incumbent.episodes == verdict.episodes
+    reference_runs = [r[1:] for r in sim.runs if r[0] == "reference"]
+    assert reference_runs == [(100 + e, 50) for e in range(0, verdict.episodes, 50)]  # the first 50 were not run again
+    assert verifier.episodes == 2 * verdict.episodes + 50
+    with pytest.raises(ValueError, match="verification name 'reference'"):
+        verifier.report("reference", "another", 10)
+
+
+def test_joined_and_leading_reports_recompute_what_their_episodes_say():
+    first, then = _report(range(0, 2), [True, False]), _report(range(2, 5), [True, True, True])
+    both = joined(first, then)
+    assert both.episodes == 5 and both.seeds == (0, 1, 2, 3, 4) and both.success_rate == pytest.approx(0.8)
+    assert both.mean_return == pytest.approx(0.8) and both.safety == {"speed": 2} and both.seconds == pytest.approx(5.0)
+    head = leading(both, 2)
+    assert head.seeds == (0, 1) and head.success_rate == 0.5 and head.mean_return == 0.5 and head.episodes == 2
+    assert leading(both, 9) is both
+    with pytest.raises(ValueError, match="look <= most"):
+        Verifier(Sim(), first_seed=0, look=50, most=40, max_p=0.1)
