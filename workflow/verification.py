@@ -9,10 +9,11 @@ solved decide (the one-sided sign test of :mod:`workflow.paired`):
   only tell by how much), or when ``most`` episodes have not settled it.
 
 A clear gain or a clear loss is settled at the first look; only a change that leads without yet being beyond
-noise costs more episodes. Against one look of the same size this keeps more real gains and lets fewer
-ties through: simulated on the main job's push setting (a change that wins 22% and loses 10.5% of
-episodes), one look of 50 at p 0.25 keeps it 71% of the time and an equal policy 15%, looks of 50 up to 200
-at p 0.1 keep it 88% and an equal one 13%, on 83 episodes a policy on average (docs/RESULTS.md, session 24).
+noise costs more episodes. Against one look of 50 at p 0.25 (the rule before session 24) this keeps more real
+gains and lets fewer ties through: in ``bench.verification_power``'s simulation of a change the size of the main
+job's offline gain (it wins 22% of the seeds and loses 10.5%), one look keeps it 69% of the time and a change
+worth nothing 20%; looks of 50 up to 200 at p 0.1 keep it 89% and a change worth nothing 14%, on 84 episodes a
+policy on average (docs/RESULTS.md, session 24).
 
 Each policy's episodes run once: a policy judged twice in a round (the reference, then the bar a retrained
 policy must clear) reuses the seeds it already ran and runs only the ones it lacks.
