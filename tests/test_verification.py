@@ -109,3 +109,9 @@ def test_joined_and_leading_reports_recompute_what_their_episodes_say():
     assert leading(both, 9) is both
     with pytest.raises(ValueError, match="look <= most"):
         Verifier(Sim(), first_seed=0, look=50, most=40, max_p=0.1)
+
+
+def test_a_verdict_reads_as_the_round_prints_it():
+    sim = Sim(reference=[False] * 200, accepted=[True] * 5 + [False] * 195)
+    verdict = Verifier(sim, first_seed=100, look=10, most=10, max_p=0.1).judge(("reference", "r"), ("accepted", "a"))
+    assert verdict.kept and verdict.line("reference") == "50% vs reference 0% over 10 verification episodes (won 5, lost 0, p = 0.03)"

@@ -292,7 +292,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
                 print(f"round {m}: rollouts of the reference {rolled.success_rate:.0%} over {config.rollout_episodes} episodes"
                       + ("" if config.rollout_std is None else f" (stochastic chain, std floored at {config.rollout_std:g})"))  # fmt: skip
             if accepted:
-                print(f"round {m}: accepted policy " + ("not verified" if verdict is None else f"{verdict.line()} against the reference: "
+                print(f"round {m}: accepted policy " + ("not verified" if verdict is None else f"{verdict.line('reference')}: "
                       + ("refused, the round keeps the reference" if refused else "kept")))  # fmt: skip
         keep_candidate = accepted and not refused
         warm_start = accepted_policy if keep_candidate else reference
@@ -321,7 +321,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
             retrain_refused = check is not None and not check.kept
             if check is not None and ddp.is_main:
                 run.metrics.log({"rollouts/retrained_success": check.challenger.success_rate}, m)
-                print(f"round {m}: retrained policy {check.line()}: "
+                print(f"round {m}: retrained policy {check.line('the accepted policy' if keep_candidate else 'reference')}: "
                       + ("refused, the round keeps " + ("the accepted policy" if keep_candidate else "the reference") if retrain_refused else "kept"))
             next_policy = next_policy if retrain_refused else retrained_policy
         report = RoundReport(

@@ -51,10 +51,11 @@ class Verdict:
     def wins_losses(self) -> tuple[int, int]:
         return wins_losses(self.incumbent.successes, self.challenger.successes)
 
-    def line(self) -> str:
+    def line(self, incumbent: str) -> str:
+        """The challenger's success against ``incumbent``'s (what to call it), with the paired evidence."""
         wins, losses = self.wins_losses
-        return (f"{self.challenger.success_rate:.0%} vs {self.incumbent.success_rate:.0%} over {self.episodes} verification episodes "
-                f"(won {wins}, lost {losses}, p = {sign_test_p(wins, losses, 'greater'):.2f})")  # fmt: skip
+        return (f"{self.challenger.success_rate:.0%} vs {incumbent} {self.incumbent.success_rate:.0%} over {self.episodes} verification "
+                f"episodes (won {wins}, lost {losses}, p = {sign_test_p(wins, losses, 'greater'):.2f})")  # fmt: skip
 
 
 def joined(first: EvalReport, then: EvalReport) -> EvalReport:
