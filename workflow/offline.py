@@ -144,16 +144,16 @@ class OfflineConfig:
     """Save every candidate the gate accepts (round-M/candidates/update-U): the checkpoints ``robot diagnose`` chooses
     among when the PPO stage overfits (the round itself hands on only its last accepted policy)."""
     verify_rollouts: bool = True
-    """Run an accepted (then a retrained) policy and the policy it would replace on the same ``verify_episodes``
-    seeds with the deterministic sampler they deploy with; the change is kept only when its paired wins there are
-    beyond noise (``verify_max_p``). AM-Q can be climbed where the critics and the latent model are wrong, while
+    """Run an accepted (then a retrained) policy and the policy it would replace on the same seeds, in looks of
+    ``verify_episodes``, with the deterministic sampler they deploy with; the change is kept only when its paired
+    wins there are beyond noise (``verify_max_p``). AM-Q can be climbed where the critics and the latent model are wrong, while
     success in sim falls (docs/RESULTS.md, session 5). A tie keeps the policy before it. The episodes are not
     stored: they judge, the rollouts teach."""
     verify_episodes: int = 50
     """Deterministic episodes per verified policy and look, on seeds of their own (``verify_seed``): a change that
     leads the policy it would replace without being beyond noise gets another look of as many, up to
     ``verify_max_episodes`` (``workflow.verification``). One look of 50 refused a gain that 200 seeds showed at
-    p = 0.006 (docs/RESULTS.md, session 23)."""
+    p = 0.02 (docs/RESULTS.md, session 24)."""
     verify_max_episodes: int = 200
     """Most verification episodes per policy and judgement; ``verify_episodes`` makes it one look, as before session 24."""
     verify_max_p: float = 0.1
