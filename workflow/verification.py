@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from workflow.paired import sign_test_p, wins_losses
+from workflow.paired import pick_beyond_noise, sign_test_p, wins_losses
 from workflow.rollout import EvalReport
 
 RunEpisodes = Callable[[str, Path, int, int], EvalReport]
@@ -115,9 +115,9 @@ class Verifier:
         episodes = self.look
         while True:
             before, after = self.report(*incumbent, episodes), self.report(*challenger, episodes)
-            wins, losses = wins_losses(before.successes, after.successes)
-            if wins > losses and sign_test_p(wins, losses, "greater") <= self.max_p:
+            if pick_beyond_noise([before.successes, after.successes], self.max_p) == 1:
                 return Verdict(True, before, after)
+            wins, losses = wins_losses(before.successes, after.successes)
             if wins <= losses or episodes >= self.most:
                 return Verdict(False, before, after)
             episodes = min(episodes + self.look, self.most)
