@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from policies.denoisers import build_denoiser
-from policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig, make_schedulers
+from policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig, Generators, make_schedulers, randn
 from robot.checkpoint import load_module_state
 
 
@@ -63,11 +63,10 @@ class ConsistencyHead(nn.Module):
         return noise - self.denoiser(noise, None, cond)
 
     @torch.no_grad()
-    def sample(self, cond: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
+    def sample(self, cond: Tensor, generator: Generators = None, noise: Tensor | None = None) -> Tensor:
         """Action ``(B, horizon, Da)`` from fresh (or given) noise, clipped like the teacher's predictions."""
         if noise is None:
-            shape = (cond.shape[0], self.config.horizon, self.action_dim)
-            noise = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+            noise = randn((cond.shape[0], self.config.horizon, self.action_dim), generator, cond.device, cond.dtype)
         action = self(noise, cond)
         if self.config.clip_sample:
             action = action.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)

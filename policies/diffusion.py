@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -212,9 +212,24 @@ def make_schedulers(config: DiffusionPolicyConfig) -> tuple[DDPMScheduler, DDIMS
     return DDPMScheduler(**schedule), DDIMScheduler(**schedule)
 
 
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""Where sampling noise comes from: one generator for the batch, or one per row (episodes planned together, each
+drawing from its own, as it would alone: ``workflow.lanes``)."""
+
+
+def randn(shape: tuple[int, ...], generator: Generators, device: torch.device | str, dtype: torch.dtype) -> Tensor:
+    """Standard normal noise of ``shape``, seeded by ``generator``; with one generator per row, row i is what
+    ``generator[i]`` draws for a batch of one."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
+
+
+def _randn_like(x: Tensor, generator: Generators) -> Tensor:
     """``torch.randn_like`` that takes a generator (for seeded, reproducible sampling)."""
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return randn(tuple(x.shape), generator, x.device, x.dtype)
 
 
 class DiffusionPolicy(nn.Module):
@@ -337,17 +352,16 @@ class DiffusionPolicy(nn.Module):
         clip = sampler or cfg
         return mean, sigma.clamp(clip.sigma_min, clip.sigma_max)
 
-    def initial_noise(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def initial_noise(self, cond: Tensor, generator: Generators = None) -> Tensor:
         """x_K ~ N(0, I) of shape ``(B, horizon, Da)`` on ``cond``'s device."""
-        shape = (cond.shape[0], self.config.horizon, self.action_dim)
-        return torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+        return randn((cond.shape[0], self.config.horizon, self.action_dim), generator, cond.device, cond.dtype)
 
     @torch.no_grad()
     def sample(
         self,
         cond: Tensor,
         deterministic: bool,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         num_steps: int | None = None,
         noise: Tensor | None = None,
         trajectory: list[Tensor] | None = None,
@@ -379,7 +393,7 @@ class DiffusionPolicy(nn.Module):
 
     @torch.no_grad()
     def sample_chain(
-        self, cond: Tensor, generator: torch.Generator | None = None, num_steps: int | None = None, sampler: ChainSampler | None = None
+        self, cond: Tensor, generator: Generators = None, num_steps: int | None = None, sampler: ChainSampler | None = None
     ) -> Chain:
         """Stochastic sampling with ``sampler`` (the policy's own by default) that keeps the whole chain and
         each step's log-prob (no gradients)."""

@@ -333,7 +333,7 @@ def _eval(values: dict) -> None:
 
     config = _run_or_fail(build, EvalConfig, _eval_flags(), values)
     task = _run_or_fail(policy_task, config.policy, config.task)
-    common = dict(episodes=config.episodes, seed=config.seed, device=config.device)
+    common = dict(episodes=config.episodes, seed=config.seed, device=config.device, lanes=config.lanes)
     if config.samplers:
         if config.save or config.view or config.rrd:
             _fail("--save, --view and --rrd follow one sampler's episodes; give one --sampler with them")
@@ -363,6 +363,8 @@ def _eval(values: dict) -> None:
         [[report.task, report.sampler, report.episodes, f"{report.success_rate:.1%}", report.mean_return, report.mean_length, report.inference_ms_mean,
           report.inference_ms_p95, ", ".join(f"{k} {v}" for k, v in report.safety.items()) or "none"]],
     ))
+    if report.inference_ms_mean is None and config.lanes > 1:
+        _say(f"inference ms: not timed, {config.lanes} lanes planned their chunks in batches; --lanes 1 times one chunk at a time")
     if before is not None:
         _say(_run_or_fail(outcomes.table, before))
 

@@ -60,7 +60,8 @@ def test_online_rl_on_two_gloo_processes_matches_one_process(tmp_path: Path) -> 
     demos = str(record_demos(tmp_path / "push.zarr", 4))
     _run([*TRAIN, "--data", demos, "--out", str(tmp_path / "il")])
     online = ["-m", "robot.cli", "train", "online", "--policy", str(tmp_path / "il"), "--task", "push", "--iterations", "2",
-              "--episodes-per-iteration", "3", "--actor-lr", "1e-3", "--select-episodes", "3", "--distill-steps", "2"]  # fmt: skip
+              "--episodes-per-iteration", "3", "--actor-lr", "1e-3", "--select-episodes", "3", "--distill-steps", "2", "--lanes", "1"]  # fmt: skip
+    # one episode at a time: lanes batch a rank's episodes with its own, which rounds differently from one process's batches
     _run([*online, "--out", str(tmp_path / "on1")])
     _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *online, "--out", str(tmp_path / "on2")])
     one = ZarrEpisodeStore.open(tmp_path / "on1" / "rollouts.zarr")
@@ -101,7 +102,7 @@ policy, data, out = sys.argv[1:4]
 {before}
 train_offline(OfflineConfig(policy=policy, data=data, out=out, task="push", rounds=1, critic=CriticConfig.for_horizon(4), critic_steps=30,
                             ppo_updates=6, ppo_batch=16, gate_every=3, gate=GateConfig(horizon=2, start_states=16), actor_lr=1e-3,
-                            rollout_episodes=3, retrain_steps=4, retrain_when_rejected=True, verify_episodes=3), show_progress=False)
+                            rollout_episodes=3, retrain_steps=4, retrain_when_rejected=True, verify_episodes=3, lanes=1), show_progress=False)
 {after}
 """
 
@@ -230,7 +231,7 @@ def test_local_slices_cover_the_global_batch_once() -> None:
 
 def test_smoke_pipeline_on_two_gloo_processes_matches_one_process(tmp_path: Path) -> None:
     """The whole recipe under torchrun: rank 0 records and writes, every stage and evaluation splits its work."""
-    pipeline = ["-m", "robot.cli", "pipeline", "--task", "push", "--budget", "smoke"]
+    pipeline = ["-m", "robot.cli", "pipeline", "--task", "push", "--budget", "smoke", "--lanes", "1"]  # lanes round differently per rank
     _run([*pipeline, "--out", str(tmp_path / "p1")])
     _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *pipeline, "--out", str(tmp_path / "p2")])
     for stage in ("imitation", "offline", "online", "one-step"):

@@ -191,7 +191,7 @@ def scripted_selection(monkeypatch, tmp_path, wins_of):
 
     calls = []
 
-    def scripted(robot, task, controller, *, episodes, seed, ddp=None):
+    def scripted(robot, task, controller, *, episodes, seed, ddp=None, lanes=None):
         wins = wins_of(controller, episodes, len(calls))
         calls.append((controller, seed, episodes))
         successes = tuple([True] * wins + [False] * (episodes - wins))

@@ -21,6 +21,14 @@ def sim_options_for(features: Mapping[str, Feature]) -> dict[str, Any]:
     return opts
 
 
+def sim_lanes(task: str, features: Mapping[str, Feature], count: int):
+    """``count`` sims of ``task`` side by side for a policy reading ``features`` (``workflow.lanes.SimLanes``); None
+    when they would render (cameras, a point cloud): a scene renders on the thread that made it."""
+    from workflow.lanes import SimLanes
+
+    return None if count <= 1 or sim_options_for(features) else SimLanes(count, lambda: make_sim_for(task, features))
+
+
 def make_sim_for(task: str, features: Mapping[str, Feature], **opts: Any):
     """``(robot, task)`` in sim, rendering what ``features`` need; the robot is not yet connected."""
     from hardware.registry import make_sim

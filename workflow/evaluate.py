@@ -11,9 +11,10 @@ import torch
 from robot.store import ZarrEpisodeStore
 from workflow.distributed import init_distributed
 from workflow.critic_checkpoint import load_critics
-from workflow.envs import make_sim_for
+from workflow.envs import make_sim_for, sim_lanes
 from workflow.episode import Step
 from workflow.policy import DiffusionController, policy_task
+from workflow.lanes import DEFAULT_LANES
 from workflow.rollout import EvalReport, episode_features, evaluate
 from workflow.run import resolve_device
 
@@ -36,6 +37,9 @@ class EvalConfig:
     same seeds, compared episode by episode."""
     device: str = "cpu"
     """Torch device: cpu, cuda or cuda:N."""
+    lanes: int = DEFAULT_LANES
+    """Episodes run side by side, their chunks planned in one batch (``workflow.lanes``; 1: one at a time; a policy
+    that reads cameras runs one at a time)."""
     save: Path | None = None
     """Append the evaluation episodes to this store."""
     view: bool = False
@@ -52,8 +56,8 @@ class EvalConfig:
     sign-test p against it, episode by episode."""
 
     def __post_init__(self) -> None:
-        if self.episodes < 1:
-            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if self.episodes < 1 or self.lanes < 1:
+            raise ValueError(f"episodes and lanes must be >= 1, got {self.episodes} and {self.lanes}")
         if (self.outcomes or self.against) and self.samplers:
             raise ValueError("--outcomes and --against follow one sampler's episodes; give one --sampler with them")
 
@@ -76,11 +80,13 @@ def evaluate_policy(
     view: bool = False,
     rrd: str | Path | None = None,
     critics: str | Path | None = None,
+    lanes: int = DEFAULT_LANES,
 ) -> EvalReport:
     """Evaluate in sim; ``view`` streams every step and the denoising chain of each executed
     chunk to a Rerun viewer, ``rrd`` writes the same to a file; with ``critics`` (an offline
     round's ``critics`` checkpoint) the view also shows Q of each executed chunk and V. ``task`` None: the
-    checkpoint's task (no warning here when they differ: commands warn once, with ``workflow.policy.policy_task``)."""
+    checkpoint's task (no warning here when they differ: commands warn once, with ``workflow.policy.policy_task``).
+    ``lanes``: episodes run side by side (``workflow.lanes``; one at a time when the policy reads cameras or a point cloud)."""
     ddp, torch_device = init_distributed(resolve_device(device))  # torchrun: the seeds are split over the ranks' sims
     controller = DiffusionController.load(policy, sampler=sampler, device=str(torch_device))
     task = policy_task(policy, task, meta=controller.meta, warn=False)
@@ -93,7 +99,7 @@ def evaluate_policy(
         store = ZarrEpisodeStore.open_or_create(save, episode_features(robot)) if save and ddp.is_main else None
         try:
             report = evaluate(robot, sim_task, controller, episodes=episodes, seed=seed, store=store, source="offline-rollout",
-                              show_progress=show_progress, on_step=on_step, ddp=ddp)  # fmt: skip
+                              show_progress=show_progress, on_step=on_step, ddp=ddp, lanes=sim_lanes(task, controller.input_features, lanes))  # fmt: skip
             return replace(report, sampler=controller.sampler)
         finally:
             if store is not None:

@@ -51,8 +51,9 @@ from workflow.diagnostics.probes import CriticProbe, ProbeConfig, advantage_metr
 from workflow.control import open_control
 from workflow.critic_checkpoint import load_critics, save_critics
 from workflow.distributed import Distributed, init_distributed
-from workflow.envs import make_sim_for
+from workflow.envs import make_sim_for, sim_lanes
 from workflow.imitation import ImitationConfig, train_imitation
+from workflow.lanes import DEFAULT_LANES
 from workflow.latent import LatentTransitions, encode_store
 from workflow.offline_resume import RolloutCommit, RoundJournal, load_ppo_outcome, save_gate_record, save_ppo_outcome
 from workflow.ope import GateConfig, GateDecision, gate, horizon_warning
@@ -82,6 +83,9 @@ class OfflineConfig:
     """Control rate on ``robot``; None: the policy's data rate on an arm (stand-ins included), unthrottled in sim."""
     max_steps: int | None = None
     """Ticks per episode on ``robot``; None: the task's limit (real arms: 600)."""
+    lanes: int = DEFAULT_LANES
+    """Sim episodes run side by side, their chunks planned in one batch (``workflow.lanes``; 1: one at a time).
+    An arm, an operator's device or a policy that reads cameras runs one at a time."""
     operator: OperatorConfig = field(default_factory=OperatorConfig)
     """Who watches the episodes on ``robot`` (a person or the scripted operator: start, labels, takeovers) and what
     scores them."""
@@ -180,8 +184,8 @@ class OfflineConfig:
 
     def __post_init__(self) -> None:
         self.step_schedule  # noqa: B018 (refuses a bad clip_first or denoising_gamma)
-        if self.rounds < 1 or self.ppo_updates < 0 or self.gate_every < 1 or self.critic_steps < 0 or self.chains_per_state < 1:
-            raise ValueError(f"rounds, gate_every and chains_per_state must be >= 1, ppo_updates and critic_steps >= 0, got {self}")
+        if self.rounds < 1 or self.ppo_updates < 0 or self.gate_every < 1 or self.critic_steps < 0 or self.chains_per_state < 1 or self.lanes < 1:
+            raise ValueError(f"rounds, gate_every, chains_per_state and lanes must be >= 1, ppo_updates and critic_steps >= 0, got {self}")
         if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
         if self.anchor_coef < 0 or (self.rollout_std is not None and self.rollout_std < 0):
@@ -553,7 +557,9 @@ def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: 
     try:
         if on_robot(config):
             return robot_episodes(controller, config, episodes=config.rollout_episodes, seed=seed, journal=journal, kind="rollout", store=store)
-        robot, task = make_sim_for(policy_task(policy_path, config.task, meta=controller.meta, warn=False), features)
+        task_name = policy_task(policy_path, config.task, meta=controller.meta, warn=False)
+        robot, task = make_sim_for(task_name, features)
+        lanes = sim_lanes(task_name, features, config.lanes)
         meta = EpisodeMeta(task=task.name, robot=robot.name, fps=task.fps, success=False, source="offline-rollout")
         with robot:
             if ddp.enabled:  # each rank commits its episodes to the journal as they end; rank 0 then stores them all, in seed order
@@ -561,13 +567,13 @@ def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: 
                 commit = RolloutCommit(journal, "rollout", store, meta) if ddp.is_main else None
                 ddp.barrier()  # every rank has read what a killed run committed before any rank commits more
                 report = evaluate(robot, task, controller, episodes=config.rollout_episodes, seed=seed, ddp=ddp, done=done,
-                                  commit=lambda result: journal.save("rollout", result, keep_frames=True))  # fmt: skip
+                                  commit=lambda result: journal.save("rollout", result, keep_frames=True), lanes=lanes)  # fmt: skip
                 ddp.barrier()  # every rank's episodes are in the journal
                 if commit is not None:
                     commit.restore(journal.done("rollout"))  # each seed once: those a killed run stored are skipped
                 return report
             done, commit = rollout_commit(journal, store, meta)
-            return evaluate(robot, task, controller, episodes=config.rollout_episodes, seed=seed, done=done, commit=commit)
+            return evaluate(robot, task, controller, episodes=config.rollout_episodes, seed=seed, done=done, commit=commit, lanes=lanes)
     finally:
         if store is not None:
             store.close()
@@ -638,7 +644,7 @@ def run_verification(policy_path: str | Path, config: OfflineConfig, m: int, jou
         controller = DiffusionController.load(policy_path, device=config.device, seed=config.seed)
         journal = journal or RoundJournal(Path(config.out) / f"round-{m}")
         return robot_episodes(controller, config, episodes=episodes, seed=first, journal=journal, kind=f"verify-{name}")
-    return evaluate_policy(policy_path, config.task, episodes=episodes, seed=first, device=config.device, show_progress=False)
+    return evaluate_policy(policy_path, config.task, episodes=episodes, seed=first, device=config.device, show_progress=False, lanes=config.lanes)
 
 
 def _numbers(obj: object) -> dict[str, float]:

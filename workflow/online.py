@@ -48,6 +48,8 @@ from robot.types import INTERVENTION, EpisodeMeta
 from workflow.distill import make_head_optimizer
 from workflow.distill_onpolicy import ONPOLICY_SEED, distill_visiting
 from workflow.distributed import Distributed, init_distributed
+from workflow.envs import sim_lanes
+from workflow.lanes import DEFAULT_LANES, SimLanes
 from workflow.latent import encode_store
 from workflow.control import ControlStack, open_control
 from workflow.online_collect import Collected, Decisions, collect_episodes
@@ -82,6 +84,9 @@ class OnlineConfig:
     rate on an arm (stand-ins included)."""
     max_steps: int | None = None
     """Ticks per episode; None: the task's limit (real arms: 600)."""
+    lanes: int = DEFAULT_LANES
+    """Sim episodes run side by side, their chunks planned in one batch (``workflow.lanes``; 1: one at a time).
+    An arm, an operator's device or a policy that reads cameras runs one at a time."""
     operator: OperatorConfig = field(default_factory=OperatorConfig)
     """Who watches the episodes (a person or the scripted operator: start, labels, takeovers) and what scores them."""
     robot_minutes: float | None = None
@@ -204,8 +209,8 @@ class OnlineConfig:
 
     def __post_init__(self) -> None:
         self.step_schedule  # noqa: B018 (refuses a bad clip_first or denoising_gamma)
-        if self.iterations < 1 or self.episodes_per_iteration < 1 or self.epochs < 1 or self.minibatch < 1 or self.select_every < 1 or self.distill_reuse < 1:
-            raise ValueError(f"iterations, episodes_per_iteration, epochs, minibatch, select_every and distill_reuse must be >= 1, got {self}")
+        if self.iterations < 1 or self.episodes_per_iteration < 1 or self.epochs < 1 or self.minibatch < 1 or self.select_every < 1 or self.distill_reuse < 1 or self.lanes < 1:
+            raise ValueError(f"iterations, episodes_per_iteration, epochs, minibatch, select_every, distill_reuse and lanes must be >= 1, got {self}")
         if self.distill_steps < 0 or (self.distill_final_steps is not None and self.distill_final_steps < 0):
             raise ValueError(f"distill_steps and distill_final_steps must be >= 0, got {self.distill_steps}, {self.distill_final_steps}")
         if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
@@ -258,6 +263,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     controller = DiffusionController(model, ckpt.normalizer, deterministic=False, learning=True, chain_sampler=learner.sampler, seed=config.seed, device=str(device))
 
     robot, task, control, operator = open_session(config, controller, ddp)  # every check before anything is written
+    lanes = sim_lanes(config.task, controller.input_features, config.lanes) if robot.name.startswith("sim:") else None
     if config.learner is not None:
         learner = _remote_learner(config, learner, ddp)
     run = RunDir(config.out, config, write=ddp.is_main)
@@ -293,7 +299,8 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
                 commit(it, episode)  # in the store if a kill came between the two writes
             todo = [s for s in seeds if s not in kept]
             cpu = time.process_time()
-            fresh = collect_episodes(control, [todo[i] for i in ddp.shard(len(todo))], config.gamma, ddp, commit=lambda e, it=it: commit(it, e) if ddp.is_main else None)
+            fresh = collect_episodes(control, [todo[i] for i in ddp.shard(len(todo))], config.gamma, ddp, commit=lambda e, it=it: commit(it, e) if ddp.is_main else None,
+                                     lanes=lanes)
             episodes = sorted([*kept.values(), *fresh], key=lambda e: e.seed)
             stop = next((e.stop for e in episodes if e.stop is not None), None)
             if stop is not None:
@@ -327,7 +334,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
         # 5. hand on the best of the start and the scored snapshots (deterministic, as deployed), its head distilled
         ran = replace(config, iterations=done.iteration)  # fewer than asked when the robot-time budget ran out
         stack = control if config.robot is not None or config.operator.device is not None else None  # an arm: selection through its stack
-        final, head, selected, selection = hand_on(model, head, ckpt, done.last_cond, robot, task, ran, run, learner.distill_gen, ddp, device, stack)
+        final, head, selected, selection = hand_on(model, head, ckpt, done.last_cond, robot, task, ran, run, learner.distill_gen, ddp, device, stack, lanes)
     if ddp.is_main:
         save_policy(run.policy_dir, final, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "online", "selected": selected})
     ddp.barrier()  # the other ranks return once the policy is on disk
@@ -395,7 +402,7 @@ def _session_closed(store, control: ControlStack, operator, learner):
 
 
 def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, run: RunDir, gen: torch.Generator, ddp: Distributed, device,
-            control: ControlStack | None = None):
+            control: ControlStack | None = None, lanes: SimLanes | None = None):
     """The policy this stage hands on (the last iteration's, or the selection's pick: the start or a snapshot)
     and its one-step head with the whole distillation budget: ``(policy, head, selected, selection)``."""
     selected, selection = "last", ()
@@ -403,7 +410,7 @@ def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, r
     done = config.distill_steps * config.iterations  # distillation steps the handed-on head has had
     if config.select_episodes:
         cpu = time.process_time()
-        selected, selection, path = select_policy(robot, task, config, run, ddp, control)
+        selected, selection, path = select_policy(robot, task, config, run, ddp, control, lanes)
         run.metrics.log({"cpu/select_s": time.process_time() - cpu}, config.iterations)
         if selected == "start":
             final = build_from_checkpoint(ckpt, device=str(device))[0]
@@ -434,12 +441,13 @@ def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, r
 
 
 def select_policy(robot, task, config: OnlineConfig, run: RunDir, ddp: Distributed | None = None,
-                  control: ControlStack | None = None) -> tuple[str, tuple[tuple[str, float, float], ...], Path]:
+                  control: ControlStack | None = None, lanes: SimLanes | None = None) -> tuple[str, tuple[tuple[str, float, float], ...], Path]:
     """Score the starting policy and its challengers (``config.challengers``: the last snapshot, or every
     ``select_every``-th) on the same seeds; a challenger replaces the start only when its paired wins are beyond
     noise (``workflow.paired.pick_beyond_noise``), with several challengers on fresh seeds when
     ``confirm_episodes`` is set. Under torchrun the seeds are split over the ranks; every rank reaches the same
-    choice. With ``control`` (an arm) the episodes run through its stack and operator (:func:`scored_on_robot`)."""
+    choice. With ``control`` (an arm) the episodes run through its stack and operator (:func:`scored_on_robot`); in sim
+    ``lanes`` runs them side by side."""
     last = config.iterations - 1
     scored_its = [last] if config.challengers == "last" else [it for it in range(config.iterations) if (it + 1) % config.select_every == 0 or it == last]
     candidates = [("start", policy_dir(config.policy))] + [(f"iteration {it}", run.snapshot_dir(it)) for it in scored_its]
@@ -447,7 +455,7 @@ def select_policy(robot, task, config: OnlineConfig, run: RunDir, ddp: Distribut
         controller = DiffusionController.load(path, device=config.device, seed=config.seed)
         if control is not None:
             return scored_on_robot(control, controller, episodes=episodes, seed=seed)
-        return evaluate(robot, task, controller, episodes=episodes, seed=seed, ddp=ddp)
+        return evaluate(robot, task, controller, episodes=episodes, seed=seed, ddp=ddp, lanes=lanes)
 
     first = SELECTION_SEED + 1000 * config.seed
     scored, outcomes = [], []

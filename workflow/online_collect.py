@@ -9,8 +9,9 @@ collects its share of an iteration's episodes and every rank ends with all decis
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from policies.diffusion import Chain
 from workflow.control import ControlStack
 from workflow.distributed import Distributed
 from workflow.episode import LABEL_REWARD
+from workflow.lanes import SimLanes, can_run_in_lanes, run_in_lanes
 
 
 @dataclass(frozen=True)
@@ -97,19 +99,20 @@ class Collected:
     """Wall time the robot spent on it, from the reset (home, the operator's start) to its end."""
 
 
-def collect_episodes(control: ControlStack, seeds: list[int], gamma: float, ddp: Distributed, *, commit: Callable[[Collected], None] | None = None) -> list[Collected]:
+def collect_episodes(control: ControlStack, seeds: list[int], gamma: float, ddp: Distributed, *, commit: Callable[[Collected], None] | None = None,
+                     lanes: SimLanes | None = None) -> list[Collected]:
     """This rank's episodes, then every rank's in seed order. ``commit`` gets each episode (on rank 0 under
     torchrun, after the gather; in one process as soon as it ends, so a crash loses no finished episode).
-    An e-stop or quit ends the collection early; what ran is returned."""
+    An e-stop or quit ends the collection early; what ran is returned. With ``lanes``, in sim with no operator,
+    ``lanes.count`` episodes run side by side (``workflow.lanes``), committed in seed order all the same."""
     mine = []
-    for seed in seeds:
-        decisions = Decisions()  # the controller draws this episode's noise from (its seed, the episode's) alone
-        collected = collect_episode(control, decisions, gamma, seed=seed)
-        mine.append(collected)
-        if commit is not None and not ddp.enabled:
-            commit(collected)
-        if collected.stop is not None:
-            break
+    with closing(_collected(control, seeds, gamma, lanes)) as episodes:
+        for collected in episodes:
+            mine.append(collected)
+            if commit is not None and not ddp.enabled:
+                commit(collected)
+            if collected.stop is not None:
+                break
     if not ddp.enabled:
         return mine
     light = [replace(c, frames={}) for c in mine]
@@ -121,6 +124,22 @@ def collect_episodes(control: ControlStack, seeds: list[int], gamma: float, ddp:
         for c in everyone if commit is not None else ():
             commit(c)
     return everyone
+
+
+def _collected(control: ControlStack, seeds: list[int], gamma: float, lanes: SimLanes | None) -> Iterator[Collected]:
+    """Each seed's episode, in seed order (the controller draws an episode's noise from its seed and its own alone)."""
+    if control.operator is not None or control.loop.hz != 0 or not can_run_in_lanes(lanes, control.controller, len(seeds)):
+        return (collect_episode(control, Decisions(), gamma, seed=seed) for seed in seeds)
+    first = (control.robot, control.task)
+
+    def run(robot, task, controller, seed: int) -> Collected:
+        stack = ControlStack(robot, task, controller, hz=0.0, max_steps=control.max_steps)
+        try:
+            return collect_episode(stack, Decisions(), gamma, seed=seed)
+        finally:
+            stack.close()
+
+    return run_in_lanes(control.controller, seeds, first, lanes, run)
 
 
 @torch.no_grad()

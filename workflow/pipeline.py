@@ -39,6 +39,7 @@ from workflow.evaluate import evaluate_policy
 from workflow.imitation import ImitationConfig, train_imitation
 from workflow.offline import OfflineConfig, train_offline
 from workflow.online import OnlineConfig, train_online
+from workflow.lanes import DEFAULT_LANES
 from workflow.ope import GateConfig
 from workflow.policy import DiffusionController
 from workflow.presets import policy_preset
@@ -150,6 +151,8 @@ class PipelineConfig:
     """Seed of the demonstrations, every stage's training and its evaluation episodes."""
     device: str = "cpu"
     """Torch device: cpu, cuda or cuda:N."""
+    lanes: int = DEFAULT_LANES
+    """Sim episodes run side by side, their chunks planned in one batch (``workflow.lanes``; 1: one at a time)."""
     view: bool = False
     """Keep every stage's evaluation episodes and write OUT/pipeline.rrd: curves and episodes per stage."""
 
@@ -159,6 +162,8 @@ class PipelineConfig:
             raise ValueError(f"unknown budget {self.budget!r}; choose one of {', '.join(BUDGETS)}")
         if self.sampler not in MEAN_ETA:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(MEAN_ETA)}")
+        if self.lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {self.lanes}")
         if (self.demos is not None and self.demos < 1) or (self.demo_noise is not None and self.demo_noise < 0):
             raise ValueError(f"demos must be >= 1 and demo_noise >= 0, got {self.demos} and {self.demo_noise}")
         check_expert_style(self.demo_style)
@@ -207,7 +212,7 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
             log(f"[{name}] running")
             cpu = time.process_time()
             policy, episodes, decision = fn()
-            report = evaluate_policy(policy, config.task, episodes=b.eval_episodes, seed=100_000 + config.seed, device=config.device,
+            report = evaluate_policy(policy, config.task, episodes=b.eval_episodes, seed=100_000 + config.seed, device=config.device, lanes=config.lanes,
                                      show_progress=show_progress, save=out / f"{name}.eval.zarr" if config.view else None)  # fmt: skip
             ddim_ms, one_ms = ddp.broadcast(measure_latency(policy, config.device) if latency and ddp.is_main else (None, None))
             result = StageResult(name, str(policy), report.success_rate, report.mean_return, episodes, (time.process_time() - cpu) / 60, ddim_ms, one_ms, decision)
@@ -232,7 +237,7 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
         dynamics=DynamicsConfig(hidden_dims=(200, 200, 200), max_epochs=50), ppo_updates=b.ppo_updates, ppo_batch=b.ppo_batch,
         gate_every=max(10, b.ppo_updates // 3), gate=GateConfig(horizon=5), rollout_episodes=b.rollout_episodes, rollout_std=b.rollout_std,
         chains_per_state=b.chains_per_state, verify_episodes=b.verify_episodes, verify_max_episodes=b.verify_max_episodes, retrain_steps=b.retrain_steps, actor_lr=1e-5, seed=config.seed,
-        device=config.device,
+        device=config.device, lanes=config.lanes,
     )  # fmt: skip
     def offline_stage() -> tuple[str, int, str]:
         report = train_offline(offline_cfg, show_progress=show_progress)
@@ -254,7 +259,7 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
         policy=offline, out=str(out / "online"), task=config.task, iterations=b.online_iterations, episodes_per_iteration=b.online_episodes, minibatch=b.online_minibatch,
         value_from=str(critics) if critics.is_dir() else None, critic=offline_cfg.critic, distill_data=str(demos), distill_steps=b.distill_steps, distill_final_steps=b.distill_final_steps,
         distill_onpolicy_rounds=b.distill_onpolicy_rounds, ft_steps=b.online_ft_steps,
-        select_episodes=b.select_episodes, confirm_episodes=b.confirm_episodes, seed=config.seed, device=config.device,
+        select_episodes=b.select_episodes, confirm_episodes=b.confirm_episodes, seed=config.seed, device=config.device, lanes=config.lanes,
     )  # fmt: skip
     def online_stage() -> tuple[str, int, str]:
         report = train_online(online_cfg, show_progress=show_progress)
@@ -277,7 +282,7 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
 BEFORE_IT_EXISTED = {"sampler": "ddim"}
 """What a setting meant in a pipeline.json written before it existed, where that is not today's default."""
 
-RERUN_MAY_CHANGE = ("out", "device", "view")
+RERUN_MAY_CHANGE = ("out", "device", "lanes", "view")
 """Settings a rerun may change: the rest decide what the finished stages it reads back mean."""
 
 
@@ -333,7 +338,8 @@ def stage_one_step(
     if ddp.broadcast(path.is_file()):
         return StageResult(**json.loads(path.read_text()))
     cpu = time.process_time()
-    report = evaluate_policy(online.policy, config.task, episodes=b.eval_episodes, seed=100_000 + config.seed, sampler="consistency", device=config.device, show_progress=show_progress)
+    report = evaluate_policy(online.policy, config.task, episodes=b.eval_episodes, seed=100_000 + config.seed, sampler="consistency", device=config.device,
+                             show_progress=show_progress, lanes=config.lanes)  # fmt: skip
     result = StageResult("one-step", online.policy, report.success_rate, report.mean_return, 0, (time.process_time() - cpu) / 60, online.ddim_ms, online.one_step_ms)
     if ddp.is_main:
         path.write_text(json.dumps(to_dict(result), indent=2))

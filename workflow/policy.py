@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -94,6 +94,8 @@ class DiffusionController:
         """Stochastic chains with log-probs, handed out as each chunk start's ``PolicyStep.decision`` (online RL)."""
         self.chain_sampler = chain_sampler or model.chain_sampler()
         """How the stochastic chain is drawn (RL floors its std, ``DiffusionPolicy.chain_sampler``)."""
+        self.lane: Any = None
+        """Set by :meth:`for_lane`: what plans this copy's chunks together with its sibling lanes'."""
 
     # ------------------------------------------------------------- contract
     @property
@@ -169,24 +171,22 @@ class DiffusionController:
     def plan(self, frames: list[dict[str, np.ndarray]]) -> ChunkPlan:
         """Actions ``(horizon, Da)`` for the history ``frames``; the denoising chain ``(K+1, horizon, Da)``
         (normalised) when ``keep_chain`` is set and the sampler is DDIM; while ``learning``, the stochastic
-        chain with each denoising step's log-prob (``ChunkPlan.decision``, for online RL).
+        chain with each denoising step's log-prob (``ChunkPlan.decision``, for online RL). A lane's copy
+        (:meth:`for_lane`) plans in one batch with its sibling lanes.
 
         Touches no queue, so a deployment's inference thread can call it while the loop runs.
         """
-        cond = self.condition(frames)
-        if self.learning:
-            decision = ChainDecision(cond, self.model.sample_chain(cond, generator=self.generator, sampler=self.chain_sampler))
-            return ChunkPlan(self.unnormalize_actions(decision.chain.actions[0]), decision=decision)
-        chain = None
-        if self.sampler == "consistency":
-            normalized = self.consistency.sample(cond, generator=self.generator)
-        else:
-            trajectory: list[torch.Tensor] | None = [] if self.keep_chain else None
-            normalized = self.model.sample(cond, deterministic=self.deterministic, generator=self.generator, trajectory=trajectory,
-                                           mean_eta=MEAN_ETA.get(self.sampler), sampler=self.chain_sampler)  # fmt: skip
-            if trajectory:
-                chain = torch.stack([x[0] for x in trajectory]).cpu().numpy()
-        return ChunkPlan(self.unnormalize_actions(normalized[0]), chain)
+        if self.lane is not None:
+            return self.lane.plan(self, frames)
+        return plan_together([self], [frames])[0]
+
+    def for_lane(self, lane: Any) -> "DiffusionController":
+        """A copy for one of several sim episodes run side by side (``workflow.lanes``): the same networks,
+        normaliser and samplers; its own history, action queue and noise generator; its plans go to ``lane``."""
+        twin = DiffusionController(self.model, self.normalizer, consistency=self.consistency, sampler=self.sampler, deterministic=self.deterministic,
+                                   seed=self.seed, device=str(self.device), meta=self.meta, learning=self.learning, chain_sampler=self.chain_sampler)  # fmt: skip
+        twin.lane = lane
+        return twin
 
     def check_robot(self, robot_name: str, observation_features: Mapping[str, Feature], action_features: Mapping[str, Feature]) -> None:
         """Raise a ValueError naming every key this policy needs that the robot lacks."""
@@ -209,6 +209,34 @@ class DiffusionController:
 def episode_noise_seed(seed: int, episode_seed: int) -> int:
     """One generator seed per (run seed, episode seed) pair."""
     return (seed * 1_000_003 + episode_seed) % (2**63)
+
+
+@torch.no_grad()
+def plan_together(controllers: Sequence[DiffusionController], histories: Sequence[list[dict[str, np.ndarray]]]) -> list[ChunkPlan]:
+    """Each controller's plan from its history, in one batched pass of the networks they share (copies made by
+    :meth:`DiffusionController.for_lane`). Each row's noise comes from its own controller's generator, drawn as it
+    would be planned alone, so a row differs from its lone plan by float rounding only."""
+    lead, rows = controllers[0], range(len(controllers))
+    batches = [c.observation_batch(f) for c, f in zip(controllers, histories)]
+    cond = lead.model.encode({k: torch.cat([b[k] for b in batches]) for k in batches[0]})
+    generator = lead.generator if len(controllers) == 1 else [c.generator for c in controllers]
+    if lead.learning:
+        chains = lead.model.sample_chain(cond, generator=generator, sampler=lead.chain_sampler)
+        return [ChunkPlan(lead.unnormalize_actions(chains.actions[i]), decision=ChainDecision(cond[i : i + 1].clone(), _own_row(chains, i))) for i in rows]
+    trajectory: list[torch.Tensor] | None = None
+    if lead.sampler == "consistency":
+        normalized = lead.consistency.sample(cond, generator=generator)
+    else:
+        trajectory = [] if lead.keep_chain else None
+        normalized = lead.model.sample(cond, deterministic=lead.deterministic, generator=generator, trajectory=trajectory,
+                                       mean_eta=MEAN_ETA.get(lead.sampler), sampler=lead.chain_sampler)  # fmt: skip
+    chains = torch.stack(trajectory, dim=1).cpu().numpy() if trajectory else None  # (B, K+1, T, Da)
+    return [ChunkPlan(lead.unnormalize_actions(normalized[i]), None if chains is None else chains[i]) for i in rows]
+
+
+def _own_row(chains: Chain, i: int) -> Chain:
+    """Row ``i`` with storage of its own (a saved decision must not carry its batch's other rows)."""
+    return Chain(chains.samples[i : i + 1].clone(), chains.log_probs[i : i + 1].clone(), chains.timesteps, chains.sampler)
 
 
 def build_from_checkpoint(ckpt: Checkpoint, device: str = "cpu") -> tuple[DiffusionPolicy, ConsistencyHead | None]:

@@ -10,7 +10,8 @@ success and intervention flags, so rollouts can be appended to a store as
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from contextlib import closing
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
@@ -19,6 +20,7 @@ from robot.protocols import Policy, Robot, Task
 from robot.store import ZarrEpisodeStore
 from robot.types import ACTION, DONE, INTERVENTION, REWARD, SUCCESS, EpisodeMeta, Feature
 from workflow.episode import Episode, PolicyActor, Step
+from workflow.lanes import SimLanes, can_run_in_lanes, run_in_lanes
 from workflow.takeover import OperatorStop
 
 if TYPE_CHECKING:
@@ -121,6 +123,7 @@ def evaluate(
     control: "ControlStack | None" = None,
     done: Mapping[int, EpisodeResult] | None = None,
     commit: Callable[[EpisodeResult], None] | None = None,
+    lanes: SimLanes | None = None,
 ) -> EvalReport:
     """Success rate, return and inference latency over ``episodes`` seeds ``seed, seed + 1, ...``; with
     ``control`` every episode runs through it (an arm: its rate loop, chunk queue and operator; ``task`` may then be
@@ -133,6 +136,9 @@ def evaluate(
 
     A resumed session passes the episodes it already ran as ``done`` (by seed: not run again, counted in the
     report) and ``commit`` gets each episode it runs as soon as it ends (one process), frames included.
+
+    With ``lanes`` (sim only) a diffusion controller's episodes run ``lanes.count`` side by side, their chunks
+    planned in one batch (``workflow.lanes``); they are committed and stored in seed order all the same.
 
     An episode the operator stopped the session in (an e-stop, or a quit, before or during it) is neither
     committed nor stored: the session ends there with :class:`~workflow.takeover.OperatorStop`, and a rerun
@@ -147,25 +153,31 @@ def evaluate(
     local, frames = [], {}
     bar = progress(len(mine), 0, f"eval {_name(robot, task)}", show_progress and ddp.is_main)
     done = done or {}
-    for i in mine:
-        if seed + i in done:
-            res = done[seed + i]
-        else:
-            res = run_episode(robot, task, policy, seed=seed + i, on_step=on_step, control=control)
-            if res.stop is not None:
-                bar.close()
-                what = "the e-stop was pressed" if res.stop == "estop" else "the operator quit"
-                raise OperatorStop(f"{what} in episode {len(local) + 1} of {len(mine)} (seed {res.seed}); the episodes before it ({len(local)}) are kept")
-            if commit is not None:
-                commit(res)
-        if store is not None and not ddp.enabled and seed + i not in done:  # one process: stored as it ends (a kill loses no finished episode)
-            _store_episode(store, robot, task, res, source)
-        if ddp.enabled:  # to rank 0 once every rank is done
-            frames[res.seed] = res.frames
-        res.frames = {}
-        local.append(res)
-        bar.update(1)
-        bar.set_postfix(success=f"{np.mean([r.success for r in local]):.2f}")
+    todo = [seed + i for i in mine if seed + i not in done]
+    if control is None and on_step is None and can_run_in_lanes(lanes, policy, len(todo)):  # untimed: a plan's wall time is its batch's
+        fresh = run_in_lanes(policy, todo, (robot, task), lanes, lambda r, t, p, s: replace(run_episode(r, t, p, seed=s), inference_ms=[]))
+    else:
+        fresh = (run_episode(robot, task, policy, seed=s, on_step=on_step, control=control) for s in todo)
+    with closing(fresh):  # a stop or an error here stops the lanes too
+        for i in mine:
+            if seed + i in done:
+                res = done[seed + i]
+            else:
+                res = next(fresh)
+                if res.stop is not None:
+                    bar.close()
+                    what = "the e-stop was pressed" if res.stop == "estop" else "the operator quit"
+                    raise OperatorStop(f"{what} in episode {len(local) + 1} of {len(mine)} (seed {res.seed}); the episodes before it ({len(local)}) are kept")
+                if commit is not None:
+                    commit(res)
+            if store is not None and not ddp.enabled and seed + i not in done:  # one process: stored as it ends (a kill loses no finished episode)
+                _store_episode(store, robot, task, res, source)
+            if ddp.enabled:  # to rank 0 once every rank is done
+                frames[res.seed] = res.frames
+            res.frames = {}
+            local.append(res)
+            bar.update(1)
+            bar.set_postfix(success=f"{np.mean([r.success for r in local]):.2f}")
     bar.close()
     results = sorted((r for part in ddp.gather(local) for r in part), key=lambda r: r.seed)
     if ddp.enabled and ddp.broadcast(store is not None):  # rank 0 stores every rank's episodes, in seed order
