@@ -1,7 +1,8 @@
 """Every benchmark, one command: ``python -m bench [--only store,sim,...] [--quick] [--pipeline RUN]``.
 
 Suites, in order: store write/read, sim steps/s, training samples/s per stage,
-inference latency (DDIM K-step vs one step; state, RGB, point cloud), record
+inference latency (DDIM K-step vs one step; state, RGB, point cloud), sim episodes
+per CPU minute one at a time and in lanes, record
 loop rate and jitter, deploy loop rate and jitter (DDIM vs one step), and the
 pipeline's success per stage. The pipeline suite does not train (that is
 ``robot pipeline``, about 17 minutes on the quick budget): it prints the table
@@ -30,6 +31,7 @@ SUITES: dict[str, tuple[str, list[str]]] = {
     "sim": ("bench.sim", ["--tasks", "push", "--steps", "100", "--expert-seeds", "5"]),
     "training": ("bench.training", ["--seconds", "1"]),
     "latency": ("bench.latency", ["--repeats", "5"]),
+    "lanes": ("bench.lanes", ["--episodes", "4", "--lanes", "1,4"]),
     "control": ("bench.control_loop", ["--rates", "30", "100", "--episodes", "1", "--max-steps", "30"]),
     "deploy": ("bench.deploy", ["--episodes", "1", "--max-steps", "40"]),
     "recipe": ("bench.recipe", ["--setting", "push-hesitant", "--budget", "smoke", "--episodes", "4", "--out", "/tmp/bench_recipe_quick"]),

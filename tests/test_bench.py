@@ -200,3 +200,13 @@ def test_verification_power_keeps_real_gains_more_often_than_ties_and_losses(cap
     main(["--trials", "20"])
     out = capsys.readouterr().out
     assert "looks of 50 up to 200, p 0.1 (default)" in out and "20 simulated verifications per row" in out
+
+
+def test_lanes_bench_runs_the_same_seeds_at_each_lane_count(capsys) -> None:
+    from bench.lanes import main
+
+    main(["--episodes", "3", "--lanes", "1,3", "--task", "push"])
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line[:1].isdigit()]
+    assert [r[0] for r in rows] == ["1", "3"] and rows[0][1:4] == rows[1][1:4], out  # episodes, env steps and success agree
+    assert rows[0][-1] == "1.0x"
