@@ -110,11 +110,11 @@ BUDGETS = {
     # demonstrations the offline policy's 68.0% rose to 77.5% after 40 fine-tuning only the last 5 denoising steps
     # (33 won, 14 lost, 200 paired seeds; every step: 76.5%, and 69.5% -> 77.0% over 400 seeds, p = 0.006), but
     # not beyond noise after 10 (71.0%; docs/RESULTS.md, session 23). Fine-tuning 5 of the 10 steps halves the
-    # update's CPU. One offline round of 50 PPO updates: 50 reached what 150 did on push-biased (session 19) and
-    # what 100 did on the main job's setting (68.0 and 68.5%), and each update costs about 5 CPU seconds.
-    # End to end on that setting at 100 updates: 56.5 -> 68.5 -> 79.0%, both RL stages beyond noise, the head
-    # 77.0%, in 66 CPU minutes (session 24), before sim episodes ran in lanes.
-    "full": Budget(demos=200, demo_noise=0.0, imitation_steps=8000, offline_rounds=1, critic_steps=3000, ppo_updates=50, ppo_batch=128,
+    # update's CPU. One offline round of 100 PPO updates: at 50 the main job's candidate won only 32 to 23 over
+    # 200 verification episodes (p = 0.14) and was refused (session 25). End to end on that setting at 100:
+    # 56.5 -> 68.5 -> 79.0%, both RL stages beyond noise, the head 77.0%, in 66 CPU minutes (session 24); at 50,
+    # with sim episodes in lanes: 57.0 -> 57.0 -> 69.5%, the head 69.5%, in 53.8 (session 25).
+    "full": Budget(demos=200, demo_noise=0.0, imitation_steps=8000, offline_rounds=1, critic_steps=3000, ppo_updates=100, ppo_batch=128,
                    rollout_episodes=50, rollout_std=0.1, chains_per_state=4, verify_episodes=50, retrain_steps=0, online_iterations=40,
                    online_episodes=32, online_minibatch=128, online_ft_steps=5, eval_episodes=100, distill_final_steps=2500, select_episodes=32,
                    confirm_episodes=100, distill_onpolicy_rounds=4),  # lift: the head 86.0% against its teacher's 85.0%; from stored states alone 82.0%
