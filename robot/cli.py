@@ -358,13 +358,13 @@ def _eval(values: dict) -> None:
     outcomes = SeedOutcomes(str(config.policy), config.sampler, report.seeds, report.successes, report.lengths, report.returns)
     if config.outcomes:
         outcomes.write(config.outcomes)
+    if report.inference_ms_mean is None and config.lanes > 1:
+        _say(f"inference ms: not timed, {config.lanes} lanes planned their chunks in batches; --lanes 1 times one chunk at a time")
     _say(format_table(
         ["task", "sampler", "episodes", "success", "return", "length", "inference ms (mean)", "inference ms (p95)", "safety interventions"],
         [[report.task, report.sampler, report.episodes, f"{report.success_rate:.1%}", report.mean_return, report.mean_length, report.inference_ms_mean,
           report.inference_ms_p95, ", ".join(f"{k} {v}" for k, v in report.safety.items()) or "none"]],
     ))
-    if report.inference_ms_mean is None and config.lanes > 1:
-        _say(f"inference ms: not timed, {config.lanes} lanes planned their chunks in batches; --lanes 1 times one chunk at a time")
     if before is not None:
         _say(_run_or_fail(outcomes.table, before))
 
