@@ -90,7 +90,8 @@ class Budget:
 
 BUDGETS = {
     # The README's main job (push-rim from 30 hesitant demonstrations: 56.5 -> 68.0 -> 68.0% over 200 paired seeds,
-    # session 22). Imitation runs 8,000 steps: at 4,000 (sessions 13-21) its success had not converged, and
+    # session 22; with sim episodes in lanes the offline candidate won 29 to 20 over 200 verification episodes,
+    # p = 0.13, and was refused: 57.0% at every stage, session 25). Imitation runs 8,000 steps: at 4,000 (sessions 13-21) its success had not converged, and
     # the RL stages' gains there were mostly what longer imitation gives (push-rim-hesitant: 54.0% at 4,000 steps,
     # 93.5% at 8,000, against 80.0% for the whole 4,000-step recipe; push-biased 72.5% -> 93.0%; docs/RESULTS.md,
     # session 22). The denoising loss does not show it: validation 0.115 at 4,000 steps, 0.112 at 8,000. 50 offline
