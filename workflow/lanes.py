@@ -120,7 +120,7 @@ class SimLanes:
 
 def can_run_in_lanes(lanes: SimLanes | None, policy: Any, episodes: int) -> bool:
     """Whether episodes of ``policy`` can go side by side: more than one lane and one episode, and a policy that
-    plans through batches (a diffusion controller; a one-step head or any other policy runs one at a time)."""
+    plans through batches (a diffusion controller, with any sampler; any other policy runs one at a time)."""
     return lanes is not None and lanes.count > 1 and episodes > 1 and callable(getattr(policy, "for_lane", None))
 
 
