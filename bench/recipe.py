@@ -39,9 +39,10 @@ from robot.report import format_table
 from sim.registry import check_task
 from workflow.paired import mean_steps_to_success, sign_test_p, wilson_interval, wins_losses
 from workflow.pipeline import BUDGETS, PipelineConfig, StageResult, run_pipeline
+from workflow.stage_report import STARTS_FROM
 
 STAGES = ("imitation", "offline", "online", "one-step")
-COMPARED_WITH = {"offline": "imitation", "online": "offline", "one-step": "online"}
+COMPARED_WITH = STARTS_FROM
 """The stage each stage is paired against: the one it started from (the one-step head: its teacher)."""
 
 

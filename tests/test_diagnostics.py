@@ -468,7 +468,7 @@ def test_pipeline_ends_with_the_stage_table_then_the_verdicts(critic_runs, imita
     lines: list[str] = []
     run_pipeline(PipelineConfig(out=str(out)), show_progress=False, log=lines.append)
     table = lines[-1]
-    assert table.startswith("pipeline: task push") and table.index("1-step ms") < table.index(f"diagnostics: {out}")
+    assert table.startswith("pipeline: task push") and table.index("one-step head 2.00 ms") < table.index(f"diagnostics: {out}")
     assert "offline/round-0/critics  overfitting" in table and (out / "diagnostics" / "offline.round-0.critics.png").is_file()
 
 

@@ -143,3 +143,25 @@ def test_a_rerun_with_other_settings_is_refused_and_keeps_the_directory(tmp_path
         run_pipeline(PipelineConfig(out=str(tmp_path), sampler="ddim", demo_style="biased"), show_progress=False, log=lambda _: None)
     assert json.loads((tmp_path / "pipeline.json").read_text()) == {"task": "push", "budget": "quick", "seed": 0}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline.json"]
+
+
+def test_the_table_pairs_each_stage_with_the_one_it_started_from():
+    from workflow.stage_report import StageResult, pipeline_table
+
+    imitation = [True, True, False, False, False, True]
+    offline = [True, True, True, True, False, True]  # 2 seeds only it solved, none lost
+    head = [True, False, True, True, False, True]  # 1 lost against its teacher
+    results = [
+        StageResult("imitation", "a", 0.5, 0.0, 6, 1.0, successes=imitation, lengths=[40, 50, 80, 80, 80, 60]),
+        StageResult("offline", "b", 5 / 6, 0.0, 6, 2.0, decision="kept", successes=offline, lengths=[30, 40, 50, 60, 80, 20]),
+        StageResult("online", "b", 5 / 6, 0.0, 6, 3.0, 30.0, 2.0, successes=offline, lengths=[30, 40, 50, 60, 80, 20]),
+        StageResult("one-step", "b", 4 / 6, 0.0, 0, 0.1, 30.0, 2.0, successes=head, lengths=[30, 80, 50, 60, 80, 20]),
+    ]
+    lines = pipeline_table(results, PipelineConfig()).splitlines()
+    rows = {line.split()[0]: line for line in lines[3:7]}
+    assert "2/0 vs imitation  0.5" in rows["offline"] and "40.0" in rows["offline"]  # mean steps of its 5 successes
+    assert "0/0 vs offline" in rows["online"] and "0/1 vs online" in rows["one-step"]
+    assert "the one-step head 2.00 ms (15x faster)" in lines[-1]
+    # results written before the pipeline kept its episodes' outcomes: no interval, no pairing, no traceback
+    old = [StageResult("imitation", "a", 0.5, 0.0, 6, 1.0), StageResult("offline", "b", 0.6, 0.0, 6, 2.0)]
+    assert pipeline_table(old, PipelineConfig()).splitlines()[4].split()[:3] == ["offline", "60.0%", "-"]

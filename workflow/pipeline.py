@@ -4,10 +4,13 @@ record (scripted teleop) -> imitation -> offline rounds with AM-Q gates ->
 online RL with the one-step head distilled alongside -> evaluation of every stage.
 
 Each stage writes its own run directory under ``out``; a stage whose report exists
-is skipped, so a killed pipeline resumes where it stopped. It ends with one table:
-stage, success rate, return, episodes used, CPU minutes, and inference latency of
-the K-step DDIM policy vs the one-step head, followed by the diagnostics verdict of
-every training stage (``workflow.diagnostics``; plots in OUT/diagnostics).
+is skipped, so a killed pipeline resumes where it stopped. Every stage is evaluated on the
+same seeds, and the run ends with one table (``workflow.stage_report``): per stage its
+success with a 95% interval, the seeds it won and lost against the stage it started
+from with the sign test's p, mean steps to success, episodes used, CPU minutes and what
+it kept; then the latency of one chunk, K-step DDIM against the one-step head, and the
+diagnostics verdict of every training stage (``workflow.diagnostics``; plots in
+OUT/diagnostics).
 
 Under ``torchrun --nproc_per_node N`` every stage runs data-parallel (rank 0 records
 the demonstrations and writes everything), and the sim episodes of the RL stages and
@@ -24,13 +27,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from policies.critics import CriticConfig
 from policies.diffusion import MEAN_ETA
 from policies.dynamics import DynamicsConfig
 from robot.config import to_dict
-from robot.report import format_table
 from sim.registry import check_task
 from sim.scene import check_expert_style
 from workflow.diagnostics.diagnose import DiagnoseConfig, diagnose_run
@@ -44,6 +45,7 @@ from workflow.ope import GateConfig
 from workflow.policy import DiffusionController
 from workflow.presets import policy_preset
 from workflow.run import resolve_device
+from workflow.stage_report import StageResult, pipeline_table
 
 
 @dataclass(frozen=True)
@@ -177,19 +179,6 @@ class PipelineConfig:
         return replace(b, demos=b.demos if self.demos is None else self.demos, demo_noise=b.demo_noise if self.demo_noise is None else self.demo_noise)
 
 
-@dataclass(frozen=True)
-class StageResult:
-    stage: str
-    policy: str
-    success: float
-    mean_return: float
-    episodes: int  # sim episodes this stage used (demos, rollouts)
-    cpu_minutes: float
-    ddim_ms: float | None = None
-    one_step_ms: float | None = None
-    decision: str = ""  # what the stage's gate or selection kept
-
-
 def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Callable[[str], None] = print) -> list[StageResult]:
     ddp, _ = init_distributed(resolve_device(config.device))
     if not ddp.is_main:  # one voice: rank 0 logs and draws progress bars
@@ -217,7 +206,8 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
             report = evaluate_policy(policy, config.task, episodes=b.eval_episodes, seed=100_000 + config.seed, device=config.device, lanes=config.lanes,
                                      show_progress=show_progress, save=out / f"{name}.eval.zarr" if config.view else None)  # fmt: skip
             ddim_ms, one_ms = ddp.broadcast(measure_latency(policy, config.device) if latency and ddp.is_main else (None, None))
-            result = StageResult(name, str(policy), report.success_rate, report.mean_return, episodes, (time.process_time() - cpu) / 60, ddim_ms, one_ms, decision)
+            result = StageResult(name, str(policy), report.success_rate, report.mean_return, episodes, (time.process_time() - cpu) / 60, ddim_ms, one_ms, decision,
+                                 report.successes, report.lengths)  # fmt: skip
             if ddp.is_main:
                 path.write_text(json.dumps(to_dict(result), indent=2))
             ddp.barrier()
@@ -342,7 +332,8 @@ def stage_one_step(
     cpu = time.process_time()
     report = evaluate_policy(online.policy, config.task, episodes=b.eval_episodes, seed=100_000 + config.seed, sampler="consistency", device=config.device,
                              show_progress=show_progress, lanes=config.lanes)  # fmt: skip
-    result = StageResult("one-step", online.policy, report.success_rate, report.mean_return, 0, (time.process_time() - cpu) / 60, online.ddim_ms, online.one_step_ms)
+    result = StageResult("one-step", online.policy, report.success_rate, report.mean_return, 0, (time.process_time() - cpu) / 60, online.ddim_ms,
+                         online.one_step_ms, successes=report.successes, lengths=report.lengths)  # fmt: skip
     if ddp.is_main:
         path.write_text(json.dumps(to_dict(result), indent=2))
     ddp.barrier()
@@ -389,19 +380,3 @@ def measure_latency(policy: str | Path, device: str, repeats: int = 30) -> tuple
             samples.append((time.perf_counter() - start) * 1e3)
         times[sampler] = float(np.median(samples))
     return times["ddim"], times["consistency"]
-
-
-def pipeline_table(results: list[StageResult], config: PipelineConfig, processes: int = 1) -> str:
-    rows = [
-        [r.stage, f"{r.success:.1%}", r.mean_return, r.episodes, round(r.cpu_minutes, 1), r.ddim_ms, r.one_step_ms, r.decision]
-        for r in results
-    ]
-    b = config.spend
-    demos = f"{b.demos} demonstrations" + (f" at noise {b.demo_noise:g}" if b.demo_noise else "")
-    if config.demo_style != "iid":
-        demos += f" ({config.demo_style} operator)"
-    title = (f"pipeline: task {config.task}, budget {config.budget}, {demos}, {b.eval_episodes} evaluation episodes per stage "
-             f"(sampler {config.sampler}), torch threads {torch.get_num_threads()}")  # fmt: skip
-    if processes > 1:
-        title += f", {processes} processes (CPU min: rank 0's)"
-    return format_table(["stage", "success", "return", "episodes used", "CPU min", "DDIM ms", "1-step ms", "kept"], rows, title=title)
