@@ -22,6 +22,7 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")  # must precede `import mujoco` to take effect
 
 import itertools
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -143,6 +144,9 @@ class RobosuiteScene:
     def __init__(self, config: RobosuiteSceneConfig, expert_factory: ExpertFactory, camera: CameraConfig | None = None):
         import robosuite
         from robosuite.controllers import load_composite_controller_config
+
+        # robosuite logs an INFO line for every controller it loads: one per scene, 32 per evaluation in lanes
+        logging.getLogger("robosuite_logs").setLevel(logging.WARNING)
 
         self.config = config
         self.name = config.name

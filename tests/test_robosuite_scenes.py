@@ -57,6 +57,13 @@ def test_importing_the_factories_imports_no_robosuite() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_building_a_scene_prints_nothing() -> None:
+    """robosuite logs a line per controller it loads: 32 of them per evaluation in lanes, unless the scene quiets it."""
+    code = "import sim.robosuite_scenes as s; s.make_lift().close(); s.make_lift().close()"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "robosuite INFO" not in done.stdout + done.stderr, done.stderr
+
+
 def test_unknown_option_is_named_with_the_valid_ones() -> None:
     with pytest.raises(TypeError, match="no options \\['horizon'\\].*max_steps"):
         robosuite_scenes.make_lift(horizon=10)
