@@ -45,6 +45,10 @@ DOMINANT_FRACTION = 0.5
 """A guard that fired on more than this fraction of an episode's commands gets a warning at the episode's end."""
 DOMINANT_MIN_COMMANDS = 10
 """Episodes shorter than this many commands are never warned about."""
+_WARNED: set[tuple[str, str, str, str]] = set()
+"""(robot name, safety config, guard, where) warned about in this process: an evaluation in lanes builds 32 robots of one
+task, a pipeline hundreds, and each would otherwise repeat the same line."""
+_WARNED_LOCK = threading.Lock()
 
 
 class SafeRobot:
@@ -73,7 +77,7 @@ class SafeRobot:
         self._pushing: dict[int, list[np.ndarray]] = {}  # joint -> unit motions that drove it toward its limit
         self._previous: _Command | None = None  # the last command applied since the last hold or reset
         self._episode = _GuardTally()  # commands and guard firings since the last reset
-        self._warned: set[tuple[str, str]] = set()  # (guard, where) warned about once per robot
+        self._warn_key = (self.name, repr(config))  # a guard's warning is printed once per process, robot and safety config
 
     # -- Robot contract -------------------------------------------------------------------
 
@@ -170,15 +174,18 @@ class SafeRobot:
     def end_episode(self) -> tuple[str, ...]:
         """Close the episode's guard tally: for each guard that fired on most of its commands (more than
         :data:`DOMINANT_FRACTION`, at least :data:`DOMINANT_MIN_COMMANDS` commands), print one warning line
-        naming the guard, where it fired (joint, axis or action entry) and the limit, once per robot and
-        guard; return the lines printed. The next episode starts a fresh tally."""
+        naming the guard, where it fired (joint, axis or action entry) and the limit, once per process, robot,
+        safety config and guard; return the lines printed. The next episode starts a fresh tally."""
         with self._lock:
             tally, self._episode = self._episode, _GuardTally()
             by_guard: dict[str, list[tuple[str, int]]] = {}
             for reason, where, text, count in tally.dominant():
-                if (reason, where) not in self._warned:
-                    self._warned.add((reason, where))
-                    by_guard.setdefault(reason, []).append((text, count))
+                key = (*self._warn_key, reason, where)
+                with _WARNED_LOCK:
+                    if key in _WARNED:
+                        continue
+                    _WARNED.add(key)
+                by_guard.setdefault(reason, []).append((text, count))
             lines = []
             for reason, places in by_guard.items():  # one line per guard, naming every place it dominated
                 count = max(c for _, c in places)

@@ -11,6 +11,7 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -34,3 +35,12 @@ def pytest_collection_modifyitems(config, items):
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: the order within each module stays
+
+
+@pytest.fixture(autouse=True)
+def _safety_warnings_afresh():
+    """The safety layer warns about a guard once per process (``hardware.safety._WARNED``); each test starts unwarned,
+    so a test that checks a warning does not depend on which tests ran before it in its process."""
+    from hardware import safety
+
+    safety._WARNED.clear()

@@ -179,6 +179,24 @@ def test_a_guard_firing_on_most_steps_is_one_warning_naming_the_guard_the_axis_a
     assert "axis x (action dx; workspace -0.100..0.100 m" in lines[0] and "SafetyConfig" in lines[0]
 
 
+def test_robots_of_one_task_and_config_warn_once_per_process(capsys) -> None:
+    """Lanes build a robot per lane, a pipeline hundreds: the same guard at the same place is one line, not one per robot."""
+    box = SafetyConfig(workspace_low=(-0.11, -0.11, -1.0), workspace_high=(0.11, 0.11, 1.0))
+    for _ in range(3):
+        with make_robot("push", safety=box) as robot:
+            robot.reset(3)
+            for _ in range(40):
+                robot.send_action(np.array([0.02, 0.0], dtype=np.float32))
+            robot.reset(3)
+    with make_robot("push", safety=SafetyConfig(workspace_low=(-0.12, -0.12, -1.0), workspace_high=(0.12, 0.12, 1.0))) as robot:
+        robot.reset(3)
+        for _ in range(40):  # another config: its own warning
+            robot.send_action(np.array([0.02, 0.0], dtype=np.float32))
+        robot.reset(3)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: safety guard")]
+    assert len(lines) == 2 and "-0.110..0.110 m" in lines[0] and "-0.120..0.120 m" in lines[1], lines
+
+
 def test_a_joint_guard_warning_names_the_joint_and_its_limit(capsys) -> None:
     with make_robot("push", safety=SafetyConfig(joint_margin=0.4)) as robot:  # the pusher's slides: most of the range is "near"
         robot.reset(0)
