@@ -57,8 +57,9 @@ def test_the_pipeline_on_push_from_biased_demonstrations_gains_in_its_offline_ro
         assert online.success == offline.success, online.decision
     assert online.one_step_ms is not None and online.one_step_ms < online.ddim_ms, "the one-step head must be faster"
     table = lines[-1]
-    for column in ("stage", "success", "episodes used", "CPU min", "DDIM ms", "1-step ms", "kept"):
+    for column in ("stage", "success", "95% CI", "won/lost", "steps to success", "episodes used", "CPU min", "kept", "one action chunk at batch 1: DDIM"):
         assert column in table
+    assert "vs imitation" in table.splitlines()[4] and len(offline.successes) == len(imitation.successes) == PIPELINE.spend.eval_episodes
     gates = [json.loads(line) for line in (run / "offline" / "gate.jsonl").read_text().splitlines()]
     assert gates and all({"j_reference", "j_candidate", "accepted"} <= set(g) for g in gates)
     # a rerun resumes: every stage is read back, nothing retrains
@@ -110,7 +111,7 @@ def test_the_demonstration_settings_override_the_budget_and_head_the_table(tmp_p
     store = ZarrEpisodeStore.open(tmp_path / "demos.zarr")
     assert store.num_episodes == 2
     assert all(meta.extra["noise"] == 0.3 for meta in store.metas)
-    assert pipeline_table([], config).startswith("pipeline: task push, budget full, 2 demonstrations at noise 0.3, 100 evaluation episodes per stage (sampler ddpm-mean),")
+    assert pipeline_table([], config).startswith("pipeline: task push, budget full, 2 demonstrations at noise 0.3, 200 evaluation episodes per stage (sampler ddpm-mean),")
     assert "at noise" not in pipeline_table([], PipelineConfig(out=str(tmp_path)))
     with pytest.raises(ValueError, match="demos must be >= 1"):
         PipelineConfig(out=str(tmp_path), demos=0)
