@@ -521,6 +521,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     # OpenMP threads that spin while waiting made training 10-25x slower whenever another
     # process shared the CPU (docs/RESULTS.md); passive waiting costs nothing when alone.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # One intra-op thread unless the user sets OMP_NUM_THREADS: the kit's networks are small, and on a 2-core machine
+    # with nothing else running, torch's default two threads trained imitation at 12.0 steps/s against one thread's
+    # 16.8, on twice the CPU (docs/RESULTS.md, session 26). The kit scales out with lanes and torchrun instead.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     app(args=argv)
 
 

@@ -21,6 +21,18 @@ def test_help_lists_every_command():
         >= {"imitation", "offline", "online", "distill"}, train.stdout
 
 
+def test_the_command_trains_on_one_torch_thread_unless_told_otherwise():
+    """torch's default of one thread per core made imitation slower on twice the CPU (session 26); OMP_NUM_THREADS wins."""
+    import os
+
+    code = ("import os, robot.cli as cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "import torch\nprint(os.environ['OMP_NUM_THREADS'], torch.get_num_threads())")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    unset = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    told = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, check=True)
+    assert unset.stdout.split()[-2:] == ["1", "1"] and told.stdout.split()[-2:] == ["2", "2"], (unset.stdout, told.stdout)
+
+
 def test_info_summarises_a_store(tmp_path):
     store = ZarrEpisodeStore.create(tmp_path / "demo.zarr", FEATURES)
     for i in range(3):
