@@ -42,8 +42,6 @@ from workflow.pipeline import BUDGETS, PipelineConfig, StageResult, run_pipeline
 from workflow.stage_report import STARTS_FROM
 
 STAGES = ("imitation", "offline", "online", "one-step")
-COMPARED_WITH = STARTS_FROM
-"""The stage each stage is paired against: the one it started from (the one-step head: its teacher)."""
 
 
 @dataclass(frozen=True)
@@ -213,7 +211,7 @@ def stage_rows(results: list[StageResult], episodes: dict[str, StageEpisodes], s
         n, solved = len(e.successes), sum(e.successes)
         low, high = wilson_interval(solved, n)
         row = {"stage": r.stage, "policy": r.policy, "sampler": e.sampler, "episodes": n, "successes": solved, "success": solved / n,
-               "ci95": [low, high], "compared_with": COMPARED_WITH.get(r.stage), "wins": None, "losses": None, "p": None,
+               "ci95": [low, high], "compared_with": STARTS_FROM.get(r.stage), "wins": None, "losses": None, "p": None,
                "mean_steps_to_success": mean_steps_to_success(e.successes, e.lengths), "mean_return": sum(e.returns) / n,
                "env_steps": steps[r.stage], "cpu_minutes": r.cpu_minutes, "eval_cpu_minutes": e.cpu_minutes,
                "ms_per_chunk": {"online": r.ddim_ms, "one-step": r.one_step_ms}.get(r.stage), "pipeline_success": r.success, "kept": r.decision}  # fmt: skip
