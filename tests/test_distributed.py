@@ -23,10 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["-m", "robot.cli", "train", "imitation", "--steps", "12", "--batch-size", "16", "--lr", "0.3"]
 
 
-def _run(args: list[str]) -> None:
+def _run(args: list[str]) -> str:
+    """Run ``python ARGS`` from the checkout; returns its stdout and stderr together."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
     done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout + done.stderr
 
 
 def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
@@ -92,6 +94,42 @@ def test_online_rl_on_two_gloo_processes_matches_one_process(tmp_path: Path) -> 
     assert np.allclose([s[2] for s in r1["selection"]], [s[2] for s in r2["selection"]], rtol=5e-2)
 
 
+# ``robot`` with every regression step of the head counted per rank (calls-RANK.json in the directory argv[1] names)
+COUNT_DISTILL_STEPS = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+import workflow.distill as distill
+calls, real = [0], distill.regress_step
+def counted(*args, **kwargs):
+    calls[0] += 1
+    return real(*args, **kwargs)
+distill.regress_step = counted
+from robot.cli import main
+try:
+    main(sys.argv[2:])
+finally:
+    open(os.path.join(sys.argv[1], "calls-" + os.environ.get("RANK", "0") + ".json"), "w").write(json.dumps(calls[0]))
+"""
+
+
+def test_online_rls_final_distillation_splits_over_two_gloo_processes(tmp_path: Path) -> None:
+    """The handed-on policy's head is distilled by every rank on its rows of each batch (DDP), not by rank 0 alone
+    while the others wait: from the same teacher and states it is the head one process distils."""
+    demos = str(record_demos(tmp_path / "push.zarr", 4))
+    _run([*TRAIN, "--data", demos, "--out", str(tmp_path / "il")])
+    online = ["train", "online", "--policy", str(tmp_path / "il"), "--task", "push", "--iterations", "1", "--episodes-per-iteration", "2",
+              "--select-episodes", "2", "--lanes", "1", "--distill-steps", "4", "--distill-data", demos, "--distill-final-steps", "6"]  # fmt: skip
+    _run(["-m", "robot.cli", *online, "--out", str(tmp_path / "on1")])
+    script = tmp_path / "count.py"
+    script.write_text(COUNT_DISTILL_STEPS.format(root=str(ROOT)))
+    _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path), *online, "--out", str(tmp_path / "on2")])
+    # rank 0 alone distils in the loop (4 steps), from its generator; then both ranks take the final 6 steps
+    assert [json.loads((tmp_path / f"calls-{rank}.json").read_text()) for rank in (0, 1)] == [4 + 6, 6]
+    h1, h2 = (load_file(tmp_path / d / "policy" / "tensors.safetensors") for d in ("on1", "on2"))
+    assert all(np.array_equal(h1[k], h2[k]) for k in h1 if k.startswith("policy/")), "the teachers differ: the heads cannot be compared"
+    gap = max(float(np.max(np.abs(h1[k] - h2[k]))) for k in h1 if k.startswith("consistency/"))
+    assert gap < 1e-5, gap  # Adam's steps at lr 3e-4 against float summation order; ranks drawing their own batches: 3e-3
+
 OFFLINE = """
 import sys
 sys.path.insert(0, {root!r})
@@ -121,8 +159,10 @@ def test_offline_rl_on_two_gloo_processes_matches_one_process(tmp_path: Path) ->
     demos = str(record_demos(tmp_path / "push.zarr", 4))
     _run([*TRAIN, "--data", demos, "--out", str(tmp_path / "il")])
     script = _offline_script(tmp_path / "offline.py")
-    _run([str(script), str(tmp_path / "il"), demos, str(tmp_path / "off1")])
-    _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "il"), demos, str(tmp_path / "off2")])
+    one_log = _run([str(script), str(tmp_path / "il"), demos, str(tmp_path / "off1")])
+    two_log = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "il"), demos, str(tmp_path / "off2")])
+    warned = "warning: OPE horizon"  # the demonstrations run far longer than the gate's 2 chunks: the round warns, once
+    assert one_log.count(warned) == 1 and two_log.count(warned) == 1, "every rank printed the round's warning"
     for path in ("round-0/critics", "round-0/accepted", "policy"):
         a = load_file(tmp_path / "off1" / path / "tensors.safetensors")
         b = load_file(tmp_path / "off2" / path / "tensors.safetensors")

@@ -28,6 +28,8 @@ from workflow.run import RunDir, check_finite_loss, progress, resolve_device, se
 
 
 Target = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (noise, cond, teacher's DDIM output), this rank's rows
+DISTILL_BATCH = 256
+"""States per distillation step, every rank's rows together."""
 
 
 def distill_targets(teacher: DiffusionPolicy, cond: torch.Tensor, generator: torch.Generator, *, local: slice = slice(None)) -> Target:
@@ -67,7 +69,7 @@ def distill(
     steps: int,
     generator: torch.Generator,
     *,
-    batch_size: int = 256,
+    batch_size: int = DISTILL_BATCH,
     reuse: int = 4,
     pool_batches: int = 16,
     local: slice = slice(None),
@@ -121,7 +123,7 @@ class DistillConfig:
     """Run directory; its policy/ holds the teacher plus the one-step head."""
     steps: int = 2000
     """Distillation steps."""
-    batch_size: int = 256
+    batch_size: int = DISTILL_BATCH
     """States per step."""
     lr: float = 3e-4
     """On push, 1,200 steps at 3e-4 brought the head within 2 points of its teacher; at 1e-4, 6 short."""

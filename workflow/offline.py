@@ -377,7 +377,7 @@ def offline_stages(config: OfflineConfig, run: RunDir, m: int, reference: Diffus
     store.close()
     ta = reference.config.n_action_steps
     warning = horizon_warning(data.steps_to_go, data.success, config.gate.horizon, ta) or warning
-    if warning and m == 0:
+    if warning and m == 0 and ddp.is_main:  # one voice under torchrun
         print(f"warning: {warning}")
 
     # 2. critics and latent dynamics (a held-out episode split and fixed probe rows watch the critics)

@@ -45,7 +45,7 @@ from policies.diffusion import LOG_PROB_REDUCTIONS
 from robot.checkpoint import load_checkpoint
 from robot.store import ZarrEpisodeStore
 from robot.types import INTERVENTION, EpisodeMeta
-from workflow.distill import make_head_optimizer
+from workflow.distill import DISTILL_BATCH, make_head_optimizer
 from workflow.distill_onpolicy import ONPOLICY_SEED, distill_visiting
 from workflow.distributed import Distributed, init_distributed
 from workflow.envs import sim_lanes
@@ -421,9 +421,9 @@ def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, r
             done = (int(selected.split()[1]) + 1) * config.distill_steps
         decisive = next(rate for name, rate, _ in reversed(selection) if name in (selected, f"{selected} confirming"))
         run.metrics.log({"charts/selected_success": decisive}, config.iterations)
-    if head is not None and ddp.is_main:
+    if head is not None:  # every rank: each regresses its rows of every batch (DDP), as ``train_distill``
         total = config.distill_final_steps if config.distill_final_steps is not None else config.distill_steps * config.iterations
-        states, steps = last_states, max(total - done, 0)
+        states, steps = last_states, max(total - done, 0)  # the last update's batch: the same on every rank
         if config.distill_data:  # all of it again, on the store's states and every state this run's rollouts visited
             states = torch.cat([_features(path, final, ckpt.normalizer, device) for path in (config.distill_data, run.path / "rollouts.zarr")])
             steps = total
@@ -432,9 +432,13 @@ def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, r
                 run.metrics.log({"charts/onpolicy_success": success, "charts/onpolicy_states": states_now, "charts/onpolicy_round": r}, config.iterations)
 
             cpu = time.process_time()
+            batch = max(min(DISTILL_BATCH, len(states)) // ddp.world_size, 1) * ddp.world_size  # splits evenly over the ranks
+            gen.set_state(ddp.broadcast(gen.get_state()))  # rank 0's: in-loop distillation drew from it there alone
             loss = distill_visiting(final, head, ckpt.normalizer, make_head_optimizer(head, config.distill_lr), states, steps, gen, reuse=config.distill_reuse,
                                     rounds=config.distill_onpolicy_rounds, episodes=config.distill_onpolicy_episodes, task=config.task,
-                                    seed=ONPOLICY_SEED + 1000 * config.seed, device=str(device), on_round=visited)  # fmt: skip
+                                    seed=ONPOLICY_SEED + 1000 * config.seed, device=str(device), on_round=visited,
+                                    batch_size=batch, local=ddp.local_slice(batch), trainable=ddp.wrap(head))  # fmt: skip
+            loss = ddp.mean(loss)
             run.metrics.log({"losses/distill_final": loss, "charts/distill_final_steps": steps, "charts/distill_final_states": len(states),
                              "cpu/distill_final_s": time.process_time() - cpu}, config.iterations)
     return final, head, selected, selection

@@ -64,6 +64,8 @@ class Budget:
     online_iterations: int
     online_episodes: int
     eval_episodes: int
+    imitation_batch: int = 64
+    """Windows per imitation step (every rank's together under torchrun, which splits them)."""
     select_episodes: int = 16
     """Deterministic episodes scoring online RL's start and its last snapshot (``OnlineConfig.select_episodes``)."""
     confirm_episodes: int = 0
@@ -96,14 +98,17 @@ BUDGETS = {
     # minutes (session 26; with the 600-step head, on a fresh checkout: 53.0 -> 64.5 -> 72.0%, the head 69.5%, on the
     # pipeline's own seeds, 27.6 CPU minutes). One offline round of 100 PPO updates: at 50 its candidate won only 29 to 20 over 200
     # verification episodes and was refused; online RL needs about 40 iterations of 32 episodes, and 8 kept their start
-    # (57.0% at every stage, session 25). Imitation runs 8,000 steps: at 4,000 (sessions 13-21) its success had not
-    # converged, and the RL stages' gains there were mostly what longer imitation gives (push-rim-hesitant: 54.0% at
-    # 4,000 steps, 93.5% at 8,000, against 80.0% for the whole 4,000-step recipe; docs/RESULTS.md, session 22). The
-    # denoising loss does not show it: validation 0.115 at 4,000 steps, 0.112 at 8,000. The head gets 600
+    # (57.0% at every stage, session 25). Imitation sees 512,000 windows: at half that (4,000 steps of 64, sessions
+    # 13-21) its success had not converged, and the RL stages' gains there were mostly what longer imitation gives
+    # (push-rim-hesitant: 54.0% at 4,000 steps, 93.5% at 8,000, against 80.0% for the whole 4,000-step recipe;
+    # docs/RESULTS.md, session 22). The denoising loss does not show it: validation 0.115 at 4,000 steps, 0.112 at
+    # 8,000. They come as 4,000 steps of 128, which torchrun's two processes split into 64 each: 59.5% against 8,000
+    # steps of 64's 57.5% on the main job's demonstrations (30 won, 26 lost), in half the wall time on 2 cores
+    # (2,000 steps of 256: 47.0%, session 27). The head gets 600
     # distillation steps without on-policy rounds: five heads of that online policy (600 or 1,200 steps, batch 128
     # or 256) scored 68.5-79.5% against its 72.5%, none beyond noise, 600 steps at 256 75.5% in 2.7 CPU minutes
     # against 1,200's 5.4 (session 26).
-    "quick": Budget(demos=100, demo_noise=0.0, imitation_steps=8000, offline_rounds=1, critic_steps=2000, ppo_updates=100, ppo_batch=128,
+    "quick": Budget(demos=100, demo_noise=0.0, imitation_steps=4000, imitation_batch=128, offline_rounds=1, critic_steps=2000, ppo_updates=100, ppo_batch=128,
                     rollout_episodes=50, rollout_std=0.1, chains_per_state=4, verify_episodes=50, retrain_steps=0,
                     online_iterations=40, online_episodes=32, online_minibatch=128, online_ft_steps=5, select_episodes=32, confirm_episodes=100,
                     distill_final_steps=600, eval_episodes=200),
@@ -225,7 +230,8 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
         record_demos(config, demos)
     ddp.barrier()
     imitation_cfg = ImitationConfig(
-        data=str(demos), out=str(out / "imitation"), policy=policy_preset(config.policy, deterministic_sampler=config.sampler), steps=b.imitation_steps, seed=config.seed, device=config.device
+        data=str(demos), out=str(out / "imitation"), policy=policy_preset(config.policy, deterministic_sampler=config.sampler), steps=b.imitation_steps, batch_size=b.imitation_batch, seed=config.seed,
+        device=config.device,
     )
     imitation = stage("imitation", lambda: (train_imitation(imitation_cfg, show_progress=show_progress).policy, b.demos, ""))
     offline_cfg = OfflineConfig(
