@@ -393,17 +393,21 @@ class DiffusionPolicy(nn.Module):
 
     @torch.no_grad()
     def sample_chain(
-        self, cond: Tensor, generator: Generators = None, num_steps: int | None = None, sampler: ChainSampler | None = None
+        self, cond: Tensor, generator: Generators = None, num_steps: int | None = None, sampler: ChainSampler | None = None,
+        rows: Tensor | None = None,
     ) -> Chain:
         """Stochastic sampling with ``sampler`` (the policy's own by default) that keeps the whole chain and
-        each step's log-prob (no gradients)."""
+        each step's log-prob (no gradients). ``rows``: denoise only these rows of ``cond``, with the noise the whole
+        batch would draw (the chains one process gets for them; a torchrun rank's share)."""
         sampler = sampler or self.chain_sampler()
         timesteps = self.timesteps(num_steps)
         x = self.initial_noise(cond, generator)
+        keep = slice(None) if rows is None else rows
+        batch, x, cond = x, x[keep], cond[keep]
         samples, log_probs = [x], []
         for t, t_prev in self._pairs(timesteps):
             mean, std = self.step_moments(x, t, t_prev, cond, sampler.eta, sampler)
-            x = mean + std * _randn_like(x, generator)
+            x = mean + std * _randn_like(batch, generator)[keep]
             samples.append(x)
             log_probs.append(gaussian_log_prob(self.executed(x), self.executed(mean), std, sampler.log_prob_reduction))
         return Chain(torch.stack(samples, dim=1), torch.stack(log_probs, dim=1), timesteps, sampler)

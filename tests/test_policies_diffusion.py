@@ -75,6 +75,20 @@ def test_shapes_for_each_input_and_single_action_or_chunk(features: dict, kind: 
         policy.compute_loss(obs, torch.zeros(4, horizon + 1, 3))
 
 
+def test_a_chains_rows_are_the_rows_of_the_whole_batchs_chain() -> None:
+    """A torchrun rank denoises only its rows of a batch, with the noise the whole batch draws: the chains one process samples."""
+    torch.manual_seed(0)
+    policy = tiny_policy(RGB, "unet", 8, action_dim=3, n_action_steps=4).eval()
+    cond = policy.encode(batch(RGB, 5))
+    whole = policy.sample_chain(cond, generator=torch.Generator().manual_seed(7))
+    rows = torch.tensor([1, 3])
+    part = policy.sample_chain(cond, generator=torch.Generator().manual_seed(7), rows=rows)
+    torch.testing.assert_close(part.samples, whole.samples[rows], rtol=1e-4, atol=1e-5)  # up to the batch size's float order
+    torch.testing.assert_close(part.log_probs, whole.log_probs[rows], rtol=1e-4, atol=1e-3)
+    alone = policy.sample_chain(cond[rows], generator=torch.Generator().manual_seed(7))  # its own draw: other chains
+    assert not torch.allclose(alone.samples[:, -1], whole.samples[rows, -1])
+
+
 def _diffusers_ddim(policy: DiffusionPolicy) -> DDIMScheduler:
     cfg = policy.config
     ddim = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=True)

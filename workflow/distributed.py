@@ -124,6 +124,16 @@ class Distributed:
         local = minibatch[self.rank :: self.world_size]
         return local, len(local) * self.world_size / max(1, len(minibatch))
 
+    def interleave(self, local: torch.Tensor) -> torch.Tensor:
+        """The whole batch from every rank's :meth:`rows` of it (``local``: this rank's values, one per row), in the batch's order."""
+        if not self.enabled:
+            return local
+        parts = [torch.as_tensor(p) for p in self.gather(local.cpu())]
+        whole = torch.empty((sum(len(p) for p in parts), *local.shape[1:]), dtype=local.dtype)
+        for rank, part in enumerate(parts):
+            whole[rank :: self.world_size] = part
+        return whole.to(local.device)
+
 
 def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
     """Join the torchrun job this process belongs to (if any) and pick its device."""

@@ -498,17 +498,17 @@ def ppo_round(
         idx = torch.randint(0, len(data), (min(config.ppo_batch, len(data)),), generator=gen).to(device)
         idx = idx.repeat_interleave(config.chains_per_state)  # (B * n,): each state's chains side by side
         cond = data.features[idx]
-        chain = reference.sample_chain(cond, generator=gen, sampler=sampler)
+        rows, scale = ddp.rows(torch.arange(len(idx)))  # every rank draws the whole batch; each samples and trains on its rows
+        chain = reference.sample_chain(cond, generator=gen, sampler=sampler, rows=rows)  # (rows,): this rank's chains
         with torch.no_grad():
             executed = chain.actions[:, :ta].flatten(1)
-            raw_advantages = critics.advantage(cond, executed)  # (B * n,)
+            raw_advantages = ddp.interleave(critics.advantage(cond[rows], executed))  # (B * n,): every rank's, in batch order
             advantages = normalize_advantages(per_state_centred(raw_advantages, config.chains_per_state))
             if config.flip_advantages:
                 advantages = -advantages
-        rows, scale = ddp.rows(torch.arange(len(idx)))  # every rank sampled the whole batch; each trains on its rows
         with torch.no_grad():
-            anchor_means = anchor.chain_moments(cond[rows], chain[rows])[0] if config.anchor_coef > 0 else None
-        loss, stats = chain_ppo_loss(candidate, cond[rows], chain[rows], advantages[rows], config.clip_eps, anchor_means, config.anchor_coef, config.step_schedule)
+            anchor_means = anchor.chain_moments(cond[rows], chain)[0] if config.anchor_coef > 0 else None
+        loss, stats = chain_ppo_loss(candidate, cond[rows], chain, advantages[rows], config.clip_eps, anchor_means, config.anchor_coef, config.step_schedule)
         optimizer.zero_grad(set_to_none=True)
         (loss * scale).backward()
         ddp.average_gradients(params)
