@@ -96,7 +96,8 @@ BUDGETS = {
     # The README's main job: push-rim from 30 hesitant demonstrations, every stage raising success over 200 paired
     # seeds: 57.5 -> 65.0% offline (36 won, 21 lost) -> 72.5% online (41 won, 26 lost), the head 79.5%, in 31.8 CPU
     # minutes (session 26; with the 600-step head, on a fresh checkout: 53.0 -> 64.5 -> 72.0%, the head 69.5%, on the
-    # pipeline's own seeds, 27.6 CPU minutes). One offline round of 100 PPO updates: at 50 its candidate won only 29 to 20 over 200
+    # pipeline's own seeds, 27.6 CPU minutes). In two torchrun processes on a fresh checkout (session 27): 59.0 ->
+    # 69.5% (34 won, 13 lost) -> 75.5% (29 won, 17 lost), the head 69.5%, in 21:18 wall on 2 cores. One offline round of 100 PPO updates: at 50 its candidate won only 29 to 20 over 200
     # verification episodes and was refused; online RL needs about 40 iterations of 32 episodes, and 8 kept their start
     # (57.0% at every stage, session 25). Imitation sees 512,000 windows: at half that (4,000 steps of 64, sessions
     # 13-21) its success had not converged, and the RL stages' gains there were mostly what longer imitation gives
