@@ -269,6 +269,13 @@ def test_local_slices_cover_the_global_batch_once() -> None:
     assert not Distributed().enabled and Distributed().is_main
 
 
+def test_a_batch_from_fewer_rows_than_asked_still_splits_evenly() -> None:
+    """A distillation on 255 states asks a batch of 256: two ranks take 254 of them, one process all 255."""
+    assert Distributed(rank=0, world_size=2).even_batch(256, 255) == 254 and Distributed(rank=0, world_size=3).even_batch(256, 100) == 99
+    assert Distributed().even_batch(256, 255) == 255 and Distributed().even_batch(256, 1000) == 256
+    assert Distributed(rank=1, world_size=2).even_batch(256, 1) == 2  # a row a rank at least
+
+
 def test_smoke_pipeline_on_two_gloo_processes_matches_one_process(tmp_path: Path) -> None:
     """The whole recipe under torchrun: rank 0 records and writes, every stage and evaluation splits its work."""
     pipeline = ["-m", "robot.cli", "pipeline", "--task", "push", "--budget", "smoke", "--lanes", "1"]  # lanes round differently per rank

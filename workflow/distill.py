@@ -186,7 +186,8 @@ def train_distill(config: DistillConfig, *, show_progress: bool = True) -> Disti
         bar.set_postfix(loss=f"{loss:.5f}")
 
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
-    local = ddp.local_slice(min(config.batch_size, len(states)))
+    batch = ddp.even_batch(config.batch_size, len(states))
+    local = ddp.local_slice(batch)
     task = policy_task(config.policy, config.task, meta=ckpt.extra) if config.onpolicy_rounds else None
 
     def visited(r: int, states_now: int, success: float, step: int) -> None:
@@ -197,7 +198,7 @@ def train_distill(config: DistillConfig, *, show_progress: bool = True) -> Disti
     loss = ddp.mean(distill_visiting(teacher, head, ckpt.normalizer, optimizer, states, config.steps, gen, rounds=config.onpolicy_rounds,
                                      episodes=config.onpolicy_episodes, task=task, seed=ONPOLICY_SEED + 1000 * config.seed,
                                      fraction=config.onpolicy_fraction, device=str(device), on_round=visited, on_step=logged,
-                                     batch_size=config.batch_size, reuse=config.target_reuse, local=local, trainable=trainable))  # fmt: skip
+                                     batch_size=batch, reuse=config.target_reuse, local=local, trainable=trainable))  # fmt: skip
     bar.close()
     if ddp.is_main:
         save_policy(run.policy_dir, teacher, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "distill"})

@@ -43,6 +43,11 @@ class Distributed:
         """Rank 0: the one that logs, checkpoints and reports."""
         return self.rank == 0
 
+    def even_batch(self, batch_size: int, available: int) -> int:
+        """The largest global batch of at most ``batch_size`` and ``available`` rows (at least one a rank) that splits
+        evenly over the ranks: one process keeps ``min(batch_size, available)``."""
+        return max(min(batch_size, available) // self.world_size, 1) * self.world_size
+
     def local_slice(self, batch_size: int) -> slice:
         """This rank's rows of a global batch; the batch must split evenly."""
         if batch_size % self.world_size:

@@ -432,7 +432,7 @@ def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, r
                 run.metrics.log({"charts/onpolicy_success": success, "charts/onpolicy_states": states_now, "charts/onpolicy_round": r}, config.iterations)
 
             cpu = time.process_time()
-            batch = max(min(DISTILL_BATCH, len(states)) // ddp.world_size, 1) * ddp.world_size  # splits evenly over the ranks
+            batch = ddp.even_batch(DISTILL_BATCH, len(states))
             gen.set_state(ddp.broadcast(gen.get_state()))  # rank 0's: in-loop distillation drew from it there alone
             loss = distill_visiting(final, head, ckpt.normalizer, make_head_optimizer(head, config.distill_lr), states, steps, gen, reuse=config.distill_reuse,
                                     rounds=config.distill_onpolicy_rounds, episodes=config.distill_onpolicy_episodes, task=config.task,

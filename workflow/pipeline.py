@@ -97,14 +97,15 @@ BUDGETS = {
     # seeds: 57.5 -> 65.0% offline (36 won, 21 lost) -> 72.5% online (41 won, 26 lost), the head 79.5%, in 31.8 CPU
     # minutes (session 26; with the 600-step head, on a fresh checkout: 53.0 -> 64.5 -> 72.0%, the head 69.5%, on the
     # pipeline's own seeds, 27.6 CPU minutes). In two torchrun processes on a fresh checkout (session 27): 59.0 ->
-    # 69.5% (34 won, 13 lost) -> 75.5% (29 won, 17 lost), the head 69.5%, in 21:18 wall on 2 cores. One offline round of 100 PPO updates: at 50 its candidate won only 29 to 20 over 200
-    # verification episodes and was refused; online RL needs about 40 iterations of 32 episodes, and 8 kept their start
-    # (57.0% at every stage, session 25). Imitation sees 512,000 windows: at half that (4,000 steps of 64, sessions
+    # 69.5% (34 won, 13 lost) -> 75.5% (29 won, 17 lost), the head 69.5%, in 21:18 wall on 2 cores. One offline
+    # round of 100 PPO updates: at 50 its candidate won only 29 to 20 over 200 verification episodes and was
+    # refused; online RL needs about 40 iterations of 32 episodes, and 8 kept their start (57.0% at every stage,
+    # session 25). Imitation sees 512,000 windows: at half that (4,000 steps of 64, sessions
     # 13-21) its success had not converged, and the RL stages' gains there were mostly what longer imitation gives
     # (push-rim-hesitant: 54.0% at 4,000 steps, 93.5% at 8,000, against 80.0% for the whole 4,000-step recipe;
     # docs/RESULTS.md, session 22). The denoising loss does not show it: validation 0.115 at 4,000 steps, 0.112 at
     # 8,000. They come as 4,000 steps of 128, which torchrun's two processes split into 64 each: 59.5% against 8,000
-    # steps of 64's 57.5% on the main job's demonstrations (30 won, 26 lost), in half the wall time on 2 cores
+    # steps of 64's 57.5% on the main job's demonstrations (30 won, 26 lost), in 6.7 wall minutes against 8.4
     # (2,000 steps of 256: 47.0%, session 27). The head gets 600
     # distillation steps without on-policy rounds: five heads of that online policy (600 or 1,200 steps, batch 128
     # or 256) scored 68.5-79.5% against its 72.5%, none beyond noise, 600 steps at 256 75.5% in 2.7 CPU minutes
