@@ -81,6 +81,22 @@ def test_progress_bars_redraw_once_a_minute_into_a_log_file(monkeypatch):
     assert bar.mininterval == 60.0 and log.getvalue().count("\r") <= 3  # opened, closed: no redraw per step
 
 
+def test_only_rank_0_draws_a_progress_bar_under_torchrun(monkeypatch):
+    """Imitation and distillation drew a bar per rank; every stage's bar now asks the rank itself."""
+    import io
+
+    from workflow.run import progress
+
+    for rank, drawn in (("0", True), ("1", False)):
+        log = io.StringIO()
+        monkeypatch.setattr("sys.stderr", log)
+        monkeypatch.setenv("RANK", rank)
+        bar = progress(total=10, initial=0, desc="distill")
+        bar.update(10)
+        bar.close()
+        assert ("distill" in log.getvalue()) is drawn, rank
+
+
 def test_an_offline_round_is_a_field_of_its_rows_and_old_suffixed_rows_read_the_same(tmp_path):
     from robot.metrics import display_name
 

@@ -438,7 +438,7 @@ def fit_critics(r: Round) -> IqlCritics:
     critics = IqlCritics(data.features.shape[1], data.actions.shape[1], config=config.critic, device=device)
     optimizer = critics.make_optimizer()
     gen = torch.Generator(device="cpu").manual_seed(config.seed + 100 * m)
-    bar = progress(config.critic_steps, 0, f"critics r{m}", show_progress and ddp.is_main)
+    bar = progress(config.critic_steps, 0, f"critics r{m}", show_progress)
     rows = probe.train_pool if probe is not None else torch.arange(len(data), device=device)
     for step in range(config.critic_steps):
         idx = rows[torch.randint(0, len(rows), (min(256, len(rows)),), generator=gen).to(device)]
@@ -493,7 +493,7 @@ def ppo_round(
     decisions: list[GateDecision] = []
     if probe is not None and ddp.is_main:  # where the round starts: what the gate-time probes are read against
         run.metrics.log(policy_gap_metrics(reference, critics, data, probe, config.probe, n_action_steps=ta), 0, round=m)
-    bar = progress(config.ppo_updates, 0, f"ppo r{m}", show_progress and ddp.is_main)
+    bar = progress(config.ppo_updates, 0, f"ppo r{m}", show_progress)
     for update in range(1, config.ppo_updates + 1):
         idx = torch.randint(0, len(data), (min(config.ppo_batch, len(data)),), generator=gen).to(device)
         idx = idx.repeat_interleave(config.chains_per_state)  # (B * n,): each state's chains side by side

@@ -285,7 +285,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
         if ddp.is_main:
             save_state(run.state_dir, done, learner)
     first_seed, successes = done.first_seed, done.successes
-    bar = progress(config.iterations, done.iteration, "online", show_progress and ddp.is_main)
+    bar = progress(config.iterations, done.iteration, "online", show_progress)
     with robot, _session_closed(store, control, operator, learner):
         for it in range(done.iteration, config.iterations):
             if config.robot_minutes is not None and done.robot_seconds >= 60 * config.robot_minutes:

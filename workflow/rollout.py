@@ -151,7 +151,7 @@ def evaluate(
     started = time.perf_counter()
     mine = ddp.shard(episodes)
     local, frames = [], {}
-    bar = progress(len(mine), 0, f"eval {_name(robot, task)}", show_progress and ddp.is_main)
+    bar = progress(len(mine), 0, f"eval {_name(robot, task)}", show_progress)
     done = done or {}
     todo = [seed + i for i in mine if seed + i not in done]
     if control is None and on_step is None and can_run_in_lanes(lanes, policy, len(todo)):  # untimed: a plan's wall time is its batch's

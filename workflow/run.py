@@ -126,8 +126,11 @@ def restore_rng(rng: np.random.Generator, saved: dict[str, Any]) -> None:
 
 def progress(total: int, initial: int, desc: str, enabled: bool = True):
     """A progress bar on stderr: redrawn each second on a terminal; in a log file once a minute, its postfix
-    (loss, success) included, which tqdm would otherwise redraw at every ``set_postfix``."""
+    (loss, success) included, which tqdm would otherwise redraw at every ``set_postfix``. Under torchrun only
+    rank 0 draws it: one voice."""
     from tqdm.auto import tqdm
+
+    enabled = enabled and int(os.environ.get("RANK", "0")) == 0
 
     interval = bar_interval(1.0)
     if interval == 1.0:
