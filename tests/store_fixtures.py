@@ -107,6 +107,9 @@ def main(argv: list[str]) -> None:
     from robot.store import ZarrEpisodeStore
 
     path, n = argv[0], int(argv[1])
+    paced = len(argv) > 2 and argv[2] == "paced"  # each append waits for a line on stdin
+    if paced:
+        argv = argv[:2]
     if len(argv) > 2 and argv[2].startswith("create:"):  # killed while the store is being created
         _arm_create_kill(int(argv[2].split(":")[1]))
         argv = argv[:2]
@@ -115,6 +118,8 @@ def main(argv: list[str]) -> None:
         _arm_kill(int(argv[2]))
     first = store.num_episodes
     for i in range(first, first + n):
+        if paced and not sys.stdin.readline():
+            return
         store.append_episode(make_episode(i), make_meta(i))
         print(f"committed {i}", flush=True)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import gc
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +26,7 @@ def _writer(path: Path, n: int, kill_at: int | str | None = None) -> subprocess.
     args = [sys.executable, "-m", "tests.store_fixtures", str(path), str(n)]
     if kill_at is not None:
         args.append(str(kill_at))
-    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _fill(path: Path, n: int) -> ZarrEpisodeStore:
@@ -272,23 +274,37 @@ def test_kill_at_random_moments(tmp_path, delay):
 
 
 def test_reader_sees_a_consistent_prefix_while_a_writer_appends(tmp_path):
+    """The writer appends one episode per "go"; the reader reads while each append is under way,
+    so it watches every count without depending on how the scheduler interleaves the two."""
     path = tmp_path / "s.zarr"
     _fill(path, 1).close()
-    proc = _writer(path, 40)
+    proc = _writer(path, 40, "paced")
+    committed: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [committed.put(line) for line in proc.stdout], daemon=True).start()
     reader = ZarrEpisodeStore.open(path)
     seen = []
     try:
-        while proc.poll() is None:
+        for i in range(1, 41):
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            while True:
+                reader.refresh()
+                n = reader.num_episodes
+                seen.append(n)
+                for j in range(max(0, n - 2), n):  # the newest episodes are the ones at risk
+                    check_episode(reader.episode(j), j)
+                try:
+                    assert committed.get(timeout=0.01).strip() == f"committed {i}"
+                    break
+                except queue.Empty:
+                    assert proc.poll() is None, proc.stderr.read()
             reader.refresh()
-            n = reader.num_episodes
-            seen.append(n)
-            for i in range(max(0, n - 2), n):  # the newest episodes are the ones at risk
-                check_episode(reader.episode(i), i)
+            assert reader.num_episodes == i + 1
+            seen.append(i + 1)
     finally:
+        proc.stdin.close()
         proc.wait(timeout=120)
-    reader.refresh()
-    assert reader.num_episodes == 41
-    assert seen == sorted(seen) and len(set(seen)) > 2, "the reader should have watched the store grow"
+    assert seen == sorted(seen) and set(seen) == set(range(1, 42))
 
 
 def test_meta_validation():
