@@ -307,3 +307,36 @@ def test_the_gate_threshold_is_the_noise_of_the_paired_gains_not_a_share_of_J():
 def test_a_verification_p_of_zero_is_refused():
     with pytest.raises(ValueError, match="verify_max_p"):
         OfflineConfig(policy="p", data="d", out="o", verify_max_p=0.0)
+
+
+def test_offline_ppo_with_ft_steps_moves_only_the_last_denoising_steps(tmp_path, monkeypatch):
+    """``ft_steps``: the round's PPO scores and updates only the last steps; the leading ones stay the start's."""
+    import workflow.offline as offline
+
+    demos = record_demos(tmp_path / "push.zarr", 4)
+    il = ImitationConfig(data=str(demos), out=str(tmp_path / "il"), policy=TINY, steps=5, batch_size=8, eval_every=5, checkpoint_every=5)
+    train_imitation(il, show_progress=False)
+    start = {k: v.clone() for k, v in load_checkpoint(tmp_path / "il" / "policy").modules["policy"].items() if k.startswith("denoiser.")}
+    seen = []
+    real_loss = offline.chain_ppo_loss
+
+    def watched(candidate, cond, chain, advantages, *args):
+        loss, stats = real_loss(candidate, cond, chain, advantages, *args)
+        seen.append((candidate.config.frozen_steps, {k: v.clone() for k, v in candidate.state_dict().items() if "denoiser." in k}))
+        return loss, stats
+
+    monkeypatch.setattr(offline, "chain_ppo_loss", watched)
+    cfg = OfflineConfig(policy=str(tmp_path / "il"), data=str(demos), out=str(tmp_path / "off"), rounds=1, critic_steps=10, ppo_updates=3, gate_every=3,
+                        critic=CriticConfig(hidden_dims=(32, 32)), dynamics=DynamicsConfig(hidden_dims=(32, 32), max_epochs=2),
+                        gate=GateConfig(horizon=2, start_states=16), ppo_batch=16, rollout_episodes=0, verify_rollouts=False, ft_steps=2, actor_lr=1e-3, seed=1)  # fmt: skip
+    train_offline(cfg, show_progress=False)
+    k = TINY.num_inference_steps
+    assert [frozen for frozen, _ in seen] == [k - 2] * 3
+    after = seen[-1][1]  # after two Adam steps (the third loss is computed before its step)
+    for name, value in start.items():
+        assert torch.equal(after[f"base_{name}"], value), f"the frozen copy of {name} moved"
+    assert any(not torch.equal(after[name], value) for name, value in start.items()), "PPO never moved the fine-tuned steps' denoiser"
+    with pytest.raises(ValueError, match="retraining imitates into every step"):
+        replace(cfg, retrain_steps=10)
+    with pytest.raises(ValueError, match="ft_steps must be >= 1"):
+        replace(cfg, ft_steps=0)

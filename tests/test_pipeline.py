@@ -166,3 +166,13 @@ def test_the_table_pairs_each_stage_with_the_one_it_started_from():
     # results written before the pipeline kept its episodes' outcomes: no interval, no pairing, no traceback
     old = [StageResult("imitation", "a", 0.5, 0.0, 6, 1.0), StageResult("offline", "b", 0.6, 0.0, 6, 2.0)]
     assert pipeline_table(old, PipelineConfig()).splitlines()[4].split()[:3] == ["offline", "60.0%", "-"]
+
+
+def test_a_budget_whose_rl_stages_freeze_different_denoising_steps_is_refused():
+    from dataclasses import replace
+
+    from workflow.pipeline import BUDGETS
+
+    with pytest.raises(ValueError, match="offline_ft_steps and online_ft_steps must be equal"):
+        replace(BUDGETS["quick"], offline_ft_steps=3)
+    assert replace(BUDGETS["quick"], online_ft_steps=None).offline_ft_steps == 5  # online RL then keeps the offline policy's frozen steps

@@ -58,7 +58,7 @@ from workflow.latent import LatentTransitions, encode_store
 from workflow.offline_resume import RolloutCommit, RoundJournal, load_ppo_outcome, save_gate_record, save_ppo_outcome
 from workflow.ope import GateConfig, GateDecision, gate, horizon_warning
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, policy_task, save_policy
-from workflow.ppo import StepSchedule, chain_ppo_loss, denoiser_parameters, normalize_advantages, per_state_centred
+from workflow.ppo import StepSchedule, chain_ppo_loss, denoiser_parameters, fine_tuned_steps, normalize_advantages, per_state_centred
 from workflow.rollout import EvalReport, evaluate
 from workflow.run import RunDir, check_finite_loss, progress, resolve_device, seed_everything
 from workflow.takeover import OperatorConfig, OperatorStop
@@ -107,6 +107,10 @@ class OfflineConfig:
     logs the action's share (measured in docs/RESULTS.md, session 9)."""
     actor_lr: float = 1e-5
     """Learning rate of the denoiser during PPO (RL-100: 1e-6 .. 1e-5)."""
+    ft_steps: int | None = None
+    """PPO fine-tunes only the last this many denoising steps (DPPO's ``ft_denoising_steps``; ``workflow.ppo.fine_tuned_steps``),
+    the earlier ones run by a frozen copy of the starting denoiser, as online RL's ``ft_steps``; None: every step. The
+    policy handed on keeps the frozen steps, so online RL must fine-tune as many (or pass None)."""
     anchor_coef: float = 0.0
     """Weight of a penalty on each denoising step's KL to the round's starting policy (0: off, the paper's objective).
     The PPO step climbs the critics wherever they rank actions, including where they are wrong off the data; the
@@ -190,6 +194,9 @@ class OfflineConfig:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
         if self.anchor_coef < 0 or (self.rollout_std is not None and self.rollout_std < 0):
             raise ValueError(f"anchor_coef and rollout_std must be >= 0, got {self.anchor_coef} and {self.rollout_std}")
+        if self.ft_steps is not None and (self.ft_steps < 1 or self.retrain_steps):
+            raise ValueError(f"ft_steps must be >= 1 (or None: every denoising step), and retraining imitates into every step: "
+                             f"pass retrain_steps 0 with it, got ft_steps={self.ft_steps}, retrain_steps={self.retrain_steps}")
         if self.retrain_rollout_steps not in ("episodes", "interventions"):
             raise ValueError(f"retrain_rollout_steps must be 'episodes' or 'interventions', got {self.retrain_rollout_steps!r}")
         if not 1 <= self.verify_episodes <= self.verify_max_episodes <= VERIFY_SEED_OFFSET:
@@ -266,7 +273,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
             policy_path = rounds[-1].policy
             continue
         ckpt = load_checkpoint(policy_dir(policy_path), kind=KIND)
-        reference, _ = build_from_checkpoint(ckpt, device=str(device))
+        reference = fine_tuned_steps(build_from_checkpoint(ckpt, device=str(device))[0], config.ft_steps)
         normalizer = ckpt.normalizer
         reference.requires_grad_(False).eval()
 
