@@ -27,7 +27,7 @@ from robot.types import ACTION, INTERVENTION, POINTCLOUD, Feature, is_image_key
 from workflow.distributed import init_distributed
 from workflow.diagnostics.probes import imitation_metrics
 from workflow.policy import save_policy
-from workflow.run import RunDir, check_finite_loss, finite_episodes, progress, resolve_device, restore_rng, rng_state, seed_everything
+from workflow.run import RunDir, check_finite_loss, finite_episodes, progress, resolve_device, restore_rng, rng_state, seed_everything, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -163,13 +163,7 @@ def train_imitation(
     ema = EmaModel(model, config.ema)
     objective = ddp.wrap(_DenoisingObjective(model))  # DDP averages the gradients of the ranks' slices
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-    def lr_at(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    scheduler = warmup_cosine(optimizer, config.steps, config.warmup_steps)
     step = 0
     if (run.state_dir / "checkpoint.json").is_file():  # resume a killed run
         state = load_checkpoint(run.state_dir, kind="imitation-state")

@@ -45,7 +45,7 @@ from policies.diffusion import LOG_PROB_REDUCTIONS
 from robot.checkpoint import load_checkpoint
 from robot.store import ZarrEpisodeStore
 from robot.types import INTERVENTION, EpisodeMeta
-from workflow.distill import DISTILL_BATCH, make_head_optimizer
+from workflow.distill import DISTILL_BATCH, head_schedule, make_head_optimizer
 from workflow.distill_onpolicy import ONPOLICY_SEED, distill_visiting
 from workflow.distributed import Distributed, init_distributed
 from workflow.envs import sim_lanes
@@ -434,7 +434,8 @@ def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, r
             cpu = time.process_time()
             batch = ddp.even_batch(DISTILL_BATCH, len(states))
             gen.set_state(ddp.broadcast(gen.get_state()))  # rank 0's: in-loop distillation drew from it there alone
-            loss = distill_visiting(final, head, ckpt.normalizer, make_head_optimizer(head, config.distill_lr), states, steps, gen, reuse=config.distill_reuse,
+            optimizer = make_head_optimizer(head, config.distill_lr)
+            loss = distill_visiting(final, head, ckpt.normalizer, optimizer, states, steps, gen, reuse=config.distill_reuse, schedule=head_schedule(optimizer, steps),
                                     rounds=config.distill_onpolicy_rounds, episodes=config.distill_onpolicy_episodes, task=config.task,
                                     seed=ONPOLICY_SEED + 1000 * config.seed, device=str(device), on_round=visited,
                                     batch_size=batch, local=ddp.local_slice(batch), trainable=ddp.wrap(head))  # fmt: skip

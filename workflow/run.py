@@ -166,3 +166,15 @@ def check_finite_loss(loss: float, what: str, step: int) -> None:
     if not math.isfinite(loss):
         raise ValueError(f"{what}: the loss became {loss} at step {step}; stopped without writing a policy "
                          "(the last finite snapshot stays in the run's checkpoints/): lower the learning rate or check the data")  # fmt: skip
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate rises linearly over ``warmup`` steps, then falls to 0 at ``steps`` along a half cosine
+    (step the scheduler after each optimiser step)."""
+
+    def scale(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, scale)
