@@ -122,8 +122,8 @@ def head_schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.l
     tracks a policy still changing, as in-loop distillation, keeps a constant rate).
 
     The head has to match its teacher closely, not just on average: on push-rim's main job a constant 3e-4 left a
-    held-out error of 0.0058 after 600 steps and the head 8-10 points below its teacher; decayed, 0.0038, and after
-    2,400 steps 0.0014 against 0.0030 (docs/RESULTS.md, session 28)."""
+    held-out error of 0.0060 after 600 steps and the head 8-10 points below its teacher; decayed, 0.0038, and after
+    2,400 steps 0.0014 against 0.0030. In success the heads stay 4-8 points short either way (docs/RESULTS.md, session 28)."""
     return warmup_cosine(optimizer, steps)
 
 
