@@ -119,7 +119,7 @@ BUDGETS = {
     # or 256) scored 68.5-79.5% against its 72.5%, none beyond noise, 600 steps at 256 75.5% in 2.7 CPU minutes
     # against 1,200's 5.4 (session 26). Offline PPO fine-tunes only the last 5 denoising steps, as online RL does
     # (DPPO's ft_denoising_steps): on the same imitation policy and seeds its round gave 70.0% (38 won, 16 lost)
-    # against every step's 69.5% (34 won, 13 lost), and the README's command took 18:49 against 21:18 (session 28).
+    # against every step's 69.5% (34 won, 13 lost), and the README's pipeline took 17:50 against 21:18 (session 28).
     "quick": Budget(demos=100, demo_noise=0.0, imitation_steps=4000, imitation_batch=128, offline_rounds=1, critic_steps=2000, ppo_updates=100, ppo_batch=128,
                     rollout_episodes=50, rollout_std=0.1, chains_per_state=4, verify_episodes=50, retrain_steps=0,
                     online_iterations=40, online_episodes=32, online_minibatch=128, online_ft_steps=5, offline_ft_steps=5, select_episodes=32,
