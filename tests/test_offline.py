@@ -340,3 +340,6 @@ def test_offline_ppo_with_ft_steps_moves_only_the_last_denoising_steps(tmp_path,
         replace(cfg, retrain_steps=10)
     with pytest.raises(ValueError, match="ft_steps must be >= 1"):
         replace(cfg, ft_steps=0)
+    with pytest.raises(ValueError, match=rf"ft_steps must be in \[1, {k}\]"):
+        train_offline(replace(cfg, out=str(tmp_path / "bad"), ft_steps=k + 1), show_progress=False)
+    assert not (tmp_path / "bad").exists(), "a refused --ft-steps must leave no run directory to block the corrected rerun"

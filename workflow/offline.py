@@ -194,9 +194,11 @@ class OfflineConfig:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
         if self.anchor_coef < 0 or (self.rollout_std is not None and self.rollout_std < 0):
             raise ValueError(f"anchor_coef and rollout_std must be >= 0, got {self.anchor_coef} and {self.rollout_std}")
-        if self.ft_steps is not None and (self.ft_steps < 1 or self.retrain_steps):
-            raise ValueError(f"ft_steps must be >= 1 (or None: every denoising step), and retraining imitates into every step: "
-                             f"pass retrain_steps 0 with it, got ft_steps={self.ft_steps}, retrain_steps={self.retrain_steps}")
+        if self.ft_steps is not None and self.ft_steps < 1:
+            raise ValueError(f"ft_steps must be >= 1 (or None: every denoising step), got {self.ft_steps}")
+        if self.ft_steps is not None and self.retrain_steps:
+            raise ValueError(f"ft_steps freezes the leading denoising steps, but retraining imitates into every step: pass retrain_steps 0 "
+                             f"with ft_steps (got {self.retrain_steps})")
         if self.retrain_rollout_steps not in ("episodes", "interventions"):
             raise ValueError(f"retrain_rollout_steps must be 'episodes' or 'interventions', got {self.retrain_rollout_steps!r}")
         if not 1 <= self.verify_episodes <= self.verify_max_episodes <= VERIFY_SEED_OFFSET:
@@ -257,6 +259,8 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
     if ddp.enabled and on_robot(config):
         raise ValueError(f"torchrun splits simulated rollouts over ranks; robot {config.robot} is one arm: run the offline rounds in one process")
     config = replace(config, task=policy_task(config.policy, config.task, warn=ddp.is_main))  # the run's config.json names it
+    if config.ft_steps is not None:  # a --ft-steps the policy cannot take fails before the run directory exists
+        fine_tuned_steps(build_from_checkpoint(load_checkpoint(policy_dir(config.policy), kind=KIND))[0], config.ft_steps)
     run = RunDir(config.out, config, write=ddp.is_main)
     seed_everything(config.seed)
     merged = run.path / "data.zarr"
