@@ -153,7 +153,7 @@ def test_reused_targets_cost_fewer_teacher_chains_and_fit_as_well_per_step():
     reused = _distilled(teacher, states, 40, 4, reused_calls)
     assert len(fresh_calls) == 40 and len(reused_calls) == 10  # one chain per batch of targets
     held_out = torch.Generator().manual_seed(1)
-    noise, cond, target = distill_targets(teacher, states[torch.randint(0, 256, (128,), generator=held_out)], held_out)
+    noise, cond, target = distill_targets(teacher, ConsistencyHead.from_policy(teacher), states[torch.randint(0, 256, (128,), generator=held_out)], held_out)
     start = ConsistencyHead.from_policy(teacher)
     with torch.no_grad():
         errors = {name: torch.nn.functional.mse_loss(h(noise, cond), target).item() for name, h in (("start", start), ("fresh", fresh), ("reused", reused))}
@@ -167,7 +167,7 @@ def test_a_head_whose_rate_decays_to_the_end_fits_its_teacher_closer_than_at_a_c
     with torch.no_grad():
         states = teacher.encode(batch(STATE_ONLY, 256))
     held_out = torch.Generator().manual_seed(1)
-    noise, cond, target = distill_targets(teacher, states[torch.randint(0, 256, (256,), generator=held_out)], held_out)
+    noise, cond, target = distill_targets(teacher, ConsistencyHead.from_policy(teacher), states[torch.randint(0, 256, (256,), generator=held_out)], held_out)
     errors, rates = {}, []
     for name in ("constant", "decayed"):
         head = ConsistencyHead.from_policy(teacher)

@@ -100,6 +100,32 @@ def test_a_head_saved_before_the_fold_loads_as_the_same_function(tmp_path) -> No
     assert head.upgrade_state(head.state_dict()).keys() == head.state_dict().keys()  # the current layout passes through
 
 
+def test_a_head_is_the_teachers_chain_from_zero_and_a_head_saved_before_keeps_drawing_noise() -> None:
+    """New heads start from x_K = 0: one action per state, distilled onto the teacher's chain from 0. Heads saved
+    before ``noise_scale`` were distilled from fresh noise and keep drawing it."""
+    from workflow.distill import distill_targets
+
+    torch.manual_seed(0)
+    teacher = tiny_policy(STATE_ONLY, "mlp", 4).eval()
+    head = ConsistencyHead.from_policy(teacher)
+    with torch.no_grad():
+        cond = teacher.encode(batch(STATE_ONLY, 8))
+    first, second = (head.sample(cond, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    noise, _, target = distill_targets(teacher, head, cond, torch.Generator().manual_seed(2))
+    assert not noise.any()
+    torch.testing.assert_close(target, teacher.sample(cond, deterministic=True, noise=torch.zeros_like(noise)), rtol=0, atol=0)
+
+    saved = {k: v for k, v in head.state_dict().items() if k != "noise_scale"}  # a checkpoint from before
+    old = ConsistencyHead(teacher.config, teacher.action_dim, teacher.cond_dim)
+    old.load_state_dict(old.upgrade_state(saved))
+    assert float(old.noise_scale) == 1.0
+    first, second = (old.sample(cond, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
+    assert not torch.allclose(first, second)
+    noise, _, _ = distill_targets(teacher, old, cond, torch.Generator().manual_seed(2))
+    assert noise.abs().mean() > 0.5
+
+
 def test_ema_of_a_policy_is_a_usable_policy() -> None:
     torch.manual_seed(0)
     policy = tiny_policy(STATE_ONLY, "mlp", 4)

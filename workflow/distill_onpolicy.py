@@ -3,7 +3,7 @@
 Distilled on a store's states alone, the head learns the teacher where the teacher's data went. Deployed, it
 goes where its own small errors take it, states the store rarely holds, and its errors there compound. DAgger's
 answer (Ross et al., 2011): roll the student out, have the expert label the states it reached, train on the
-union, repeat. Here the expert is the teacher's deterministic K-step chain from the same noise, so a label costs
+union, repeat. Here the expert is the teacher's deterministic K-step chain from the head's x_K, so a label costs
 one teacher chain and no robot time; the rollouts run in sim.
 
 Only the states the head plans at (every ``n_action_steps``-th step) are kept: those are the only states where
