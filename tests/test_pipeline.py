@@ -176,3 +176,32 @@ def test_a_budget_whose_rl_stages_freeze_different_denoising_steps_is_refused():
     with pytest.raises(ValueError, match="offline_ft_steps and online_ft_steps must be equal"):
         replace(BUDGETS["quick"], offline_ft_steps=3)
     assert replace(BUDGETS["quick"], online_ft_steps=None).offline_ft_steps == 5  # online RL then keeps the offline policy's frozen steps
+
+
+def test_the_budgets_head_settings_reach_the_online_stage(tmp_path, monkeypatch):
+    """The online stage distils the head with the budget's steps, on-policy rounds and target reuse (stages already done
+    are read from their results, so only the online stage's config is built)."""
+    import workflow.pipeline as pipeline
+    from robot.config import to_dict
+    from workflow.stage_report import StageResult
+
+    monkeypatch.setitem(pipeline.BUDGETS, "smoke", replace(pipeline.BUDGETS["smoke"], distill_reuse=3, distill_final_steps=7, distill_onpolicy_rounds=2))
+    for name in ("imitation", "offline"):
+        done = StageResult(name, str(tmp_path / name / "policy"), 0.5, 0.0, 4, 0.1, successes=[True, False, True, False], lengths=[9, 20, 9, 20])
+        (tmp_path / f"{name}.result.json").write_text(json.dumps(to_dict(done)))
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def online(config, show_progress):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "train_online", online)
+    with pytest.raises(Stop):
+        run_pipeline(PipelineConfig(task="push", out=str(tmp_path), budget="smoke"), show_progress=False, log=lambda _: None)
+    (config,) = seen
+    assert (config.distill_reuse, config.distill_final_steps, config.distill_onpolicy_rounds) == (3, 7, 2)
+    assert config.policy == str(tmp_path / "offline" / "policy")
+    assert pipeline.BUDGETS["full"].distill_reuse == 16 and pipeline.BUDGETS["full"].offline_ft_steps == 5
