@@ -15,11 +15,12 @@ deployed policy is deterministic (one action per state, on a robot as in its tes
 that chain barely depends on its start anyway (over fresh x_K its output varies by a mean
 square of 0.0010 against the actions' 0.117; from 0 the teacher scored 75.8%, from noise 76.8%,
 over 600 paired seeds, 24 won, 30 lost). Fed noise, the head spends its fit carrying x_K
-through to cancel it: on push-rim's main job the same 600 steps left a held-out error of
-0.0038 fed noise and 0.0024 fed 0, and over 600 paired seeds those heads scored 73.0%
-(3.8 points under the teacher, p = 0.04) and 75.2% (1.7 under, p = 0.37; docs/RESULTS.md,
-session 29). Heads saved before then were distilled from fresh noise and keep drawing it
-(``noise_scale`` 1).
+through to cancel it: on session 27's main-job teacher the same 600 steps left a held-out
+error of 0.0038 fed noise and 0.0024 fed 0, and over 600 paired seeds those heads scored 3.8
+and 1.7 points under the teacher (between them 63 won, 50 lost: not beyond noise). On the
+README run's teacher (sessions 28-29) heads stay 3-7 points under it over 600 seeds, 4,800
+steps included (docs/RESULTS.md, session 29). Heads saved before then were distilled from
+fresh noise and keep drawing it (``noise_scale`` 1).
 
 Warm-started from an epsilon-prediction teacher, the student starts at the teacher's
 first step. Distillation (in ``workflow``) regresses it onto the teacher's deterministic
