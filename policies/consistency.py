@@ -18,8 +18,8 @@ over 600 paired seeds, 24 won, 30 lost). Fed noise, the head spends its fit carr
 through to cancel it: on session 27's main-job teacher the same 600 steps left a held-out
 error of 0.0038 fed noise and 0.0024 fed 0, and over 600 paired seeds those heads scored 3.8
 and 1.7 points under the teacher (between them 63 won, 50 lost: not beyond noise). On the
-README run's teacher (sessions 28-29) heads stay 3-7 points under it over 600 seeds, 4,800
-steps included (docs/RESULTS.md, session 29). Heads saved before then were distilled from
+README run's teacher (sessions 28-29) heads are 4-7 points under it over 600 seeds at 600
+steps and 2-3 at 2,400-4,800 (docs/RESULTS.md, session 29). Heads saved before then were distilled from
 fresh noise and keep drawing it (``noise_scale`` 1).
 
 Warm-started from an epsilon-prediction teacher, the student starts at the teacher's

@@ -1,9 +1,9 @@
 """Consistency distillation: a one-step head that reproduces the K-step DDIM policy.
 
 The student (a warm-started copy of the denoiser) maps its x_K (0: ``ConsistencyHead.noise_scale``) and the
-conditioning straight to the action the teacher's deterministic chain reaches from the same x_K. It has its own optimiser and can run as a stage of its own
-(``robot train distill``) or a few steps at a time alongside online RL, so it tracks
-the policy as RL changes it.
+conditioning straight to the action the teacher's deterministic chain reaches from the same x_K. It has its own
+optimiser and can run as a stage of its own (``robot train distill``) or a few steps at a time alongside online RL,
+so it tracks the policy as RL changes it.
 """
 
 from __future__ import annotations
@@ -123,8 +123,8 @@ def head_schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.l
 
     The head has to match its teacher closely, not just on average: on push-rim's main job a constant 3e-4 left a
     held-out error of 0.0060 after 600 steps and the head 8-10 points below its teacher; decayed, 0.0038, and after
-    2,400 steps 0.0014 against 0.0030 (docs/RESULTS.md, session 28). Over 600 paired seeds, heads of 600 and 2,400 decaying
-    steps scored 1-4 points under their teacher, one head to the next varying as much as the steps (session 29)."""
+    2,400 steps 0.0014 against 0.0030 (docs/RESULTS.md, session 28). Over 600 paired seeds, heads of 600 decaying steps scored
+    2-7 points under their teachers, of 2,400-4,800 steps 1-3 (session 29)."""
     return warmup_cosine(optimizer, steps)
 
 
