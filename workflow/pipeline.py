@@ -122,10 +122,13 @@ BUDGETS = {
     # against 1,200's 5.4 (session 26). Offline PPO fine-tunes only the last 5 denoising steps, as online RL does
     # (DPPO's ft_denoising_steps): on the same imitation policy and seeds its round gave 70.0% (38 won, 16 lost)
     # against every step's 69.5% (34 won, 13 lost), and the README's pipeline took 17:50 against 21:18 (session 28).
+    # The head's 900 steps reuse each batch of the teacher's targets 16 times: about the CPU of 600 at 4 (rank 0's
+    # 600 took 1.5 CPU minutes, 0.6 of them the teacher's chains). Over 600 paired seeds heads of the main job's
+    # teacher were 4-7 points under it at 600 steps and 2-3 at 2,400-4,800 (session 29).
     "quick": Budget(demos=100, demo_noise=0.0, imitation_steps=4000, imitation_batch=128, offline_rounds=1, critic_steps=2000, ppo_updates=100, ppo_batch=128,
                     rollout_episodes=50, rollout_std=0.1, chains_per_state=4, verify_episodes=50, retrain_steps=0,
                     online_iterations=40, online_episodes=32, online_minibatch=128, online_ft_steps=5, offline_ft_steps=5, select_episodes=32,
-                    confirm_episodes=100, distill_final_steps=600, eval_episodes=200),
+                    confirm_episodes=100, distill_final_steps=900, distill_reuse=16, eval_episodes=200),
     # The slow test suite's: imitation stopped at 4,000 steps, short of convergence (push-biased 72.5% there, 93.0% at
     # 8,000), which leaves the offline round a gain to find and verify (90.5% at update 100 when measured): the tests
     # check that the machinery finds it. Online RL cut to two small iterations (checks its hand-over and guarantees,
