@@ -116,7 +116,7 @@ BUDGETS = {
     # docs/RESULTS.md, session 22). The denoising loss does not show it: validation 0.115 at 4,000 steps, 0.112 at
     # 8,000. They come as 4,000 steps of 128, which torchrun's two processes split into 64 each: 59.5% against 8,000
     # steps of 64's 57.5% on the main job's demonstrations (30 won, 26 lost), in 6.7 wall minutes against 8.4
-    # (2,000 steps of 256: 47.0%, session 27). The head gets 600
+    # (2,000 steps of 256: 47.0%, session 27). The head got 600
     # distillation steps without on-policy rounds: five heads of that online policy (600 or 1,200 steps, batch 128
     # or 256) scored 68.5-79.5% against its 72.5%, none beyond noise, 600 steps at 256 75.5% in 2.7 CPU minutes
     # against 1,200's 5.4 (session 26). Offline PPO fine-tunes only the last 5 denoising steps, as online RL does
