@@ -161,6 +161,24 @@ def test_reused_targets_cost_fewer_teacher_chains_and_fit_as_well_per_step():
     assert errors["reused"] < 1.5 * errors["fresh"], errors
 
 
+def test_one_pool_labels_every_batch_the_steps_need_before_the_first_step():
+    """``pool_batches=None``: the teacher's chains all run up front, one per batch of targets, and the steps then draw
+    from all of them (a head from x_K = 0 has one fixed target per state)."""
+    torch.manual_seed(0)
+    teacher = tiny_policy(STATE_ONLY, "mlp", 4).eval().requires_grad_(False)
+    with torch.no_grad():
+        states = teacher.encode(batch(STATE_ONLY, 256))
+    head, events = ConsistencyHead.from_policy(teacher), []
+    sample = teacher.sample
+    teacher.sample = lambda *a, **k: (events.append("chain"), sample(*a, **k))[1]
+    try:
+        distill(teacher, head, make_head_optimizer(head, 1e-3), states, 40, torch.Generator().manual_seed(0), batch_size=32, reuse=4,
+                pool_batches=None, on_step=lambda step, _: events.append("step"))  # fmt: skip
+    finally:
+        del teacher.sample
+    assert events == ["chain"] * 10 + ["step"] * 40
+
+
 def test_a_head_whose_rate_decays_to_the_end_fits_its_teacher_closer_than_at_a_constant_rate():
     torch.manual_seed(0)
     teacher = tiny_policy(STATE_ONLY, "mlp", 4).eval().requires_grad_(False)
@@ -188,6 +206,10 @@ def test_distill_refuses_bad_settings():
         distill(teacher, head, make_head_optimizer(head, 1e-3), torch.zeros(4, teacher.cond_dim), 3, torch.Generator(), reuse=0)
     with pytest.raises(ValueError, match="target_reuse"):
         DistillConfig(policy="p", data="d", out="o", target_reuse=0)
+    with pytest.raises(ValueError, match="pool_batches"):
+        distill(teacher, head, make_head_optimizer(head, 1e-3), torch.zeros(4, teacher.cond_dim), 3, torch.Generator(), pool_batches=0)
+    with pytest.raises(ValueError, match="distill_pool"):
+        OnlineConfig(policy="p", out="o", distill_pool=0)
 
 
 def test_the_adaptive_learning_rate_follows_the_target_kl():

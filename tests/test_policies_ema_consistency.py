@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from policies.consistency import ConsistencyHead
+from policies.consistency import COPY, MLP, ConsistencyHead, StudentConfig
 from policies.ema import EmaConfig, EmaModel
 from tests.test_policies_diffusion import STATE_ONLY, batch, tiny_policy
 
@@ -46,7 +46,7 @@ def test_ema_starts_as_copy_then_averages() -> None:
 def test_consistency_head_warm_starts_from_the_teacher_and_distils() -> None:
     torch.manual_seed(0)
     teacher = tiny_policy(STATE_ONLY, "mlp", 4).eval()
-    head = ConsistencyHead.from_policy(teacher)
+    head = ConsistencyHead.from_policy(teacher, COPY)
     assert head.timestep == int(teacher.timesteps()[0]) == 90
     assert head.denoiser is not teacher.denoiser
     with torch.no_grad():
@@ -90,7 +90,7 @@ def test_a_head_saved_before_the_fold_loads_as_the_same_function(tmp_path) -> No
     torch.manual_seed(0)
     teacher = tiny_policy(STATE_ONLY, "unet", 4).eval()
     old_layout = {f"denoiser.{k}": v.clone() + 0.01 for k, v in teacher.denoiser.state_dict().items()}
-    head = ConsistencyHead.from_policy(teacher)
+    head = ConsistencyHead.from_policy(teacher, COPY)
     head.load_state_dict(head.upgrade_state(old_layout))
     unfolded = tiny_policy(STATE_ONLY, "unet", 4).denoiser.eval()
     unfolded.load_state_dict({k.removeprefix("denoiser."): v for k, v in old_layout.items()})
@@ -116,14 +116,50 @@ def test_a_head_is_the_teachers_chain_from_zero_and_a_head_saved_before_keeps_dr
     assert not noise.any()
     torch.testing.assert_close(target, teacher.sample(cond, deterministic=True, noise=torch.zeros_like(noise)), rtol=0, atol=0)
 
-    saved = {k: v for k, v in head.state_dict().items() if k != "noise_scale"}  # a checkpoint from before
-    old = ConsistencyHead(teacher.config, teacher.action_dim, teacher.cond_dim)
+    saved = {k: v for k, v in ConsistencyHead.from_policy(teacher, COPY).state_dict().items() if k != "noise_scale"}  # a checkpoint from before
+    old = ConsistencyHead(teacher.config, teacher.action_dim, teacher.cond_dim, COPY)
     old.load_state_dict(old.upgrade_state(saved))
     assert float(old.noise_scale) == 1.0
     first, second = (old.sample(cond, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
     assert not torch.allclose(first, second)
     noise, _, _ = distill_targets(teacher, old, cond, torch.Generator().manual_seed(2))
     assert noise.abs().mean() > 0.5
+
+
+def test_an_mlp_head_is_saved_with_its_student_and_heads_saved_before_load_as_copies(tmp_path) -> None:
+    """The head's network is a choice saved with it; a checkpoint from before the choice holds a copy of the denoiser."""
+    from robot.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from robot.normalize import Normalizer
+    from workflow.policy import KIND, build_from_checkpoint, save_policy
+
+    torch.manual_seed(0)
+    teacher = tiny_policy(STATE_ONLY, "unet", 4).eval()
+    assert ConsistencyHead.from_policy(teacher).student == COPY == StudentConfig() and COPY.lr == 3e-4
+    head = ConsistencyHead.from_policy(teacher, MLP)
+    assert head.student == StudentConfig(kind="mlp", hidden_dim=128, num_blocks=3) and head.student.lr == 1e-3
+    assert type(head.denoiser).__name__ == "MlpResNetDenoiser" and head.denoiser.time_embed is None
+    cond = torch.randn(5, teacher.cond_dim)
+    normalizer = Normalizer({})
+    save_policy(tmp_path / "new", teacher, normalizer, consistency=head)
+    loaded = build_from_checkpoint(load_checkpoint(tmp_path / "new", kind=KIND))[1]
+    assert loaded.student == head.student
+    torch.testing.assert_close(loaded.sample(cond), head.sample(cond), rtol=0, atol=0)
+
+    copy = ConsistencyHead.from_policy(teacher, COPY)  # a head saved before students were a choice: no config entry
+    save_policy(tmp_path / "old", teacher, normalizer, consistency=copy)
+    ckpt = load_checkpoint(tmp_path / "old", kind=KIND)
+    del ckpt.config["consistency"]
+    save_checkpoint(tmp_path / "old", ckpt)
+    loaded = build_from_checkpoint(load_checkpoint(tmp_path / "old", kind=KIND))[1]
+    assert loaded.student == COPY
+    torch.testing.assert_close(loaded.sample(cond), copy.sample(cond), rtol=0, atol=0)
+
+    ckpt.config["consistency"] = {"kind": "transformer"}
+    save_checkpoint(tmp_path / "bad", ckpt)
+    with pytest.raises(CheckpointError, match="consistency head's config"):
+        build_from_checkpoint(load_checkpoint(tmp_path / "bad", kind=KIND))
+    with pytest.raises(ValueError, match="kind must be"):
+        StudentConfig(kind="transformer")
 
 
 def test_ema_of_a_policy_is_a_usable_policy() -> None:

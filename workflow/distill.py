@@ -1,7 +1,7 @@
 """Consistency distillation: a one-step head that reproduces the K-step DDIM policy.
 
-The student (a warm-started copy of the denoiser) maps its x_K (0: ``ConsistencyHead.noise_scale``) and the
-conditioning straight to the action the teacher's deterministic chain reaches from the same x_K. It has its own
+The student (a small MLP, or a warm-started copy of the denoiser: ``StudentConfig``) maps its x_K
+(0: ``ConsistencyHead.noise_scale``) and the conditioning straight to the action the teacher's deterministic chain reaches from the same x_K. It has its own
 optimiser and can run as a stage of its own (``robot train distill``) or a few steps at a time alongside online RL,
 so it tracks the policy as RL changes it.
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from policies.consistency import ConsistencyHead
+from policies.consistency import ConsistencyHead, StudentConfig
 from policies.diffusion import DiffusionPolicy
 from robot.checkpoint import load_checkpoint
 from robot.store import ZarrEpisodeStore
@@ -56,11 +56,6 @@ def regress_step(head: ConsistencyHead, optimizer: torch.optim.Optimizer, batch:
     return float(loss.detach())
 
 
-def distill_step(teacher: DiffusionPolicy, head: ConsistencyHead, optimizer: torch.optim.Optimizer, cond: torch.Tensor, generator: torch.Generator) -> float:
-    """One regression step on a fresh batch of targets (what :func:`distill` does with ``reuse=1``)."""
-    return regress_step(head, optimizer, distill_targets(teacher, head, cond, generator))
-
-
 def distill(
     teacher: DiffusionPolicy,
     head: ConsistencyHead,
@@ -71,7 +66,7 @@ def distill(
     *,
     batch_size: int = DISTILL_BATCH,
     reuse: int = 4,
-    pool_batches: int = 16,
+    pool_batches: int | None = 16,
     local: slice = slice(None),
     trainable: torch.nn.Module | None = None,
     on_step: Callable[[int, float], None] | None = None,
@@ -84,14 +79,17 @@ def distill(
     ``workflow.distill_onpolicy``); ``first_step`` numbers ``on_step``'s steps after earlier phases; ``schedule``
     is stepped after every step (:func:`head_schedule` for a head distilled once, to the end).
 
-    The teacher's K-step chain costs about three times the student's forward and backward
-    pass, so targets are drawn ``pool_batches`` batches at a time and each batch is
-    regressed on ``reuse`` times (in a fresh order every pass) before the next pool: about
-    2.5x the steps per second with reuse 4 on CPU, and the same held-out error per step
-    on push (0.0115 after 300 steps either way; docs/RESULTS.md).
+    The teacher's K-step chain costs about three times the U-Net copy's forward and backward
+    pass and thirty times the MLP student's, so targets are drawn ``pool_batches`` batches at a
+    time (None: every batch the steps need, up front) and each batch is regressed on ``reuse``
+    times (in a fresh order every pass) before the next pool. A head from x_K = 0 has one fixed
+    target per state, so reusing one costs nothing but spread: pools of 32 batches reused 64 times
+    left the MLP's error at 0.0013 on other states after 8,000 steps against 0.0008 on its pool's;
+    one pool, 0.00055 on both after 12,000 (docs/RESULTS.md, session 30).
     """
-    if steps < 0 or reuse < 1 or pool_batches < 1:
+    if steps < 0 or reuse < 1 or (pool_batches is not None and pool_batches < 1):
         raise ValueError(f"steps must be >= 0, reuse and pool_batches >= 1, got {steps}, {reuse}, {pool_batches}")
+    pool_batches = pool_batches or -(-steps // reuse)
     batch_size = min(batch_size, len(states))
     draw = draw or (lambda n, gen: states[torch.randint(0, len(states), (n,), generator=gen).to(states.device)])
     done, loss = 0, float("nan")
@@ -136,14 +134,19 @@ class DistillConfig:
     """Episode store whose states the head is distilled on."""
     out: str
     """Run directory; its policy/ holds the teacher plus the one-step head."""
+    head: StudentConfig = field(default_factory=StudentConfig)
+    """The head's network: a copy of the teacher's denoiser, or a small MLP from scratch (``--head-kind mlp``, with
+    about ``--steps 20000 --target-reuse 64 --target-pool none``: on push-rim 5 CPU minutes besides the targets)."""
     steps: int = 2000
     """Distillation steps."""
     batch_size: int = DISTILL_BATCH
     """States per step."""
-    lr: float = 3e-4
-    """On push, 1,200 steps at 3e-4 brought the head within 2 points of its teacher; at 1e-4, 6 short."""
+    lr: float | None = None
+    """Peak learning rate (a half cosine takes it to 0); None: the student's own (``StudentConfig.lr``)."""
     target_reuse: int = 4
     """Regression steps per teacher target batch (the teacher's chain is the expensive part)."""
+    target_pool: int | None = 16
+    """Target batches labelled at a time; None: all the steps need, up front (``distill``)."""
     onpolicy_rounds: int = 0
     """DAgger rounds: the steps are split into this many + 1 phases, and after each but the last the head is
     rolled out in sim and the teacher labels the states it planned at (``workflow.distill_onpolicy``). 0: the
@@ -162,8 +165,9 @@ class DistillConfig:
     """Torch device: cpu, cuda or cuda:N."""
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.target_reuse < 1 or not 0 < self.lr < 1:
-            raise ValueError(f"steps, batch_size and target_reuse must be >= 1 and lr in (0, 1), got {self}")
+        if self.steps < 1 or self.batch_size < 1 or self.target_reuse < 1 or (self.target_pool is not None and self.target_pool < 1) \
+                or (self.lr is not None and not 0 < self.lr < 1):
+            raise ValueError(f"steps, batch_size, target_pool and target_reuse must be >= 1 and lr in (0, 1), got {self}")
         if self.onpolicy_rounds < 0 or self.onpolicy_episodes < 1 or not 0 <= self.onpolicy_fraction <= 1:
             raise ValueError(f"onpolicy_rounds must be >= 0, onpolicy_episodes >= 1 and onpolicy_fraction in [0, 1], got "
                              f"{self.onpolicy_rounds}, {self.onpolicy_episodes}, {self.onpolicy_fraction}")
@@ -188,8 +192,8 @@ def train_distill(config: DistillConfig, *, show_progress: bool = True) -> Disti
     teacher.eval().requires_grad_(False)
     store = ZarrEpisodeStore.open(config.data)
     states = encode_store(store, teacher, ckpt.normalizer, gamma=1.0, device=device, drop_nonfinite=config.drop_nonfinite).features  # (N, Dc)
-    head = ConsistencyHead.from_policy(teacher)
-    optimizer = make_head_optimizer(head, config.lr)
+    head = ConsistencyHead.from_policy(teacher, config.head)
+    optimizer = make_head_optimizer(head, config.lr or config.head.lr)
     schedule = head_schedule(optimizer, config.steps)
     trainable = ddp.wrap(head)
     bar = progress(config.steps, 0, "distill", show_progress)
@@ -214,7 +218,7 @@ def train_distill(config: DistillConfig, *, show_progress: bool = True) -> Disti
     loss = ddp.mean(distill_visiting(teacher, head, ckpt.normalizer, optimizer, states, config.steps, gen, rounds=config.onpolicy_rounds,
                                      episodes=config.onpolicy_episodes, task=task, seed=ONPOLICY_SEED + 1000 * config.seed,
                                      fraction=config.onpolicy_fraction, device=str(device), on_round=visited, on_step=logged,
-                                     batch_size=batch, reuse=config.target_reuse, local=local, trainable=trainable, schedule=schedule))  # fmt: skip
+                                     batch_size=batch, reuse=config.target_reuse, pool_batches=config.target_pool, local=local, trainable=trainable, schedule=schedule))  # fmt: skip
     bar.close()
     if ddp.is_main:
         save_policy(run.policy_dir, teacher, ckpt.normalizer, consistency=head, extra={**ckpt.extra, "stage": "distill"})

@@ -244,7 +244,7 @@ def _build_learner(config_dict: Mapping[str, Any], files: Mapping[str, np.ndarra
     ddp, dev = init_distributed(torch.device(device))
     model, head = build_from_checkpoint(ckpt, device=str(dev))
     model = fine_tuned_steps(model, config.ft_steps)  # the robot computer's learner has the same frozen steps
-    head = head if head is not None else (ConsistencyHead.from_policy(model) if config.distill_steps else None)
+    head = head if head is not None else (ConsistencyHead.from_policy(model, config.head) if config.distill_steps else None)
     return OnlineLearner(model, config, ddp, dev, head)
 
 

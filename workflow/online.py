@@ -39,7 +39,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
-from policies.consistency import ConsistencyHead
+from policies.consistency import ConsistencyHead, StudentConfig
 from policies.critics import CriticConfig
 from policies.diffusion import LOG_PROB_REDUCTIONS
 from robot.checkpoint import load_checkpoint
@@ -146,14 +146,18 @@ class OnlineConfig:
     distill_steps: int = 50
     """Consistency-distillation steps per iteration, so every snapshot carries a head that tracks it (0: snapshots
     carry none, and only the handed-on policy's head is distilled, with ``distill_final_steps``)."""
-    distill_lr: float = 3e-4
-    """Learning rate of the one-step head's distillation."""
+    head: StudentConfig = field(default_factory=StudentConfig)
+    """The one-step head's network (``policies.consistency``): the MLP wants many more, cheaper steps."""
+    distill_lr: float | None = None
+    """Peak learning rate of the one-step head's distillation; None: the student's own (``StudentConfig.lr``)."""
     distill_final_steps: int | None = None
     """Distillation budget of the handed-on policy's head; None: ``distill_steps x iterations``. Its in-loop
     steps count toward it, except with ``distill_data``, whose states it then gets all of it on. Too few steps leave
     the head well short of its teacher (docs/RESULTS.md, session 6)."""
     distill_reuse: int = 4
     """Regression steps per batch of teacher targets (``workflow.distill.distill``)."""
+    distill_pool: int | None = 16
+    """Teacher target batches labelled at a time in the final distillation; None: all it needs, up front."""
     distill_data: str | None = None
     """Episode store (e.g. the demonstrations) whose states, with every state of this run's rollouts, the
     handed-on policy's one-step head is finally distilled on, for the whole budget; None: the last iteration's
@@ -213,6 +217,8 @@ class OnlineConfig:
             raise ValueError(f"iterations, episodes_per_iteration, epochs, minibatch, select_every, distill_reuse and lanes must be >= 1, got {self}")
         if self.distill_steps < 0 or (self.distill_final_steps is not None and self.distill_final_steps < 0):
             raise ValueError(f"distill_steps and distill_final_steps must be >= 0, got {self.distill_steps}, {self.distill_final_steps}")
+        if (self.distill_pool is not None and self.distill_pool < 1) or (self.distill_lr is not None and not 0 < self.distill_lr < 1):
+            raise ValueError(f"distill_pool must be >= 1 and distill_lr in (0, 1), got {self.distill_pool}, {self.distill_lr}")
         if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
         if self.target_kl <= 0 or self.kl_stop <= 1:
@@ -258,7 +264,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     ckpt = load_checkpoint(policy_dir(config.policy), kind=KIND)
     model, head = build_from_checkpoint(ckpt, device=str(device))
     model = fine_tuned_steps(model, config.ft_steps)
-    head = head if head is not None else (ConsistencyHead.from_policy(model) if distils_head(config) else None)
+    head = head if head is not None else (ConsistencyHead.from_policy(model, config.head) if distils_head(config) else None)
     learner = OnlineLearner(model, config, ddp, device, head if config.distill_steps else None)  # in-loop distillation
     controller = DiffusionController(model, ckpt.normalizer, deterministic=False, learning=True, chain_sampler=learner.sampler, seed=config.seed, device=str(device))
 
@@ -414,10 +420,10 @@ def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, r
         run.metrics.log({"cpu/select_s": time.process_time() - cpu}, config.iterations)
         if selected == "start":
             final = build_from_checkpoint(ckpt, device=str(device))[0]
-            head, done = (ConsistencyHead.from_policy(final), 0) if head is not None else (None, 0)
+            head, done = (ConsistencyHead.from_policy(final, config.head), 0) if head is not None else (None, 0)
         else:
             final, head = build_from_checkpoint(load_checkpoint(path, kind=KIND), device=str(device))
-            head = head if head is not None or not distils_head(config) else ConsistencyHead.from_policy(final)
+            head = head if head is not None or not distils_head(config) else ConsistencyHead.from_policy(final, config.head)
             done = (int(selected.split()[1]) + 1) * config.distill_steps
         decisive = next(rate for name, rate, _ in reversed(selection) if name in (selected, f"{selected} confirming"))
         run.metrics.log({"charts/selected_success": decisive}, config.iterations)
@@ -434,8 +440,8 @@ def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, r
             cpu = time.process_time()
             batch = ddp.even_batch(DISTILL_BATCH, len(states))
             gen.set_state(ddp.broadcast(gen.get_state()))  # rank 0's: in-loop distillation drew from it there alone
-            optimizer = make_head_optimizer(head, config.distill_lr)
-            loss = distill_visiting(final, head, ckpt.normalizer, optimizer, states, steps, gen, reuse=config.distill_reuse, schedule=head_schedule(optimizer, steps),
+            optimizer = make_head_optimizer(head, config.distill_lr or head.student.lr)
+            loss = distill_visiting(final, head, ckpt.normalizer, optimizer, states, steps, gen, reuse=config.distill_reuse, pool_batches=config.distill_pool, schedule=head_schedule(optimizer, steps),
                                     rounds=config.distill_onpolicy_rounds, episodes=config.distill_onpolicy_episodes, task=config.task,
                                     seed=ONPOLICY_SEED + 1000 * config.seed, device=str(device), on_round=visited,
                                     batch_size=batch, local=ddp.local_slice(batch), trainable=ddp.wrap(head))  # fmt: skip

@@ -80,6 +80,8 @@ class Budget:
     """On-policy (DAgger) rounds of 32 sim episodes in that final distillation (``OnlineConfig.distill_onpolicy_rounds``)."""
     distill_reuse: int = 4
     """Regression steps per batch of the teacher's targets in the head's distillation (``OnlineConfig.distill_reuse``)."""
+    distill_pool: int | None = 16
+    """Target batches labelled at a time in that distillation; None: all, up front (``OnlineConfig.distill_pool``)."""
     online_minibatch: int = 64
     """Online RL's PPO minibatch (chunk transitions)."""
     online_ft_steps: int | None = None
@@ -283,7 +285,7 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
     online_cfg = OnlineConfig(
         policy=offline, out=str(out / "online"), task=config.task, iterations=b.online_iterations, episodes_per_iteration=b.online_episodes, minibatch=b.online_minibatch,
         value_from=str(critics) if critics.is_dir() else None, critic=offline_cfg.critic, distill_data=str(demos), distill_steps=b.distill_steps, distill_final_steps=b.distill_final_steps,
-        distill_onpolicy_rounds=b.distill_onpolicy_rounds, distill_reuse=b.distill_reuse, ft_steps=b.online_ft_steps,
+        distill_onpolicy_rounds=b.distill_onpolicy_rounds, distill_reuse=b.distill_reuse, distill_pool=b.distill_pool, ft_steps=b.online_ft_steps,
         select_episodes=b.select_episodes, confirm_episodes=b.confirm_episodes, seed=config.seed, device=config.device, lanes=config.lanes,
     )  # fmt: skip
     def online_stage() -> tuple[str, int, str]:

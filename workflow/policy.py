@@ -19,9 +19,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from policies.consistency import ConsistencyHead
+from policies.consistency import COPY, ConsistencyHead, StudentConfig
 from policies.diffusion import MEAN_ETA, Chain, ChainSampler, DiffusionPolicy, DiffusionPolicyConfig
 from robot.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_module_state, save_checkpoint
+from robot.config import from_dict as config_from_dict, to_dict as config_to_dict
 from robot.normalize import Normalizer
 from robot.protocols import PolicyStep
 from robot.types import ACTION, Feature, check_features
@@ -254,7 +255,11 @@ def build_from_checkpoint(ckpt: Checkpoint, device: str = "cpu") -> tuple[Diffus
     load_module_state(model, ckpt.modules.get("policy", {}), what=f"{where}: policy")
     head = None
     if "consistency" in ckpt.modules:
-        head = ConsistencyHead(model.config, model.action_dim, model.cond_dim)
+        try:  # heads saved before the student was a choice are copies of the denoiser
+            student = config_from_dict(StudentConfig, ckpt.config["consistency"], path="consistency") if "consistency" in ckpt.config else COPY
+        except ValueError as e:
+            raise CheckpointError(f"{where}: its consistency head's config is not a head's ({e})") from None
+        head = ConsistencyHead(model.config, model.action_dim, model.cond_dim, student)
         load_module_state(head, head.upgrade_state(ckpt.modules["consistency"]), what=f"{where}: consistency head")
     return model.to(device), head
 
@@ -268,14 +273,14 @@ def save_policy(
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a self-contained policy checkpoint (weights, normaliser, config, features)."""
-    modules = {"policy": model.state_dict()}
+    modules, config = {"policy": model.state_dict()}, {"policy": model.config.to_dict()}
     if consistency is not None:
-        modules["consistency"] = consistency.state_dict()
+        modules["consistency"], config["consistency"] = consistency.state_dict(), config_to_dict(consistency.student)
     return save_checkpoint(
         path,
         Checkpoint(
             kind=KIND,
-            config={"policy": model.config.to_dict()},
+            config=config,
             modules=modules,
             normalizer=normalizer,
             features={"input": model.input_features, "action": model.action_features},
