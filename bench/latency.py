@@ -1,4 +1,5 @@
-"""Policy inference latency: one action (chunk) for one observation, K-step DDIM vs the one-step head.
+"""Policy inference latency: one action (chunk) for one observation, K-step DDIM vs the one-step head
+(the default student, a copy of the denoiser, and the MLP student).
 
     python -m bench.latency [--repeats 50] [--threads 1] [--device cpu]
 
@@ -15,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from policies.consistency import ConsistencyHead
+from policies.consistency import COPY, MLP, ConsistencyHead
 from policies.diffusion import DiffusionPolicy
 from robot.report import format_table
 from robot.types import Feature
@@ -53,13 +54,14 @@ def run(repeats: int, device: str) -> list[list]:
         for name, features in INPUTS.items():
             config = policy_preset(preset)
             policy = DiffusionPolicy(config, features, {"action": Feature((7,))}, device=device).eval()
-            head = ConsistencyHead.from_policy(policy).eval()
+            head, mlp = (ConsistencyHead.from_policy(policy, student).eval() for student in (COPY, MLP))
             obs = _batch(features, config.n_obs_steps, device)
             encode = _median_ms(lambda: policy.encode(obs), repeats)
             ddim = _median_ms(lambda: policy.sample(policy.encode(obs), deterministic=True), repeats)
             one = _median_ms(lambda: head.sample(policy.encode(obs)), repeats)
+            one_mlp = _median_ms(lambda: mlp.sample(policy.encode(obs)), repeats)
             params = sum(p.numel() for p in policy.parameters()) / 1e6
-            rows.append([preset, name, f"{params:.2f}M", encode, ddim, one, ddim / one])
+            rows.append([preset, name, f"{params:.2f}M", encode, ddim, one, ddim / one, one_mlp, ddim / one_mlp])
     return rows
 
 
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(a.threads)
     rows = run(a.repeats, a.device)
     title = f"Inference latency, batch 1, median of {a.repeats} (ms), device {a.device}, torch threads {a.threads}"
-    print(format_table(["preset", "input", "params", "encode", f"encode + DDIM-{policy_preset('chunk').num_inference_steps}", "encode + 1 step", "speed-up"], rows, title=title))
+    print(format_table(["preset", "input", "params", "encode", f"encode + DDIM-{policy_preset('chunk').num_inference_steps}", "encode + 1 step (copy)", "speed-up",
+                                                                                                                            "encode + 1 step (mlp)", "speed-up (mlp)"], rows, title=title))
 
 
 if __name__ == "__main__":

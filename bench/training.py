@@ -5,7 +5,8 @@
 Synthetic inputs of the push task's sizes (9-D state, 2-D action, an 84x84
 camera for the RGB row), the kit's chunk preset (H 8, Ta 4, 10 DDIM steps) and
 each stage's default batch: imitation 64 windows, IQL critics 256
-transitions, chain PPO 256 chains of K = 10 steps, distillation 256 states.
+transitions, chain PPO 256 chains of K = 10 steps, distillation 256 states (the teacher's
+chains that label them, then one regression step of each student on them).
 A step counts as done when its optimiser step returned.
 """
 
@@ -16,12 +17,12 @@ import time
 
 import torch
 
-from policies.consistency import ConsistencyHead
+from policies.consistency import COPY, MLP, ConsistencyHead
 from policies.critics import CriticConfig, IqlCritics
 from policies.diffusion import DiffusionPolicy
 from robot.report import format_table
 from robot.types import Feature
-from workflow.distill import distill_step, make_head_optimizer
+from workflow.distill import distill_targets, make_head_optimizer, regress_step
 from workflow.ppo import chain_ppo_loss, denoiser_parameters, normalize_advantages
 from workflow.presets import policy_preset
 
@@ -94,11 +95,16 @@ def run(seconds: float, device: str) -> list[list]:
     per_s, n = _rate(ppo_step, seconds)
     rows.append(["offline/online: chain PPO", f"K={config.num_inference_steps}", 256, per_s, per_s * 256, n])
 
-    head = ConsistencyHead.from_policy(policy)
-    head_opt = make_head_optimizer(head, 1e-4)
     gen = torch.Generator().manual_seed(0)
-    per_s, n = _rate(lambda: distill_step(policy, head, head_opt, cond, gen), seconds)
-    rows.append(["distillation", "features", 256, per_s, per_s * 256, n])
+    for student in (MLP, COPY):  # the teacher's chain labels a batch once; the student regresses on it many times
+        head = ConsistencyHead.from_policy(policy, student)
+        targets = distill_targets(policy, head, cond, gen)
+        if student == COPY:
+            per_s, n = _rate(lambda: distill_targets(policy, head, cond, gen), seconds)
+            rows.append(["distillation: teacher's targets", "features", 256, per_s, per_s * 256, n])
+        head_opt = make_head_optimizer(head, student.lr)
+        per_s, n = _rate(lambda: regress_step(head, head_opt, targets), seconds)
+        rows.append([f"distillation: {student.kind} student", "features", 256, per_s, per_s * 256, n])
     return rows
 
 

@@ -210,3 +210,18 @@ def test_lanes_bench_runs_the_same_seeds_at_each_lane_count(capsys) -> None:
     rows = [line.split() for line in out.splitlines() if line[:1].isdigit()]
     assert [r[0] for r in rows] == ["1", "3"] and rows[0][1:4] == rows[1][1:4], out  # episodes, env steps and success agree
     assert rows[0][-1] == "1.0x"
+
+
+# ---------------------------------------------------------------- bench.latency, bench.training
+def test_latency_and_training_benches_time_both_head_students(capsys) -> None:
+    """Both one-step heads (the denoiser's copy and the MLP) are timed against DDIM, and the distillation rows
+    split the teacher's labelling from each student's regression step."""
+    from bench.latency import main as latency
+    from bench.training import main as training
+
+    latency(["--repeats", "2"])
+    out = capsys.readouterr().out
+    assert "encode + 1 step (copy)" in out and "encode + 1 step (mlp)" in out and out.count("chunk ") == 3
+    training(["--seconds", "0.01"])
+    out = capsys.readouterr().out
+    assert all(row in out for row in ("distillation: teacher's targets", "distillation: mlp student", "distillation: copy student"))
