@@ -115,6 +115,11 @@ def test_the_demonstration_settings_override_the_budget_and_head_the_table(tmp_p
     assert "at noise" not in pipeline_table([], PipelineConfig(out=str(tmp_path)))
     with pytest.raises(ValueError, match="demos must be >= 1"):
         PipelineConfig(out=str(tmp_path), demos=0)
+    longer = PipelineConfig(task="push", out=str(tmp_path), budget="full", online_iterations=120)
+    assert longer.spend.online_iterations == 120 and BUDGETS["full"].online_iterations == 40
+    assert pipeline_table([], longer).startswith("pipeline: task push, budget full with 120 online iterations, 200 demonstrations")
+    with pytest.raises(ValueError, match="online_iterations must be >= 1"):
+        PipelineConfig(out=str(tmp_path), online_iterations=0)
 
 
 def test_the_demonstration_style_reaches_the_recorder_and_heads_the_table(tmp_path):
@@ -185,7 +190,8 @@ def test_the_budgets_head_settings_reach_the_online_stage(tmp_path, monkeypatch)
     from robot.config import to_dict
     from workflow.stage_report import StageResult
 
-    monkeypatch.setitem(pipeline.BUDGETS, "smoke", replace(pipeline.BUDGETS["smoke"], distill_reuse=3, distill_final_steps=7, distill_onpolicy_rounds=2))
+    monkeypatch.setitem(pipeline.BUDGETS, "smoke", replace(pipeline.BUDGETS["smoke"], distill_reuse=3, distill_final_steps=7, distill_onpolicy_rounds=2,
+                                                           distill_pool=None))
     for name in ("imitation", "offline"):
         done = StageResult(name, str(tmp_path / name / "policy"), 0.5, 0.0, 4, 0.1, successes=[True, False, True, False], lengths=[9, 20, 9, 20])
         (tmp_path / f"{name}.result.json").write_text(json.dumps(to_dict(done)))
@@ -200,8 +206,9 @@ def test_the_budgets_head_settings_reach_the_online_stage(tmp_path, monkeypatch)
 
     monkeypatch.setattr(pipeline, "train_online", online)
     with pytest.raises(Stop):
-        run_pipeline(PipelineConfig(task="push", out=str(tmp_path), budget="smoke"), show_progress=False, log=lambda _: None)
+        run_pipeline(PipelineConfig(task="push", out=str(tmp_path), budget="smoke", online_iterations=5), show_progress=False, log=lambda _: None)
     (config,) = seen
-    assert (config.distill_reuse, config.distill_final_steps, config.distill_onpolicy_rounds) == (3, 7, 2)
+    assert (config.distill_reuse, config.distill_final_steps, config.distill_onpolicy_rounds, config.distill_pool) == (3, 7, 2, None)
+    assert config.iterations == 5 != pipeline.BUDGETS["smoke"].online_iterations  # --online-iterations over the budget's
     assert config.policy == str(tmp_path / "offline" / "policy")
     assert pipeline.BUDGETS["full"].distill_reuse == 16 and pipeline.BUDGETS["full"].offline_ft_steps == 5
