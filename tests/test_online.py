@@ -319,3 +319,21 @@ def test_online_rl_can_fine_tune_only_the_last_denoising_steps(policy, tmp_path)
     again = OnlineConfig(policy=report.policy, out=str(tmp_path / "again"), iterations=1, episodes_per_iteration=1, ft_steps=4, select_episodes=0)
     with pytest.raises(ValueError, match="pass --ft-steps 3"):
         train_online(again, show_progress=False)
+
+
+def test_an_online_run_saved_before_the_head_s_student_and_pool_existed_still_resumes(tmp_path):
+    """Its config.json lacks ``head`` and ``distill_pool``: their defaults are what it ran with, so the same command
+    resumes it; a changed student does not."""
+    import json
+
+    from robot.config import to_dict
+    from workflow.run import RunDir
+
+    config = OnlineConfig(policy="p", out=str(tmp_path))
+    old = {**{k: v for k, v in to_dict(config).items() if k not in ("head", "distill_pool")}, "distill_lr": 3e-4, "distill_reuse": 4}  # as saved then
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    RunDir(tmp_path, config).close()
+    from policies.consistency import MLP
+
+    with pytest.raises(ValueError, match="differs in head"):
+        RunDir(tmp_path, OnlineConfig(policy="p", out=str(tmp_path), head=MLP))

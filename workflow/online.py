@@ -148,8 +148,8 @@ class OnlineConfig:
     carry none, and only the handed-on policy's head is distilled, with ``distill_final_steps``)."""
     head: StudentConfig = field(default_factory=StudentConfig)
     """The one-step head's network (``policies.consistency``): the MLP wants many more, cheaper steps."""
-    distill_lr: float | None = None
-    """Peak learning rate of the one-step head's distillation; None: the student's own (``StudentConfig.lr``)."""
+    distill_lr: float = 3e-4
+    """Peak learning rate of the one-step head's distillation (the MLP student was measured at 1e-3, ``StudentConfig.lr``)."""
     distill_final_steps: int | None = None
     """Distillation budget of the handed-on policy's head; None: ``distill_steps x iterations``. Its in-loop
     steps count toward it, except with ``distill_data``, whose states it then gets all of it on. Too few steps leave
@@ -217,7 +217,7 @@ class OnlineConfig:
             raise ValueError(f"iterations, episodes_per_iteration, epochs, minibatch, select_every, distill_reuse and lanes must be >= 1, got {self}")
         if self.distill_steps < 0 or (self.distill_final_steps is not None and self.distill_final_steps < 0):
             raise ValueError(f"distill_steps and distill_final_steps must be >= 0, got {self.distill_steps}, {self.distill_final_steps}")
-        if (self.distill_pool is not None and self.distill_pool < 1) or (self.distill_lr is not None and not 0 < self.distill_lr < 1):
+        if (self.distill_pool is not None and self.distill_pool < 1) or not 0 < self.distill_lr < 1:
             raise ValueError(f"distill_pool must be >= 1 and distill_lr in (0, 1), got {self.distill_pool}, {self.distill_lr}")
         if self.log_prob_reduction not in LOG_PROB_REDUCTIONS:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {self.log_prob_reduction!r}")
@@ -440,7 +440,7 @@ def hand_on(model, head, ckpt, last_states, robot, task, config: OnlineConfig, r
             cpu = time.process_time()
             batch = ddp.even_batch(DISTILL_BATCH, len(states))
             gen.set_state(ddp.broadcast(gen.get_state()))  # rank 0's: in-loop distillation drew from it there alone
-            optimizer = make_head_optimizer(head, config.distill_lr or head.student.lr)
+            optimizer = make_head_optimizer(head, config.distill_lr)
             loss = distill_visiting(final, head, ckpt.normalizer, optimizer, states, steps, gen, reuse=config.distill_reuse, pool_batches=config.distill_pool, schedule=head_schedule(optimizer, steps),
                                     rounds=config.distill_onpolicy_rounds, episodes=config.distill_onpolicy_episodes, task=config.task,
                                     seed=ONPOLICY_SEED + 1000 * config.seed, device=str(device), on_round=visited,

@@ -55,7 +55,7 @@ class OnlineLearner:
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=config.value_lr)
         self.gen = torch.Generator(device="cpu").manual_seed(config.seed)  # minibatch order: the same on every rank
         self.value_warm = False
-        self.head_opt = make_head_optimizer(head, config.distill_lr or head.student.lr) if head is not None else None
+        self.head_opt = make_head_optimizer(head, config.distill_lr) if head is not None else None
         self.distill_gen = torch.Generator(device="cpu").manual_seed(config.seed + 1)  # rank 0 only
 
     def step(self, batch: Batch, iteration: int) -> dict[str, float]:
