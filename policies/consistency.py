@@ -18,7 +18,7 @@ conditioning onto the teacher's chunk, one fixed target per state.
   (``denoiser.fold_timestep``): the same function with no timestep input.
 - ``mlp``: a small residual MLP trained from scratch, a tenth of the copy's step and of its
   latency (a chunk in 0.2 ms on one core against 2 ms; 10-step DDIM 20-30 ms). On the README
-  run's teacher (81.2% over 600 paired seeds) five MLP heads of 8,000-20,000 steps fitted it 4-8
+  run's teacher (81.2% over 600 paired seeds) five MLP heads of 8,000-20,000 steps fitted it 2-8
   times closer than U-Net copies of 600 steps (held-out error 0.0003-0.0013 against 0.0024) and
   scored 75.5-80.3%, copies of 2,400-4,800 steps 78.3-78.8%: the closed loop's gap does not follow
   the average error at these sizes, and heads of one recipe scatter by 5 points (docs/RESULTS.md,

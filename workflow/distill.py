@@ -1,9 +1,9 @@
 """Consistency distillation: a one-step head that reproduces the K-step DDIM policy.
 
-The student (a small MLP, or a warm-started copy of the denoiser: ``StudentConfig``) maps its x_K
-(0: ``ConsistencyHead.noise_scale``) and the conditioning straight to the action the teacher's deterministic chain reaches from the same x_K. It has its own
-optimiser and can run as a stage of its own (``robot train distill``) or a few steps at a time alongside online RL,
-so it tracks the policy as RL changes it.
+The student (a warm-started copy of the denoiser, or a small MLP: ``StudentConfig``) maps its x_K (0:
+``ConsistencyHead.noise_scale``) and the conditioning straight to the action the teacher's deterministic chain
+reaches from the same x_K. It has its own optimiser and can run as a stage of its own (``robot train distill``) or
+a few steps at a time alongside online RL, so it tracks the policy as RL changes it.
 """
 
 from __future__ import annotations
