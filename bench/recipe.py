@@ -233,8 +233,7 @@ def stage_rows(results: list[StageResult], episodes: dict[str, StageEpisodes], s
 def recipe_table(setting: Setting, config: PipelineConfig, rows: list[dict], seeds: range) -> str:
     b = config.spend
     demos = f"{b.demos} demonstrations" + (f" at noise {b.demo_noise:g}" if b.demo_noise else "") + (f" ({config.demo_style} operator)" if config.demo_style != "iid" else "")
-    online = "" if config.online_iterations is None else f" with {config.online_iterations} online iterations"
-    title = (f"recipe {setting.name}: task {config.task}, budget {config.budget}{online}, {demos}, sampler {config.sampler}, "
+    title = (f"recipe {setting.name}: task {config.task}, budget {config.budget_label}, {demos}, sampler {config.sampler}, "
              f"{len(seeds)} paired episodes (seeds {seeds.start}-{seeds.stop - 1}), torch threads {torch.get_num_threads()}")  # fmt: skip
     pct = lambda x: f"{x:.1%}"  # noqa: E731
     body = [[r["stage"], pct(r["success"]), f"{pct(r['ci95'][0])}-{pct(r['ci95'][1])}", r["compared_with"],

@@ -211,6 +211,11 @@ class PipelineConfig:
         check_expert_style(self.demo_style)
 
     @property
+    def budget_label(self) -> str:
+        """The budget as tables name it: ``full``, or ``full with 120 online iterations`` when overridden."""
+        return self.budget + ("" if self.online_iterations is None else f" with {self.online_iterations} online iterations")
+
+    @property
     def spend(self) -> Budget:
         """The budget preset with this run's demonstration settings and online iterations."""
         b = BUDGETS[self.budget]

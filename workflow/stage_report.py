@@ -67,8 +67,7 @@ def pipeline_table(results: list[StageResult], config: PipelineConfig, processes
     demos = f"{b.demos} demonstrations" + (f" at noise {b.demo_noise:g}" if b.demo_noise else "")
     if config.demo_style != "iid":
         demos += f" ({config.demo_style} operator)"
-    online = "" if config.online_iterations is None else f" with {config.online_iterations} online iterations"
-    title = (f"pipeline: task {config.task}, budget {config.budget}{online}, {demos}, {b.eval_episodes} evaluation episodes per stage "
+    title = (f"pipeline: task {config.task}, budget {config.budget_label}, {demos}, {b.eval_episodes} evaluation episodes per stage "
              f"(sampler {config.sampler}), torch threads {torch.get_num_threads()}")  # fmt: skip
     if processes > 1:
         title += f", {processes} processes (CPU min: rank 0's)"
