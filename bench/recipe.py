@@ -141,13 +141,13 @@ def pipeline_seeds(config: PipelineConfig) -> dict[str, range]:
     """Sim seeds a pipeline run trains, selects or evaluates on (online RL's: as a run from scratch draws them).
 
     Mirrors the stages' own choices: ``record_demos`` (seed + i), ``rollout_into`` (seed + 10 000 (m + 1)), ``verify_seed``,
-    ``train_online`` (seed * 1 000 003 + episode; selection from ``SELECTION_SEED``), ``run_pipeline`` (100 000 + seed).
+    ``train_online`` (``rollout_seed(seed)`` + episode; selection from ``SELECTION_SEED``), ``run_pipeline`` (100 000 + seed).
     """
     from workflow.offline import VERIFY_SEED_OFFSET
-    from workflow.online import SELECTION_SEED
+    from workflow.online import SELECTION_SEED, rollout_seed
 
     b, s = config.spend, config.seed
-    seeds = {"demonstrations": range(s, s + b.demos), "online rollouts": range(s * 1_000_003, s * 1_000_003 + b.online_iterations * b.online_episodes),
+    seeds = {"demonstrations": range(s, s + b.demos), "online rollouts": range(rollout_seed(s), rollout_seed(s) + b.online_iterations * b.online_episodes),
              "online selection": range(SELECTION_SEED + 1000 * s, SELECTION_SEED + 1000 * s + b.select_episodes + b.confirm_episodes),
              "pipeline evaluation": range(100_000 + s, 100_000 + s + b.eval_episodes)}  # fmt: skip
     for m in range(b.offline_rounds):

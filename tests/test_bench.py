@@ -67,10 +67,21 @@ def test_recipe_refuses_unknown_settings_and_seeds_the_pipeline_trains_on(tmp_pa
     with pytest.raises(SystemExit):
         main(["--setting", "nope", "--out", str(tmp_path)])
     assert "unknown setting(s) nope" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # seeds 0-199: the demonstrations' and online RL's
+    with pytest.raises(SystemExit):  # seeds 0-199: the demonstrations'
         main(["--setting", "push-hesitant", "--first-seed", "0", "--out", str(tmp_path)])
     assert "overlap the pipeline's demonstrations (0-99)" in capsys.readouterr().err
     assert not any(tmp_path.iterdir()), "refused before anything ran"
+
+
+def test_every_setting_trains_apart_from_the_default_evaluation_seeds_at_its_own_budget(tmp_path: Path) -> None:
+    """lift-biased's 120 online iterations of 32 episodes once drew rollouts on seeds 0-3839, the benchmark's 2000-2199
+    among them: the default command refused its own setting."""
+    from bench.recipe import SUITE, check_seeds_apart, pipeline_seeds
+
+    for setting in SUITE:
+        config = setting.pipeline_config(tmp_path / setting.name)
+        check_seeds_apart(config, range(2000, 2200))
+        assert len(pipeline_seeds(config)["online rollouts"]) == config.spend.online_iterations * config.spend.online_episodes
 
 
 def test_recipe_rows_pair_each_stage_with_the_one_it_started_from() -> None:

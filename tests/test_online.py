@@ -14,7 +14,7 @@ from robot.metrics import read_metrics
 from robot.store import ZarrEpisodeStore
 from workflow.distill import DistillConfig, distill, distill_targets, head_schedule, make_head_optimizer, train_distill
 from workflow.imitation import ImitationConfig, train_imitation
-from workflow.online import OnlineConfig, train_online
+from workflow.online import ROLLOUT_SEED, OnlineConfig, rollout_seed, train_online
 from workflow.online_update import gae
 from workflow.policy import DiffusionController
 from tests.test_imitation import TINY, record_demos
@@ -83,6 +83,8 @@ def test_online_stores_rollouts_logs_diagnostics_and_keeps_a_one_step_head(polic
     report = train_online(cfg, show_progress=False)
     store = ZarrEpisodeStore.open(tmp_path / "on" / "rollouts.zarr")
     assert store.num_episodes == 4 and {m.source for m in store.metas} == {"online-rollout"}
+    first = rollout_seed(cfg.seed)  # apart from the evaluations' small seeds, however long the run
+    assert sorted(m.seed for m in store.metas) == list(range(first, first + 4)) and first >= ROLLOUT_SEED
     rows = read_metrics(tmp_path / "on" / "metrics.jsonl")
     assert len(rows) == 2
     for key in ("charts/clip_fraction", "charts/approx_kl", "charts/value_explained_variance", "charts/success", "losses/distill", "charts/actor_lr"):

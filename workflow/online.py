@@ -63,6 +63,16 @@ from workflow.run import RunDir, progress, resolve_device, seed_everything
 from workflow.takeover import OperatorConfig, OperatorStop
 
 SELECTION_SEED = 500_000  # first sim seed of the selection episodes (apart from rollout and evaluation seeds)
+ROLLOUT_SEED = 10_000_000
+"""First sim seed of online RL's training rollouts (run seed s: from ROLLOUT_SEED + s * 1 000 003), apart from the
+demonstrations', the offline rounds', the selection's and the evaluations' (which users and ``bench.recipe`` start at
+small seeds): rollouts from 0 reached the benchmark's 2000-2199 after 62 iterations of 32 episodes, so a longer run was
+scored on initial states it had trained on. A run begun before keeps the first seed it saved."""
+
+
+def rollout_seed(run_seed: int) -> int:
+    """Sim seed of a run's first training rollout (``ROLLOUT_SEED``)."""
+    return ROLLOUT_SEED + run_seed * 1_000_003
 
 
 @dataclass(frozen=True)
@@ -287,7 +297,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
 
     done = load_state(run.state_dir, learner)  # a rerun resumes after the last finished update
     if done is None:
-        done = Progress(0, ddp.broadcast(config.seed * 1_000_003 + len(stored)), [], None)
+        done = Progress(0, ddp.broadcast(rollout_seed(config.seed) + len(stored)), [], None)
         if ddp.is_main:
             save_state(run.state_dir, done, learner)
     first_seed, successes = done.first_seed, done.successes
