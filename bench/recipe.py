@@ -61,6 +61,8 @@ class Setting:
     """``workflow.pipeline.BUDGETS`` preset: what every stage spends."""
     sampler: str = "ddpm-mean"
     """The policies' deterministic K-step sampler."""
+    offline_rounds: int | None = None
+    """Offline rounds instead of the budget's."""
     online_iterations: int | None = None
     """Online RL iterations instead of the budget's."""
     seed: int = 0
@@ -76,7 +78,8 @@ class Setting:
 
     def pipeline_config(self, out: str | Path, device: str = "cpu") -> PipelineConfig:
         return PipelineConfig(task=self.task, out=str(out), budget=self.budget, sampler=self.sampler, demos=self.demos,
-                              demo_noise=self.demo_noise, demo_style=self.demo_style, online_iterations=self.online_iterations, seed=self.seed,
+                              demo_noise=self.demo_noise, demo_style=self.demo_style, offline_rounds=self.offline_rounds,
+                              online_iterations=self.online_iterations, seed=self.seed,
                               device=device)  # fmt: skip
 
 
@@ -89,10 +92,13 @@ class Setting:
 # push-mixed 55.0 -> 55.0 -> 55.0% (session 22); imitation alone: push-rim-biased 96.5%, push-biased 93.0%,
 # push-hesitant 90.5%. lift-biased (always 8,000 steps): 72.5 -> 79.0% offline (session 17), 76.0 -> 82.8% online
 # (session 18). can-biased on the quick budget's old 4,000 steps: 74.0%, neither RL stage changed it (session 21).
-# lift-biased's online RL keeps climbing past the full budget's 40 iterations: 89.5% at 40, 93.0% at 80 and 95.0% at
-# 120 (the session 26 run continued, session 30), so the setting runs 120.
+# lift-biased's online RL keeps climbing past the full budget's 40 iterations: 88.0% at 40 and 94.0% at 120 on seeds
+# no rollout visited (the session 26 run continued, sessions 30-31), so the setting runs 120. The main job's
+# full-budget run climbs the same way (75.0% at 40, 85.3% at 160), and a second offline round raised its offline
+# policy 67.8 -> 72.3% (session 31): push-rim-hesitant-30-full runs both, about 60 CPU minutes by those parts.
 SUITE: tuple[Setting, ...] = (
     Setting("push-rim-hesitant-30", "push-rim", demos=30, demo_style="hesitant", budget="quick"),  # the README's main job
+    Setting("push-rim-hesitant-30-full", "push-rim", demos=30, demo_style="hesitant", budget="full", offline_rounds=2, online_iterations=160),
     Setting("push-rim-hesitant", "push-rim", demos=100, demo_style="hesitant", budget="quick"),
     Setting("push-rim-biased", "push-rim", demos=100, demo_style="biased", budget="quick"),
     Setting("push-biased", "push", demos=100, demo_style="biased", budget="quick"),
@@ -295,8 +301,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     a = p.parse_args(argv)
     if a.list:
-        rows = [[s.name, s.task, s.demos, s.demo_noise, s.demo_style, s.budget, s.pipeline_config("").spend.online_iterations, s.sampler, s.seed] for s in SUITE]
-        print(format_table(["setting", "task", "demos", "noise", "style", "budget", "online iterations", "sampler", "seed"], rows, title="bench.recipe suite"))
+        spends = [s.pipeline_config("").spend for s in SUITE]
+        rows = [[s.name, s.task, s.demos, s.demo_noise, s.demo_style, s.budget, b.offline_rounds, b.online_iterations, s.sampler, s.seed] for s, b in zip(SUITE, spends)]
+        print(format_table(["setting", "task", "demos", "noise", "style", "budget", "offline rounds", "online iterations", "sampler", "seed"], rows,
+                           title="bench.recipe suite"))
         return
     unknown = sorted(set(a.setting or ()) - set(names))
     if unknown:

@@ -118,8 +118,38 @@ def test_the_demonstration_settings_override_the_budget_and_head_the_table(tmp_p
     longer = PipelineConfig(task="push", out=str(tmp_path), budget="full", online_iterations=120)
     assert longer.spend.online_iterations == 120 and BUDGETS["full"].online_iterations == 40
     assert pipeline_table([], longer).startswith("pipeline: task push, budget full with 120 online iterations, 200 demonstrations")
-    with pytest.raises(ValueError, match="online_iterations must be >= 1"):
+    with pytest.raises(ValueError, match="online_iterations and offline_rounds must be >= 1"):
         PipelineConfig(out=str(tmp_path), online_iterations=0)
+    with pytest.raises(ValueError, match="online_iterations and offline_rounds must be >= 1"):
+        PipelineConfig(out=str(tmp_path), offline_rounds=0)
+    flywheel = PipelineConfig(task="push", out=str(tmp_path), budget="full", offline_rounds=2, online_iterations=160)
+    assert flywheel.spend.offline_rounds == 2 and BUDGETS["full"].offline_rounds == 1
+    assert flywheel.budget_label == "full with 2 offline rounds and 160 online iterations"
+
+
+def test_the_offline_rounds_setting_reaches_the_offline_stage(tmp_path, monkeypatch):
+    """``--offline-rounds`` replaces the budget's rounds in the offline stage's config (imitation is read back from its result)."""
+    import workflow.pipeline as pipeline
+    from robot.config import to_dict
+    from workflow.stage_report import StageResult
+
+    done = StageResult("imitation", str(tmp_path / "imitation" / "policy"), 0.5, 0.0, 4, 0.1, successes=[True, False, True, False], lengths=[9, 20, 9, 20])
+    (tmp_path / "imitation.result.json").write_text(json.dumps(to_dict(done)))
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def offline(config, show_progress):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "train_offline", offline)
+    monkeypatch.setattr(pipeline, "record_demos", lambda config, path: None)
+    with pytest.raises(Stop):
+        run_pipeline(PipelineConfig(task="push", out=str(tmp_path), budget="smoke", offline_rounds=3), show_progress=False, log=lambda _: None)
+    (config,) = seen
+    assert config.rounds == 3 != pipeline.BUDGETS["smoke"].offline_rounds
 
 
 def test_the_demonstration_style_reaches_the_recorder_and_heads_the_table(tmp_path):
