@@ -127,29 +127,39 @@ def test_the_demonstration_settings_override_the_budget_and_head_the_table(tmp_p
     assert flywheel.budget_label == "full with 2 offline rounds and 160 online iterations"
 
 
-def test_the_offline_rounds_setting_reaches_the_offline_stage(tmp_path, monkeypatch):
-    """``--offline-rounds`` replaces the budget's rounds in the offline stage's config (imitation is read back from its result)."""
+def _stage_config(tmp_path, monkeypatch, trainer: str, done: tuple[str, ...], config: PipelineConfig):
+    """The config ``run_pipeline`` hands ``pipeline.<trainer>``, the stages in ``done`` read back from results written
+    here and the demonstrations' recording skipped; the trainer stops the run as it is called."""
     import workflow.pipeline as pipeline
     from robot.config import to_dict
     from workflow.stage_report import StageResult
 
-    done = StageResult("imitation", str(tmp_path / "imitation" / "policy"), 0.5, 0.0, 4, 0.1, successes=[True, False, True, False], lengths=[9, 20, 9, 20])
-    (tmp_path / "imitation.result.json").write_text(json.dumps(to_dict(done)))
+    for name in done:
+        result = StageResult(name, str(tmp_path / name / "policy"), 0.5, 0.0, 4, 0.1, successes=[True, False, True, False], lengths=[9, 20, 9, 20])
+        (tmp_path / f"{name}.result.json").write_text(json.dumps(to_dict(result)))
     seen = []
 
     class Stop(Exception):
         pass
 
-    def offline(config, show_progress):
+    def stage(config, show_progress):
         seen.append(config)
         raise Stop
 
-    monkeypatch.setattr(pipeline, "train_offline", offline)
+    monkeypatch.setattr(pipeline, trainer, stage)
     monkeypatch.setattr(pipeline, "record_demos", lambda config, path: None)
     with pytest.raises(Stop):
-        run_pipeline(PipelineConfig(task="push", out=str(tmp_path), budget="smoke", offline_rounds=3), show_progress=False, log=lambda _: None)
-    (config,) = seen
-    assert config.rounds == 3 != pipeline.BUDGETS["smoke"].offline_rounds
+        run_pipeline(config, show_progress=False, log=lambda _: None)
+    (handed,) = seen
+    return handed
+
+
+def test_the_offline_rounds_setting_reaches_the_offline_stage(tmp_path, monkeypatch):
+    """``--offline-rounds`` replaces the budget's rounds in the offline stage's config."""
+    from workflow.pipeline import BUDGETS
+
+    config = _stage_config(tmp_path, monkeypatch, "train_offline", ("imitation",), PipelineConfig(task="push", out=str(tmp_path), budget="smoke", offline_rounds=3))
+    assert config.rounds == 3 != BUDGETS["smoke"].offline_rounds
 
 
 def test_the_demonstration_style_reaches_the_recorder_and_heads_the_table(tmp_path):
@@ -217,27 +227,11 @@ def test_the_budgets_head_settings_reach_the_online_stage(tmp_path, monkeypatch)
     """The online stage distils the head with the budget's steps, on-policy rounds and target reuse (stages already done
     are read from their results, so only the online stage's config is built)."""
     import workflow.pipeline as pipeline
-    from robot.config import to_dict
-    from workflow.stage_report import StageResult
 
     monkeypatch.setitem(pipeline.BUDGETS, "smoke", replace(pipeline.BUDGETS["smoke"], distill_reuse=3, distill_final_steps=7, distill_onpolicy_rounds=2,
                                                            distill_pool=None))
-    for name in ("imitation", "offline"):
-        done = StageResult(name, str(tmp_path / name / "policy"), 0.5, 0.0, 4, 0.1, successes=[True, False, True, False], lengths=[9, 20, 9, 20])
-        (tmp_path / f"{name}.result.json").write_text(json.dumps(to_dict(done)))
-    seen = []
-
-    class Stop(Exception):
-        pass
-
-    def online(config, show_progress):
-        seen.append(config)
-        raise Stop
-
-    monkeypatch.setattr(pipeline, "train_online", online)
-    with pytest.raises(Stop):
-        run_pipeline(PipelineConfig(task="push", out=str(tmp_path), budget="smoke", online_iterations=5), show_progress=False, log=lambda _: None)
-    (config,) = seen
+    config = _stage_config(tmp_path, monkeypatch, "train_online", ("imitation", "offline"),
+                           PipelineConfig(task="push", out=str(tmp_path), budget="smoke", online_iterations=5))
     assert (config.distill_reuse, config.distill_final_steps, config.distill_onpolicy_rounds, config.distill_pool) == (3, 7, 2, None)
     assert config.iterations == 5 != pipeline.BUDGETS["smoke"].online_iterations  # --online-iterations over the budget's
     assert config.policy == str(tmp_path / "offline" / "policy")
