@@ -178,6 +178,12 @@ class Arm(Protocol):
         """
         ...
 
+    # Optional: ``joint_response(state: ArmState) -> np.ndarray | None``, how far each joint moves per unit of each
+    # motion entry of an end-effector delta command near ``state`` (shape (joints, len(layout.motion)); a Cartesian
+    # gantry's is the identity). With it the joint-limit guard removes exactly the motion that drives a joint
+    # inside its margin further in; without it (or on None) the guard learns from the arm's own motion
+    # (``hardware.safety``).
+
 
 def action_feature(arm: Arm) -> Feature:
     """The arm's ``"action"`` feature, or a clear error when it declares none."""

@@ -98,6 +98,11 @@ class MujocoArm:
     def arm_state(self) -> ArmState:
         return self.scene.arm_state()
 
+    def joint_response(self, state: ArmState) -> np.ndarray | None:
+        """The scene's joint response to end-effector motion (``hardware.arm.Arm``), when it declares one."""
+        response = getattr(self.scene, "joint_response", None)
+        return None if response is None else response(state)
+
     def apply(self, action: np.ndarray) -> None:
         self._require_connected()
         self.scene.step(action)

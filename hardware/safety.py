@@ -13,12 +13,18 @@ of an episode is a configuration problem, not a safety event: at the episode's e
 (:meth:`SafeRobot.end_episode`, called by the episode engine, by the next reset and
 by disconnect) one warning line names the guard, the joint or axis, and the limit.
 
-End-effector delta actions cannot be clamped per joint without inverse
-kinematics, so the joint-limit check learns from the arm itself: when a joint
-inside ``joint_margin`` of its limit moved toward it after a command, the
-direction of that command's motion is remembered for the joint, and later
-commands lose their component along it (motion away from the limit or
-sideways still passes). Joint-position actions are clipped directly (step,
+End-effector delta actions cannot be clamped per joint without the arm's
+kinematics. An arm that declares them (``joint_response``: each joint's motion
+per unit of commanded motion) gets exact cancelling: a joint inside
+``joint_margin`` of its limit removes the component of motion that drives it
+further in, and motion along the limit or away passes unchanged. Otherwise the
+check learns from the arm itself: when a joint inside the margin moved toward
+its limit after a command, the direction of that command's motion is
+remembered for the joint, and later commands lose their component along it.
+That is conservative: a diagonal approach forbids sliding along the limit in
+the approach's direction, and a policy whose command points into those
+remembered directions stands still (push-rim: 3 of 200 episodes).
+Joint-position actions are clipped directly (step,
 limits, velocity); the workspace box needs forward kinematics for them and is
 left to the driver.
 """
@@ -409,7 +415,12 @@ class SafeRobot:
         may have left; uniform shrinking keeps every removed component removed)."""
         if not self.config.guard_joint_limits:
             return action
-        self._learn_pushing_directions(state)
+        response = getattr(self.arm, "joint_response", None)
+        response = response(state) if response is not None else None
+        if response is None:
+            self._learn_pushing_directions(state)
+        else:
+            self._pushing = self._directions_into_limits(state, np.asarray(response, dtype=np.float64))
         if not self._pushing:
             return action
         idx = list(self._layout.motion)
@@ -429,6 +440,21 @@ class SafeRobot:
         action = action.copy()
         action[idx] = motion
         return action
+
+    def _directions_into_limits(self, state: ArmState, response: np.ndarray) -> dict[int, list[np.ndarray]]:
+        """For each joint inside the margin, the unit motion that drives it further in, from the arm's declared
+        ``joint_response``: the guard then removes that component alone, and motion along the limit passes."""
+        near_high, near_low = self._joints_near_limit(state)
+        if response.shape != (len(near_high), len(self._layout.motion)):
+            raise ValueError(f"arm {self.arm.name}'s joint_response has shape {response.shape}, expected "
+                             f"({len(near_high)}, {len(self._layout.motion)}): (joints, motion entries); fix the driver")  # fmt: skip
+        directions = {}
+        for j in np.flatnonzero(near_high | near_low):
+            row = response[j] * (1.0 if near_high[j] else -1.0)
+            norm = float(np.linalg.norm(row))
+            if norm > 0:
+                directions[int(j)] = [row / norm]
+        return directions
 
     def _learn_pushing_directions(self, state: ArmState) -> None:
         """For each joint inside the margin that moved toward its limit after the last command,

@@ -235,6 +235,10 @@ class PushScene:
             obs.update(self._rig.render())
         return obs
 
+    def joint_response(self, state: ArmState) -> np.ndarray:
+        """The pusher's slide joints are the action's axes: dx moves pusher_x, dy pusher_y, one for one."""
+        return np.eye(2)
+
     def arm_state(self) -> ArmState:
         return ArmState(
             ee_position=np.array([self.data.qpos[0], self.data.qpos[1], HEIGHT]),

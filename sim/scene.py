@@ -105,7 +105,8 @@ class SimScene(Protocol):
     # Optional: ``safety: robot.types.SafetyConfig``, the task's own safety limits, which
     # ``hardware.registry.make_sim`` uses unless its caller passes a config (Meta-World's Sawyer leans on a
     # joint limit in normal work, so its task turns the joint-limit guard off); ``joint_names: tuple[str, ...]``,
-    # what safety warnings call the joints of ``arm_state()``.
+    # what safety warnings call the joints of ``arm_state()``; ``joint_response(state)``, the joints' motion per unit of
+    # end-effector motion (``hardware.arm.Arm``), which lets the joint-limit guard cancel only motion into a limit.
 
 
 class SceneTask:

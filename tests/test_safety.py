@@ -13,6 +13,7 @@ from hardware.arm import ActionLayout, ArmLimits, ArmState
 from hardware.registry import make_robot
 from hardware.safety import SafeRobot, SafetyConfig
 from robot.types import ACTION, STATE, Feature
+from sim.push import PushScene
 from sim.registry import task_names
 
 SLOW_TASKS: frozenset[str] = frozenset()  # tasks whose single check takes > 20 s on a 2-core CPU
@@ -130,8 +131,12 @@ def test_wrong_shape_or_dtype_is_a_clear_error(connected: SafeRobot) -> None:
         connected.send_action(np.array(["a"] * size))
 
 
-def test_joint_limit_cancels_only_motion_toward_the_limit() -> None:
-    """Push: the pusher's slide joints share the table's bounds, so the joint band (2% in) is hit first."""
+@pytest.mark.parametrize("declared", [True, False], ids=["declared-response", "learned-directions"])
+def test_joint_limit_cancels_only_motion_toward_the_limit(declared: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Push: the pusher's slide joints share the table's bounds, so the joint band (2% in) is hit first. The
+    guard works from the scene's declared joint response, or without one learns from the arm's motion."""
+    if not declared:
+        monkeypatch.setattr(PushScene, "joint_response", lambda self, state: None)
     with make_robot("push") as robot:
         robot.reset(0)
         for _ in range(40):
@@ -140,6 +145,23 @@ def test_joint_limit_cancels_only_motion_toward_the_limit() -> None:
         assert robot.counters.joint_limited > 0 and q <= robot.limits.joint_high[0]
         applied = robot.send_action(np.array([-0.01, 0.0], dtype=np.float32))
         assert applied[0] == pytest.approx(-0.01) and "joint_limited" not in robot.last_interventions
+
+
+def test_a_joint_reached_diagonally_still_lets_motion_along_its_limit_pass() -> None:
+    """Remembering the commands that drove a joint in (the guard without a declared response) forbade sliding
+    along the limit after a zig-zag approach: its push-rim policies stood still at the table's edge for the rest
+    of the episode. With the pusher's declared response only the component into the limit goes."""
+    with make_robot("push") as robot:
+        robot.reset(0)
+        step = robot.limits.max_step[0]
+        for i in range(40):  # into the x limit on alternating diagonals
+            robot.send_action(np.array([step, step / 2 * (-1) ** i], dtype=np.float32))
+        assert robot.arm_state().joint_positions[0] >= robot.limits.joint_high[0] - 0.02 * np.ptp([robot.limits.joint_low[0], robot.limits.joint_high[0]])
+        along = robot.send_action(np.array([0.0, step / 2], dtype=np.float32))
+        assert along.tolist() == [0.0, pytest.approx(step / 2)] and "joint_limited" not in robot.last_interventions
+        into_and_along = robot.send_action(np.array([step / 2, -step / 2], dtype=np.float32))
+        assert into_and_along[0] == 0.0 and into_and_along[1] == pytest.approx(-step / 2)
+        assert "joint_limited" in robot.last_interventions
 
 
 def test_fast_joints_cancel_motion() -> None:
