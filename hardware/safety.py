@@ -23,7 +23,7 @@ its limit after a command, the direction of that command's motion is
 remembered for the joint, and later commands lose their component along it.
 That is conservative: a diagonal approach forbids sliding along the limit in
 the approach's direction, and a policy whose command points into those
-remembered directions stands still (push-rim: 3 of 200 episodes).
+remembered directions stands still (push-rim: 4 of 200 episodes).
 Joint-position actions are clipped directly (step,
 limits, velocity); the workspace box needs forward kinematics for them and is
 left to the driver.
