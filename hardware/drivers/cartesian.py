@@ -36,7 +36,10 @@ from robot.types import ACTION, STATE, Feature, image_key
 
 
 class CellOperator(Protocol):
-    """Whoever lays the cell out between episodes: a stand-in's simulated scene; ``None`` on a real cell."""
+    """Whoever lays the cell out between episodes: a stand-in's simulated scene; ``None`` on a real cell.
+
+    Optional: ``joint_response(state)``, the simulated arm's joint motion per unit of commanded motion
+    (``hardware.arm.Arm``), which a stand-in's driver hands to the safety layer."""
 
     def reset(self, seed: int | None) -> None: ...
 
@@ -196,6 +199,12 @@ class CartesianArm(ABC):
             self.frame_times[camera.name] = frame.timestamp
             obs[image_key(camera.name)] = frame.image
         return obs
+
+    def joint_response(self, state: ArmState) -> np.ndarray | None:
+        """Joint motion per unit of commanded motion (``hardware.arm.Arm``): the stand-in's scene knows it; on a real
+        cell no vendor SDK's Jacobian is wired in yet, so None, and the joint-limit guard learns from the arm's motion."""
+        response = getattr(self._operator, "joint_response", None)
+        return None if response is None else response(state)
 
     def arm_state(self) -> ArmState:
         reading = self._read()
