@@ -20,7 +20,7 @@ import numpy as np
 from robot.protocols import Observation
 from robot.types import ACTION, ArmLimits, ArmState, Feature
 
-__all__ = ["ActionLayout", "Arm", "ArmLimits", "ArmState"]
+__all__ = ["ActionLayout", "Arm", "ArmLimits", "ArmState", "declared_joint_response"]
 
 _TRANSLATION_NAMES = (("dx", "dy", "dz"), ("x", "y", "z"))
 _ROTATION_NAMES = (("drx", "dry", "drz"), ("rx", "ry", "rz"), ("droll", "dpitch", "dyaw"), ("roll", "pitch", "yaw"))
@@ -183,6 +183,13 @@ class Arm(Protocol):
     # gantry's is the identity). With it the joint-limit guard removes exactly the motion that drives a joint
     # inside its margin further in; without it (or on None) the guard learns from the arm's own motion
     # (``hardware.safety``).
+
+
+def declared_joint_response(owner: object, state: ArmState) -> np.ndarray | None:
+    """``owner.joint_response(state)`` (an arm's, a scene's, a stand-in's servo's: see :class:`Arm`), or None when it
+    declares none."""
+    response = getattr(owner, "joint_response", None)
+    return None if response is None else response(state)
 
 
 def action_feature(arm: Arm) -> Feature:

@@ -10,7 +10,7 @@ from typing import Mapping
 
 import numpy as np
 
-from hardware.arm import ActionLayout, ArmLimits, ArmState, action_feature
+from hardware.arm import ActionLayout, ArmLimits, ArmState, action_feature, declared_joint_response
 from robot.protocols import Observation
 from robot.types import Feature
 from sim.scene import SimScene
@@ -100,8 +100,7 @@ class MujocoArm:
 
     def joint_response(self, state: ArmState) -> np.ndarray | None:
         """The scene's joint response to end-effector motion (``hardware.arm.Arm``), when it declares one."""
-        response = getattr(self.scene, "joint_response", None)
-        return None if response is None else response(state)
+        return declared_joint_response(self.scene, state)
 
     def apply(self, action: np.ndarray) -> None:
         self._require_connected()

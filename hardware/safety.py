@@ -42,7 +42,7 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from hardware.arm import ActionLayout, Arm, ArmLimits, ArmState, action_feature
+from hardware.arm import ActionLayout, Arm, ArmLimits, ArmState, action_feature, declared_joint_response
 from robot.protocols import Observation
 from robot.types import TIMESTAMP, Feature, SafetyConfig, SafetyCounters  # noqa: F401  (both re-exported: their old home)
 
@@ -415,8 +415,7 @@ class SafeRobot:
         may have left; uniform shrinking keeps every removed component removed)."""
         if not self.config.guard_joint_limits:
             return action
-        response = getattr(self.arm, "joint_response", None)
-        response = response(state) if response is not None else None
+        response = declared_joint_response(self.arm, state)
         if response is None:
             self._learn_pushing_directions(state)
         else:

@@ -26,7 +26,7 @@ from typing import Mapping, Protocol, Sequence
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from hardware.arm import ActionLayout, ArmLimits, ArmState
+from hardware.arm import ActionLayout, ArmLimits, ArmState, declared_joint_response
 from hardware.cameras import Camera
 from hardware.drivers.contract import ArmReading, CartesianConfig
 from hardware.drivers.pose import quaternion_wxyz, rotated
@@ -203,8 +203,7 @@ class CartesianArm(ABC):
     def joint_response(self, state: ArmState) -> np.ndarray | None:
         """Joint motion per unit of commanded motion (``hardware.arm.Arm``): the stand-in's scene knows it; on a real
         cell no vendor SDK's Jacobian is wired in yet, so None, and the joint-limit guard learns from the arm's motion."""
-        response = getattr(self._operator, "joint_response", None)
-        return None if response is None else response(state)
+        return declared_joint_response(self._operator, state)
 
     def arm_state(self) -> ArmState:
         reading = self._read()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from hardware.arm import ActionLayout, ArmState
+from hardware.arm import ActionLayout, ArmState, declared_joint_response
 from hardware.drivers.pose import TOOL_DOWN, angle_between, rotation_delta
 from robot.protocols import Observation
 from robot.types import ACTION, STATE
@@ -74,8 +74,7 @@ class SceneServo:
     def joint_response(self, state: ArmState) -> np.ndarray | None:
         """The scene's joint response to end-effector motion (``hardware.arm.Arm``), when it declares one: the
         mount only shifts the frame, so motion maps to the joints as in the scene."""
-        response = getattr(self.scene, "joint_response", None)
-        return None if response is None else response(state)
+        return declared_joint_response(self.scene, state)
 
     def gripper_closed(self) -> float:
         """Measured gripper closure, 0 open .. 1 closed: from the Panda finger joints when the scene
