@@ -4,7 +4,8 @@ record (scripted teleop) -> imitation -> offline rounds with AM-Q gates ->
 online RL with the one-step head distilled alongside -> evaluation of every stage.
 
 Each stage writes its own run directory under ``out``; a stage whose report exists
-is skipped, so a killed pipeline resumes where it stopped. Every stage is evaluated on the
+is skipped, so a killed pipeline resumes where it stopped, and a stage's CPU minutes
+count every process that worked on it (``workflow.stage_clock``). Every stage is evaluated on the
 same seeds, and the run ends with one table (``workflow.stage_report``): per stage its
 success with a 95% interval, the seeds it won and lost against the stage it started
 from with the sign test's p, mean steps to success, episodes used, CPU minutes and what
@@ -45,6 +46,7 @@ from workflow.ope import GateConfig
 from workflow.policy import DiffusionController
 from workflow.presets import policy_preset
 from workflow.run import resolve_device
+from workflow.stage_clock import StageClock
 from workflow.stage_report import StageResult, pipeline_table
 
 
@@ -252,13 +254,13 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
             result = StageResult(**json.loads(path.read_text()))
             log(f"[{name}] done before: success {result.success:.1%} ({result.policy})")
         else:
-            log(f"[{name}] running")
-            cpu = time.process_time()
-            policy, episodes, decision = fn()
-            report = evaluate_policy(policy, config.task, episodes=b.eval_episodes, seed=100_000 + config.seed, device=config.device, lanes=config.lanes,
-                                     show_progress=show_progress, save=out / f"{name}.eval.zarr" if config.view else None)  # fmt: skip
-            ddim_ms, one_ms = ddp.broadcast(measure_latency(policy, config.device) if latency and ddp.is_main else (None, None))
-            result = StageResult(name, str(policy), report.success_rate, report.mean_return, episodes, (time.process_time() - cpu) / 60, ddim_ms, one_ms, decision,
+            with StageClock(out / f"{name}.cpu.json", write=ddp.is_main, log=log) as clock:
+                log(f"[{name}] running" + (f" (resumed; {clock.before:.1f} CPU minutes spent on it before)" if clock.before else ""))
+                policy, episodes, decision = fn()
+                report = evaluate_policy(policy, config.task, episodes=b.eval_episodes, seed=100_000 + config.seed, device=config.device, lanes=config.lanes,
+                                         show_progress=show_progress, save=out / f"{name}.eval.zarr" if config.view else None)  # fmt: skip
+                ddim_ms, one_ms = ddp.broadcast(measure_latency(policy, config.device) if latency and ddp.is_main else (None, None))
+            result = StageResult(name, str(policy), report.success_rate, report.mean_return, episodes, clock.minutes, ddim_ms, one_ms, decision,
                                  report.successes, report.lengths)  # fmt: skip
             if ddp.is_main:
                 path.write_text(json.dumps(to_dict(result), indent=2))
@@ -383,10 +385,10 @@ def stage_one_step(
     path = out / "one-step.result.json"
     if ddp.broadcast(path.is_file()):
         return StageResult(**json.loads(path.read_text()))
-    cpu = time.process_time()
-    report = evaluate_policy(online.policy, config.task, episodes=b.eval_episodes, seed=100_000 + config.seed, sampler="consistency", device=config.device,
-                             show_progress=show_progress, lanes=config.lanes)  # fmt: skip
-    result = StageResult("one-step", online.policy, report.success_rate, report.mean_return, 0, (time.process_time() - cpu) / 60, online.ddim_ms,
+    with StageClock(out / "one-step.cpu.json", write=ddp.is_main, log=log) as clock:
+        report = evaluate_policy(online.policy, config.task, episodes=b.eval_episodes, seed=100_000 + config.seed, sampler="consistency", device=config.device,
+                                 show_progress=show_progress, lanes=config.lanes)  # fmt: skip
+    result = StageResult("one-step", online.policy, report.success_rate, report.mean_return, 0, clock.minutes, online.ddim_ms,
                          online.one_step_ms, successes=report.successes, lengths=report.lengths)  # fmt: skip
     if ddp.is_main:
         path.write_text(json.dumps(to_dict(result), indent=2))
