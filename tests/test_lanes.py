@@ -159,3 +159,23 @@ def test_what_runs_in_lanes():
     assert not can_run_in_lanes(_lanes(4), DiffusionController.__new__(DiffusionController), 1)
     with pytest.raises(ValueError, match="lanes must be >= 1"):
         SimLanes(0, lambda: None)
+
+
+def test_the_lanes_sims_are_built_once_serve_every_run_and_close_together(policy):
+    """A stage's lanes keep their sims across runs (a robosuite sim costs up to a CPU second and about 120 MB to build):
+    the second run builds none and gives the episodes a fresh set of sims gives; closing disconnects every one."""
+    built = []
+
+    def make():
+        built.append(make_sim("push", max_steps=30))
+        return built[-1]
+
+    with SimLanes(4, make) as kept:
+        first, again = _evaluate(policy, kept), _evaluate(policy, kept)
+        assert len(built) == kept.built == 3  # lane 0 is the caller's robot
+        fresh = _evaluate(policy, _lanes(4))
+        assert first.returns == again.returns == fresh.returns and first.lengths == fresh.lengths
+        assert all(robot.is_connected for robot, _ in built)
+    assert not any(robot.is_connected for robot, _ in built) and kept.built == 0
+    with pytest.raises(RuntimeError, match="these sim lanes are closed"):
+        _evaluate(policy, kept)

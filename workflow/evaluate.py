@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -95,11 +96,12 @@ def evaluate_policy(
     if (view or rrd) and ddp.enabled:
         raise ValueError("--view/--rrd follow one process's episodes; evaluate without torchrun to watch them")
     on_step = LiveEvalView(controller, robot, sim_task.fps, spawn=view, save=rrd, critics=critics) if view or rrd else None
-    with robot:
+    side_by_side = sim_lanes(task, controller.input_features, lanes)
+    with robot, side_by_side or contextlib.nullcontext():
         store = ZarrEpisodeStore.open_or_create(save, episode_features(robot)) if save and ddp.is_main else None
         try:
             report = evaluate(robot, sim_task, controller, episodes=episodes, seed=seed, store=store, source="offline-rollout",
-                              show_progress=show_progress, on_step=on_step, ddp=ddp, lanes=sim_lanes(task, controller.input_features, lanes))  # fmt: skip
+                              show_progress=show_progress, on_step=on_step, ddp=ddp, lanes=side_by_side)  # fmt: skip
             return replace(report, sampler=controller.sampler)
         finally:
             if store is not None:

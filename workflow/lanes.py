@@ -16,6 +16,7 @@ give the same episodes on every run, though not bit for bit those of one lane or
 
 from __future__ import annotations
 
+import gc
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -105,17 +106,53 @@ class Lane:
         return self.batcher.plan(self.index, controller, frames)
 
 
-@dataclass(frozen=True)
 class SimLanes:
-    """How many episodes to run side by side, and how to build each further lane's sim: ``make() -> (robot, task)``,
-    not yet connected."""
+    """How many episodes to run side by side, and the sims of the lanes past the first: built by ``make() ->
+    (robot, task)`` (not yet connected) when a run first needs them, then kept, connected, for every later run until
+    :meth:`close`. Building them per run cost a robosuite lift stage about 9 CPU s for 31 sims at every online
+    iteration and evaluation, and each closed set held about 1 GB until the cyclic garbage collector ran: a
+    lift benchmark's process swung between 7.5 and 18 GB (session 32). An episode depends on its seed alone (its
+    sim is reset from it), so a lane's sim serves any number of runs."""
 
-    count: int
-    make: Callable[[], tuple[Any, Any]]
+    def __init__(self, count: int, make: Callable[[], tuple[Any, Any]]):
+        if count < 1:
+            raise ValueError(f"lanes must be >= 1, got {count}")
+        self.count = count
+        self.make = make
+        self._sims: list[tuple[Any, Any]] = []
+        self._opened = ExitStack()
+        self._closed = False
 
-    def __post_init__(self) -> None:
-        if self.count < 1:
-            raise ValueError(f"lanes must be >= 1, got {self.count}")
+    def sims(self, n: int) -> list[tuple[Any, Any]]:
+        """``n`` connected ``(robot, task)`` pairs, building only those no earlier run built."""
+        if self._closed:
+            raise RuntimeError("these sim lanes are closed; make new ones (workflow.envs.sim_lanes)")
+        while len(self._sims) < n:
+            robot, task = self.make()
+            self._sims.append((self._opened.enter_context(robot), task))
+        return self._sims[:n]
+
+    @property
+    def built(self) -> int:
+        """Sims built so far (each once)."""
+        return len(self._sims)
+
+    def close(self) -> None:
+        """Disconnect and drop every sim, and return their memory now (MuJoCo models sit in reference cycles)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._opened.close()
+        finally:
+            self._sims.clear()
+            gc.collect()
+
+    def __enter__(self) -> "SimLanes":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def can_run_in_lanes(lanes: SimLanes | None, policy: Any, episodes: int) -> bool:
@@ -133,37 +170,33 @@ def run_in_lanes(
     n = min(lanes.count, len(seeds))
     batcher = Batcher(n)
     results: queue.Queue = queue.Queue()
-    with ExitStack() as opened:
-        sims = [first]
-        for _ in range(n - 1):
-            robot, task = lanes.make()
-            sims.append((opened.enter_context(robot), task))
+    sims = [first, *lanes.sims(n - 1)]
 
-        def work(i: int) -> None:
-            try:
-                mine = controller.for_lane(Lane(batcher, i))
-                robot, task = sims[i]
-                for k in range(i, len(seeds), n):
-                    results.put((k, run(robot, task, mine, seeds[k])))
-            except BaseException as e:  # the first error in the queue is the one that stopped the others
-                results.put((-1, e))
-                batcher.stop()
-            finally:
-                batcher.leave()
-
-        threads = [threading.Thread(target=work, args=(i,), name=f"lane-{i}", daemon=True) for i in range(n)]
-        for t in threads:
-            t.start()
+    def work(i: int) -> None:
         try:
-            ready: dict[int, R] = {}
-            for k in range(len(seeds)):
-                while k not in ready:
-                    index, value = results.get()
-                    if index < 0:
-                        raise value
-                    ready[index] = value
-                yield ready.pop(k)
-        finally:
+            mine = controller.for_lane(Lane(batcher, i))
+            robot, task = sims[i]
+            for k in range(i, len(seeds), n):
+                results.put((k, run(robot, task, mine, seeds[k])))
+        except BaseException as e:  # the first error in the queue is the one that stopped the others
+            results.put((-1, e))
             batcher.stop()
-            for t in threads:
-                t.join()
+        finally:
+            batcher.leave()
+
+    threads = [threading.Thread(target=work, args=(i,), name=f"lane-{i}", daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    try:
+        ready: dict[int, R] = {}
+        for k in range(len(seeds)):
+            while k not in ready:
+                index, value = results.get()
+                if index < 0:
+                    raise value
+                ready[index] = value
+            yield ready.pop(k)
+    finally:
+        batcher.stop()
+        for t in threads:
+            t.join()

@@ -28,6 +28,7 @@ without running a committed episode or a finished stage again.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -572,7 +573,7 @@ def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: 
         robot, task = make_sim_for(task_name, features)
         lanes = sim_lanes(task_name, features, config.lanes)
         meta = EpisodeMeta(task=task.name, robot=robot.name, fps=task.fps, success=False, source="offline-rollout")
-        with robot:
+        with robot, lanes or contextlib.nullcontext():
             if ddp.enabled:  # each rank commits its episodes to the journal as they end; rank 0 then stores them all, in seed order
                 done = journal.done("rollout")
                 commit = RolloutCommit(journal, "rollout", store, meta) if ddp.is_main else None

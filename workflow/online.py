@@ -302,7 +302,7 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
             save_state(run.state_dir, done, learner)
     first_seed, successes = done.first_seed, done.successes
     bar = progress(config.iterations, done.iteration, "online", show_progress)
-    with robot, _session_closed(store, control, operator, learner):
+    with robot, _session_closed(store, control, operator, learner), lanes or contextlib.nullcontext():  # the lanes' sims serve every iteration
         for it in range(done.iteration, config.iterations):
             if config.robot_minutes is not None and done.robot_seconds >= 60 * config.robot_minutes:
                 print(f"online: the robot-time budget ({config.robot_minutes:g} min) is spent after {it} iterations", file=sys.stderr)
