@@ -109,9 +109,9 @@ class Lane:
 class SimLanes:
     """How many episodes to run side by side, and the sims of the lanes past the first: built by ``make() ->
     (robot, task)`` (not yet connected) when a run first needs them, then kept, connected, for every later run until
-    :meth:`close`. Building them per run cost a robosuite lift stage about 9 CPU s for 31 sims at every online
-    iteration and evaluation, and each closed set held about 1 GB until the cyclic garbage collector ran: a
-    lift benchmark's process swung between 7.5 and 18 GB (session 32). An episode depends on its seed alone (its
+    :meth:`close`. Built per run, 31 robosuite lift sims cost 8-12 CPU s at every online iteration and evaluation,
+    and each closed set held about 3 GB until the cyclic garbage collector ran: a lift benchmark's process swung
+    between 7.5 and 18 GB (docs/RESULTS.md, sessions 32-33). An episode depends on its seed alone (its
     sim is reset from it), so a lane's sim serves any number of runs."""
 
     def __init__(self, count: int, make: Callable[[], tuple[Any, Any]]):
