@@ -156,6 +156,46 @@ class ChainSampler:
     sigma_min: float
     sigma_max: float
     log_prob_reduction: str = "sum"
+    chunk_corr: float = 0.0
+    """Correlation of each step's noise between any two actions of the window, per action dim (0: white noise).
+    Correlated noise moves a whole chunk one way (faster, slower, turned), where white noise averages out over its
+    actions; its covariance is fixed, so log-probs and PPO ratios stay exact."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.chunk_corr < 1.0:
+            raise ValueError(f"chunk_corr must be in [0, 1), got {self.chunk_corr}")
+
+    def _cholesky(self, n: int, like: Tensor) -> Tensor:
+        """(n, n) lower Cholesky factor of the window's correlation: 1 on the diagonal, ``chunk_corr`` elsewhere."""
+        eye = torch.eye(n, device=like.device, dtype=like.dtype)
+        return torch.linalg.cholesky((1.0 - self.chunk_corr) * eye + self.chunk_corr * torch.ones_like(eye))
+
+    def noise(self, z: Tensor) -> Tensor:
+        """``(B, T, Da)`` standard normal draws made this sampler's noise (correlated over T when ``chunk_corr`` > 0)."""
+        return z if self.chunk_corr == 0.0 else self._cholesky(z.shape[-2], z) @ z
+
+    def log_prob(self, x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        """log N(x; mean, std^2 C) over the last two dims ``(B, T, Da) -> (B,)``, reduced as ``log_prob_reduction`` says;
+        C is the correlation over T (the identity for white noise). The first actions of a window are as correlated
+        as the whole window, so the executed actions' log-prob uses their own block of it."""
+        if self.chunk_corr == 0.0:
+            return gaussian_log_prob(x, mean, std, self.log_prob_reduction)
+        chol = self._cholesky(x.shape[-2], x)
+        white = torch.linalg.solve_triangular(chol, (x - mean) / std, upper=False)
+        n = x.shape[-2] * x.shape[-1]
+        total = (-0.5 * white.square() - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(dim=(-2, -1))
+        total = total - x.shape[-1] * torch.log(torch.diagonal(chol)).sum()
+        return total / n if self.log_prob_reduction == "mean" else total
+
+    def step_kl(self, means: Tensor, anchor_means: Tensor, stds: Tensor) -> Tensor:
+        """``(B, K)`` KL between each denoising step's Gaussian under the anchor and under the current weights, for
+        means ``(B, K, T, Da)`` and the steps' stds ``(K,)``: both share the covariance, so it is half the squared
+        whitened distance of the means, reduced as the log-probs are."""
+        diff = (means - anchor_means) / stds.view(1, -1, 1, 1)
+        if self.chunk_corr != 0.0:
+            diff = torch.linalg.solve_triangular(self._cholesky(diff.shape[-2], diff), diff, upper=False)
+        half_z2 = 0.5 * diff.square()
+        return half_z2.mean(dim=(-2, -1)) if self.log_prob_reduction == "mean" else half_z2.sum(dim=(-2, -1))
 
     def floored(self, min_std: float, log_prob_reduction: str | None = None) -> "ChainSampler":
         """Every step's std at least ``min_std`` (DPPO fine-tunes with 0.1); optionally another reduction.
@@ -300,10 +340,11 @@ class DiffusionPolicy(nn.Module):
         ts = [int(t) for t in timesteps]
         return zip(ts, ts[1:] + [-1])
 
-    def chain_sampler(self, min_std: float | None = None, log_prob_reduction: str | None = None) -> ChainSampler:
-        """The policy's own stochastic chain, or RL's: every step's std floored at ``min_std``, log-probs reduced by ``log_prob_reduction``."""
+    def chain_sampler(self, min_std: float | None = None, log_prob_reduction: str | None = None, chunk_corr: float = 0.0) -> ChainSampler:
+        """The policy's own stochastic chain, or RL's: every step's std floored at ``min_std``, log-probs reduced by
+        ``log_prob_reduction``, the noise correlated over the window by ``chunk_corr``."""
         cfg = self.config
-        own = ChainSampler(cfg.eta, cfg.sigma_min, cfg.sigma_max, cfg.log_prob_reduction)
+        own = ChainSampler(cfg.eta, cfg.sigma_min, cfg.sigma_max, cfg.log_prob_reduction, chunk_corr)
         return own if min_std is None and log_prob_reduction is None else own.floored(min_std or 0.0, log_prob_reduction)
 
     def denoising_stds(self, num_steps: int | None = None, eta: float | None = None, sampler: ChainSampler | None = None) -> Tensor:
@@ -386,7 +427,7 @@ class DiffusionPolicy(nn.Module):
             trajectory.append(x)
         for t, t_prev in self._pairs(self.timesteps(num_steps)):
             mean, std = self.step_moments(x, t, t_prev, cond, eta, sampler)
-            x = mean if deterministic else mean + std * _randn_like(x, generator)
+            x = mean if deterministic else mean + std * sampler.noise(_randn_like(x, generator))
             if trajectory is not None:
                 trajectory.append(x)
         return x
@@ -407,9 +448,9 @@ class DiffusionPolicy(nn.Module):
         samples, log_probs = [x], []
         for t, t_prev in self._pairs(timesteps):
             mean, std = self.step_moments(x, t, t_prev, cond, sampler.eta, sampler)
-            x = mean + std * _randn_like(batch, generator)[keep]
+            x = mean + std * sampler.noise(_randn_like(batch, generator)[keep])
             samples.append(x)
-            log_probs.append(gaussian_log_prob(self.executed(x), self.executed(mean), std, sampler.log_prob_reduction))
+            log_probs.append(sampler.log_prob(self.executed(x), self.executed(mean), std))
         return Chain(torch.stack(samples, dim=1), torch.stack(log_probs, dim=1), timesteps, sampler)
 
     def chain_moments(self, cond: Tensor, chain: Chain, first: int = 0) -> tuple[Tensor, Tensor]:
@@ -429,9 +470,9 @@ class DiffusionPolicy(nn.Module):
         reproduces ``chain.log_probs`` exactly, so PPO ratios start at 1.
         """
         means, stds = self.chain_moments(cond, chain, first) if moments is None else moments
-        reduction = (chain.sampler or self.chain_sampler()).log_prob_reduction
+        sampler = chain.sampler or self.chain_sampler()
         samples, means = self.executed(chain.samples[:, first:]), self.executed(means)
-        return torch.stack([gaussian_log_prob(samples[:, k + 1], means[:, k], stds[k], reduction) for k in range(len(stds))], dim=1)
+        return torch.stack([sampler.log_prob(samples[:, k + 1], means[:, k], stds[k]) for k in range(len(stds))], dim=1)
 
     def executed(self, x: Tensor) -> Tensor:
         """The executed actions of a window: ``(..., T, Da) -> (..., Ta, Da)``, the first ``n_action_steps``."""

@@ -172,7 +172,8 @@ def test_the_anchor_keeps_chain_ppo_near_the_policy_it_started_from():
     import copy
 
     from tests.test_policies_diffusion import STATE_ONLY, batch, tiny_policy
-    from workflow.ppo import chain_ppo_loss, denoiser_parameters, normalize_advantages, step_kl
+    from policies.diffusion import ChainSampler
+    from workflow.ppo import chain_ppo_loss, denoiser_parameters, normalize_advantages
 
     torch.manual_seed(0)
     start = tiny_policy(STATE_ONLY, "unet", 8, action_dim=3, sigma_min=0.05, log_prob_reduction="mean").eval()
@@ -183,8 +184,8 @@ def test_the_anchor_keeps_chain_ppo_near_the_policy_it_started_from():
     shifted = anchor_means + 0.01 * torch.randn_like(anchor_means)
     gaussian = torch.distributions.Normal(anchor_means, stds.view(1, -1, 1, 1))
     exact = torch.distributions.kl_divergence(gaussian, torch.distributions.Normal(shifted, stds.view(1, -1, 1, 1)))
-    torch.testing.assert_close(step_kl(shifted, anchor_means, stds, "sum"), exact.sum(dim=(-2, -1)))
-    torch.testing.assert_close(step_kl(shifted, anchor_means, stds, "mean"), exact.mean(dim=(-2, -1)))
+    for reduction, reduce in (("sum", torch.sum), ("mean", torch.mean)):
+        torch.testing.assert_close(ChainSampler(1.0, 0.0, 1.0, reduction).step_kl(shifted, anchor_means, stds), reduce(exact, dim=(-2, -1)))
 
     advantages = normalize_advantages(torch.randn(32, generator=torch.Generator().manual_seed(1)))
     drift = {}
@@ -198,7 +199,7 @@ def test_the_anchor_keeps_chain_ppo_near_the_policy_it_started_from():
             optimizer.step()
         assert (stats.anchor_kl is None) == (coef == 0)
         with torch.no_grad():
-            drift[coef] = float(step_kl(policy.chain_moments(cond, chain)[0], anchor_means, stds, "mean").mean())
+            drift[coef] = float(ChainSampler(1.0, 0.0, 1.0, "mean").step_kl(policy.chain_moments(cond, chain)[0], anchor_means, stds).mean())
     assert drift[3.0] < 0.5 * drift[0.0], drift
     with pytest.raises(ValueError, match="anchor_coef"):
         OfflineConfig(policy="p", data="d", out="o", anchor_coef=-1.0)

@@ -226,6 +226,40 @@ def test_mean_log_prob_reduction_averages_the_same_densities_and_damps_ratios() 
         replace(policy.config, log_prob_reduction="max")
 
 
+def test_noise_correlated_over_the_window_is_scored_exactly() -> None:
+    """``chunk_corr``: every step's noise has correlation rho between any two actions of the window, per action
+    dim; log-probs are the multivariate Gaussian's over the executed actions, re-scored exactly, and the KL between
+    two steps' Gaussians is the multivariate one."""
+    from policies.diffusion import ChainSampler
+
+    torch.manual_seed(0)
+    policy = tiny_policy(STATE_ONLY, "unet", 8, action_dim=3, n_action_steps=4).eval()
+    cond = policy.encode(batch(STATE_ONLY, 5))
+    rho = 0.6
+    sampler = policy.chain_sampler(min_std=0.1, chunk_corr=rho)
+    corr = (1 - rho) * torch.eye(8) + rho * torch.ones(8, 8)
+    draws = sampler.noise(torch.randn(20000, 8, 1))[..., 0]
+    torch.testing.assert_close(torch.cov(draws.T), corr, atol=0.03, rtol=0.0)
+    chain = policy.sample_chain(cond, generator=torch.Generator().manual_seed(0), sampler=sampler)
+    assert torch.equal(policy.chain_log_prob(cond, chain), chain.log_probs)  # PPO ratios start at exactly 1
+    means, stds = policy.chain_moments(cond, chain)
+    k = 3
+    x, mu = chain.samples[:, k + 1, :4], means[:, k, :4]  # the executed actions: their own 4 x 4 block of the correlation
+    mvn = torch.distributions.MultivariateNormal(mu.transpose(1, 2), covariance_matrix=stds[k] ** 2 * corr[:4, :4])
+    expected = mvn.log_prob(x.transpose(1, 2)).sum(dim=1)  # (B,): the action dims are independent
+    torch.testing.assert_close(chain.log_probs[:, k], expected, rtol=1e-4, atol=1e-3)
+    averaged = replace(sampler, log_prob_reduction="mean")
+    torch.testing.assert_close(averaged.log_prob(x, mu, stds[k]), expected / 12, rtol=1e-4, atol=1e-4)
+    shifted = means + 0.01 * torch.randn_like(means)
+    kl = sampler.step_kl(shifted[:, :, :4], means[:, :, :4], stds)
+    other = torch.distributions.MultivariateNormal(shifted[:, k, :4].transpose(1, 2), covariance_matrix=stds[k] ** 2 * corr[:4, :4])
+    torch.testing.assert_close(kl[:, k], torch.distributions.kl_divergence(mvn, other).sum(dim=1), rtol=1e-4, atol=1e-5)
+    white = policy.chain_sampler(min_std=0.1)
+    assert not torch.allclose(white.log_prob(x, mu, stds[k]), sampler.log_prob(x, mu, stds[k]))
+    with pytest.raises(ValueError, match=r"chunk_corr must be in \[0, 1\)"):
+        ChainSampler(1.0, 0.0, 1.0, chunk_corr=1.0)
+
+
 def test_step_stds_are_clipped_and_used_for_the_noise() -> None:
     torch.manual_seed(0)
     for sigma_max in (0.8, 0.1):

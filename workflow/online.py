@@ -153,6 +153,10 @@ class OnlineConfig:
     """Floor on each denoising step's std while fine-tuning (``DiffusionPolicy.chain_sampler``)."""
     log_prob_reduction: Literal["sum", "mean"] = "sum"
     """Chain log-probs over chunk and action dims while fine-tuning: ``sum`` (exact) or ``mean`` (DPPO's, a far less sharp ratio)."""
+    chunk_corr: float = 0.0
+    """Correlation of the exploring chain's noise between the actions of a window (``ChainSampler.chunk_corr``; 0:
+    white noise). White noise averages out over a chunk's actions, so a chunk rarely explores moving faster or
+    slower as a whole; correlated noise does, with exact log-probs."""
     distill_steps: int = 50
     """Consistency-distillation steps per iteration, so every snapshot carries a head that tracks it (0: snapshots
     carry none, and only the handed-on policy's head is distilled, with ``distill_final_steps``)."""
@@ -247,6 +251,8 @@ class OnlineConfig:
             raise ValueError(f"robot_minutes must be > 0 (or None: no time budget), got {self.robot_minutes}")
         if self.ft_steps is not None and self.ft_steps < 1:
             raise ValueError(f"ft_steps must be >= 1 (or None: every denoising step), got {self.ft_steps}")
+        if not 0.0 <= self.chunk_corr < 1.0:
+            raise ValueError(f"chunk_corr must be in [0, 1), got {self.chunk_corr}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ValueError(f"gamma must be in (0, 1] and gae_lambda in [0, 1], got {self.gamma}, {self.gae_lambda}")
 

@@ -43,7 +43,7 @@ class OnlineLearner:
 
     def __init__(self, model: DiffusionPolicy, config: "OnlineConfig", ddp: Distributed, device: torch.device, head: ConsistencyHead | None = None):
         self.model, self.config, self.ddp, self.head = model, config, ddp, head
-        self.sampler = model.chain_sampler(config.min_std, config.log_prob_reduction)
+        self.sampler = model.chain_sampler(config.min_std, config.log_prob_reduction, config.chunk_corr)
         model.requires_grad_(False)
         self.actor_params = denoiser_parameters(model)
         for p in self.actor_params:

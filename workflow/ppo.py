@@ -38,17 +38,6 @@ def per_state_centred(advantages: torch.Tensor, chains_per_state: int) -> torch.
     return (grouped - grouped.mean(dim=1, keepdim=True)).flatten()
 
 
-def step_kl(means: torch.Tensor, anchor_means: torch.Tensor, stds: torch.Tensor, reduction: str) -> torch.Tensor:
-    """``(B, K)`` KL between each denoising step's Gaussian under the anchor and under the current weights.
-
-    Both share the step's std, so the KL is the squared distance of the means over 2 std^2,
-    summed (or averaged, as the log-probs are) over the chunk and action dimensions given
-    (``chain_ppo_loss`` passes the executed actions, the log-probs' scope).
-    """
-    half_z2 = (means - anchor_means).square() / (2 * stds.view(1, -1, 1, 1).square())
-    return half_z2.mean(dim=(-2, -1)) if reduction == "mean" else half_z2.sum(dim=(-2, -1))
-
-
 @dataclass(frozen=True)
 class StepSchedule:
     """How PPO treats the K denoising steps of a chain (DPPO's ``diffusion_ppo.py``; the defaults treat every
@@ -111,7 +100,7 @@ def chain_ppo_loss(
     loss = -surrogate.mean()
     anchor_kl = None
     if anchor_means is not None:
-        kl = step_kl(policy.executed(moments[0]), policy.executed(anchor_means[:, first:]), moments[1], (chain.sampler or policy.chain_sampler()).log_prob_reduction).mean()
+        kl = (chain.sampler or policy.chain_sampler()).step_kl(policy.executed(moments[0]), policy.executed(anchor_means[:, first:]), moments[1]).mean()
         loss = loss + anchor_coef * kl
         anchor_kl = float(kl.detach())
     with torch.no_grad():
