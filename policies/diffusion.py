@@ -319,10 +319,13 @@ class DiffusionPolicy(nn.Module):
         ``noise (B, horizon, Da)`` and diffusion steps ``t (B,)`` are drawn here unless given
         (distributed training draws them for the global batch so every rank slices the same draw).
         """
+        return self.denoising_loss(self.encode(obs), actions, noise, t)
+
+    def denoising_loss(self, cond: Tensor, actions: Tensor, noise: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+        """:meth:`compute_loss` on conditioning ``cond (B, Dc)`` already encoded (the denoiser's part alone)."""
         expected = (self.config.horizon, self.action_dim)
         if actions.ndim != 3 or tuple(actions.shape[1:]) != expected:
             raise ValueError(f"actions must be (B, {expected[0]}, {expected[1]}), got {tuple(actions.shape)}")
-        cond = self.encode(obs)
         noise = torch.randn_like(actions) if noise is None else noise
         if t is None:
             t = torch.randint(0, self.config.num_train_steps, (actions.shape[0],), device=actions.device)

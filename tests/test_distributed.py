@@ -137,11 +137,13 @@ sys.path.insert(0, {root!r})
 from policies.critics import CriticConfig
 from workflow.offline import OfflineConfig, train_offline
 from workflow.ope import GateConfig
+from workflow.pace import PaceConfig
 policy, data, out = sys.argv[1:4]
 {before}
 train_offline(OfflineConfig(policy=policy, data=data, out=out, task="push", rounds=1, critic=CriticConfig.for_horizon(4), critic_steps=30,
                             ppo_updates=6, ppo_batch=16, gate_every=3, gate=GateConfig(horizon=2, start_states=16), actor_lr=1e-3,
-                            rollout_episodes=3, retrain_steps=4, retrain_when_rejected=True, verify_episodes=3, lanes=1), show_progress=False)
+                            rollout_episodes=3, retrain_steps=4, retrain_when_rejected=True, verify_episodes=3, lanes=1,
+                            pace=PaceConfig(scales=(1.5, 2.0), steps=4, batch=16)), show_progress=False)
 {after}
 """
 
@@ -153,8 +155,8 @@ def _offline_script(path: Path, before: str = "", after: str = "") -> Path:
 
 
 def test_offline_rl_on_two_gloo_processes_matches_one_process(tmp_path: Path) -> None:
-    """Critic and PPO batches split over ranks, the gate decided once, the rollouts split over ranks' sims
-    and stored by rank 0, the imitation retraining under DDP: the round one process runs."""
+    """Critic, PPO and pace-regression batches split over ranks, the gate decided once, the rollouts split over ranks'
+    sims and stored by rank 0, the imitation retraining under DDP: the round one process runs."""
     from robot.store import ZarrEpisodeStore
 
     demos = str(record_demos(tmp_path / "push.zarr", 4))
@@ -171,7 +173,7 @@ def test_offline_rl_on_two_gloo_processes_matches_one_process(tmp_path: Path) ->
         worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
         assert worst < 1e-3, f"{path} differs by up to {worst}"
     gates = [[json.loads(line) for line in (tmp_path / d / "gate.jsonl").read_text().splitlines()] for d in ("off1", "off2")]
-    assert [g["accepted"] for g in gates[0]] == [g["accepted"] for g in gates[1]] and len(gates[0]) == 2
+    assert [g["accepted"] for g in gates[0]] == [g["accepted"] for g in gates[1]] and [g["source"] for g in gates[0]] == ["ppo", "ppo", "pace"]
     assert np.allclose([g["j_candidate"] for g in gates[0]], [g["j_candidate"] for g in gates[1]], rtol=1e-3)
     one = ZarrEpisodeStore.open(tmp_path / "off1" / "data.zarr")
     two = ZarrEpisodeStore.open(tmp_path / "off2" / "data.zarr")

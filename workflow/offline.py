@@ -11,6 +11,9 @@ Each round reads top to bottom:
    per state, centred on the state's chains instead of V); every
    ``gate_every`` updates the AM-Q gate compares candidate and reference and only
    a clear gain makes the candidate the new reference (a rejected one is reset);
+3b. with ``pace`` scales, the critic's choice of pace (:mod:`workflow.pace`): the denoiser regresses onto its own
+   chunks sped up where the critics prefer it, a candidate the same gate judges. PPO's clip keeps each update near
+   the policy, and slow demonstrations leave exploration nothing fast to find; the critics rank pace already;
 4. verify an accepted policy in sim: it and the reference run with their deterministic sampler on
    seeds of the round's own, and it is kept only when its paired wins there are beyond noise (the OPE
    can be fooled); a change that leads without being beyond noise gets more episodes, up to a cap
@@ -58,6 +61,7 @@ from workflow.lanes import DEFAULT_LANES
 from workflow.latent import LatentTransitions, encode_store
 from workflow.offline_resume import RolloutCommit, RoundJournal, load_ppo_outcome, save_gate_record, save_ppo_outcome
 from workflow.ope import GateConfig, GateDecision, gate, horizon_warning
+from workflow.pace import PaceConfig, chunk_speed, pace_targets, policy_speed, regress_onto
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, policy_task, save_policy
 from workflow.ppo import StepSchedule, chain_ppo_loss, denoiser_parameters, fine_tuned_steps, normalize_advantages, per_state_centred
 from workflow.rollout import EvalReport, evaluate
@@ -132,6 +136,9 @@ class OfflineConfig:
     gate_every: int = 50
     """PPO updates between AM-Q gate checks."""
     gate: GateConfig = field(default_factory=GateConfig)
+    pace: PaceConfig = field(default_factory=PaceConfig)
+    """The critic's choice of pace (``workflow.pace``), after PPO: the denoiser regresses onto the policy's own chunks
+    sped up where the critics prefer it, and the AM-Q gate and verification judge the result as a PPO candidate."""
     rollout_episodes: int = 20
     """Sim episodes of the round's reference added to the data before the critics are fitted."""
     rollout_std: float | None = None
@@ -243,6 +250,8 @@ class RoundReport:
     """Sim steps of those episodes (not stored: they judge, the rollouts teach)."""
     robot_minutes: float = 0.0
     """Wall time of the round's rollouts and verification episodes on ``OfflineConfig.robot`` (0 in sim)."""
+    pace_accepted: bool | None = None
+    """The gate's verdict on the pace step's policy (``OfflineConfig.pace``; None: no pace step)."""
 
 
 @dataclass(frozen=True)
@@ -286,6 +295,9 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
 
         # 0. the reference's own rollouts: the flywheel's data
         rolled = rollout_into(merged, policy_dir(policy_path), config, m, ddp, journal) if config.rollout_episodes > 0 else None
+        if rolled is not None and ddp.is_main:
+            print(f"round {m}: rollouts of the reference {rolled.success_rate:.0%} over {config.rollout_episodes} episodes"
+                  + ("" if config.rollout_std is None else f" (stochastic chain, std floored at {config.rollout_std:g})"))  # fmt: skip
         verifier = Verifier(lambda name, path, first, n: run_verification(path, config, m, journal, name, first=first, episodes=n), first_seed=verify_seed(config, m),
                             look=config.verify_episodes, most=config.verify_max_episodes, max_p=config.verify_max_p)  # fmt: skip
         reference_at = ("reference", policy_dir(policy_path))
@@ -304,9 +316,6 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
         if ddp.is_main:
             run.metrics.log({**({"rollouts/success": rolled.success_rate} if rolled else {}), **({"rollouts/reference_success": verdict.incumbent.success_rate} if verdict else {}),
                              **({"rollouts/accepted_success": verdict.challenger.success_rate} if verdict else {})}, m)  # fmt: skip
-            if rolled is not None:
-                print(f"round {m}: rollouts of the reference {rolled.success_rate:.0%} over {config.rollout_episodes} episodes"
-                      + ("" if config.rollout_std is None else f" (stochastic chain, std floored at {config.rollout_std:g})"))  # fmt: skip
             if accepted:
                 print(f"round {m}: accepted policy " + ("not verified" if verdict is None else f"{verdict.line('reference')}: "
                       + ("refused, the round keeps the reference" if refused else "kept")))  # fmt: skip
@@ -344,6 +353,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
             round=m,
             gate_checks=len(decisions),
             accepted=sum(d.accepted for d in decisions),
+            pace_accepted=next((d.accepted for d in decisions if d.source == "pace"), None),
             last_j_reference=decisions[-1].j_reference if decisions else None,
             rollout_success=verdict.challenger.success_rate if verdict else None,
             reference_success=verdict.incumbent.success_rate if verdict else check.incumbent.success_rate if check and not keep_candidate else None,
@@ -414,6 +424,11 @@ def offline_stages(config: OfflineConfig, run: RunDir, m: int, reference: Diffus
 
     accepted_policy, decisions = ppo_round(this_round, reference, critics, dynamics,
                                            on_accept=save_candidate if config.save_candidates and ddp.is_main else None)  # fmt: skip
+    if config.pace.enabled:  # 3b. the critic's choice of pace, from the policy PPO hands on
+        accepted_policy, decision = pace_round(this_round, accepted_policy, critics, dynamics, normalizer)
+        decisions.append(decision)
+        if decision.accepted and config.save_candidates and ddp.is_main:
+            save_candidate(decision.update, accepted_policy)
     if ddp.is_main:
         save_policy(round_dir / "accepted", accepted_policy, normalizer, extra={**ckpt.extra, "stage": "offline", "round": m})
         save_gate_record(run.path, m, decisions)  # before the marker: a stage redone after a kill replaces the round's lines
@@ -499,8 +514,7 @@ def ppo_round(
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(params, lr=config.actor_lr)
     gen = torch.Generator(device="cpu").manual_seed(config.seed + 1000 * (m + 1))
-    ope_gen = np.random.default_rng(config.seed + m)
-    starts = data.features[torch.as_tensor(ope_gen.choice(len(data), size=min(config.gate.start_states, len(data)), replace=False))]
+    starts = gate_starts(r)
     ta = reference.config.n_action_steps
     decisions: list[GateDecision] = []
     if probe is not None and ddp.is_main:  # where the round starts: what the gate-time probes are read against
@@ -550,6 +564,36 @@ def ppo_round(
         bar.update(1)
     bar.close()
     return reference.eval(), decisions
+
+
+def gate_starts(r: Round) -> torch.Tensor:
+    """The dataset states every AM-Q estimate of round ``r`` starts from (the same for each candidate)."""
+    ope_gen = np.random.default_rng(r.config.seed + r.m)
+    return r.data.features[torch.as_tensor(ope_gen.choice(len(r.data), size=min(r.config.gate.start_states, len(r.data)), replace=False))]
+
+
+def pace_round(r: Round, policy: DiffusionPolicy, critics: IqlCritics, dynamics: DynamicsEnsemble, normalizer) -> tuple[DiffusionPolicy, GateDecision]:
+    """Step 3b: the denoiser of a copy of ``policy`` regresses onto its own chunks at the speed the critics prefer at each
+    dataset state (``workflow.pace``); the AM-Q gate decides between the copy and ``policy``. Every rank chooses the
+    same targets; each trains on its rows of every batch."""
+    config, data, m, ddp = r.config, r.data, r.m, r.ddp
+    seed = config.seed + 7919 * (m + 1) + 2
+    seed_everything(seed)
+    targets = pace_targets(policy, critics, data.features, normalizer, config.pace, seed=seed)
+    candidate, loss = regress_onto(policy, data.features, targets.actions, config.pace, seed=seed, ddp=ddp)
+    update = config.ppo_updates + 1  # after the round's PPO updates, in the gate record's order
+    decision = ddp.broadcast(gate(candidate, policy, critics, dynamics, gate_starts(r), config.gate, n_action_steps=policy.config.n_action_steps,
+                                  update=update, seed=config.seed + m, source="pace"))  # fmt: skip
+    speeds = {"pace/speed_before": policy_speed(policy, data.features, normalizer, seed=seed), "pace/speed_target": chunk_speed(policy, targets.actions, normalizer),
+              "pace/speed_after": policy_speed(candidate, data.features, normalizer, seed=seed)}  # fmt: skip
+    r.run.metrics.log({**targets.summary(), **speeds, "pace/loss": loss, "ope/amq_reference": decision.j_reference, "ope/amq_candidate": decision.j_candidate,
+                       "ope/accepted": float(decision.accepted)}, update, round=m)  # fmt: skip
+    if ddp.is_main:
+        summary = targets.summary()
+        print(f"round {m}: pace: the critics chose another speed at {summary['pace/changed']:.0%} of {len(data)} states (mean x{summary['pace/mean_scale']:.2f}); "
+              f"regressed, the policy's speed {speeds['pace/speed_before']:.4g} -> {speeds['pace/speed_after']:.4g} (targets {speeds['pace/speed_target']:.4g}); "
+              f"AM-Q {decision.j_reference:.4g} -> {decision.j_candidate:.4g} (needs +{decision.threshold:.3g}): {'accepted' if decision.accepted else 'rejected'}")  # fmt: skip
+    return (candidate if decision.accepted else policy), decision
 
 
 def rollout_into(store_path: Path, policy_path: Path, config: OfflineConfig, m: int, ddp: Distributed | None = None, journal: RoundJournal | None = None) -> EvalReport:

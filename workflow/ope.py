@@ -62,6 +62,8 @@ class GateDecision:
     u_candidate: float = float("nan")
     gain_stderr: float = float("nan")
     """Standard error of the gain over the start states (the threshold's noise part is ``z`` of it)."""
+    source: str = "ppo"
+    """What made the candidate: ``ppo`` (the update numbered ``update``) or ``pace`` (``workflow.pace``)."""
 
     @property
     def gain(self) -> float:
@@ -117,6 +119,7 @@ def gate(
     n_action_steps: int,
     update: int,
     seed: int,
+    source: str = "ppo",
 ) -> GateDecision:
     """Score both policies from the same states with the same noise; accept only a gain beyond the estimate's noise."""
     kwargs = dict(horizon=config.horizon, n_action_steps=n_action_steps, seed=seed)
@@ -124,7 +127,7 @@ def gate(
     cand = amq_estimate(candidate, critics, dynamics, starts, **kwargs)
     threshold, stderr = gain_threshold(ref.per_start, cand.per_start, config)
     return GateDecision(update=update, j_reference=ref.value, j_candidate=cand.value, threshold=threshold, accepted=cand.value - ref.value > threshold,
-                        u_reference=ref.disagreement, u_candidate=cand.disagreement, gain_stderr=stderr)  # fmt: skip
+                        u_reference=ref.disagreement, u_candidate=cand.disagreement, gain_stderr=stderr, source=source)  # fmt: skip
 
 
 def gain_threshold(reference: torch.Tensor, candidate: torch.Tensor, config: GateConfig) -> tuple[float, float]:

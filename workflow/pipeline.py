@@ -33,6 +33,8 @@ from policies.critics import CriticConfig
 from policies.diffusion import MEAN_ETA
 from policies.dynamics import DynamicsConfig
 from robot.config import to_dict
+from robot.store import ZarrEpisodeStore
+from robot.types import ACTION, Feature
 from sim.registry import check_task
 from sim.scene import check_expert_style
 from workflow.diagnostics.diagnose import DiagnoseConfig, diagnose_run
@@ -41,6 +43,7 @@ from workflow.evaluate import evaluate_policy
 from workflow.imitation import ImitationConfig, train_imitation
 from workflow.offline import OfflineConfig, train_offline
 from workflow.online import OnlineConfig, train_online
+from workflow.pace import PaceConfig, pace_applies
 from workflow.lanes import DEFAULT_LANES
 from workflow.ope import GateConfig
 from workflow.policy import DiffusionController
@@ -99,6 +102,11 @@ class Budget:
     """Deterministic episodes per look an offline round runs for each policy it verifies (``OfflineConfig.verify_episodes``)."""
     verify_max_episodes: int = 200
     """Most verification episodes per policy and judgement (``OfflineConfig.verify_max_episodes``)."""
+    pace_scales: tuple[float, ...] = ()
+    """Speeds the offline round's critics may choose for each chunk (``OfflineConfig.pace``; only for end-effector
+    delta actions, left out on other tasks); empty: no pace step."""
+    pace_steps: int = 1000
+    """Regression steps of the pace step (``PaceConfig.steps``)."""
 
     def __post_init__(self) -> None:
         if None not in (self.offline_ft_steps, self.online_ft_steps) and self.offline_ft_steps != self.online_ft_steps:
@@ -132,14 +140,15 @@ BUDGETS = {
     "quick": Budget(demos=100, demo_noise=0.0, imitation_steps=4000, imitation_batch=128, offline_rounds=1, critic_steps=2000, ppo_updates=100, ppo_batch=128,
                     rollout_episodes=50, rollout_std=0.1, chains_per_state=4, verify_episodes=50, retrain_steps=0,
                     online_iterations=40, online_episodes=32, online_minibatch=128, online_ft_steps=5, offline_ft_steps=5, select_episodes=32,
-                    confirm_episodes=100, distill_final_steps=900, distill_reuse=16, eval_episodes=200),
+                    confirm_episodes=100, distill_final_steps=900, distill_reuse=16, eval_episodes=200, pace_scales=(1.25, 1.5, 2.0)),
     # The slow test suite's: imitation stopped at 4,000 steps, short of convergence (push-biased 72.5% there, 93.0% at
     # 8,000), which leaves the offline round a gain to find and verify (90.5% at update 100 when measured): the tests
     # check that the machinery finds it. Online RL cut to two small iterations (checks its hand-over and guarantees,
     # too small to measure a gain), so the whole run fits beside the other slow tests.
     "ci": Budget(demos=100, demo_noise=0.0, imitation_steps=4000, offline_rounds=1, critic_steps=2000, ppo_updates=100, ppo_batch=128,
                  rollout_episodes=50, rollout_std=0.1, chains_per_state=4, verify_episodes=50, retrain_steps=0,
-                 online_iterations=2, online_episodes=8, select_episodes=8, distill_steps=20, distill_final_steps=300, eval_episodes=30),
+                 online_iterations=2, online_episodes=8, select_episodes=8, distill_steps=20, distill_final_steps=300, eval_episodes=30,
+                 pace_scales=(1.25, 1.5, 2.0)),
     # Online RL from a converged policy needs about 40 iterations of 32 episodes: on push-rim from 30 hesitant
     # demonstrations the offline policy's 68.0% rose to 77.5% after 40 fine-tuning only the last 5 denoising steps
     # (33 won, 14 lost, 200 paired seeds; every step: 76.5%, and 69.5% -> 77.0% over 400 seeds, p = 0.006), but
@@ -155,11 +164,11 @@ BUDGETS = {
     "full": Budget(demos=200, demo_noise=0.0, imitation_steps=8000, offline_rounds=1, critic_steps=3000, ppo_updates=100, ppo_batch=128,
                    rollout_episodes=50, rollout_std=0.1, chains_per_state=4, verify_episodes=50, retrain_steps=0, online_iterations=40,
                    online_episodes=32, online_minibatch=128, online_ft_steps=5, offline_ft_steps=5, eval_episodes=200, distill_final_steps=2500,
-                   distill_reuse=16, select_episodes=32, confirm_episodes=100, distill_onpolicy_rounds=4),  # lift: the head 86.0% against its teacher's 85.0%; from stored states alone 82.0%
+                   distill_reuse=16, select_episodes=32, confirm_episodes=100, distill_onpolicy_rounds=4, pace_scales=(1.25, 1.5, 2.0)),  # lift: the head 86.0% against its teacher's 85.0%; from stored states alone 82.0%
     # every stage, gate and hand-over in about a minute: checks an installation or a cluster launch, learns nothing
     "smoke": Budget(demos=4, demo_noise=0.0, imitation_steps=20, offline_rounds=1, critic_steps=20, ppo_updates=4, ppo_batch=16,
                     rollout_episodes=2, retrain_steps=4, verify_episodes=2, verify_max_episodes=2, online_iterations=2, online_episodes=2, eval_episodes=4,
-                    select_episodes=2, distill_steps=5, distill_final_steps=10, online_minibatch=16, online_ft_steps=5),
+                    select_episodes=2, distill_steps=5, distill_final_steps=10, online_minibatch=16, online_ft_steps=5, pace_scales=(1.5, 2.0), pace_steps=5),
 }  # fmt: skip
 
 
@@ -233,6 +242,14 @@ class PipelineConfig:
                        offline_rounds=b.offline_rounds if self.offline_rounds is None else self.offline_rounds)  # fmt: skip
 
 
+def _action_feature(store_path: Path) -> Feature:
+    store = ZarrEpisodeStore.open(store_path)
+    try:
+        return store.features[ACTION]
+    finally:
+        store.close()
+
+
 def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Callable[[str], None] = print) -> list[StageResult]:
     ddp, _ = init_distributed(resolve_device(config.device))
     if not ddp.is_main:  # one voice: rank 0 logs and draws progress bars
@@ -284,14 +301,17 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
         dynamics=DynamicsConfig(hidden_dims=(200, 200, 200), max_epochs=50), ppo_updates=b.ppo_updates, ppo_batch=b.ppo_batch,
         gate_every=max(10, b.ppo_updates // 3), gate=GateConfig(horizon=5), rollout_episodes=b.rollout_episodes, rollout_std=b.rollout_std,
         chains_per_state=b.chains_per_state, verify_episodes=b.verify_episodes, verify_max_episodes=b.verify_max_episodes, retrain_steps=b.retrain_steps,
-        ft_steps=b.offline_ft_steps, actor_lr=1e-5, seed=config.seed,
-        device=config.device, lanes=config.lanes,
+        ft_steps=b.offline_ft_steps, actor_lr=1e-5, seed=config.seed, device=config.device, lanes=config.lanes,
+        pace=PaceConfig(scales=b.pace_scales, steps=b.pace_steps) if b.pace_scales and pace_applies(_action_feature(demos)) else PaceConfig(),
     )  # fmt: skip
     def offline_stage() -> tuple[str, int, str]:
         report = train_offline(offline_cfg, show_progress=show_progress)
         accepted, checks = sum(r.accepted for r in report.rounds), sum(r.gate_checks for r in report.rounds)
         rollouts = sum((b.rollout_episodes if r.rollouts_success is not None else 0) + r.verify_episodes for r in report.rounds)
         kept = f"AM-Q gate accepted {accepted}/{checks}"
+        paced = [r.pace_accepted for r in report.rounds if r.pace_accepted is not None]
+        if paced:
+            kept += " (the pace step's: " + ", ".join("accepted" if a else "rejected" for a in paced) + ")"
         verified = [r for r in report.rounds if r.rollout_success is not None]
         if verified:
             kept += "; verified " + ", ".join(f"{r.rollout_success:.0%} vs reference {r.reference_success:.0%}" + _won_lost(r.accepted_wins_losses)
@@ -359,7 +379,6 @@ def write_view(out: Path, stages: list[str], episodes_per_stage: int = 3) -> Pat
     """OUT/pipeline.rrd: each stage's training curves and its first evaluation episodes, one recording each."""
     from robot.metrics import read_metrics
     from robot.viewer import RecordingSet, episode_blueprint, log_episode, log_metrics, metric_keys, metrics_blueprint
-    from robot.store import ZarrEpisodeStore
 
     path = out / "pipeline.rrd"
     with RecordingSet(save=path) as recordings:
@@ -408,7 +427,6 @@ def record_demos(config: PipelineConfig, path: Path) -> None:
 
     b = config.spend
     if path.exists():
-        from robot.store import ZarrEpisodeStore
 
         if ZarrEpisodeStore.open(path).num_episodes >= b.demos:
             return
