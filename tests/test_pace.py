@@ -15,7 +15,7 @@ from robot.normalize import Normalizer
 from robot.types import ACTION, Feature
 from tests.test_imitation import TINY, record_demos
 from workflow.imitation import ImitationConfig, train_imitation
-from workflow.pace import PaceConfig, chunk_speed, pace_targets, policy_speed, regress_onto, scaled_chunks
+from workflow.pace import PaceConfig, chunk_speed, pace_applies, pace_targets, policy_speed, regress_onto, scaled_chunks
 
 ARM = Feature((4,), names=("dx", "dy", "dz", "gripper"), low=(-0.02, -0.02, -0.02, -1.0), high=(0.02, 0.02, 0.02, 1.0))
 
@@ -111,3 +111,17 @@ def test_an_offline_round_with_pace_gates_the_regressed_policy_and_logs_what_it_
     logged = next(r for r in rows if "pace/mean_scale" in r)
     assert 1 <= logged["pace/mean_scale"] <= 2 and {"pace/speed_before", "pace/speed_after", "pace/speed_target"} <= set(logged)
     assert json.loads((out / "config.json").read_text())["pace"]["scales"] == [1.5, 2.0]
+
+
+def test_pace_on_a_policy_whose_actions_are_not_deltas_is_refused_before_the_run_exists(tmp_path):
+    from workflow.offline import OfflineConfig, train_offline
+    from workflow.policy import save_policy
+
+    policy, norm = _policy(Feature((3,), names=("a0", "a1", "a2"), low=(-1.0,) * 3, high=(1.0,) * 3))
+    save_policy(tmp_path / "direct", policy, norm, extra={"task": "push"})
+    config = OfflineConfig(policy=str(tmp_path / "direct"), data=str(tmp_path / "none.zarr"), out=str(tmp_path / "off"), task="push",
+                           pace=PaceConfig(scales=(2.0,)))  # fmt: skip
+    with pytest.raises(ValueError, match="this policy's actions are direct"):
+        train_offline(config, show_progress=False)
+    assert not (tmp_path / "off").exists()
+    assert not pace_applies(policy.action_features[ACTION]) and pace_applies(ARM)  # the pipeline's optional step skips such a policy

@@ -50,7 +50,7 @@ from policies.dynamics import DynamicsConfig, DynamicsEnsemble
 from robot.checkpoint import load_checkpoint
 from robot.config import to_dict
 from robot.store import ZarrEpisodeStore
-from robot.types import EpisodeMeta
+from robot.types import ACTION, EpisodeMeta
 from workflow.diagnostics.probes import CriticProbe, ProbeConfig, advantage_metrics, critic_metrics, make_critic_probe, policy_gap_metrics, save_critic_snapshot
 from workflow.control import open_control
 from workflow.critic_checkpoint import load_critics, save_critics
@@ -61,7 +61,7 @@ from workflow.lanes import DEFAULT_LANES
 from workflow.latent import LatentTransitions, encode_store
 from workflow.offline_resume import RolloutCommit, RoundJournal, load_ppo_outcome, save_gate_record, save_ppo_outcome
 from workflow.ope import GateConfig, GateDecision, gate, horizon_warning
-from workflow.pace import PaceConfig, chunk_speed, pace_targets, policy_speed, regress_onto
+from workflow.pace import PaceConfig, chunk_speed, motion_layout, pace_applies, pace_targets, policy_speed, regress_onto
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, policy_task, save_policy
 from workflow.ppo import StepSchedule, chain_ppo_loss, denoiser_parameters, fine_tuned_steps, normalize_advantages, per_state_centred
 from workflow.rollout import EvalReport, evaluate
@@ -271,6 +271,8 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
     config = replace(config, task=policy_task(config.policy, config.task, warn=ddp.is_main))  # the run's config.json names it
     if config.ft_steps is not None:  # a --ft-steps the policy cannot take fails before the run directory exists
         fine_tuned_steps(build_from_checkpoint(load_checkpoint(policy_dir(config.policy), kind=KIND))[0], config.ft_steps)
+    if config.pace.enabled and not config.pace.optional:  # --pace-scales on actions a speed cannot scale fails here too
+        motion_layout(build_from_checkpoint(load_checkpoint(policy_dir(config.policy), kind=KIND))[0])
     run = RunDir(config.out, config, write=ddp.is_main)
     seed_everything(config.seed)
     merged = run.path / "data.zarr"
@@ -424,7 +426,10 @@ def offline_stages(config: OfflineConfig, run: RunDir, m: int, reference: Diffus
 
     accepted_policy, decisions = ppo_round(this_round, reference, critics, dynamics,
                                            on_accept=save_candidate if config.save_candidates and ddp.is_main else None)  # fmt: skip
-    if config.pace.enabled:  # 3b. the critic's choice of pace, from the policy PPO hands on
+    paced = config.pace.enabled and pace_applies(reference.action_features[ACTION])
+    if config.pace.enabled and not paced and m == 0 and ddp.is_main:
+        print(f"round {m}: no pace step: this policy's actions ({reference.action_features[ACTION].describe()}) are not end-effector deltas")
+    if paced:  # 3b. the critic's choice of pace, from the policy PPO hands on
         accepted_policy, decision = pace_round(this_round, accepted_policy, critics, dynamics, normalizer)
         decisions.append(decision)
         if decision.accepted and config.save_candidates and ddp.is_main:

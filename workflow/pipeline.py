@@ -34,7 +34,6 @@ from policies.diffusion import MEAN_ETA
 from policies.dynamics import DynamicsConfig
 from robot.config import to_dict
 from robot.store import ZarrEpisodeStore
-from robot.types import ACTION, Feature
 from sim.registry import check_task
 from sim.scene import check_expert_style
 from workflow.diagnostics.diagnose import DiagnoseConfig, diagnose_run
@@ -43,7 +42,7 @@ from workflow.evaluate import evaluate_policy
 from workflow.imitation import ImitationConfig, train_imitation
 from workflow.offline import OfflineConfig, train_offline
 from workflow.online import OnlineConfig, train_online
-from workflow.pace import PaceConfig, pace_applies
+from workflow.pace import PaceConfig
 from workflow.lanes import DEFAULT_LANES
 from workflow.ope import GateConfig
 from workflow.policy import DiffusionController
@@ -103,8 +102,8 @@ class Budget:
     verify_max_episodes: int = 200
     """Most verification episodes per policy and judgement (``OfflineConfig.verify_max_episodes``)."""
     pace_scales: tuple[float, ...] = ()
-    """Speeds the offline round's critics may choose for each chunk (``OfflineConfig.pace``; only for end-effector
-    delta actions, left out on other tasks); empty: no pace step."""
+    """Speeds the offline round's critics may choose for each chunk (``OfflineConfig.pace``; a task whose actions are not
+    end-effector deltas skips the step); empty: no pace step."""
     pace_steps: int = 1000
     """Regression steps of the pace step (``PaceConfig.steps``)."""
 
@@ -242,14 +241,6 @@ class PipelineConfig:
                        offline_rounds=b.offline_rounds if self.offline_rounds is None else self.offline_rounds)  # fmt: skip
 
 
-def _action_feature(store_path: Path) -> Feature:
-    store = ZarrEpisodeStore.open(store_path)
-    try:
-        return store.features[ACTION]
-    finally:
-        store.close()
-
-
 def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Callable[[str], None] = print) -> list[StageResult]:
     ddp, _ = init_distributed(resolve_device(config.device))
     if not ddp.is_main:  # one voice: rank 0 logs and draws progress bars
@@ -302,7 +293,7 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
         gate_every=max(10, b.ppo_updates // 3), gate=GateConfig(horizon=5), rollout_episodes=b.rollout_episodes, rollout_std=b.rollout_std,
         chains_per_state=b.chains_per_state, verify_episodes=b.verify_episodes, verify_max_episodes=b.verify_max_episodes, retrain_steps=b.retrain_steps,
         ft_steps=b.offline_ft_steps, actor_lr=1e-5, seed=config.seed, device=config.device, lanes=config.lanes,
-        pace=PaceConfig(scales=b.pace_scales, steps=b.pace_steps) if b.pace_scales and pace_applies(_action_feature(demos)) else PaceConfig(),
+        pace=PaceConfig(scales=b.pace_scales, steps=b.pace_steps, optional=True),
     )  # fmt: skip
     def offline_stage() -> tuple[str, int, str]:
         report = train_offline(offline_cfg, show_progress=show_progress)
