@@ -175,8 +175,9 @@ def regress_onto(policy: DiffusionPolicy, features: torch.Tensor, targets: torch
 
 @torch.no_grad()
 def chunk_speed(policy: DiffusionPolicy, chunks: torch.Tensor, normalizer: Normalizer) -> float:
-    """Mean norm of the motion entries of the executed actions of normalised ``chunks (N, horizon, Da)``, in raw units."""
-    raw = normalizer.unnormalize(ACTION, policy.executed(chunks))[..., list(motion_layout(policy).motion)]
+    """Mean norm of the end-effector translation of the executed actions of normalised ``chunks (N, horizon, Da)``, in
+    the action's units (metres a step for the sim scenes)."""
+    raw = normalizer.unnormalize(ACTION, policy.executed(chunks))[..., list(motion_layout(policy).translation)]
     return float(raw.norm(dim=-1).mean())
 
 

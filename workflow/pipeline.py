@@ -135,7 +135,9 @@ BUDGETS = {
     # against every step's 69.5% (34 won, 13 lost), and the README's pipeline took 17:50 against 21:18 (session 28).
     # The head's 900 steps reuse each batch of the teacher's targets 16 times: about the CPU of 600 at 4 (rank 0's
     # 600 took 1.5 CPU minutes, 0.6 of them the teacher's chains). Over 600 paired seeds heads of the main job's
-    # teacher were 4-7 points under it at 600 steps and 2-3 at 2,400-4,800 (session 29).
+    # teacher were 4-7 points under it at 600 steps and 2-3 at 2,400-4,800 (session 29). The offline round ends with
+    # the critic's choice of pace (speeds 1.25, 1.5, 2; workflow.pace): 59.0 -> 81.5% (60 won, 15 lost) -> 86.5%, the
+    # head 83.0%, steps to success 52.1 -> 45.6 -> 39.8, in 19:19 with setup on a fresh clone (session 34).
     "quick": Budget(demos=100, demo_noise=0.0, imitation_steps=4000, imitation_batch=128, offline_rounds=1, critic_steps=2000, ppo_updates=100, ppo_batch=128,
                     rollout_episodes=50, rollout_std=0.1, chains_per_state=4, verify_episodes=50, retrain_steps=0,
                     online_iterations=40, online_episodes=32, online_minibatch=128, online_ft_steps=5, offline_ft_steps=5, select_episodes=32,
