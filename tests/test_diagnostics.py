@@ -540,3 +540,13 @@ def test_in_sim_a_checkpoint_chosen_from_held_out_curves_is_checked_and_a_disagr
     assert d.sim_best_step == 1500 and sim[1500] > sim[v.checkpoint_step] and d.sim_confirms is False, sim
     assert "sim disagrees: step 1500 did better" in report.table()
     assert "sim best" in report.candidates_table()
+
+
+def test_the_pace_step_s_gate_line_is_read_apart_from_ppo_s():
+    """PPO stalled (no update past the threshold) while the pace step's candidate passed: the PPO rules see PPO's
+    gate lines only, and the round's checkpoint is the pace step's candidate, which it handed on."""
+    kl = curve("charts/approx_kl", np.full(60, 0.01), 1)
+    paced = {**_gate(61, 0.1), "source": "pace"}
+    v = diagnose_stage(stage("ppo", [kl], gate=[{**_gate(20, 0.001), "source": "ppo"}, _gate(40, 0.0), paced]))
+    assert v.regime == "underfitting" and v.checkpoint_step == 61 and v.evidence["gate_checks"] == 2 and v.evidence["accepted"] == 0
+    assert "gate: 0/2 candidates accepted" in v.reasons and "the pace step's candidate accepted (AM-Q gain +0.1, needed 0.05)" in v.reasons

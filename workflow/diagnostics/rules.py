@@ -252,7 +252,8 @@ def _leaves_demonstrations(error, gate: list[dict], config: RulesConfig) -> Find
 
 def diagnose_ppo(data: StageData, config: RulesConfig) -> Verdict:
     c = data.curves
-    gate = data.gate
+    paced = [g for g in data.gate if g.get("source") == "pace"]  # the pace step's candidate (workflow.pace): not a PPO update
+    gate = [g for g in data.gate if g.get("source", "ppo") == "ppo"]
     kl = c.get("charts/approx_kl")
     accepted = [g for g in gate if g["accepted"]]
     harmful = bool(gate) and not accepted and all(g["gain"] < -g["threshold"] for g in gate)
@@ -286,7 +287,8 @@ def diagnose_ppo(data: StageData, config: RulesConfig) -> Verdict:
         "diverging": ["a smaller actor lr; check the advantage sign and saturation (critic/adv_saturation, ppo/adv_saturation)"],
     }.get(regime, [])  # fmt: skip
     regime = finding.regime if finding else ("healthy" if gate else "unknown")
-    step = int(accepted[-1]["update"]) if accepted and not refused else (0 if gate else None)
+    handed = [g for g in data.gate if g["accepted"]]  # the round hands on its last accepted candidate, PPO's or the pace step's
+    step = int(handed[-1]["update"]) if handed and not refused else (0 if data.gate else None)
     checkpoint = data.report["policy"] if refused else (str(data.final) if data.final is not None else None)
     if finding is not None and (finding is drift or finding is too_large) and not refused:  # the last accepted candidate before the turn
         step = max([int(g["update"]) for g in accepted if int(g["update"]) < finding.turn_step], default=0)
@@ -295,6 +297,7 @@ def diagnose_ppo(data: StageData, config: RulesConfig) -> Verdict:
         where = f" ({checkpoint})" if checkpoint else " (not saved: run with save_candidates on)"
         advice.insert(0, f"keep {keep}{where}, not the later one the round handed on")
     reasons = ([finding.reason] if finding else []) + notes + [f"gate: {len(accepted)}/{len(gate)} candidates accepted"] * bool(gate)
+    reasons += [f"the pace step's candidate {'accepted' if g['accepted'] else 'rejected'} (AM-Q gain {g['gain']:+.3g}, needed {g['threshold']:.3g})" for g in paced]
     if regime == "unknown":
         reasons.append("no gate decisions recorded")
     evidence = {**(finding.evidence if finding else {}), "gate_checks": float(len(gate)), "accepted": float(len(accepted))}
