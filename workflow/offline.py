@@ -571,10 +571,15 @@ def ppo_round(
     return reference.eval(), decisions
 
 
-def gate_starts(r: Round) -> torch.Tensor:
-    """The dataset states every AM-Q estimate of round ``r`` starts from (the same for each candidate)."""
+def gate_start_rows(r: Round) -> torch.Tensor:
+    """Rows of the dataset states every AM-Q estimate of round ``r`` starts from (the same for each candidate)."""
     ope_gen = np.random.default_rng(r.config.seed + r.m)
-    return r.data.features[torch.as_tensor(ope_gen.choice(len(r.data), size=min(r.config.gate.start_states, len(r.data)), replace=False))]
+    return torch.as_tensor(ope_gen.choice(len(r.data), size=min(r.config.gate.start_states, len(r.data)), replace=False))
+
+
+def gate_starts(r: Round) -> torch.Tensor:
+    """The features of :func:`gate_start_rows`."""
+    return r.data.features[gate_start_rows(r)]
 
 
 def pace_round(r: Round, policy: DiffusionPolicy, critics: IqlCritics, dynamics: DynamicsEnsemble, normalizer) -> tuple[DiffusionPolicy, GateDecision]:
@@ -586,17 +591,18 @@ def pace_round(r: Round, policy: DiffusionPolicy, critics: IqlCritics, dynamics:
     seed_everything(seed)
     targets = pace_targets(policy, critics, data.features, normalizer, config.pace, seed=seed)
     candidate, loss = regress_onto(policy, data.features, targets.actions, config.pace, seed=seed, ddp=ddp)
-    update = config.ppo_updates + 1  # after the round's PPO updates, in the gate record's order
-    decision = ddp.broadcast(gate(candidate, policy, critics, dynamics, gate_starts(r), config.gate, n_action_steps=policy.config.n_action_steps,
+    update, rows = config.ppo_updates + 1, gate_start_rows(r)  # after the round's PPO updates, in the gate record's order
+    decision = ddp.broadcast(gate(candidate, policy, critics, dynamics, data.features[rows], config.gate, n_action_steps=policy.config.n_action_steps,
                                   update=update, seed=config.seed + m, source="pace"))  # fmt: skip
-    speeds = {"pace/speed_before": policy_speed(policy, data.features, normalizer, seed=seed), "pace/speed_target": chunk_speed(policy, targets.actions, normalizer),
-              "pace/speed_after": policy_speed(candidate, data.features, normalizer, seed=seed)}  # fmt: skip
+    rows = rows.to(data.features.device)  # speeds on the gate's start states, a sample of the data's
+    speeds = {"pace/speed_before": policy_speed(policy, data.features[rows], normalizer, seed=seed), "pace/speed_target": chunk_speed(policy, targets.actions[rows], normalizer),
+              "pace/speed_after": policy_speed(candidate, data.features[rows], normalizer, seed=seed)}  # fmt: skip
     r.run.metrics.log({**targets.summary(), **speeds, "pace/loss": loss, "ope/amq_reference": decision.j_reference, "ope/amq_candidate": decision.j_candidate,
                        "ope/accepted": float(decision.accepted)}, update, round=m)  # fmt: skip
     if ddp.is_main:
         summary = targets.summary()
         print(f"round {m}: pace: the critics chose another speed at {summary['pace/changed']:.0%} of {len(data)} states (mean x{summary['pace/mean_scale']:.2f}); "
-              f"regressed, the policy's speed {speeds['pace/speed_before']:.4g} -> {speeds['pace/speed_after']:.4g} (targets {speeds['pace/speed_target']:.4g}); "
+              f"regressed, its speed at the gate's {len(rows)} start states {speeds['pace/speed_before']:.4g} -> {speeds['pace/speed_after']:.4g} (targets {speeds['pace/speed_target']:.4g}); "
               f"AM-Q {decision.j_reference:.4g} -> {decision.j_candidate:.4g} (needs +{decision.threshold:.3g}): {'accepted' if decision.accepted else 'rejected'}")  # fmt: skip
     return (candidate if decision.accepted else policy), decision
 

@@ -149,7 +149,7 @@ BUDGETS = {
     "ci": Budget(demos=100, demo_noise=0.0, imitation_steps=4000, offline_rounds=1, critic_steps=2000, ppo_updates=100, ppo_batch=128,
                  rollout_episodes=50, rollout_std=0.1, chains_per_state=4, verify_episodes=50, retrain_steps=0,
                  online_iterations=2, online_episodes=8, select_episodes=8, distill_steps=20, distill_final_steps=300, eval_episodes=30,
-                 pace_scales=(1.25, 1.5, 2.0)),
+                 pace_scales=(1.25, 1.5, 2.0), pace_steps=500),  # half the pace regression: the suite checks the step runs, not its size
     # Online RL from a converged policy needs about 40 iterations of 32 episodes: on push-rim from 30 hesitant
     # demonstrations the offline policy's 68.0% rose to 77.5% after 40 fine-tuning only the last 5 denoising steps
     # (33 won, 14 lost, 200 paired seeds; every step: 76.5%, and 69.5% -> 77.0% over 400 seeds, p = 0.006), but
