@@ -49,6 +49,7 @@ from policies.diffusion import LOG_PROB_REDUCTIONS, DiffusionPolicy
 from policies.dynamics import DynamicsConfig, DynamicsEnsemble
 from robot.checkpoint import load_checkpoint
 from robot.config import to_dict
+from robot.normalize import Normalizer
 from robot.store import ZarrEpisodeStore
 from robot.types import ACTION, EpisodeMeta
 from workflow.diagnostics.probes import CriticProbe, ProbeConfig, advantage_metrics, critic_metrics, make_critic_probe, policy_gap_metrics, save_critic_snapshot
@@ -582,7 +583,7 @@ def gate_starts(r: Round) -> torch.Tensor:
     return r.data.features[gate_start_rows(r)]
 
 
-def pace_round(r: Round, policy: DiffusionPolicy, critics: IqlCritics, dynamics: DynamicsEnsemble, normalizer) -> tuple[DiffusionPolicy, GateDecision]:
+def pace_round(r: Round, policy: DiffusionPolicy, critics: IqlCritics, dynamics: DynamicsEnsemble, normalizer: Normalizer) -> tuple[DiffusionPolicy, GateDecision]:
     """Step 3b: the denoiser of a copy of ``policy`` regresses onto its own chunks at the speed the critics prefer at each
     dataset state (``workflow.pace``); the AM-Q gate decides between the copy and ``policy``. Every rank chooses the
     same targets; each trains on its rows of every batch."""
