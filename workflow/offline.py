@@ -593,8 +593,8 @@ def pace_round(r: Round, policy: DiffusionPolicy, critics: IqlCritics, dynamics:
     targets = pace_targets(policy, critics, data.features, normalizer, config.pace, seed=seed)
     candidate, loss = regress_onto(policy, data.features, targets.actions, config.pace, seed=seed, ddp=ddp)
     update, rows = config.ppo_updates + 1, gate_start_rows(r)  # after the round's PPO updates, in the gate record's order
-    decision = ddp.broadcast(gate(candidate, policy, critics, dynamics, data.features[rows], config.gate, n_action_steps=policy.config.n_action_steps,
-                                  update=update, seed=config.seed + m, source="pace"))  # fmt: skip
+    decision = replace(ddp.broadcast(gate(candidate, policy, critics, dynamics, data.features[rows], config.gate, n_action_steps=policy.config.n_action_steps,
+                                          update=update, seed=config.seed + m)), source="pace")  # fmt: skip
     rows = rows.to(data.features.device)  # speeds on the gate's start states, a sample of the data's
     speeds = {"pace/speed_before": policy_speed(policy, data.features[rows], normalizer, seed=seed), "pace/speed_target": chunk_speed(policy, targets.actions[rows], normalizer),
               "pace/speed_after": policy_speed(candidate, data.features[rows], normalizer, seed=seed)}  # fmt: skip

@@ -119,7 +119,6 @@ def gate(
     n_action_steps: int,
     update: int,
     seed: int,
-    source: str = "ppo",
 ) -> GateDecision:
     """Score both policies from the same states with the same noise; accept only a gain beyond the estimate's noise."""
     kwargs = dict(horizon=config.horizon, n_action_steps=n_action_steps, seed=seed)
@@ -127,7 +126,7 @@ def gate(
     cand = amq_estimate(candidate, critics, dynamics, starts, **kwargs)
     threshold, stderr = gain_threshold(ref.per_start, cand.per_start, config)
     return GateDecision(update=update, j_reference=ref.value, j_candidate=cand.value, threshold=threshold, accepted=cand.value - ref.value > threshold,
-                        u_reference=ref.disagreement, u_candidate=cand.disagreement, gain_stderr=stderr, source=source)  # fmt: skip
+                        u_reference=ref.disagreement, u_candidate=cand.disagreement, gain_stderr=stderr)  # fmt: skip
 
 
 def gain_threshold(reference: torch.Tensor, candidate: torch.Tensor, config: GateConfig) -> tuple[float, float]:

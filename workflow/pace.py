@@ -168,9 +168,9 @@ def regress_onto(policy: DiffusionPolicy, features: torch.Tensor, targets: torch
         optimizer.step()
         if ema is not None:
             ema.update(candidate)
-        recent = (recent + [ddp.mean(loss.item())])[-50:]
+        recent = (recent + [loss.item()])[-50:]
     handed = candidate if ema is None else ema.averaged
-    return handed.eval().requires_grad_(False), sum(recent) / len(recent)
+    return handed.eval().requires_grad_(False), ddp.mean(sum(recent) / len(recent))  # one all-reduce, after the loop
 
 
 @torch.no_grad()
