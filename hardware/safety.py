@@ -191,14 +191,18 @@ class SafeRobot:
                     if key in _WARNED:
                         continue
                     _WARNED.add(key)
-                by_guard.setdefault(reason, []).append((text, count))
+                by_guard.setdefault(reason, []).append((text, count, reason == "step_clipped" and self._step_narrowed(where)))
             lines = []
             for reason, places in by_guard.items():  # one line per guard, naming every place it dominated
-                count = max(c for _, c in places)
+                count = max(c for _, c, _ in places)
+                if reason == "step_clipped" and not any(narrowed for _, _, narrowed in places):
+                    advice = ("that is the arm's own step, not a safety setting: the policy, or its exploration noise, asks for more "
+                              "motion than one command can carry")  # fmt: skip
+                else:
+                    advice = ("if the task needs that motion this limit is too strict: give the task its own safety config (the "
+                              "scene's `safety`, a robot.types.SafetyConfig) or pass safety=SafetyConfig(...)")  # fmt: skip
                 line = (f"warning: safety guard {reason} fired on {count} of {tally.commands} commands of robot {self.name}'s "
-                        f"episode, mostly on {' and on '.join(text for text, _ in places)}; if the task needs that motion this limit is "
-                        "too strict: give the task its own safety config (the scene's `safety`, a robot.types.SafetyConfig) or pass "
-                        "safety=SafetyConfig(...)")  # fmt: skip
+                        f"episode, mostly on {' and on '.join(text for text, _, _ in places)}; {advice}")  # fmt: skip
                 print(line, file=sys.stderr)
                 lines.append(line)
             return tuple(lines)
@@ -340,6 +344,14 @@ class SafeRobot:
             j = self._layout.joints.index(i)
             return f"joint {joints[j]}", f"joint {joints[j]} (action {names[i]}; limits less joint_margin {lows[j]:.3f}..{highs[j]:.3f})"
         return f"action {names[i]}", f"action {names[i]}"
+
+    def _step_narrowed(self, where: str) -> bool:
+        """Whether the step bound on action entry ``where`` ("action NAME", as :meth:`_where` names it) is the safety
+        config's, narrower than the arm's own max_step and the action's declared range."""
+        names = self._feature.names or tuple(f"a{i}" for i in range(self._layout.size))
+        i = names.index(where.removeprefix("action "))
+        own = min(self.arm.limits.max_step[i], max(-self._low[i], self._high[i]))
+        return self.config.max_step is not None and self.config.max_step[i] < own
 
     def _step_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Per action entry: the action feature's bounds within +-max_step."""

@@ -230,6 +230,20 @@ def test_a_joint_guard_warning_names_the_joint_and_its_limit(capsys) -> None:
     assert lines[0] in capsys.readouterr().err
 
 
+def test_a_step_clipped_at_the_arm_s_own_step_is_not_called_a_safety_setting_to_loosen() -> None:
+    """The pusher moves at most 0.025 m a command: a policy asking for more is told so; only a safety config's own
+    narrower max_step gets the advice to loosen it."""
+    for safety, narrowed in ((SafetyConfig(max_step=(0.05, 0.05)), False), (SafetyConfig(max_step=(0.01, 0.01)), True)):
+        with make_robot("push", safety=safety) as robot:
+            robot.reset(0)
+            for _ in range(10):
+                robot.send_action(np.array([0.03, 0.0], dtype=np.float32))
+            lines = robot.end_episode()
+        assert len(lines) == 1 and "step_clipped fired on 10 of 10 commands" in lines[0], lines
+        assert ("too strict" in lines[0]) is narrowed and ("the arm's own step" in lines[0]) is not narrowed, lines[0]
+        assert ("bounded to -0.01..0.01" if narrowed else "bounded to -0.025..0.025") in lines[0], lines[0]
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
