@@ -55,6 +55,17 @@ _WARNED: set[tuple[str, str, str, str]] = set()
 """(robot name, safety config, guard, where) warned about in this process: an evaluation in lanes builds 32 robots of one
 task, a pipeline hundreds, and each would otherwise repeat the same line."""
 _WARNED_LOCK = threading.Lock()
+_OWN_LIMIT = {
+    "step_clipped": "that is the arm's own step, not a safety setting: the policy, or its exploration noise, asks for more "
+                    "motion than one command can carry",
+    "workspace_clipped": "that is the arm's own workspace, not a safety setting: the policy, or its exploration noise, drives "
+                         "the arm at a wall it cannot pass",
+    "joint_limited": "that is the arm's own joint limit (less the default joint_margin), not a safety setting: the policy, or "
+                     "its exploration noise, drives the joint into it",
+    "velocity_limited": "that is the arm's own velocity limit, not a safety setting: the policy, or its exploration noise, "
+                        "asks for faster motion than the arm may make",
+}  # fmt: skip
+"""A guard's advice where it acted on the arm's own limit: loosening a safety config is advised only where one narrowed it."""
 
 
 class SafeRobot:
@@ -191,13 +202,12 @@ class SafeRobot:
                     if key in _WARNED:
                         continue
                     _WARNED.add(key)
-                by_guard.setdefault(reason, []).append((text, count, reason == "step_clipped" and self._step_narrowed(where)))
+                by_guard.setdefault(reason, []).append((text, count, self._narrowed(reason, where)))
             lines = []
             for reason, places in by_guard.items():  # one line per guard, naming every place it dominated
                 count = max(c for _, c, _ in places)
-                if reason == "step_clipped" and not any(narrowed for _, _, narrowed in places):
-                    advice = ("that is the arm's own step, not a safety setting: the policy, or its exploration noise, asks for more "
-                              "motion than one command can carry")  # fmt: skip
+                if reason in _OWN_LIMIT and not any(narrowed for _, _, narrowed in places):
+                    advice = _OWN_LIMIT[reason]
                 else:
                     advice = ("if the task needs that motion this limit is too strict: give the task its own safety config (the "
                               "scene's `safety`, a robot.types.SafetyConfig) or pass safety=SafetyConfig(...)")  # fmt: skip
@@ -345,13 +355,25 @@ class SafeRobot:
             return f"joint {joints[j]}", f"joint {joints[j]} (action {names[i]}; limits less joint_margin {lows[j]:.3f}..{highs[j]:.3f})"
         return f"action {names[i]}", f"action {names[i]}"
 
-    def _step_narrowed(self, where: str) -> bool:
-        """Whether the step bound on action entry ``where`` ("action NAME", as :meth:`_where` names it) is the safety
-        config's, narrower than the arm's own max_step and the action's declared range."""
-        names = self._feature.names or tuple(f"a{i}" for i in range(self._layout.size))
-        i = names.index(where.removeprefix("action "))
-        own = min(self.arm.limits.max_step[i], max(-self._low[i], self._high[i]))
-        return self.config.max_step is not None and self.config.max_step[i] < own
+    def _narrowed(self, reason: str, where: str) -> bool:
+        """Whether guard ``reason`` acted at ``where`` (as :meth:`_where` names it) on a limit this safety config made
+        stricter than the arm's own (and the default config's), so that loosening the config is the advice."""
+        config, arm = self.config, self.arm.limits
+        place = where.partition(" ")[2]
+        if reason == "step_clipped":
+            names = self._feature.names or tuple(f"a{i}" for i in range(self._layout.size))
+            i = names.index(place)
+            own = min(arm.max_step[i], max(-self._low[i], self._high[i]))
+            return config.max_step is not None and config.max_step[i] < own
+        if reason == "workspace_clipped":  # an axis, or a rotation entry stilled near any wall
+            axes = ["xyz".index(place)] if where.startswith("axis ") else range(len(arm.workspace_low))
+            return any(self.limits.workspace_low[k] > arm.workspace_low[k] or self.limits.workspace_high[k] < arm.workspace_high[k]
+                       for k in axes)  # fmt: skip
+        if reason == "joint_limited":
+            return config.joint_margin > SafetyConfig().joint_margin
+        if reason == "velocity_limited":
+            return config.velocity_scale < 1.0
+        return True
 
     def _step_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Per action entry: the action feature's bounds within +-max_step."""

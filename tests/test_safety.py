@@ -227,7 +227,22 @@ def test_a_joint_guard_warning_names_the_joint_and_its_limit(capsys) -> None:
         lines = robot.end_episode()
     assert len(lines) == 1 and "joint_limited" in lines[0] and "joint_margin 0.4" in lines[0], lines
     assert "mostly on joint pusher_x (at " in lines[0] and "of its high limit 0.250" in lines[0]
+    assert "too strict" in lines[0] and "joint_margin 0.4" in lines[0]  # a margin wider than the default's: the config's
     assert lines[0] in capsys.readouterr().err
+
+
+def test_guards_at_the_arm_s_own_workspace_and_joint_limits_do_not_advise_loosening_a_safety_config() -> None:
+    """A policy that drives the pusher at the table's edge meets the arm's own wall and joint limits: no safety config
+    narrowed them, so no warning may tell the user to loosen one (the main job's block-at-the-rim failures did)."""
+    with make_robot("push") as robot:
+        robot.reset(0)
+        for _ in range(60):
+            robot.send_action(np.array([0.02, 0.0], dtype=np.float32))
+        lines = robot.end_episode()
+    guards = {line.split()[3] for line in lines}
+    assert "workspace_clipped" in guards, lines
+    for line in lines:
+        assert "too strict" not in line and "SafetyConfig" not in line and "the arm's own" in line, line
 
 
 def test_a_step_clipped_at_the_arm_s_own_step_is_not_called_a_safety_setting_to_loosen() -> None:
