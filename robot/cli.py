@@ -223,7 +223,7 @@ def _train_offline(values: dict) -> None:
     for r in report.rounds:
         rollouts = "no rollouts" if r.rollout_success is None else f"rollout success {r.rollout_success:.0%}"
         if r.reference_success is not None:
-            rollouts += f" (reference {r.reference_success:.0%}{', refused' if r.refused else ''})"
+            rollouts += f" (reference {r.reference_success:.0%}{', refused' if r.refused else ', kept for its pace' if r.accepted_on_pace else ''})"
         if r.retrained_success is not None:
             rollouts += f", retrained {r.retrained_success:.0%}{' (refused)' if r.retrain_refused else ''}"
         _say(f"round {r.round}: {r.accepted}/{r.gate_checks} gate checks accepted, {rollouts}, policy {r.policy}")

@@ -209,9 +209,12 @@ def test_verification_power_keeps_real_gains_more_often_than_ties_and_losses(cap
     kept = {name: np.mean([trial(rng, win, loss, 50, 200, 0.1)[0] for _ in range(300)]) for name, (win, loss) in
             {"gain": (0.22, 0.105), "tie": (0.16, 0.16), "loss": (0.13, 0.18)}.items()}  # fmt: skip
     assert kept["gain"] > 0.7 and kept["tie"] < 0.25 and kept["loss"] < 0.08, kept
+    faster = {margin: np.mean([trial(rng, 0.16, 0.16, 50, 200, 0.1, 0.75, margin)[0] for _ in range(300)]) for margin in (None, 0.01)}
+    slower_loss = np.mean([trial(rng, 0.10, 0.20, 50, 200, 0.1, 0.75, 0.01)[0] for _ in range(300)])
+    assert faster[0.01] > faster[None] + 0.2 and slower_loss < 0.05, (faster, slower_loss)  # a faster tie kept; a faster 10-point loss not
     main(["--trials", "20"])
     out = capsys.readouterr().out
-    assert "looks of 50 up to 200, p 0.1 (default)" in out and "20 simulated verifications per row" in out
+    assert "the same, or faster and at most 1 point behind (default)" in out and "20 simulated verifications per row" in out
 
 
 def test_lanes_bench_runs_the_same_seeds_at_each_lane_count(capsys) -> None:

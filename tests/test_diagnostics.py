@@ -190,6 +190,11 @@ def test_ppo_regimes_from_the_gate_record():
     confirmed = diagnose_stage(data)
     assert confirmed.regime == "healthy" and confirmed.checkpoint_step == 60 and not confirmed.advice, confirmed
     assert "ppo/q_gap widened" in confirmed.reasons[0] and "outweighed in sim: the accepted policy succeeded 94% against the reference's 64%" in confirmed.reasons[0]
+    paced = {**verified, "rollout_success": 0.9, "reference_success": 0.91, "accepted_wins_losses": [8, 8], "accepted_on_pace": True,
+             "accepted_steps": [52.0, 31.5]}  # kept for its pace: as successful, faster where both succeeded
+    data = StageData("ppo", "ppo", Path("/run"), {kl.name: kl, gap.name: gap}, {}, Path("/run/round-0/accepted"),
+                     [_gate(20, 0.1), _gate(40, 0.1), _gate(60, 0.1)], {}, paced)  # fmt: skip
+    assert "(won 8, lost 8) and was faster where both succeeded (31.5 against 52.0 steps)" in diagnose_stage(data).reasons[0]
     healthy = diagnose_stage(stage("ppo", [kl], gate=[_gate(20, 0.1), _gate(40, 0.01)]))
     assert healthy.regime == "healthy" and healthy.checkpoint_step == 20 and healthy.evidence["accepted"] == 1
     big_steps = diagnose_stage(stage("ppo", [curve("charts/approx_kl", np.full(60, 0.4), 1)], gate=[_gate(20, 0.1)]))

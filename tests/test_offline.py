@@ -105,6 +105,30 @@ def test_verification_refuses_a_gate_accepted_policy_that_succeeds_less_often(im
     assert ZarrEpisodeStore.open(out / "data.zarr").num_episodes == ZarrEpisodeStore.open(imitation[0]).num_episodes + 2
 
 
+@pytest.mark.slow
+def test_verification_keeps_an_accepted_policy_as_successful_and_faster_for_its_pace(imitation, tmp_path, monkeypatch):
+    """Success tied on every verification seed, the accepted policy 20 steps quicker on each: kept for its pace, the
+    round's report says so; with verify_pace off the same round keeps the reference."""
+    import workflow.offline as offline
+
+    real = offline.run_verification
+
+    def run_verification(policy, config, m, journal=None, name="policy", **seeds):
+        report = real(policy, config, m, journal, name, **seeds)
+        steps = 30 if name == "accepted" else 50
+        return replace(report, success_rate=0.5, successes=tuple(i % 2 == 0 for i in range(report.episodes)), lengths=(steps,) * report.episodes)
+
+    monkeypatch.setattr(offline, "run_verification", run_verification)
+    for pace in (True, False):
+        out = tmp_path / f"pace-{pace}"
+        decisions = _offline(imitation, out, flip=False, verify_episodes=8, verify_max_episodes=16, verify_pace_margin=0.0 if pace else None)  # 4 both solved: p 0.06
+        assert decisions[0]["accepted"], decisions
+        report = json.loads((out / "round-0" / "report.json").read_text())
+        assert report["accepted_wins_losses"] == [0, 0] and report["accepted_steps"] == [50.0, 30.0], report
+        assert report["refused"] is not pace and report["accepted_on_pace"] is pace, report
+        assert (Path(report["policy"]) == out / "round-0" / "accepted") is pace, report["policy"]
+
+
 def test_verification_runs_the_deployed_sampler_on_seeds_of_its_own(tmp_path, monkeypatch):
     import workflow.evaluate as evaluate_module
     from workflow.offline import run_verification, verify_seed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,15 +19,17 @@ def _report(seeds: range, successes: list[bool]) -> EvalReport:
 
 
 class Sim:
-    """Per-seed outcomes of named policies; records every run as (name, first seed, episodes)."""
+    """Per-seed outcomes of named policies (steps: 50 a success unless ``steps`` names the policy's); records every run
+    as (name, first seed, episodes)."""
 
-    def __init__(self, **outcomes: list[bool]):
-        self.outcomes, self.runs = outcomes, []
+    def __init__(self, steps: dict[str, int] | None = None, **outcomes: list[bool]):
+        self.outcomes, self.steps, self.runs = outcomes, steps or {}, []
 
     def __call__(self, name: str, path: Path, first: int, episodes: int) -> EvalReport:
         self.runs.append((name, first, episodes))
         seeds = range(first, first + episodes)
-        return _report(seeds, [self.outcomes[name][s - 100] for s in seeds])
+        report = _report(seeds, [self.outcomes[name][s - 100] for s in seeds])
+        return replace(report, lengths=tuple(self.steps.get(name, 50) if ok else 100 for ok in report.successes))
 
 
 def _outcomes(wins: int, losses: int, n: int = 200, *, every: int = 1) -> tuple[list[bool], list[bool]]:
@@ -115,3 +118,39 @@ def test_a_verdict_reads_as_the_round_prints_it():
     sim = Sim(reference=[False] * 200, accepted=[True] * 5 + [False] * 195)
     verdict = Verifier(sim, first_seed=100, look=10, most=10, max_p=0.1).judge(("reference", "r"), ("accepted", "a"))
     assert verdict.kept and verdict.line("reference") == "50% vs reference 0% over 10 verification episodes (won 5, lost 0, p = 0.03)"
+
+
+def test_with_pace_a_faster_change_as_successful_is_kept_after_the_most_episodes():
+    """push-hesitant's pace candidate (session 35): about as successful as its reference and nearly twice as fast,
+    refused because verification counted successes alone. With ``pace`` the looks go on to ``most`` and keep it."""
+    reference, accepted = _outcomes(wins=9, losses=9)  # a tie, split 4 won / 5 lost in the first look
+    sim = Sim(steps={"accepted": 30}, reference=reference, accepted=accepted)
+    assert not Verifier(sim, first_seed=100, look=50, most=200, max_p=0.1).judge(("reference", "r"), ("accepted", "a")).kept  # success alone
+    sim.runs.clear()
+    verdict = Verifier(sim, first_seed=100, look=50, most=200, max_p=0.1, pace_margin=0.0).judge(("reference", "r"), ("accepted", "a"))
+    assert verdict.kept and verdict.on_pace and verdict.episodes == 200 and verdict.wins_losses == (9, 9)
+    pace = verdict.pace
+    assert pace.faster == pace.both > 0 and pace.slower == 0 and (pace.steps_before, pace.steps_after) == (50, 30)
+    assert "30.0 vs 50.0 steps on the" in verdict.line("reference")
+
+
+def test_with_pace_a_faster_change_behind_in_success_or_one_no_faster_is_refused():
+    reference, behind = _outcomes(wins=8, losses=12)
+    verdict = Verifier(Sim(steps={"accepted": 30}, reference=reference, accepted=behind), first_seed=100, look=50, most=200, max_p=0.1,
+                       pace_margin=0.01).judge(("reference", "r"), ("accepted", "a"))  # fmt: skip
+    assert not verdict.kept and not verdict.on_pace and verdict.episodes == 200  # faster: judged at the most, 2 points behind there
+    reference, tied = _outcomes(wins=9, losses=9)
+    sim = Sim(reference=reference, accepted=tied)  # the same pace
+    verdict = Verifier(sim, first_seed=100, look=50, most=200, max_p=0.1, pace_margin=0.0).judge(("reference", "r"), ("accepted", "a"))
+    assert not verdict.kept and verdict.episodes == 50  # not ahead, not faster: refused at the first look as before
+
+
+def test_the_pace_margin_is_how_many_more_episodes_a_faster_change_may_lose_than_win():
+    """push-hesitant's pace candidate won 8 and lost 9 of 200 (session 35): within a 1-point margin, not within none."""
+    reference, accepted = _outcomes(wins=8, losses=9)
+    for margin, kept in ((0.0, False), (0.01, True)):
+        verdict = Verifier(Sim(steps={"accepted": 30}, reference=reference, accepted=accepted), first_seed=100, look=50, most=200,
+                           max_p=0.1, pace_margin=margin).judge(("reference", "r"), ("accepted", "a"))  # fmt: skip
+        assert verdict.kept is kept and verdict.on_pace is kept and verdict.wins_losses == (8, 9) and verdict.episodes == 200
+    with pytest.raises(ValueError, match="pace_margin"):
+        Verifier(Sim(), first_seed=0, look=50, most=200, max_p=0.1, pace_margin=1.5)

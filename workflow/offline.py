@@ -177,6 +177,11 @@ class OfflineConfig:
     """One-sided sign-test p-value a change's wins over the policy it would replace must reach at a look (the
     test online RL selects with). 1.0 keeps any change that wins more episodes than it loses, which lets noise
     through (docs/RESULTS.md, session 14)."""
+    verify_pace_margin: float | None = 0.01
+    """Also keep a change that is faster beyond noise (``verify_max_p``) on the verification seeds both policies
+    solved, RL-100's shorter task times, if over ``verify_max_episodes`` paired episodes it lost at most this share
+    of them more than it won: the non-inferiority margin (``workflow.verification`` gives what it lets through).
+    None: success alone decides, as before session 36."""
     retrain_when_rejected: bool = True
     """Retrain on the merged data (demonstrations + every round's successful rollouts) even in a round whose gate
     accepted nothing, warm-started from the reference: the data flywheel. False: such a round hands on the
@@ -215,6 +220,8 @@ class OfflineConfig:
                              f"got {self.verify_episodes} and {self.verify_max_episodes}")
         if not 0 < self.verify_max_p <= 1:
             raise ValueError(f"verify_max_p must be in (0, 1], got {self.verify_max_p}")
+        if self.verify_pace_margin is not None and not 0 <= self.verify_pace_margin < 1:
+            raise ValueError(f"verify_pace_margin must be in [0, 1) or None, got {self.verify_pace_margin}")
         if not 0 < self.actor_lr < 1 or not 0 < self.clip_eps < 1:
             raise ValueError(f"actor_lr and clip_eps must be in (0, 1), got {self.actor_lr}, {self.clip_eps}")
 
@@ -243,6 +250,12 @@ class RoundReport:
     """The retrained policy did not beat the policy it would replace beyond noise: the round kept that one."""
     retrained_wins_losses: tuple[int, int] | None = None
     """Verification episodes only the retrained policy solved, and only the policy it would replace solved (None: not verified)."""
+    accepted_on_pace: bool = False
+    """Verification kept the accepted policy for speed: as successful as the reference and faster beyond noise."""
+    accepted_steps: tuple[float, float] | None = None
+    """Mean steps of the reference and of the accepted policy on the verification seeds both solved (None: none such)."""
+    retrained_on_pace: bool = False
+    """Verification kept the retrained policy for speed."""
     rollouts_success: float | None = None
     """Success of the reference's rollouts that joined the data (with ``rollout_std``: the stochastic chain's)."""
     verify_episodes: int = 0
@@ -302,7 +315,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
             print(f"round {m}: rollouts of the reference {rolled.success_rate:.0%} over {config.rollout_episodes} episodes"
                   + ("" if config.rollout_std is None else f" (stochastic chain, std floored at {config.rollout_std:g})"))  # fmt: skip
         verifier = Verifier(lambda name, path, first, n: run_verification(path, config, m, journal, name, first=first, episodes=n), first_seed=verify_seed(config, m),
-                            look=config.verify_episodes, most=config.verify_max_episodes, max_p=config.verify_max_p)  # fmt: skip
+                            look=config.verify_episodes, most=config.verify_max_episodes, max_p=config.verify_max_p, pace_margin=config.verify_pace_margin)  # fmt: skip
         reference_at = ("reference", policy_dir(policy_path))
 
         finished = ddp.broadcast(load_ppo_outcome(round_dir) if ddp.is_main else None)  # the PPO stage ran before a kill: not again
@@ -321,7 +334,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
                              **({"rollouts/accepted_success": verdict.challenger.success_rate} if verdict else {})}, m)  # fmt: skip
             if accepted:
                 print(f"round {m}: accepted policy " + ("not verified" if verdict is None else f"{verdict.line('reference')}: "
-                      + ("refused, the round keeps the reference" if refused else "kept")))  # fmt: skip
+                      + ("refused, the round keeps the reference" if refused else "kept for its pace" if verdict.on_pace else "kept")))  # fmt: skip
         keep_candidate = accepted and not refused
         warm_start = accepted_policy if keep_candidate else reference
         next_policy = round_dir / "accepted" if keep_candidate else Path(policy_path)
@@ -350,7 +363,7 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
             if check is not None and ddp.is_main:
                 run.metrics.log({"rollouts/retrained_success": check.challenger.success_rate}, m)
                 print(f"round {m}: retrained policy {check.line('the accepted policy' if keep_candidate else 'reference')}: "
-                      + ("refused, the round keeps " + ("the accepted policy" if keep_candidate else "the reference") if retrain_refused else "kept"))
+                      + ("refused, the round keeps " + ("the accepted policy" if keep_candidate else "the reference") if retrain_refused else "kept for its pace" if check.on_pace else "kept"))
             next_policy = next_policy if retrain_refused else retrained_policy
         report = RoundReport(
             round=m,
@@ -370,6 +383,9 @@ def train_offline(config: OfflineConfig, *, show_progress: bool = True) -> Offli
             retrain_refused=retrain_refused,
             accepted_wins_losses=verdict.wins_losses if verdict else None,
             retrained_wins_losses=check.wins_losses if check else None,
+            accepted_on_pace=verdict is not None and verdict.on_pace,
+            accepted_steps=(verdict.pace.steps_before, verdict.pace.steps_after) if verdict is not None and verdict.pace.both else None,
+            retrained_on_pace=check is not None and check.on_pace,
             merged_episodes=ZarrEpisodeStore.open(merged).num_episodes,
             policy=str(next_policy),
         )

@@ -49,6 +49,36 @@ def wins_losses(before: Sequence[bool], after: Sequence[bool]) -> tuple[int, int
     return wins, losses
 
 
+@dataclass(frozen=True)
+class PairedPace:
+    """Steps to success of two policies on the seeds both solved: the paired reading of which is faster."""
+
+    both: int
+    """Seeds both solved (only these compare steps)."""
+    faster: int
+    """Of those, seeds ``after`` solved in fewer steps than ``before``."""
+    slower: int
+    """Seeds it solved in more steps."""
+    steps_before: float | None
+    """``before``'s mean steps over those seeds (None: none)."""
+    steps_after: float | None
+
+    @property
+    def p(self) -> float:
+        """One-sided sign test that ``after`` is faster (equal lengths dropped)."""
+        return sign_test_p(self.faster, self.slower, "greater")
+
+
+def paired_pace(before: Sequence[bool], before_lengths: Sequence[int], after: Sequence[bool], after_lengths: Sequence[int]) -> PairedPace:
+    """How ``after``'s steps to success compare with ``before``'s, seed by seed, on the seeds both solved."""
+    if not len(before) == len(after) == len(before_lengths) == len(after_lengths):
+        raise ValueError(f"paired results must cover the same seeds with one length each, got {len(before)}, {len(after)} "
+                         f"outcomes and {len(before_lengths)}, {len(after_lengths)} lengths")  # fmt: skip
+    pairs = [(int(m), int(n)) for a, b, m, n in zip(before, after, before_lengths, after_lengths) if a and b]
+    return PairedPace(len(pairs), sum(n < m for m, n in pairs), sum(n > m for m, n in pairs),
+                      sum(m for m, _ in pairs) / len(pairs) if pairs else None, sum(n for _, n in pairs) / len(pairs) if pairs else None)  # fmt: skip
+
+
 def sign_test_p(wins: int, losses: int, alternative: Literal["two-sided", "greater"] = "two-sided") -> float:
     """Exact sign-test p-value of ``wins`` against ``losses`` (binomial, p = 1/2, ties already dropped).
 

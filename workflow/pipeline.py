@@ -308,9 +308,9 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
         verified = [r for r in report.rounds if r.rollout_success is not None]
         if verified:
             kept += "; verified " + ", ".join(f"{r.rollout_success:.0%} vs reference {r.reference_success:.0%}" + _won_lost(r.accepted_wins_losses)
-                                             + (": refused" if r.refused else ": kept") for r in verified)  # fmt: skip
+                                             + (": refused" if r.refused else _kept(r.accepted_on_pace, r.accepted_steps)) for r in verified)  # fmt: skip
         if any(r.retrained for r in report.rounds):
-            verdicts = ", ".join(("refused" if r.retrain_refused else "kept") + _won_lost(r.retrained_wins_losses) for r in report.rounds if r.retrained)
+            verdicts = ", ".join(("refused" if r.retrain_refused else "kept for its pace" if r.retrained_on_pace else "kept") + _won_lost(r.retrained_wins_losses) for r in report.rounds if r.retrained)
             return report.policy, rollouts, kept + f"; retrained on the successful of {report.rounds[-1].merged_episodes} merged episodes: {verdicts}"
         return report.policy, rollouts, kept + ("" if any(r.accepted and not r.refused for r in report.rounds) else ": policy unchanged")
 
@@ -345,6 +345,13 @@ BEFORE_IT_EXISTED = {"sampler": "ddim"}
 
 RERUN_MAY_CHANGE = ("out", "device", "lanes", "view")
 """Settings a rerun may change: the rest decide what the finished stages it reads back mean."""
+
+
+def _kept(on_pace: bool, steps) -> str:
+    """How verification kept a change: on success, or for its pace (with the steps that showed it)."""
+    if not on_pace:
+        return ": kept"
+    return ": kept for its pace" + ("" if steps is None else f" ({steps[1]:.1f} vs {steps[0]:.1f} steps on the seeds both solved)")
 
 
 def _won_lost(wins_losses) -> str:

@@ -15,6 +15,14 @@ job's offline gain (it wins 22% of the seeds and loses 10.5%), one look keeps it
 worth nothing 20%; looks of 50 up to 200 at p 0.1 keep it 89% and a change worth nothing 14%, on 84 episodes a
 policy on average (docs/RESULTS.md, session 24).
 
+With ``pace_margin`` a change may also be kept for speed, RL-100's other measure: when it is faster beyond noise
+on the seeds both policies solved (the one-sided sign test of paired steps to success, at ``max_p``) the looks go
+on to ``most`` episodes, and there it is kept if it lost at most ``pace_margin`` of them more than it won. That is
+the non-inferiority margin. At 1 point over 200 episodes (the offline round's default) it keeps a faster change of
+equal success 55% of the time, one really 2 points less successful 37%, 5 points less 14% and 10 points less 1%;
+at 0 those are 46%, 31%, 11% and 1% (``python -m bench.verification_power``, session 36: a third of the seeds split,
+a quarter of those both solve; docs/RESULTS.md). A change neither faster nor ahead is refused as before.
+
 Each policy's episodes run once: a policy judged twice in a round (the reference, then the bar a retrained
 policy must clear) reuses the seeds it already ran and runs only the ones it lacks.
 """
@@ -27,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from workflow.paired import pick_beyond_noise, sign_test_p, wins_losses
+from workflow.paired import PairedPace, paired_pace, pick_beyond_noise, sign_test_p, wins_losses
 from workflow.rollout import EvalReport
 
 RunEpisodes = Callable[[str, Path, int, int], EvalReport]
@@ -37,11 +45,13 @@ RunEpisodes = Callable[[str, Path, int, int], EvalReport]
 @dataclass(frozen=True)
 class Verdict:
     kept: bool
-    """The challenger's paired wins over the incumbent are beyond noise."""
+    """The challenger's paired wins over the incumbent are beyond noise (or, ``on_pace``, it is about as successful and faster)."""
     incumbent: EvalReport
     """The incumbent on the judged seeds."""
     challenger: EvalReport
     """The challenger on the same seeds."""
+    on_pace: bool = False
+    """Kept for speed: within the pace margin in success over the most episodes, faster beyond noise on the seeds both solved."""
 
     @property
     def episodes(self) -> int:
@@ -51,11 +61,27 @@ class Verdict:
     def wins_losses(self) -> tuple[int, int]:
         return wins_losses(self.incumbent.successes, self.challenger.successes)
 
+    @property
+    def pace(self) -> PairedPace:
+        """The challenger's steps to success against the incumbent's on the seeds both solved."""
+        return _pace(self.incumbent, self.challenger)
+
     def line(self, incumbent: str) -> str:
         """The challenger's success against ``incumbent``'s (what to call it), with the paired evidence."""
         wins, losses = self.wins_losses
-        return (f"{self.challenger.success_rate:.0%} vs {incumbent} {self.incumbent.success_rate:.0%} over {self.episodes} verification "
+        line = (f"{self.challenger.success_rate:.0%} vs {incumbent} {self.incumbent.success_rate:.0%} over {self.episodes} verification "
                 f"episodes (won {wins}, lost {losses}, p = {sign_test_p(wins, losses, 'greater'):.2f})")  # fmt: skip
+        pace = self.pace
+        if pace.both and self.challenger.lengths and self.incumbent.lengths:
+            line += (f"; {pace.steps_after:.1f} vs {pace.steps_before:.1f} steps on the {pace.both} seeds both solved (faster on "
+                     f"{pace.faster}, slower on {pace.slower}, p = {pace.p:.2g})")  # fmt: skip
+        return line
+
+
+def _pace(incumbent: EvalReport, challenger: EvalReport) -> PairedPace:
+    if not (incumbent.lengths and challenger.lengths):  # reports without lengths (older journals) carry no pace
+        return PairedPace(0, 0, 0, None, None)
+    return paired_pace(incumbent.successes, incumbent.lengths, challenger.successes, challenger.lengths)
 
 
 def joined(first: EvalReport, then: EvalReport) -> EvalReport:
@@ -89,12 +115,14 @@ def leading(report: EvalReport, episodes: int) -> EvalReport:
 class Verifier:
     """Runs and judges verification episodes on consecutive seeds from ``first_seed``, each policy's once."""
 
-    def __init__(self, run: RunEpisodes, *, first_seed: int, look: int, most: int, max_p: float):
+    def __init__(self, run: RunEpisodes, *, first_seed: int, look: int, most: int, max_p: float, pace_margin: float | None = None):
         if look < 1 or most < look:
             raise ValueError(f"need 1 <= look <= most, got look {look} and most {most}")
         if not 0 < max_p <= 1:
             raise ValueError(f"max_p must be in (0, 1], got {max_p}")
-        self.run, self.first_seed, self.look, self.most, self.max_p = run, first_seed, look, most, max_p
+        if pace_margin is not None and not 0 <= pace_margin < 1:
+            raise ValueError(f"pace_margin must be in [0, 1) or None, got {pace_margin}")
+        self.run, self.first_seed, self.look, self.most, self.max_p, self.pace_margin = run, first_seed, look, most, max_p, pace_margin
         self.reports: dict[str, EvalReport] = {}
         self.paths: dict[str, Path] = {}
 
@@ -111,14 +139,19 @@ class Verifier:
         return leading(self.reports[name], episodes)
 
     def judge(self, incumbent: tuple[str, str | Path], challenger: tuple[str, str | Path]) -> Verdict:
-        """Whether ``challenger`` (name, policy path) beats ``incumbent`` beyond noise, looking ``look`` episodes at a time."""
+        """Whether ``challenger`` (name, policy path) beats ``incumbent`` beyond noise, looking ``look`` episodes at a
+        time; with ``pace_margin``, or is faster beyond noise and at most that much behind in success over ``most``."""
         episodes = self.look
         while True:
             before, after = self.report(*incumbent, episodes), self.report(*challenger, episodes)
             if pick_beyond_noise([before.successes, after.successes], self.max_p) == 1:
                 return Verdict(True, before, after)
             wins, losses = wins_losses(before.successes, after.successes)
-            if wins <= losses or episodes >= self.most:
+            faster = self.pace_margin is not None and _pace(before, after).p <= self.max_p
+            if episodes >= self.most:
+                on_pace = faster and losses - wins <= self.pace_margin * episodes
+                return Verdict(on_pace, before, after, on_pace=on_pace)
+            if wins <= losses and not faster:
                 return Verdict(False, before, after)
             episodes = min(episodes + self.look, self.most)
 

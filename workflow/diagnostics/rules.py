@@ -315,8 +315,12 @@ def _verified_gain(report: dict) -> str | None:
     wins_losses = report.get("accepted_wins_losses")
     if report.get("refused") or not wins_losses or report.get("rollout_success") is None:
         return None
-    return (f"the accepted policy succeeded {float(report['rollout_success']):.0%} against the reference's {float(report['reference_success']):.0%} "
+    line = (f"the accepted policy succeeded {float(report['rollout_success']):.0%} against the reference's {float(report['reference_success']):.0%} "
             f"on the round's verification episodes (won {wins_losses[0]}, lost {wins_losses[1]})")  # fmt: skip
+    steps = report.get("accepted_steps")
+    if report.get("accepted_on_pace") and steps:
+        line += f" and was faster where both succeeded ({float(steps[1]):.1f} against {float(steps[0]):.1f} steps)"
+    return line
 
 
 def _refused_by_rollouts(report: dict, accepted: list[dict]) -> Finding | None:
