@@ -59,7 +59,9 @@ app.add_typer(train_app, name="train")
 
 
 def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    """One line on stderr (rank 0's, under torchrun: every rank fails the same way) and exit code 2."""
+    if os.environ.get("RANK", "0") == "0":
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 

@@ -250,9 +250,17 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
     if config.view and ddp.enabled:
         raise ValueError("--view keeps one process's evaluation episodes; run the pipeline without torchrun to view it")
     out = Path(config.out)
+    refusal = None
     if ddp.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        check_same_settings(config, out / "pipeline.json")
+        try:
+            check_same_settings(config, out / "pipeline.json")
+        except ValueError as e:
+            refusal = str(e)
+    refusal = ddp.broadcast(refusal)  # every rank stops on it: a rank left running dies on its next collective, with a traceback
+    if refusal is not None:
+        raise ValueError(refusal)
+    if ddp.is_main:
         (out / "pipeline.json").write_text(json.dumps(to_dict(config), indent=2))
     b = config.spend
     results: list[StageResult] = []
