@@ -162,6 +162,23 @@ def test_the_offline_rounds_setting_reaches_the_offline_stage(tmp_path, monkeypa
     assert config.rounds == 3 != BUDGETS["smoke"].offline_rounds
 
 
+def test_screening_online_snapshots_reaches_the_online_stage_with_episodes_enough_to_tell_them_apart(tmp_path, monkeypatch):
+    """``--online-select-every N``: every N-th snapshot is screened on 200 selection episodes and the best confirmed on
+    200 fresh ones; without it the budget's last-snapshot selection stands."""
+    from workflow.pipeline import BUDGETS, SNAPSHOT_SCREEN
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    long = PipelineConfig(task="push", out=str(tmp_path / "a"), budget="smoke", online_iterations=120, online_select_every=10)
+    config = _stage_config(tmp_path / "a", monkeypatch, "train_online", ("imitation", "offline"), long)
+    assert (config.challengers, config.select_every, config.iterations) == ("snapshots", 10, 120)
+    assert config.select_episodes == config.confirm_episodes == SNAPSHOT_SCREEN == 200
+    assert long.budget_label == "smoke with 120 online iterations and online snapshots screened every 10 iterations"
+    config = _stage_config(tmp_path / "b", monkeypatch, "train_online", ("imitation", "offline"), PipelineConfig(task="push", out=str(tmp_path / "b"), budget="smoke"))
+    assert (config.challengers, config.select_episodes) == ("last", BUDGETS["smoke"].select_episodes)
+    with pytest.raises(ValueError, match="online_select_every must be >= 1"):
+        PipelineConfig(out=str(tmp_path), online_select_every=0)
+
+
 def test_the_demonstration_style_reaches_the_recorder_and_heads_the_table(tmp_path):
     from robot.store import ZarrEpisodeStore
     from workflow.pipeline import pipeline_table, record_demos

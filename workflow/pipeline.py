@@ -205,6 +205,12 @@ class PipelineConfig:
     """Online RL iterations instead of the budget's: online RL keeps climbing past the full budget's 40 on lift
     from 5 biased demonstrations (88.0% at 40, 94.0% at 120 on seeds no rollout visited; docs/RESULTS.md, sessions
     30-31)."""
+    online_select_every: int | None = None
+    """Score every this-many-th online snapshot (and the last) against the start on ``SNAPSHOT_SCREEN`` selection
+    episodes, and confirm the best on as many fresh ones, instead of the last snapshot alone. A long online stage's
+    last iterate is a noisy draw: over the main job's last 40 of 120 iterations the snapshots scored 87.5-95.5%
+    (200 seeds), and two runs' last snapshots 90.0% and 94.5% over 600; screening every 10th picked 94.0% and 94.5%
+    (docs/RESULTS.md, session 36). None: the budget's selection (the last snapshot)."""
     seed: int = 0
     """Seed of the demonstrations, every stage's training and its evaluation episodes."""
     device: str = "cpu"
@@ -226,13 +232,17 @@ class PipelineConfig:
             raise ValueError(f"demos must be >= 1 and demo_noise >= 0, got {self.demos} and {self.demo_noise}")
         if (self.online_iterations is not None and self.online_iterations < 1) or (self.offline_rounds is not None and self.offline_rounds < 1):
             raise ValueError(f"online_iterations and offline_rounds must be >= 1, got {self.online_iterations} and {self.offline_rounds}")
+        if self.online_select_every is not None and self.online_select_every < 1:
+            raise ValueError(f"online_select_every must be >= 1 (or None: the last snapshot alone), got {self.online_select_every}")
         check_expert_style(self.demo_style)
 
     @property
     def budget_label(self) -> str:
         """The budget as tables name it: ``full``, or ``full with 2 offline rounds and 120 online iterations`` when overridden."""
         changed = [f"{n} {what}" for n, what in ((self.offline_rounds, "offline rounds"), (self.online_iterations, "online iterations")) if n is not None]
-        return self.budget + (" with " + " and ".join(changed) if changed else "")
+        if self.online_select_every is not None:
+            changed.append(f"online snapshots screened every {self.online_select_every} iterations")
+        return self.budget + (" with " + (", ".join(changed[:-1]) + " and " if len(changed) > 1 else "") + changed[-1] if changed else "")
 
     @property
     def spend(self) -> Budget:
@@ -330,6 +340,9 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
         distill_onpolicy_rounds=b.distill_onpolicy_rounds, distill_reuse=b.distill_reuse, distill_pool=b.distill_pool, ft_steps=b.online_ft_steps,
         select_episodes=b.select_episodes, confirm_episodes=b.confirm_episodes, seed=config.seed, device=config.device, lanes=config.lanes,
     )  # fmt: skip
+    if config.online_select_every is not None:  # screen the snapshots on episodes enough to tell 90% from 95%, confirm on fresh ones
+        online_cfg = replace(online_cfg, challengers="snapshots", select_every=config.online_select_every,
+                             select_episodes=max(b.select_episodes, SNAPSHOT_SCREEN), confirm_episodes=max(b.confirm_episodes, SNAPSHOT_SCREEN))  # fmt: skip
     def online_stage() -> tuple[str, int, str]:
         report = train_online(online_cfg, show_progress=show_progress)
         scores = ", ".join(f"{name} {success:.0%}" for name, success, _ in report.selection)
@@ -351,6 +364,9 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
 BEFORE_IT_EXISTED = {"sampler": "ddim"}
 """What a setting meant in a pipeline.json written before it existed, where that is not today's default."""
 
+SNAPSHOT_SCREEN = 200
+"""Selection episodes per snapshot, and confirmation episodes, with ``online_select_every``: 200 seeds put a 95%
+policy's interval at about +-3 points, where 32 could not tell 90% from 95%."""
 RERUN_MAY_CHANGE = ("out", "device", "lanes", "view")
 """Settings a rerun may change: the rest decide what the finished stages it reads back mean."""
 
