@@ -154,3 +154,21 @@ def test_the_pace_margin_is_how_many_more_episodes_a_faster_change_may_lose_than
         assert verdict.kept is kept and verdict.on_pace is kept and verdict.wins_losses == (8, 9) and verdict.episodes == 200
     with pytest.raises(ValueError, match="pace_margin"):
         Verifier(Sim(), first_seed=0, look=50, most=200, max_p=0.1, pace_margin=1.5)
+
+
+def test_a_change_faster_on_most_seeds_but_slower_on_average_is_not_kept_for_its_pace():
+    """lift-biased's pace candidate (session 36): faster on 94 of the seeds both solved, slower on 18, and 65.3 steps
+    against 63.0 on average. The sign test alone would call it faster."""
+    reference, accepted = _outcomes(wins=9, losses=9)
+
+    class Uneven(Sim):
+        def __call__(self, name, path, first, episodes):
+            report = super().__call__(name, path, first, episodes)
+            if name != "accepted":
+                return report
+            return replace(report, lengths=tuple((49 if s % 5 else 60) if ok else 100 for s, ok in zip(report.seeds, report.successes)))
+
+    verdict = Verifier(Uneven(reference=reference, accepted=accepted), first_seed=100, look=50, most=200, max_p=0.1, pace_margin=0.01).judge(
+        ("reference", "r"), ("accepted", "a"))  # fmt: skip
+    assert verdict.pace.faster > 3 * verdict.pace.slower and verdict.pace.p <= 0.1 and verdict.pace.steps_after > verdict.pace.steps_before
+    assert not verdict.kept and verdict.episodes == 50  # not faster on average: judged on success alone, refused at the first look
