@@ -73,7 +73,7 @@ class Verdict:
         line = (f"{self.challenger.success_rate:.0%} vs {incumbent} {self.incumbent.success_rate:.0%} over {self.episodes} verification "
                 f"episodes (won {wins}, lost {losses}, p = {sign_test_p(wins, losses, 'greater'):.2f})")  # fmt: skip
         pace = self.pace
-        if pace.both and self.challenger.lengths and self.incumbent.lengths:
+        if pace.both:  # reports without lengths carry none (``_pace``)
             line += (f"; {pace.steps_after:.1f} vs {pace.steps_before:.1f} steps on the {pace.both} seeds both solved (faster on "
                      f"{pace.faster}, slower on {pace.slower}, p = {pace.p:.2g})")  # fmt: skip
         return line
