@@ -51,6 +51,8 @@ def test_recipe_suite_is_listed_and_bad_settings_are_refused(capsys) -> None:
     assert len({s.name for s in SUITE}) == len(SUITE) >= 4
     assert all(s.name in out for s in SUITE) and "hesitant" in out and "biased" in out and "online iterations" in out
     assert next(s for s in SUITE if s.name == "lift-biased").pipeline_config("").spend.online_iterations == 120
+    long_mixed = next(s for s in SUITE if s.name == "push-mixed-long").pipeline_config("")
+    assert (long_mixed.spend.online_iterations, long_mixed.online_select_every, long_mixed.demo_style) == (120, 10, "mixed")
     with pytest.raises(ValueError, match="names a directory"):
         Setting("push/hesitant", "push", demos=5)
     with pytest.raises(ValueError, match="unknown task 'pusher'"):
