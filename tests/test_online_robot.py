@@ -361,9 +361,29 @@ def test_a_rerun_may_move_the_learner_but_not_change_what_it_computes(tmp_path):
 
     config = OnlineConfig(policy="p", out=str(tmp_path), task="push")
     RunDir(tmp_path, config).close()
-    RunDir(tmp_path, dataclasses.replace(config, learner="gpu-box:8766", device="cpu")).close()  # resumes
-    with pytest.raises(ValueError, match="differs in iterations"):
-        RunDir(tmp_path, dataclasses.replace(config, iterations=3))
+    RunDir(tmp_path, dataclasses.replace(config, learner="gpu-box:8766", device="cpu", iterations=20, robot_minutes=30.0)).close()  # resumes
+    with pytest.raises(ValueError, match="differs in actor_lr"):
+        RunDir(tmp_path, dataclasses.replace(config, actor_lr=3e-5))
+
+
+def test_a_finished_run_rerun_with_more_iterations_ends_where_one_run_of_that_length_does(policy, uninterrupted, tmp_path):
+    """Lengthening a finished run (the main job's 40 iterations went on to 120) repeats none of its iterations and hands on
+    the policy one run of the new length would; a rerun cannot shorten it."""
+    from workflow.online import train_online
+
+    out = tmp_path / "run"
+    first = train_online(_online(policy, out, iterations=2), show_progress=False)
+    assert first.iterations == 2
+    longer = train_online(_online(policy, out), show_progress=False)  # 3 iterations: only the third runs
+    assert longer.iterations == 3 and sorted(p.name for p in (out / "checkpoints").glob("step-*")) == sorted(p.name for p in (uninterrupted / "checkpoints").glob("step-*"))
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines() if "charts/success" in line]
+    assert steps == [0, 1, 2]
+    ours, theirs = _weights(out), _weights(uninterrupted)
+    assert ours.keys() == theirs.keys()
+    for key in theirs:
+        torch.testing.assert_close(ours[key], theirs[key], msg=key)
+    with pytest.raises(ValueError, match="3 finished iterations, more than --iterations 2"):
+        train_online(_online(policy, out, iterations=2), show_progress=False)
 
 
 def test_scored_by_label_a_stand_in_keeps_its_task_s_step_limit(policy):

@@ -77,8 +77,10 @@ def rollout_seed(run_seed: int) -> int:
 
 @dataclass(frozen=True)
 class OnlineConfig:
-    RESUME_MAY_CHANGE: ClassVar[tuple[str, ...]] = ("learner", "device")
-    """Fields a rerun may change and still resume the run: where the updates run, not what they compute."""
+    RESUME_MAY_CHANGE: ClassVar[tuple[str, ...]] = ("learner", "device", "iterations", "robot_minutes")
+    """Fields a rerun may change and still resume the run: where the updates run, and how long the run goes on. An
+    iteration computes the same whatever the total, so a finished run rerun with more iterations (or more robot time)
+    goes on from its last one and ends where one run of that length would; it cannot be shortened."""
 
     policy: str
     """Run directory or policy checkpoint to fine-tune (usually the offline stage's)."""
@@ -106,7 +108,7 @@ class OnlineConfig:
     """HOST:PORT of a `robot learn` process (another process, or a GPU machine) that runs each iteration's update,
     authenticated with ROBOT_TOKEN; None: the updates run in this process."""
     iterations: int = 10
-    """Collect-then-update iterations."""
+    """Collect-then-update iterations. Rerun with more, a finished run goes on from its last one."""
     episodes_per_iteration: int = 8
     """Episodes collected with the stochastic chain per iteration."""
     epochs: int = 4
@@ -306,6 +308,9 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
         done = Progress(0, ddp.broadcast(rollout_seed(config.seed) + len(stored)), [], None)
         if ddp.is_main:
             save_state(run.state_dir, done, learner)
+    if done.iteration > config.iterations:
+        raise ValueError(f"{run.path} holds a run of {done.iteration} finished iterations, more than --iterations {config.iterations}: "
+                         f"rerun with at least {done.iteration} to go on, or choose a new --out")  # fmt: skip
     first_seed, successes = done.first_seed, done.successes
     bar = progress(config.iterations, done.iteration, "online", show_progress)
     with robot, _session_closed(store, control, operator, learner), lanes or contextlib.nullcontext():  # the lanes' sims serve every iteration

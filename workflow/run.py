@@ -50,7 +50,7 @@ class RunDir:
         (self.path / "checkpoints").mkdir(exist_ok=True)
         config_path = self.path / "config.json"
         if config_path.exists():
-            free = set(getattr(type(config), "RESUME_MAY_CHANGE", ()))  # where the work runs, not what it computes
+            free = set(getattr(type(config), "RESUME_MAY_CHANGE", ()))  # e.g. where the work runs, not what it computes
             previous = {k: v for k, v in _with_defaults(type(config), read_json_object(config_path)).items() if k not in free}
             now = {k: v for k, v in to_dict(config).items() if k not in free}
             if previous != now:
