@@ -384,6 +384,7 @@ def test_a_finished_run_rerun_with_more_iterations_ends_where_one_run_of_that_le
         torch.testing.assert_close(ours[key], theirs[key], msg=key)
     with pytest.raises(ValueError, match="3 finished iterations, more than --iterations 2"):
         train_online(_online(policy, out, iterations=2), show_progress=False)
+    assert json.loads((out / "config.json").read_text())["iterations"] == 3  # the refused rerun recorded nothing
 
 
 def test_scored_by_label_a_stand_in_keeps_its_task_s_step_limit(policy):

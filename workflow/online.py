@@ -53,13 +53,13 @@ from workflow.lanes import DEFAULT_LANES, SimLanes
 from workflow.latent import encode_store
 from workflow.control import ControlStack, open_control
 from workflow.online_collect import Collected, Decisions, collect_episodes
-from workflow.online_resume import EpisodeLog, Progress, load_state, save_state
+from workflow.online_resume import EpisodeLog, Progress, finished_iterations, load_state, save_state
 from workflow.online_update import OnlineLearner
 from workflow.paired import best_challenger, pick_beyond_noise, wins_losses
 from workflow.policy import KIND, DiffusionController, build_from_checkpoint, policy_dir, policy_task, save_policy
 from workflow.ppo import StepSchedule, fine_tuned_steps
 from workflow.rollout import episode_features, evaluate
-from workflow.run import RunDir, progress, resolve_device, seed_everything
+from workflow.run import RunDir, progress, resolve_device, seed_everything, state_dir
 from workflow.takeover import OperatorConfig, OperatorStop
 
 SELECTION_SEED = 500_000  # first sim seed of the selection episodes (apart from rollout and evaluation seeds)
@@ -278,6 +278,10 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
     started = time.perf_counter()
     ddp, device = init_distributed(resolve_device(config.device))  # torchrun: one rollout worker and learner per rank
     config = replace(config, task=policy_task(config.policy, config.task, warn=ddp.is_main))  # the run's config.json names it
+    finished = finished_iterations(state_dir(config.out))
+    if finished > config.iterations:  # before an arm moves or RunDir records the shorter run's config
+        raise ValueError(f"{config.out} holds a run of {finished} finished iterations, more than --iterations {config.iterations}: "
+                         f"rerun with at least {finished} to go on, or choose a new --out")  # fmt: skip
     seed_everything(config.seed)
     ckpt = load_checkpoint(policy_dir(config.policy), kind=KIND)
     model, head = build_from_checkpoint(ckpt, device=str(device))
@@ -308,9 +312,6 @@ def train_online(config: OnlineConfig, *, show_progress: bool = True) -> OnlineR
         done = Progress(0, ddp.broadcast(rollout_seed(config.seed) + len(stored)), [], None)
         if ddp.is_main:
             save_state(run.state_dir, done, learner)
-    if done.iteration > config.iterations:
-        raise ValueError(f"{run.path} holds a run of {done.iteration} finished iterations, more than --iterations {config.iterations}: "
-                         f"rerun with at least {done.iteration} to go on, or choose a new --out")  # fmt: skip
     first_seed, successes = done.first_seed, done.successes
     bar = progress(config.iterations, done.iteration, "online", show_progress)
     with robot, _session_closed(store, control, operator, learner), lanes or contextlib.nullcontext():  # the lanes' sims serve every iteration

@@ -63,6 +63,13 @@ def load_state(path: Path, learner: OnlineLearner) -> Progress | None:
     return Progress(int(extra["iteration"]), int(extra["first_seed"]), [float(s) for s in extra["successes"]], last, float(extra.get("robot_seconds", 0.0)))
 
 
+def finished_iterations(path: Path) -> int:
+    """How many iterations the state :func:`save_state` wrote at ``path`` has finished (0: none written)."""
+    if not (path / "checkpoint.json").is_file():
+        return 0
+    return int(load_checkpoint(path, kind=STATE_KIND).extra["iteration"])
+
+
 class EpisodeLog:
     """The episodes an unfinished iteration has collected, one file each, written atomically as each ends."""
 

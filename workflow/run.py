@@ -37,6 +37,11 @@ def _with_defaults(cls: type, saved: dict) -> dict:
         return saved
 
 
+def state_dir(run: str | os.PathLike) -> Path:
+    """Where a run directory keeps the state a rerun resumes from (``RunDir.state_dir``)."""
+    return Path(run) / "checkpoints" / "state"
+
+
 class RunDir:
     """``write=False`` (every rank but 0 of a distributed job) names the same paths but writes nothing."""
 
@@ -73,7 +78,7 @@ class RunDir:
 
     @property
     def state_dir(self) -> Path:
-        return self.path / "checkpoints" / "state"
+        return state_dir(self.path)
 
     @property
     def policy_dir(self) -> Path:
