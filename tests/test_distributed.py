@@ -299,7 +299,7 @@ def test_smoke_pipeline_on_two_gloo_processes_matches_one_process(tmp_path: Path
 
 def test_a_refused_rerun_under_torchrun_is_one_line_from_every_rank(tmp_path: Path) -> None:
     """Rank 0 checks the directory's settings; the others must stop with it rather than die on the next collective
-    with a traceback (session 36: a rerun with another --online-iterations). torchrun's own launcher still reports a
+    with a traceback (session 36: a rerun with another --online-iterations; now one with fewer). torchrun's own launcher still reports a
     worker's exit code 2 in its ChildFailedError block; the workers print nothing but the one line."""
     (tmp_path / "pipeline.json").write_text(json.dumps({"task": "push", "budget": "smoke", "sampler": "ddpm-mean", "seed": 0, "online_iterations": 3}))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -307,4 +307,4 @@ def test_a_refused_rerun_under_torchrun_is_one_line_from_every_rank(tmp_path: Pa
                            "--task", "push", "--budget", "smoke", "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=HUNG)  # fmt: skip
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode != 0 and "[rank" not in done.stderr and "robot/" not in done.stderr, done.stderr[-3000:]  # no worker's traceback
-    assert errors == [f"error: {tmp_path} was run with online_iterations 3 (now None): rerun it with those settings, or choose another --out"], errors
+    assert errors == [f"error: {tmp_path} ran 3 online iterations, more than --online-iterations 2: rerun with at least 3 (more go on from the last), or choose another --out"], errors

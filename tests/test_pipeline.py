@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from workflow.paired import sign_test_p
 from workflow.pipeline import PipelineConfig, run_pipeline
@@ -206,6 +207,39 @@ def test_a_rerun_with_other_settings_is_refused_and_keeps_the_directory(tmp_path
         run_pipeline(PipelineConfig(out=str(tmp_path), sampler="ddim", demo_style="biased"), show_progress=False, log=lambda _: None)
     assert json.loads((tmp_path / "pipeline.json").read_text()) == {"task": "push", "budget": "quick", "seed": 0}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline.json"]
+
+
+def test_a_rerun_with_more_online_iterations_goes_on_from_the_last_and_hands_on_what_one_longer_run_would(tmp_path):
+    """The main job's 40 online iterations went on to 120 by hand-editing pipeline.json (session 36): a rerun with a larger
+    ``--online-iterations`` now keeps imitation and offline, runs only the new iterations, selects again and evaluates
+    the head again; a rerun with fewer is refused, and changes nothing."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from workflow.online_resume import finished_iterations
+    from workflow.run import state_dir
+
+    short = PipelineConfig(task="push", budget="smoke", out=str(tmp_path / "a"), online_iterations=1, lanes=1)
+    run_pipeline(short, show_progress=False, log=lambda _: None)
+    kept = {name: (tmp_path / "a" / f"{name}.result.json").read_text() for name in ("imitation", "offline")}
+    shutil.copytree(tmp_path / "a", tmp_path / "b", ignore=lambda d, names: [n for n in names if n in ("online", "pipeline.json") or n.startswith(("online.", "one-step."))])
+    lines: list[str] = []
+    longer = run_pipeline(replace(short, online_iterations=2), show_progress=False, log=lines.append)
+    assert "[online] runs again: more online iterations than the finished run's" in lines and "[one-step] runs again: more online iterations than the finished run's" in lines
+    assert {name: (tmp_path / "a" / f"{name}.result.json").read_text() for name in kept} == kept  # read back, not rerun
+    assert finished_iterations(state_dir(tmp_path / "a" / "online")) == 2
+    steps = [json.loads(line)["step"] for line in (tmp_path / "a" / "online" / "metrics.jsonl").read_text().splitlines() if "charts/success" in line]
+    assert steps == [0, 1]  # iteration 0 was not run twice
+    fresh = run_pipeline(replace(short, out=str(tmp_path / "b"), online_iterations=2), show_progress=False, log=lambda _: None)  # the same earlier stages
+    assert [(r.stage, r.success, r.episodes) for r in longer] == [(r.stage, r.success, r.episodes) for r in fresh]
+    ours, theirs = (load_file(str(tmp_path / run / "online" / "policy" / "tensors.safetensors")) for run in ("a", "b"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    before = sorted(p.name for p in (tmp_path / "a").iterdir())
+    with pytest.raises(ValueError, match=r"ran 2 online iterations, more than --online-iterations 1: rerun with at least 2"):
+        run_pipeline(short, show_progress=False, log=lambda _: None)
+    assert json.loads((tmp_path / "a" / "pipeline.json").read_text())["online_iterations"] == 2
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == before and (tmp_path / "a" / "online.result.json").is_file()
 
 
 def test_the_table_pairs_each_stage_with_the_one_it_started_from():

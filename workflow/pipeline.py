@@ -4,8 +4,9 @@ record (scripted teleop) -> imitation -> offline rounds with AM-Q gates ->
 online RL with the one-step head distilled alongside -> evaluation of every stage.
 
 Each stage writes its own run directory under ``out``; a stage whose report exists
-is skipped, so a killed pipeline resumes where it stopped, and a stage's CPU minutes
-count every process that worked on it (``workflow.stage_clock``). Every stage is evaluated on the
+is skipped, so a killed pipeline resumes where it stopped (and one rerun with more online
+iterations goes on from its last), and a stage's CPU minutes count every process that
+worked on it (``workflow.stage_clock``). Every stage is evaluated on the
 same seeds, and the run ends with one table (``workflow.stage_report``): per stage its
 success with a 95% interval, the seeds it won and lost against the stage it started
 from with the sign test's p, mean steps to success, episodes used, CPU minutes and what
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -204,7 +206,8 @@ class PipelineConfig:
     online_iterations: int | None = None
     """Online RL iterations instead of the budget's: online RL keeps climbing past the full budget's 40 on lift
     from 5 biased demonstrations (88.0% at 40, 94.0% at 120 on seeds no rollout visited; docs/RESULTS.md, sessions
-    30-31)."""
+    30-31). A finished pipeline rerun with more goes on from its last online iteration (the online stage selects
+    again, the head is evaluated again); with fewer it is refused."""
     online_select_every: int | None = None
     """Score every this-many-th online snapshot (and the last) against the start on ``SNAPSHOT_SCREEN`` selection
     episodes, and confirm the best on as many fresh ones, instead of the last snapshot alone. A long online stage's
@@ -264,13 +267,17 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
     if ddp.is_main:
         out.mkdir(parents=True, exist_ok=True)
         try:
-            check_same_settings(config, out / "pipeline.json")
+            for stage_name in check_same_settings(config, out / "pipeline.json"):  # a longer online stage: it and what follows run again
+                if (out / f"{stage_name}.result.json").is_file():
+                    log(f"[{stage_name}] runs again: more online iterations than the finished run's")
+                for stale in (f"{stage_name}.result.json", f"{stage_name}.eval.zarr"):
+                    _remove(out / stale)
         except ValueError as e:
             refusal = str(e)
     refusal = ddp.broadcast(refusal)  # every rank stops on it: a rank left running dies on its next collective, with a traceback
     if refusal is not None:
         raise ValueError(refusal)
-    if ddp.is_main:
+    if ddp.is_main:  # written after the stale results went: a kill in between leaves a rerun that finds the growth again
         (out / "pipeline.json").write_text(json.dumps(to_dict(config), indent=2))
     b = config.spend
     results: list[StageResult] = []
@@ -369,6 +376,9 @@ SNAPSHOT_SCREEN = 200
 policy's interval at about +-3 points, where 32 could not tell 90% from 95%."""
 RERUN_MAY_CHANGE = ("out", "device", "lanes", "view")
 """Settings a rerun may change: the rest decide what the finished stages it reads back mean."""
+AFTER_ONLINE = ("online", "one-step")
+"""The stages a rerun with more online iterations runs again: online RL goes on from its last finished iteration
+(``OnlineConfig.RESUME_MAY_CHANGE``) and selects again, and the head is evaluated for what it hands on."""
 
 
 def _kept(on_pace: bool, steps) -> str:
@@ -382,16 +392,34 @@ def _won_lost(wins_losses) -> str:
     return "" if wins_losses is None else f" (won {wins_losses[0]}, lost {wins_losses[1]})"
 
 
-def check_same_settings(config: PipelineConfig, path: Path) -> None:
+def check_same_settings(config: PipelineConfig, path: Path) -> tuple[str, ...]:
     """Refuse to resume a pipeline directory written with other settings: its finished stages would be
-    read back under the new ones (a table titled with a sampler or demonstrations they never had)."""
+    read back under the new ones (a table titled with a sampler or demonstrations they never had).
+
+    One change is a continuation rather than another run: more online iterations than the directory's. It returns
+    the stages that must run again for it (``AFTER_ONLINE``; none otherwise). Fewer are refused, as online RL
+    cannot give back iterations it has taken."""
     if not path.is_file():
-        return
+        return ()
     before = {**_as_json(PipelineConfig()), **BEFORE_IT_EXISTED, **json.loads(path.read_text())}  # a file from before a setting existed
     now = _as_json(config)
-    changed = [f"{k} {before[k]} (now {now[k]})" for k in now if k not in RERUN_MAY_CHANGE and before.get(k) != now[k]]
+    changed = [f"{k} {before[k]} (now {now[k]})" for k in now if k not in (*RERUN_MAY_CHANGE, "online_iterations") and before.get(k) != now[k]]
     if changed:
         raise ValueError(f"{path.parent} was run with {', '.join(changed)}: rerun it with those settings, or choose another --out")
+    ran = BUDGETS[config.budget].online_iterations if before.get("online_iterations") is None else int(before["online_iterations"])
+    asked = config.spend.online_iterations
+    if asked < ran:
+        raise ValueError(f"{path.parent} ran {ran} online iterations, more than --online-iterations {asked}: rerun with at least {ran} "
+                         f"(more go on from the last), or choose another --out")  # fmt: skip
+    return AFTER_ONLINE if asked > ran else ()
+
+
+def _remove(path: Path) -> None:
+    """Delete a stage's stale output, a file or a directory (a kept evaluation store)."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def _as_json(config: PipelineConfig) -> dict:
