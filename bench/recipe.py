@@ -67,6 +67,10 @@ class Setting:
     """Online RL iterations instead of the budget's."""
     online_select_every: int | None = None
     """Screen every this-many-th online snapshot instead of handing on the last (``PipelineConfig.online_select_every``)."""
+    head_steps: int | None = None
+    """The one-step head's distillation steps instead of the budget's (``PipelineConfig.head_steps``)."""
+    head_onpolicy_rounds: int | None = None
+    """Its on-policy rounds instead of the budget's (``PipelineConfig.head_onpolicy_rounds``)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -81,8 +85,8 @@ class Setting:
     def pipeline_config(self, out: str | Path, device: str = "cpu") -> PipelineConfig:
         return PipelineConfig(task=self.task, out=str(out), budget=self.budget, sampler=self.sampler, demos=self.demos,
                               demo_noise=self.demo_noise, demo_style=self.demo_style, offline_rounds=self.offline_rounds,
-                              online_iterations=self.online_iterations, online_select_every=self.online_select_every, seed=self.seed,
-                              device=device)  # fmt: skip
+                              online_iterations=self.online_iterations, online_select_every=self.online_select_every, head_steps=self.head_steps,
+                              head_onpolicy_rounds=self.head_onpolicy_rounds, seed=self.seed, device=device)  # fmt: skip
 
 
 # Demonstrations with a systematic flaw RL can learn away; how many and how noisy is calibrated on measured
@@ -310,9 +314,10 @@ def main(argv: list[str] | None = None) -> None:
     if a.list:
         spends = [s.pipeline_config("").spend for s in SUITE]
         rows = [[s.name, s.task, s.demos, s.demo_noise, s.demo_style, s.budget, b.offline_rounds, b.online_iterations, s.online_select_every or "last",
-                 s.sampler, s.seed] for s, b in zip(SUITE, spends)]  # fmt: skip
+                 f"{b.distill_final_steps} steps" + (f", {b.distill_onpolicy_rounds} on-policy rounds" if b.distill_onpolicy_rounds else ""), s.sampler, s.seed]
+                for s, b in zip(SUITE, spends)]  # fmt: skip
         print(format_table(["setting", "task", "demos", "noise", "style", "budget", "offline rounds", "online iterations", "online snapshots screened",
-                            "sampler", "seed"], rows,
+                            "head distillation", "sampler", "seed"], rows,
                            title="bench.recipe suite"))
         return
     unknown = sorted(set(a.setting or ()) - set(names))

@@ -287,3 +287,16 @@ def test_the_budgets_head_settings_reach_the_online_stage(tmp_path, monkeypatch)
     assert config.iterations == 5 != pipeline.BUDGETS["smoke"].online_iterations  # --online-iterations over the budget's
     assert config.policy == str(tmp_path / "offline" / "policy")
     assert pipeline.BUDGETS["full"].distill_reuse == 16 and pipeline.BUDGETS["full"].offline_ft_steps == 5
+
+
+def test_the_head_settings_replace_the_budgets_and_name_themselves_in_the_table(tmp_path, monkeypatch):
+    """``--head-steps`` and ``--head-onpolicy-rounds`` give a long online stage's policy the head distillation it needs,
+    whatever the budget's; the table's title says so."""
+    longer = PipelineConfig(task="push", out=str(tmp_path), budget="smoke", head_steps=2500, head_onpolicy_rounds=4)
+    config = _stage_config(tmp_path, monkeypatch, "train_online", ("imitation", "offline"), longer)
+    assert (config.distill_final_steps, config.distill_onpolicy_rounds, config.distill_reuse) == (2500, 4, 4)  # reuse stays the budget's
+    assert longer.budget_label == "smoke with a head of 2500 distillation steps in 4 on-policy rounds"
+    assert PipelineConfig(out=str(tmp_path), head_onpolicy_rounds=2).budget_label == "quick with a head of 900 distillation steps in 2 on-policy rounds"
+    assert PipelineConfig(out=str(tmp_path)).budget_label == "quick"
+    with pytest.raises(ValueError, match="head_steps must be >= 1 and head_onpolicy_rounds >= 0, got 0 and None"):
+        PipelineConfig(out=str(tmp_path), head_steps=0)

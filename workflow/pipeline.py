@@ -214,6 +214,14 @@ class PipelineConfig:
     last iterate is a noisy draw: over the main job's last 40 of 120 iterations the snapshots scored 87.5-95.5%
     (200 seeds), and two runs' last snapshots 90.0% and 94.5% over 600; screening every 10th picked 94.0% and 94.5%
     (docs/RESULTS.md, session 36). None: the budget's selection (the last snapshot)."""
+    head_steps: int | None = None
+    """Distillation steps of the handed-on policy's one-step head instead of the budget's (``Budget.distill_final_steps``).
+    A long online stage leaves a policy the quick budget's 900 steps fit less well: on push-mixed after 120 iterations
+    the head was 6.9 points under its teacher at 900 steps, and 2.5 under at 2,500 with 4 on-policy rounds
+    (docs/RESULTS.md, session 37)."""
+    head_onpolicy_rounds: int | None = None
+    """On-policy (DAgger) rounds of that distillation instead of the budget's (``Budget.distill_onpolicy_rounds``): the
+    head runs 32 sim episodes between phases and its teacher labels the states it reached."""
     seed: int = 0
     """Seed of the demonstrations, every stage's training and its evaluation episodes."""
     device: str = "cpu"
@@ -237,6 +245,8 @@ class PipelineConfig:
             raise ValueError(f"online_iterations and offline_rounds must be >= 1, got {self.online_iterations} and {self.offline_rounds}")
         if self.online_select_every is not None and self.online_select_every < 1:
             raise ValueError(f"online_select_every must be >= 1 (or None: the last snapshot alone), got {self.online_select_every}")
+        if (self.head_steps is not None and self.head_steps < 1) or (self.head_onpolicy_rounds is not None and self.head_onpolicy_rounds < 0):
+            raise ValueError(f"head_steps must be >= 1 and head_onpolicy_rounds >= 0, got {self.head_steps} and {self.head_onpolicy_rounds}")
         check_expert_style(self.demo_style)
 
     @property
@@ -245,15 +255,22 @@ class PipelineConfig:
         changed = [f"{n} {what}" for n, what in ((self.offline_rounds, "offline rounds"), (self.online_iterations, "online iterations")) if n is not None]
         if self.online_select_every is not None:
             changed.append(f"online snapshots screened every {self.online_select_every} iterations")
+        if self.head_steps is not None or self.head_onpolicy_rounds is not None:
+            b = self.spend
+            changed.append(f"a head of {b.distill_final_steps} distillation steps" + (f" in {b.distill_onpolicy_rounds} on-policy rounds" if b.distill_onpolicy_rounds else ""))
         return self.budget + (" with " + (", ".join(changed[:-1]) + " and " if len(changed) > 1 else "") + changed[-1] if changed else "")
 
     @property
     def spend(self) -> Budget:
-        """The budget preset with this run's demonstration settings, offline rounds and online iterations."""
+        """The budget preset with this run's demonstration settings, offline rounds, online iterations and head."""
         b = BUDGETS[self.budget]
-        return replace(b, demos=b.demos if self.demos is None else self.demos, demo_noise=b.demo_noise if self.demo_noise is None else self.demo_noise,
-                       online_iterations=b.online_iterations if self.online_iterations is None else self.online_iterations,
-                       offline_rounds=b.offline_rounds if self.offline_rounds is None else self.offline_rounds)  # fmt: skip
+
+        def pick(mine, budgets):
+            return budgets if mine is None else mine
+
+        return replace(b, demos=pick(self.demos, b.demos), demo_noise=pick(self.demo_noise, b.demo_noise), online_iterations=pick(self.online_iterations, b.online_iterations),
+                       offline_rounds=pick(self.offline_rounds, b.offline_rounds), distill_final_steps=pick(self.head_steps, b.distill_final_steps),
+                       distill_onpolicy_rounds=pick(self.head_onpolicy_rounds, b.distill_onpolicy_rounds))  # fmt: skip
 
 
 def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Callable[[str], None] = print) -> list[StageResult]:
