@@ -216,9 +216,10 @@ class PipelineConfig:
     (docs/RESULTS.md, session 36). None: the budget's selection (the last snapshot)."""
     head_steps: int | None = None
     """Distillation steps of the handed-on policy's one-step head instead of the budget's (``Budget.distill_final_steps``).
-    A long online stage leaves a policy the quick budget's 900 steps fit less well: on push-mixed after 120 iterations
-    the head was 6.9 points under its teacher at 900 steps, and 2.5 under at 2,500 with 4 on-policy rounds
-    (docs/RESULTS.md, session 37)."""
+    On push-mixed after 120 online iterations (600 seeds, docs/RESULTS.md sessions 37-38) the quick budget's 900
+    steps left the head 6.9 points under its teacher, and the full budget's 2,500 with 4 on-policy rounds 2.5 and 6.2
+    under on two distillation seeds (8 rounds: 9.0 under): the head's gap there is mostly the distillation's own
+    spread, not its length."""
     head_onpolicy_rounds: int | None = None
     """On-policy (DAgger) rounds of that distillation instead of the budget's (``Budget.distill_onpolicy_rounds``): the
     head runs 32 sim episodes between phases and its teacher labels the states it reached."""
