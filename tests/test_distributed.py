@@ -307,4 +307,4 @@ def test_a_refused_rerun_under_torchrun_is_one_line_from_every_rank(tmp_path: Pa
                            "--task", "push", "--budget", "smoke", "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=HUNG)  # fmt: skip
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode != 0 and "[rank" not in done.stderr and "robot/" not in done.stderr, done.stderr[-3000:]  # no worker's traceback
-    assert errors == [f"error: {tmp_path} ran 3 online iterations, more than --online-iterations 2: rerun with at least 3 (more go on from the last), or choose another --out"], errors
+    assert errors == [f"error: {tmp_path} was run with 3 online iterations, more than --online-iterations 2: rerun with at least 3 (more go on from the last), or choose another --out"], errors

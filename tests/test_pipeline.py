@@ -236,7 +236,7 @@ def test_a_rerun_with_more_online_iterations_goes_on_from_the_last_and_hands_on_
     ours, theirs = (load_file(str(tmp_path / run / "online" / "policy" / "tensors.safetensors")) for run in ("a", "b"))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
     before = sorted(p.name for p in (tmp_path / "a").iterdir())
-    with pytest.raises(ValueError, match=r"ran 2 online iterations, more than --online-iterations 1: rerun with at least 2"):
+    with pytest.raises(ValueError, match=r"was run with 2 online iterations, more than --online-iterations 1: rerun with at least 2"):
         run_pipeline(short, show_progress=False, log=lambda _: None)
     assert json.loads((tmp_path / "a" / "pipeline.json").read_text())["online_iterations"] == 2
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == before and (tmp_path / "a" / "online.result.json").is_file()

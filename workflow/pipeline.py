@@ -427,7 +427,7 @@ def check_same_settings(config: PipelineConfig, path: Path) -> tuple[str, ...]:
     ran = BUDGETS[config.budget].online_iterations if before.get("online_iterations") is None else int(before["online_iterations"])
     asked = config.spend.online_iterations
     if asked < ran:
-        raise ValueError(f"{path.parent} ran {ran} online iterations, more than --online-iterations {asked}: rerun with at least {ran} "
+        raise ValueError(f"{path.parent} was run with {ran} online iterations, more than --online-iterations {asked}: rerun with at least {ran} "
                          f"(more go on from the last), or choose another --out")  # fmt: skip
     return AFTER_ONLINE if asked > ran else ()
 
