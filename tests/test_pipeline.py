@@ -290,8 +290,8 @@ def test_the_budgets_head_settings_reach_the_online_stage(tmp_path, monkeypatch)
 
 
 def test_the_head_settings_replace_the_budgets_and_name_themselves_in_the_table(tmp_path, monkeypatch):
-    """``--head-steps`` and ``--head-onpolicy-rounds`` give a long online stage's policy the head distillation it needs,
-    whatever the budget's; the table's title says so."""
+    """``--head-steps`` and ``--head-onpolicy-rounds`` replace the budget's distillation of the handed-on policy's head;
+    the table's title says so."""
     longer = PipelineConfig(task="push", out=str(tmp_path), budget="smoke", head_steps=2500, head_onpolicy_rounds=4)
     config = _stage_config(tmp_path, monkeypatch, "train_online", ("imitation", "offline"), longer)
     assert (config.distill_final_steps, config.distill_onpolicy_rounds, config.distill_reuse) == (2500, 4, 4)  # reuse stays the budget's

@@ -288,8 +288,8 @@ def run_pipeline(config: PipelineConfig, *, show_progress: bool = True, log: Cal
             for stage_name in check_same_settings(config, out / "pipeline.json"):  # a longer online stage: it and what follows run again
                 if (out / f"{stage_name}.result.json").is_file():
                     log(f"[{stage_name}] runs again: more online iterations than the finished run's")
-                for stale in (f"{stage_name}.result.json", f"{stage_name}.eval.zarr"):
-                    _remove(out / stale)
+                (out / f"{stage_name}.result.json").unlink(missing_ok=True)
+                shutil.rmtree(out / f"{stage_name}.eval.zarr", ignore_errors=True)  # a --view run's episodes of the stale policy
         except ValueError as e:
             refusal = str(e)
     refusal = ddp.broadcast(refusal)  # every rank stops on it: a rank left running dies on its next collective, with a traceback
@@ -430,14 +430,6 @@ def check_same_settings(config: PipelineConfig, path: Path) -> tuple[str, ...]:
         raise ValueError(f"{path.parent} was run with {ran} online iterations, more than --online-iterations {asked}: rerun with at least {ran} "
                          f"(more go on from the last), or choose another --out")  # fmt: skip
     return AFTER_ONLINE if asked > ran else ()
-
-
-def _remove(path: Path) -> None:
-    """Delete a stage's stale output, a file or a directory (a kept evaluation store)."""
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
 
 
 def _as_json(config: PipelineConfig) -> dict:
